@@ -1,0 +1,256 @@
+"""One typed, validated settings object, read from defaults, a TOML file and VSRT_* variables.
+
+The dataclass defaults are the embedded defaults (so an installed package runs with no
+file at all); `config/vsrt.toml` spells out the same values and a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; the message names the setting and what is expected."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: int = 2048
+    media_roots: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    database: str = "vsrt.sqlite3"
+    uploads: str = "uploads"
+    jobs: str = "jobs"
+    models: str = "models"
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    devices: tuple[str, ...] = ("cpu",)
+    compute_type: str = "auto"
+    cpu_threads: int = 0
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 30.0
+    start_timeout: float = 120.0
+    restart_backoff_initial: float = 0.5
+    restart_backoff_max: float = 30.0
+    model_cache_size: int = 3
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    lease_seconds: float = 30.0
+    max_attempts: int = 5
+    max_segment_crashes: int = 3
+    align_wait_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class TranscriptionSettings:
+    default_model: str = "tiny.en"
+    default_language: str | None = "en"
+    batch_size: int = 8
+    beam_size: int = 5
+    vad_onset: float = 0.5
+    vad_offset: float = 0.363
+    chunk_size: float = 30.0
+
+
+@dataclass(frozen=True)
+class CueSettings:
+    max_line_chars: int = 42
+    max_lines: int = 2
+    min_cue_seconds: float = 0.83
+    max_cue_seconds: float = 7.0
+    min_gap_seconds: float = 0.083
+    max_chars_per_second: float = 20.0
+
+
+@dataclass(frozen=True)
+class SseSettings:
+    heartbeat_interval: float = 10.0
+    replay_buffer: int = 512
+    subscriber_queue: int = 256
+    max_connections_per_job: int = 20
+    max_connections_per_client: int = 50
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    max_concurrent_downloads: int = 1
+    mirrors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./data")
+    server: ServerSettings = field(default_factory=ServerSettings)
+    paths: PathSettings = field(default_factory=PathSettings)
+    runners: RunnerSettings = field(default_factory=RunnerSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
+    cues: CueSettings = field(default_factory=CueSettings)
+    sse: SseSettings = field(default_factory=SseSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+
+    def path(self, name: str) -> Path:
+        """An absolute path for one of the [paths] entries, under the data directory."""
+        return (self.data_dir / getattr(self.paths, name)).resolve()
+
+    @property
+    def database_path(self) -> Path:
+        return self.path("database")
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.path("jobs")
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.path("uploads")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.path("models")
+
+    def media_root_paths(self) -> list[Path]:
+        return [(self.data_dir / root).resolve() for root in self.server.media_roots]
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Turn a TOML or environment value into the field's type, or say what is wrong."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if args and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "null", "none")):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _coerce(value, inner, name)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], name) for v in value)
+    if hint is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            return hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    if hint is Path:
+        return Path(str(value))
+    raise ConfigError(f"{name}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _merge(obj: Any, values: Mapping[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(type(obj))
+    known = {f.name for f in fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown setting {name!r}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name}: expected a table")
+            changes[key] = _merge(current, value, f"{name}.")
+        else:
+            changes[key] = _coerce(value, hints[key], name)
+    return replace(obj, **changes)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """VSRT_DATA_DIR and VSRT_<SECTION>_<KEY> as a nested mapping like a TOML file's."""
+    out: dict[str, Any] = {}
+    if env.get("VSRT_DATA_DIR"):
+        out["data_dir"] = env["VSRT_DATA_DIR"]
+    for section in fields(Settings):
+        if section.name == "data_dir":
+            continue
+        for f in fields(getattr(Settings(), section.name)):
+            var = f"VSRT_{section.name}_{f.name}".upper()
+            if var in env:
+                out.setdefault(section.name, {})[f.name] = env[var]
+    return out
+
+
+def _validate(s: Settings) -> None:
+    checks: list[tuple[bool, str]] = [
+        (1 <= s.server.port <= 65535 or s.server.port == 0, "server.port must be 0..65535"),
+        (s.server.max_upload_mb > 0, "server.max_upload_mb must be positive"),
+        (len(s.runners.devices) > 0, "runners.devices must name at least one device"),
+        (s.runners.compute_type in ("auto", "int8", "int8_float16", "float16", "float32"),
+         "runners.compute_type must be auto, int8, int8_float16, float16 or float32"),
+        (s.runners.heartbeat_interval > 0, "runners.heartbeat_interval must be positive"),
+        (s.runners.heartbeat_timeout > s.runners.heartbeat_interval,
+         "runners.heartbeat_timeout must be longer than runners.heartbeat_interval"),
+        (s.runners.model_cache_size >= 1, "runners.model_cache_size must be at least 1"),
+        (s.jobs.max_attempts >= 1, "jobs.max_attempts must be at least 1"),
+        (s.jobs.max_segment_crashes >= 1, "jobs.max_segment_crashes must be at least 1"),
+        (s.jobs.lease_seconds >= 1, "jobs.lease_seconds must be at least 1"),
+        (s.transcription.batch_size >= 1, "transcription.batch_size must be at least 1"),
+        (0 < s.transcription.chunk_size <= 30, "transcription.chunk_size must be in (0, 30]"),
+        (s.cues.max_line_chars >= 10, "cues.max_line_chars must be at least 10"),
+        (s.cues.max_lines >= 1, "cues.max_lines must be at least 1"),
+        (0 < s.cues.min_cue_seconds < s.cues.max_cue_seconds,
+         "cues.min_cue_seconds must be positive and below cues.max_cue_seconds"),
+        (s.cues.max_chars_per_second > 0, "cues.max_chars_per_second must be positive"),
+        (s.sse.heartbeat_interval > 0, "sse.heartbeat_interval must be positive"),
+        (s.models.max_concurrent_downloads >= 1, "models.max_concurrent_downloads must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for device in s.runners.devices:
+        if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
+            raise ConfigError(f"runners.devices: {device!r} is neither 'cpu' nor 'cuda:N'")
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults, then the file, then the environment, then keyword overrides (CLI flags)."""
+    settings = Settings()
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        settings = _merge(settings, data, "")
+    settings = _merge(settings, _env_overrides(os.environ if env is None else env), "")
+    settings = _merge(settings, {k: v for k, v in overrides.items() if v is not None}, "")
+    settings = replace(settings, data_dir=settings.data_dir.expanduser().resolve())
+    _validate(settings)
+    return settings

@@ -1,0 +1,258 @@
+"""The runner wire protocol: JSON lines between the service and `python -m gpu_runner`.
+
+Pure Python, standard library only: the service (which must never import torch) and the
+runner both import this module, so each message has exactly one definition.
+
+Framing: one JSON object per line, UTF-8, on the runner's stdin (requests) and stdout
+(replies). Every request carries an `id`; every reply to it carries the same `id`. A
+request ends with exactly one `result` or `error`; before that it may emit any number of
+`progress`, `fragment` and `log` messages. stderr is the runner's free-form log.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal, Required, TypeAlias, TypedDict
+
+PROTOCOL_VERSION = 1
+
+#: Longest line either side accepts; a longer one is a protocol error, not a crash.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid message; the reader logs it and carries on."""
+
+
+# --- shared payload shapes -------------------------------------------------------------
+
+
+class SegmentSpan(TypedDict):
+    """A stretch of the job's audio, global times in seconds."""
+
+    index: int
+    start: float
+    end: float
+
+
+class TextSegment(TypedDict):
+    index: int
+    start: float
+    end: float
+    text: str
+
+
+class Word(TypedDict, total=False):
+    """A word; `start`/`end` are missing where the aligner could not place it (digits...)."""
+
+    word: Required[str]
+    start: float
+    end: float
+    score: float | None
+
+
+class AlignedSegment(TypedDict):
+    start: float
+    end: float
+    text: str
+    words: list[Word]
+
+
+class ModelRef(TypedDict):
+    """What the runner needs to load a model: a local directory, never a hub id."""
+
+    kind: Literal["whisper", "align"]
+    key: str  # cache key, e.g. "whisper:tiny.en" or "align:en"
+    path: str  # absolute local directory
+
+
+# --- requests (service -> runner) --------------------------------------------------------
+
+
+@dataclass
+class Request:
+    type: ClassVar[str] = ""
+    id: str
+
+
+@dataclass
+class Hello(Request):
+    """Handshake: the service states its protocol version, the runner its capabilities."""
+
+    type: ClassVar[str] = "hello"
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass
+class Ping(Request):
+    type: ClassVar[str] = "ping"
+
+
+@dataclass
+class LoadModel(Request):
+    type: ClassVar[str] = "load_model"
+    model: ModelRef = field(default_factory=lambda: ModelRef(kind="whisper", key="", path=""))
+    language: str | None = None
+
+
+@dataclass
+class Unload(Request):
+    """Drop one model (by cache key) or, with key None, every loaded model."""
+
+    type: ClassVar[str] = "unload"
+    key: str | None = None
+
+
+@dataclass
+class Split(Request):
+    """Voice-activity split of a 16 kHz mono WAV into segments of at most chunk_size s."""
+
+    type: ClassVar[str] = "split"
+    audio_path: str = ""
+    vad_onset: float = 0.5
+    vad_offset: float = 0.363
+    chunk_size: float = 30.0
+
+
+@dataclass
+class Transcribe(Request):
+    """Transcribe segments without alignment; one `fragment` per segment as it finishes."""
+
+    type: ClassVar[str] = "transcribe"
+    audio_path: str = ""
+    model: ModelRef = field(default_factory=lambda: ModelRef(kind="whisper", key="", path=""))
+    segments: list[SegmentSpan] = field(default_factory=list)
+    language: str | None = None
+    task: str = "transcribe"
+    batch_size: int = 8
+    beam_size: int = 5
+
+
+@dataclass
+class Align(Request):
+    """Word timings for stored texts: wav2vec2 when `align_model` is given, else Whisper's."""
+
+    type: ClassVar[str] = "align"
+    audio_path: str = ""
+    language: str = "en"
+    segments: list[TextSegment] = field(default_factory=list)
+    align_model: ModelRef | None = None
+    whisper_model: ModelRef | None = None
+
+
+@dataclass
+class Cancel(Request):
+    """Ask the runner to stop request `target` at the next segment boundary."""
+
+    type: ClassVar[str] = "cancel"
+    target: str = ""
+
+
+@dataclass
+class Shutdown(Request):
+    type: ClassVar[str] = "shutdown"
+
+
+# --- replies (runner -> service) ---------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    type: ClassVar[str] = ""
+    id: str
+
+
+@dataclass
+class Progress(Reply):
+    type: ClassVar[str] = "progress"
+    done: float = 0
+    total: float = 0
+    message: str = ""
+
+
+@dataclass
+class Fragment(Reply):
+    """One transcribed segment, sent the moment it is done so the service can checkpoint."""
+
+    type: ClassVar[str] = "fragment"
+    index: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    text: str = ""
+    language: str = ""
+
+
+@dataclass
+class Result(Reply):
+    type: ClassVar[str] = "result"
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Error(Reply):
+    """Ends a request. `code` is machine-readable: canceled, bad_request, model, audio, internal."""
+
+    type: ClassVar[str] = "error"
+    code: str = "internal"
+    message: str = ""
+
+
+@dataclass
+class Log(Reply):
+    """A note about a request worth showing a user (e.g. 'loading model'); debug goes to stderr."""
+
+    type: ClassVar[str] = "log"
+    level: str = "info"
+    message: str = ""
+
+
+Message: TypeAlias = Request | Reply
+
+REQUEST_TYPES: dict[str, type[Request]] = {
+    cls.type: cls for cls in (Hello, Ping, LoadModel, Unload, Split, Transcribe, Align, Cancel, Shutdown)
+}
+REPLY_TYPES: dict[str, type[Reply]] = {
+    cls.type: cls for cls in (Progress, Fragment, Result, Error, Log)
+}
+
+
+def encode(msg: Message) -> bytes:
+    """One message as one line (compact JSON, no embedded newlines)."""
+    payload = {"type": msg.type, **asdict(msg)}
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _decode(line: bytes | str, table: dict[str, type[Any]]) -> Any:
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError(f"line of {len(line)} bytes is over the limit")
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a message must be a JSON object")
+    kind = obj.pop("type", None)
+    cls = table.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    if not isinstance(obj.get("id"), str):
+        raise ProtocolError(f"{kind} message without a string id")
+    known = {f.name for f in fields(cls)}
+    unknown = set(obj) - known
+    if unknown:
+        raise ProtocolError(f"{kind} message with unknown fields {sorted(unknown)}")
+    try:
+        return cls(**obj)
+    except TypeError as exc:
+        raise ProtocolError(f"bad {kind} message: {exc}") from None
+
+
+def decode_request(line: bytes | str) -> Request:
+    msg: Request = _decode(line, REQUEST_TYPES)
+    return msg
+
+
+def decode_reply(line: bytes | str) -> Reply:
+    msg: Reply = _decode(line, REPLY_TYPES)
+    return msg
