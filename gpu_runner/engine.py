@@ -1,0 +1,355 @@
+"""The heavy work: whisperx models, voice-activity split, batched transcription, alignment.
+
+Runs only inside the runner subprocess, on its single worker thread. whisperx (and so torch)
+is imported lazily so the runner answers its handshake before the multi-second import ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import wave
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vsrt_service.protocol import AlignedSegment, ModelRef, SegmentSpan, TextSegment, Word
+
+log = logging.getLogger("gpu_runner.engine")
+
+SAMPLE_RATE = 16000
+HOP_LENGTH = 160
+
+
+class Canceled(Exception):
+    """The request was canceled; raised at the next segment boundary."""
+
+
+class EngineError(Exception):
+    """A failure with a code the service maps to a user-facing message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Loaded:
+    ref: ModelRef
+    model: Any
+    metadata: Any = None
+
+
+def load_wav(path: str) -> np.ndarray:
+    """The job's 16 kHz mono PCM WAV (written by the service's ffmpeg step) as float32."""
+    try:
+        with wave.open(path, "rb") as wav:
+            if wav.getframerate() != SAMPLE_RATE or wav.getnchannels() != 1:
+                raise EngineError("audio", f"{path}: expected 16 kHz mono audio")
+            if wav.getsampwidth() != 2:
+                raise EngineError("audio", f"{path}: expected 16-bit PCM")
+            raw = wav.readframes(wav.getnframes())
+    except (OSError, wave.Error, EOFError) as exc:
+        raise EngineError("audio", f"cannot read audio {path}: {exc}") from None
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+class Engine:
+    """Loaded models (an LRU cache) and the operations the protocol exposes."""
+
+    def __init__(
+        self, device: str, compute_type: str = "auto", cpu_threads: int = 0, cache_size: int = 3
+    ) -> None:
+        self.device, _, index = device.partition(":")
+        self.device_index = int(index or 0)
+        if compute_type == "auto":
+            compute_type = "int8" if self.device == "cpu" else "float16"
+        self.compute_type = compute_type
+        self.cpu_threads = cpu_threads
+        self.cache_size = cache_size
+        self._models: OrderedDict[str, Loaded] = OrderedDict()
+        self._vad: dict[tuple[float, float], Any] = {}
+        self.load_count = 0
+        self._lock = threading.Lock()
+
+    # --- imports and cache -------------------------------------------------------------
+
+    @staticmethod
+    def warm_up() -> None:
+        """Import whisperx ahead of the first request (it takes seconds)."""
+        import whisperx
+        import whisperx.alignment  # noqa: F401
+
+    @property
+    def torch_device(self) -> str:
+        return "cpu" if self.device == "cpu" else f"cuda:{self.device_index}"
+
+    def loaded(self) -> list[dict[str, Any]]:
+        """Cache contents, least recently used first."""
+        return [
+            {"key": key, "kind": m.ref["kind"], "path": m.ref["path"]}
+            for key, m in self._models.items()
+        ]
+
+    def _remember(self, loaded: Loaded) -> None:
+        self._models[loaded.ref["key"]] = loaded
+        self._models.move_to_end(loaded.ref["key"])
+        while len(self._models) > self.cache_size:
+            key, _ = self._models.popitem(last=False)
+            log.info("evicted %s from the model cache", key)
+        self._free_memory()
+
+    def unload(self, key: str | None) -> list[str]:
+        keys = list(self._models) if key is None else [k for k in self._models if k == key]
+        for k in keys:
+            del self._models[k]
+        self._free_memory()
+        return keys
+
+    def _free_memory(self) -> None:
+        import gc
+
+        gc.collect()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def vad(self, onset: float, offset: float) -> Any:
+        """whisperx's bundled pyannote VAD (shipped in the wheel, no download)."""
+        key = (onset, offset)
+        if key not in self._vad:
+            import torch
+            from whisperx.vads import Pyannote
+
+            self._vad[key] = Pyannote(
+                torch.device(self.torch_device), token=None, vad_onset=onset, vad_offset=offset
+            )
+        return self._vad[key]
+
+    def whisper(self, ref: ModelRef, language: str | None) -> tuple[Any, bool]:
+        """The whisperx pipeline for a model directory; (pipeline, loaded_now)."""
+        cached = self._models.get(ref["key"])
+        if cached is not None:
+            self._models.move_to_end(ref["key"])
+            return cached.model, False
+        import whisperx
+
+        started = time.monotonic()
+        try:
+            pipeline = whisperx.load_model(
+                ref["path"],
+                self.device,
+                device_index=self.device_index,
+                compute_type=self.compute_type,
+                language=language,
+                vad_model=self.vad(0.5, 0.363),
+                local_files_only=True,
+                threads=self.cpu_threads or 4,
+            )
+        except Exception as exc:
+            raise EngineError("model", f"cannot load Whisper model {ref['key']}: {exc}") from exc
+        self.load_count += 1
+        log.info("loaded %s in %.1f s", ref["key"], time.monotonic() - started)
+        self._remember(Loaded(ref, pipeline))
+        return pipeline, True
+
+    def align_model(self, ref: ModelRef, language: str) -> tuple[Loaded, bool]:
+        cached = self._models.get(ref["key"])
+        if cached is not None:
+            self._models.move_to_end(ref["key"])
+            return cached, False
+        import whisperx
+
+        try:
+            model, metadata = whisperx.load_align_model(
+                language_code=language,
+                device=self.torch_device,
+                model_name=ref["path"],
+                model_cache_only=True,
+            )
+        except Exception as exc:
+            raise EngineError("model", f"cannot load alignment model {ref['key']}: {exc}") from exc
+        self.load_count += 1
+        loaded = Loaded(ref, model, metadata)
+        self._remember(loaded)
+        return loaded, True
+
+    def load(self, ref: ModelRef, language: str | None) -> bool:
+        if ref["kind"] == "whisper":
+            return self.whisper(ref, language)[1]
+        return self.align_model(ref, language or "en")[1]
+
+    # --- operations ------------------------------------------------------------------
+
+    def split(self, audio_path: str, onset: float, offset: float, chunk: float) -> list[dict[str, float]]:
+        """Voice-activity segments merged into chunks of at most `chunk` seconds."""
+        import torch
+        from whisperx.vads import Pyannote
+
+        audio = load_wav(audio_path)
+        if audio.size == 0:
+            return []
+        vad = self.vad(onset, offset)
+        waveform = torch.from_numpy(audio).unsqueeze(0)
+        raw = vad({"waveform": waveform, "sample_rate": SAMPLE_RATE})
+        merged = Pyannote.merge_chunks(raw, chunk, onset=onset, offset=offset)
+        return [{"start": round(float(s["start"]), 3), "end": round(float(s["end"]), 3)} for s in merged]
+
+    def transcribe(
+        self,
+        audio_path: str,
+        ref: ModelRef,
+        segments: list[SegmentSpan],
+        language: str | None,
+        task: str,
+        batch_size: int,
+        canceled: threading.Event,
+        emit: Callable[[SegmentSpan, str, str], None],
+    ) -> str:
+        """Batched whisperx inference over the given segments; `emit` gets each as it is done."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        pipeline, _ = self.whisper(ref, language)
+        audio = load_wav(audio_path)
+        if not segments:
+            return language or ""
+        if language is None:
+            first = segments[0]
+            language = pipeline.detect_language(_slice(audio, first["start"], first["end"]))
+        tok = pipeline.tokenizer
+        if tok is None or tok.task != _task_token(tok, task) or tok.language_code != language:
+            pipeline.tokenizer = Tokenizer(
+                pipeline.model.hf_tokenizer,
+                pipeline.model.model.is_multilingual,
+                task=task,
+                language=language,
+            )
+
+        def inputs() -> Iterator[dict[str, np.ndarray]]:
+            for seg in segments:
+                yield {"inputs": _slice(audio, seg["start"], seg["end"])}
+
+        outputs = pipeline(inputs(), batch_size=batch_size, num_workers=0)
+        for seg, out in zip(segments, outputs, strict=True):
+            text = out["text"]
+            if isinstance(text, list):
+                text = text[0]
+            emit(seg, str(text).strip(), language)
+            if canceled.is_set():
+                raise Canceled()
+        return language
+
+    def align(
+        self,
+        audio_path: str,
+        language: str,
+        segments: list[TextSegment],
+        align_ref: ModelRef | None,
+        whisper_ref: ModelRef | None,
+        progress: Callable[[float], None],
+    ) -> dict[str, Any]:
+        """Word timings: wav2vec2 forced alignment, or Whisper's cross-attention timings."""
+        audio = load_wav(audio_path)
+        transcript = [s for s in segments if s["text"].strip()]
+        if align_ref is not None:
+            import whisperx
+
+            loaded, _ = self.align_model(align_ref, language)
+            result = whisperx.align(
+                [{"start": s["start"], "end": s["end"], "text": s["text"]} for s in transcript],
+                loaded.model,
+                loaded.metadata,
+                audio,
+                self.torch_device,
+                return_char_alignments=False,
+                progress_callback=progress,
+            )
+            out = [_clean_segment(s) for s in result["segments"]]
+            return {"alignment": "wav2vec2", "segments": out}
+        if whisper_ref is None:
+            raise EngineError("bad_request", "align needs an alignment or a Whisper model")
+        return {
+            "alignment": "whisper",
+            "segments": self._whisper_word_times(audio, language, transcript, whisper_ref, progress),
+        }
+
+    def _whisper_word_times(
+        self,
+        audio: np.ndarray,
+        language: str,
+        segments: list[TextSegment],
+        ref: ModelRef,
+        progress: Callable[[float], None],
+    ) -> list[AlignedSegment]:
+        """Align the stored texts with Whisper's cross-attention (faster-whisper's DTW)."""
+        from faster_whisper.tokenizer import Tokenizer
+        from whisperx.audio import N_SAMPLES, log_mel_spectrogram
+
+        pipeline, _ = self.whisper(ref, language)
+        model = pipeline.model
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+        )
+        n_mels = model.feat_kwargs.get("feature_size") or 80
+        out: list[AlignedSegment] = []
+        for i, seg in enumerate(segments):
+            clip = _slice(audio, seg["start"], seg["end"])[:N_SAMPLES]
+            features = log_mel_spectrogram(clip, n_mels=n_mels, padding=N_SAMPLES - clip.shape[0])
+            encoder_output = model.encode(features.numpy() if hasattr(features, "numpy") else features)
+            tokens = tokenizer.encode(" " + seg["text"].strip())
+            found = model.find_alignment(tokenizer, [tokens], encoder_output, clip.shape[0] // HOP_LENGTH)
+            words: list[Word] = [
+                Word(
+                    word=w["word"].strip(),
+                    start=round(seg["start"] + float(w["start"]), 3),
+                    end=round(seg["start"] + float(w["end"]), 3),
+                    score=round(float(w["probability"]), 3),
+                )
+                for w in (found[0] if found else [])
+                if w["word"].strip()
+            ]
+            out.append(
+                AlignedSegment(start=seg["start"], end=seg["end"], text=seg["text"].strip(), words=words)
+            )
+            progress(100.0 * (i + 1) / len(segments))
+        return out
+
+
+def _slice(audio: np.ndarray, start: float, end: float) -> np.ndarray:
+    return audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+
+
+def _task_token(tokenizer: Any, task: str) -> Any:
+    """faster-whisper keeps the task as a token id; compare like with like."""
+    return tokenizer.tokenizer.token_to_id(f"<|{task}|>") if isinstance(tokenizer.task, int) else task
+
+
+def _num(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if f != f else round(f, 3)  # NaN -> None
+
+
+def _clean_segment(seg: dict[str, Any]) -> AlignedSegment:
+    """whisperx output as plain JSON types; words it could not place lose their times."""
+    words: list[Word] = []
+    for w in seg.get("words", []):
+        word: dict[str, Any] = {"word": str(w.get("word", "")).strip(), "score": _num(w.get("score"))}
+        start, end = _num(w.get("start")), _num(w.get("end"))
+        if start is not None and end is not None:
+            word["start"], word["end"] = start, end
+        if word["word"]:
+            words.append(word)  # type: ignore[arg-type]
+    return AlignedSegment(
+        start=_num(seg.get("start")) or 0.0,
+        end=_num(seg.get("end")) or 0.0,
+        text=str(seg.get("text", "")).strip(),
+        words=words,
+    )

@@ -1,0 +1,239 @@
+"""The runner process: reads requests from stdin, answers on a private copy of stdout.
+
+The main thread only reads and dispatches, so `ping` and `cancel` are answered while the
+single worker thread is busy with a model. Anything a library prints goes to stderr: fd 1
+is pointed at stderr at start-up and the protocol uses a duplicate of the original fd.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from vsrt_service import protocol as p
+
+from .engine import Canceled, Engine, EngineError
+
+log = logging.getLogger("gpu_runner")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux to kill us when the service dies, so no runner is ever orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before prctl took effect
+
+
+class Runner:
+    def __init__(self, engine: Engine, out: BinaryIO) -> None:
+        self.engine = engine
+        self._out = out
+        self._out_lock = threading.Lock()
+        self._work: queue.Queue[p.Request | None] = queue.Queue()
+        self._cancel: dict[str, threading.Event] = {}
+        self._ready = threading.Event()
+        self._warm_error: str | None = None
+        self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
+
+    def send(self, msg: p.Reply) -> None:
+        data = p.encode(msg)
+        with self._out_lock:
+            self._out.write(data)
+            self._out.flush()
+
+    # --- main thread -------------------------------------------------------------------
+
+    def serve(self, stdin: BinaryIO) -> int:
+        self._worker.start()
+        for line in stdin:
+            if not line.strip():
+                continue
+            try:
+                req = p.decode_request(line)
+            except p.ProtocolError as exc:
+                log.warning("ignoring malformed request: %s", exc)
+                self.send(p.Error(id="", code="bad_request", message=str(exc)))
+                continue
+            if isinstance(req, p.Shutdown):
+                self._stop_work()
+                self.send(p.Result(id=req.id, data={"bye": True}))
+                return 0
+            self._dispatch(req)
+        self._stop_work()  # stdin closed: the service is gone
+        return 0
+
+    def _dispatch(self, req: p.Request) -> None:
+        if isinstance(req, p.Ping):
+            self.send(p.Result(id=req.id, data={"ts": time.time(), "busy": self._busy()}))
+        elif isinstance(req, p.Hello):
+            self.send(p.Result(id=req.id, data=self.hello(req)))
+        elif isinstance(req, p.Cancel):
+            event = self._cancel.get(req.target)
+            if event is not None:
+                event.set()
+            self.send(p.Result(id=req.id, data={"canceled": event is not None}))
+        else:
+            self._cancel[req.id] = threading.Event()
+            self._work.put(req)
+
+    def _busy(self) -> bool:
+        return bool(self._cancel)
+
+    def hello(self, req: p.Hello) -> dict[str, Any]:
+        return {
+            "protocol_version": p.PROTOCOL_VERSION,
+            "compatible": req.protocol_version == p.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "device": self.engine.torch_device,
+            "compute_type": self.engine.compute_type,
+            "versions": {
+                name: _version(name) for name in ("whisperx", "torch", "ctranslate2", "faster-whisper")
+            },
+            "loaded_models": self.engine.loaded(),
+            "load_count": self.engine.load_count,
+            "warm": self._ready.is_set(),
+        }
+
+    def _stop_work(self) -> None:
+        for event in list(self._cancel.values()):
+            event.set()
+        self._work.put(None)
+        self._worker.join(timeout=10)
+
+    # --- worker thread -----------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        try:
+            Engine.warm_up()
+        except Exception as exc:  # reported on every request
+            self._warm_error = f"whisperx is not usable here: {exc}"
+            log.exception("warm-up failed")
+        self._ready.set()
+        while (req := self._work.get()) is not None:
+            canceled = self._cancel[req.id]
+            try:
+                if self._warm_error:
+                    raise EngineError("internal", self._warm_error)
+                if canceled.is_set():
+                    raise Canceled()
+                data = self._handle(req, canceled)
+            except Canceled:
+                self.send(p.Error(id=req.id, code="canceled", message="canceled"))
+            except EngineError as exc:
+                self.send(p.Error(id=req.id, code=exc.code, message=str(exc)))
+            except Exception as exc:
+                log.exception("request %s (%s) failed", req.id, req.type)
+                self.send(p.Error(id=req.id, code="internal", message=f"{type(exc).__name__}: {exc}"))
+            else:
+                self.send(p.Result(id=req.id, data=data))
+            finally:
+                self._cancel.pop(req.id, None)
+
+    def _handle(self, req: p.Request, canceled: threading.Event) -> dict[str, Any]:
+        handler: Callable[[Any, threading.Event], dict[str, Any]] | None = getattr(
+            self, f"_do_{req.type}", None
+        )
+        if handler is None:
+            raise EngineError("bad_request", f"unsupported request {req.type!r}")
+        return handler(req, canceled)
+
+    def _do_load_model(self, req: p.LoadModel, canceled: threading.Event) -> dict[str, Any]:
+        started = time.monotonic()
+        loaded_now = self.engine.load(req.model, req.language)
+        return {
+            "loaded_now": loaded_now,
+            "seconds": round(time.monotonic() - started, 3),
+            "load_count": self.engine.load_count,
+        }
+
+    def _do_unload(self, req: p.Unload, canceled: threading.Event) -> dict[str, Any]:
+        return {"unloaded": self.engine.unload(req.key), "loaded_models": self.engine.loaded()}
+
+    def _do_split(self, req: p.Split, canceled: threading.Event) -> dict[str, Any]:
+        segments = self.engine.split(req.audio_path, req.vad_onset, req.vad_offset, req.chunk_size)
+        return {"segments": segments}
+
+    def _do_transcribe(self, req: p.Transcribe, canceled: threading.Event) -> dict[str, Any]:
+        count = 0
+
+        def emit(seg: p.SegmentSpan, text: str, language: str) -> None:
+            nonlocal count
+            count += 1
+            self.send(p.Fragment(
+                id=req.id, index=seg["index"], start=seg["start"], end=seg["end"],
+                text=text, language=language,
+            ))
+
+        language = self.engine.transcribe(
+            req.audio_path, req.model, req.segments, req.language, req.task,
+            req.batch_size, canceled, emit,
+        )
+        return {"language": language, "count": count, "load_count": self.engine.load_count}
+
+    def _do_align(self, req: p.Align, canceled: threading.Event) -> dict[str, Any]:
+        last = [0.0]
+
+        def progress(percent: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.25 or percent >= 100:
+                last[0] = now
+                self.send(p.Progress(id=req.id, done=round(percent, 1), total=100, message="aligning"))
+            if canceled.is_set():
+                raise Canceled()
+
+        return self.engine.align(
+            req.audio_path, req.language, req.segments, req.align_model, req.whisper_model, progress
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m gpu_runner", description=__doc__)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    parser.add_argument("--compute-type", default="auto")
+    parser.add_argument("--cpu-threads", type=int, default=0)
+    parser.add_argument("--cache-size", type=int, default=3)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--nltk-data", default=None, help="directory for NLTK's punkt_tab")
+    args = parser.parse_args(argv)
+
+    # Keep the protocol channel private: libraries that print() must not corrupt it.
+    proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    logging.basicConfig(
+        level=os.environ.get("VSRT_RUNNER_LOG", "INFO"),
+        stream=sys.stderr,
+        format=f"%(asctime)s runner[{args.device}] %(levelname)s %(name)s: %(message)s",
+    )
+    die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when we stop
+    if args.nltk_data:
+        from .nltk_data import ensure_punkt_tab
+
+        os.environ["NLTK_DATA"] = str(ensure_punkt_tab(Path(args.nltk_data)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    engine = Engine(args.device, args.compute_type, args.cpu_threads, args.cache_size)
+    return Runner(engine, proto_out).serve(sys.stdin.buffer)
