@@ -1,0 +1,172 @@
+"""Event broker: channels (`job:{id}`, `models`) with monotonic ids and a replay buffer.
+
+Publishing never awaits a subscriber. Each subscriber has a bounded queue in which a newer
+coalescible event (progress) replaces an unsent older one of the same kind; events that
+must not be lost (fragment, signal, error) are never dropped silently: a subscriber whose
+queue overflows gets a final `resync` event and is closed, and reconnects from a snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Events where only the newest matters, so an unsent older one may be replaced.
+COALESCE = frozenset({"progress", "model_progress", "ping", "heartbeat"})
+
+
+@dataclass(frozen=True)
+class Event:
+    channel: str
+    id: int
+    event: str
+    data: dict[str, Any]
+
+
+def _first_id() -> int:
+    """Ids start at the clock's milliseconds, so they keep growing across service restarts
+    and a client's Last-Event-ID from before a restart is never mistaken for a recent one."""
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Channel:
+    next_id: itertools.count[int] = field(default_factory=lambda: itertools.count(_first_id()))
+    buffer: deque[Event] = field(default_factory=deque)
+    subscribers: set[Subscription] = field(default_factory=set)
+
+
+class Subscription:
+    """An async iterator of events for one subscriber; closed by the broker or by `close()`."""
+
+    def __init__(self, broker: Broker, channel: str, limit: int) -> None:
+        self._broker = broker
+        self.channel = channel
+        self._limit = limit
+        self._queue: deque[Event] = deque()
+        self._wakeup = asyncio.Event()
+        self.closed = False
+        self.overflowed = False
+
+    def _offer(self, event: Event) -> None:
+        if self.closed:
+            return
+        if event.event in COALESCE:
+            for i in range(len(self._queue) - 1, -1, -1):
+                if self._queue[i].event == event.event:
+                    del self._queue[i]
+                    break
+        if len(self._queue) >= self._limit:
+            self._queue.clear()
+            self._queue.append(Event(self.channel, event.id, "resync", {
+                "reason": "subscriber fell too far behind", "last_event_id": event.id,
+            }))
+            self.overflowed = True
+            self._close()
+            return
+        self._queue.append(event)
+        self._wakeup.set()
+
+    def _close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+        self._broker._unsubscribe(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close()
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._queue:
+            if self.closed:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._queue.popleft()
+
+    async def get(self, wait: float | None = None) -> Event | None:
+        """The next event, or None after `wait` seconds or once closed and drained."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), wait)
+        except (StopAsyncIteration, TimeoutError):
+            return None
+
+
+class Broker:
+    def __init__(self, replay_buffer: int = 512, subscriber_queue: int = 256) -> None:
+        self._channels: dict[str, _Channel] = {}
+        self._replay = replay_buffer
+        self._queue = subscriber_queue
+
+    def _channel(self, name: str) -> _Channel:
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = _Channel()
+        return channel
+
+    def publish(self, channel: str, event: str, data: dict[str, Any]) -> Event:
+        """Number the event, keep it for replay, hand it to every subscriber; never blocks."""
+        ch = self._channel(channel)
+        ev = Event(channel, next(ch.next_id), event, data)
+        ch.buffer.append(ev)
+        while len(ch.buffer) > self._replay:
+            ch.buffer.popleft()
+        for sub in list(ch.subscribers):
+            sub._offer(ev)
+        return ev
+
+    def last_id(self, channel: str) -> int:
+        ch = self._channels.get(channel)
+        return ch.buffer[-1].id if ch and ch.buffer else 0
+
+    def subscribe(self, channel: str, last_event_id: int | None = None) -> tuple[Subscription, bool]:
+        """A new subscription; with `last_event_id`, the missed events are queued first.
+
+        Returns (subscription, replayed): replayed is False when the missed events are no
+        longer all in the buffer, so the caller must send a fresh snapshot instead.
+        """
+        ch = self._channel(channel)
+        sub = Subscription(self, channel, self._queue)
+        replayed = False
+        if last_event_id is not None:
+            missed = [e for e in ch.buffer if e.id > last_event_id]
+            first_kept = ch.buffer[0].id if ch.buffer else last_event_id + 1
+            if first_kept <= last_event_id + 1 and len(missed) < self._queue:
+                for ev in missed:
+                    sub._offer(ev)
+                replayed = True
+        ch.subscribers.add(sub)
+        return sub, replayed
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        ch = self._channels.get(sub.channel)
+        if ch is not None:
+            ch.subscribers.discard(sub)
+
+    def subscribers(self, channel: str) -> int:
+        ch = self._channels.get(channel)
+        return len(ch.subscribers) if ch else 0
+
+    def drop_channel(self, channel: str) -> None:
+        """Forget a channel (its job was deleted) and close its subscribers."""
+        ch = self._channels.pop(channel, None)
+        if ch is not None:
+            for sub in list(ch.subscribers):
+                sub.close()
+
+    def close(self, channels: Iterable[str] | None = None) -> None:
+        for name in list(self._channels if channels is None else channels):
+            ch = self._channels.get(name)
+            for sub in list(ch.subscribers if ch else ()):
+                sub.close()

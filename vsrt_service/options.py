@@ -1,0 +1,134 @@
+"""A job's settings: validated with field-level errors, defaults from the configuration.
+
+The split and transcription settings are *locked* once a job has a checkpoint: changing
+them would make the stored results inconsistent, so a resume forces them back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .config import Settings
+from .models import WHISPER_MODELS, english_only
+
+#: Settings that change stored results; a resume keeps the checkpoint's values.
+LOCKED = ("model", "language", "task", "vad_onset", "vad_offset", "chunk_size")
+
+TASKS = ("transcribe", "translate")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+
+
+class OptionError(ValueError):
+    """A bad setting; `field` names it for the API's error body."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    model: str
+    language: str | None
+    task: str
+    align: bool
+    max_line_chars: int
+    max_lines: int
+    max_cue_seconds: float
+    max_chars_per_second: float
+    vad_onset: float
+    vad_offset: float
+    chunk_size: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def locked(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in LOCKED}
+
+
+def defaults(settings: Settings) -> dict[str, Any]:
+    t, c = settings.transcription, settings.cues
+    return {
+        "model": t.default_model,
+        "language": t.default_language,
+        "task": "transcribe",
+        "align": True,
+        "max_line_chars": c.max_line_chars,
+        "max_lines": c.max_lines,
+        "max_cue_seconds": c.max_cue_seconds,
+        "max_chars_per_second": c.max_chars_per_second,
+        "vad_onset": t.vad_onset,
+        "vad_offset": t.vad_offset,
+        "chunk_size": t.chunk_size,
+    }
+
+
+def _number(name: str, value: Any, lo: float, hi: float, integer: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise OptionError(name, f"{name} must be a number")
+    if integer and not float(value).is_integer():
+        raise OptionError(name, f"{name} must be a whole number")
+    if not lo <= value <= hi:
+        raise OptionError(name, f"{name} must be between {lo:g} and {hi:g}")
+    return int(value) if integer else float(value)
+
+
+def parse_options(raw: Any, settings: Settings, base: dict[str, Any] | None = None) -> JobOptions:
+    """Validate user settings over `base` (or the configured defaults)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise OptionError("settings", "settings must be a JSON object")
+    known = {f.name for f in fields(JobOptions)}
+    for key in raw:
+        if key not in known:
+            raise OptionError(key, f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+    merged = {**(base or defaults(settings)), **raw}
+
+    model = merged["model"]
+    if not isinstance(model, str) or model not in WHISPER_MODELS:
+        raise OptionError("model", f"unknown model {model!r}; known: {', '.join(WHISPER_MODELS)}")
+    language = merged["language"]
+    if language in ("", "auto"):
+        language = None
+    if language is not None and (not isinstance(language, str) or not _LANGUAGE.match(language)):
+        raise OptionError("language", f"language must be a code such as 'en' or null, not {language!r}")
+    if english_only(model):
+        if language not in (None, "en"):
+            raise OptionError("language", f"{model} is English-only; use a multilingual model")
+        language = "en"
+    task = merged["task"]
+    if task not in TASKS:
+        raise OptionError("task", "task must be 'transcribe' or 'translate'")
+    if task == "translate" and english_only(model):
+        raise OptionError("task", f"{model} cannot translate; use a multilingual model")
+    align = merged["align"]
+    if not isinstance(align, bool):
+        raise OptionError("align", "align must be true or false")
+    return JobOptions(
+        model=model,
+        language=language,
+        task=task,
+        align=align,
+        max_line_chars=_number("max_line_chars", merged["max_line_chars"], 10, 200, integer=True),
+        max_lines=_number("max_lines", merged["max_lines"], 1, 5, integer=True),
+        max_cue_seconds=_number("max_cue_seconds", merged["max_cue_seconds"], 1, 60),
+        max_chars_per_second=_number("max_chars_per_second", merged["max_chars_per_second"], 1, 100),
+        vad_onset=_number("vad_onset", merged["vad_onset"], 0.01, 0.99),
+        vad_offset=_number("vad_offset", merged["vad_offset"], 0.01, 0.99),
+        chunk_size=_number("chunk_size", merged["chunk_size"], 1, 30),
+    )
+
+
+def conflicts(checkpoint: dict[str, Any] | None, options: JobOptions) -> list[dict[str, Any]]:
+    """Each locked setting whose new value differs from the checkpoint's."""
+    if not checkpoint:
+        return []
+    return [
+        {"field": k, "checkpoint": checkpoint.get(k), "requested": getattr(options, k)}
+        for k in LOCKED
+        if k in checkpoint and checkpoint[k] != getattr(options, k)
+    ]

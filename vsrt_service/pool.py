@@ -1,0 +1,379 @@
+"""Runner pool: supervised `python -m gpu_runner` subprocesses spoken to over asyncio pipes.
+
+Each slot keeps one runner alive: spawn, handshake, heartbeat, and on death or a missed
+heartbeat kill it, fail whatever was in flight with `RunnerLost`, and restart with backoff.
+Jobs take a slot exclusively with `lease()`; light calls (ping, cache status) go to any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import protocol as p
+from .config import Settings
+
+log = logging.getLogger("vsrt.pool")
+
+ReplyHandler = Callable[[p.Reply], Awaitable[None]]
+
+
+class RunnerError(Exception):
+    """The runner answered a request with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RunnerLost(Exception):
+    """The runner died or hung while a request was in flight."""
+
+
+class PoolClosed(Exception):
+    """The pool is shutting down."""
+
+
+@dataclass
+class _Call:
+    replies: asyncio.Queue[p.Reply | BaseException] = field(default_factory=asyncio.Queue)
+    abandoned: bool = False
+
+
+_ids = itertools.count(1)
+
+
+def new_id() -> str:
+    return f"r{next(_ids)}"
+
+
+class RunnerSlot:
+    """One supervised runner; the process behind it changes across restarts."""
+
+    def __init__(
+        self, index: int, device: str, settings: Settings, env: dict[str, str], wake: asyncio.Event
+    ) -> None:
+        self.index = index
+        self._wake = wake
+        self.name = f"runner-{index}"
+        self.device = device
+        self._settings = settings
+        self._env = env
+        self._proc: asyncio.subprocess.Process | None = None
+        self._calls: dict[str, _Call] = {}
+        self._write_lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.leased = False
+        self.state = "starting"
+        self.restarts = 0
+        self.info: dict[str, Any] = {}
+        self.last_error: str | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=40)
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "device": self.device,
+            "state": self.state,
+            "pid": self.pid,
+            "busy": self.leased,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "versions": self.info.get("versions"),
+        }
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"{self.name}-supervisor")
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Ask the runner to exit, then terminate, then kill; always reap it."""
+        self._closing = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.call(p.Shutdown(id=new_id())), timeout=grace)
+            await _reap(proc, grace)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        self.state = "stopped"
+
+    async def _supervise(self) -> None:
+        backoff = self._settings.runners.restart_backoff_initial
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            started = loop.time()
+            try:
+                await self._spawn()
+                await self._monitor()
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) or self._closing:
+                    await asyncio.shield(self._lose("runner stopped"))
+                    raise
+                self.last_error = str(exc) or type(exc).__name__
+                log.warning("%s: %s", self.name, self.last_error)
+            await self._lose(self.last_error or "runner exited")
+            if self._closing:
+                return
+            if loop.time() - started > 60:
+                backoff = self._settings.runners.restart_backoff_initial
+            self.state = "restarting"
+            self.restarts += 1
+            log.warning("%s: restarting in %.1f s", self.name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._settings.runners.restart_backoff_max)
+
+    async def _spawn(self) -> None:
+        cfg = self._settings.runners
+        self.state = "starting"
+        nltk_dir = self._settings.models_dir / "nltk"
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gpu_runner",
+            "--device", self.device,
+            "--compute-type", cfg.compute_type,
+            "--cpu-threads", str(cfg.cpu_threads),
+            "--cache-size", str(cfg.model_cache_size),
+            "--parent-pid", str(os.getpid()),
+            "--nltk-data", str(nltk_dir),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._env,
+            limit=p.MAX_LINE_BYTES,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the service, not the runner
+        )
+        self._readers = [
+            asyncio.create_task(self._read_stdout(self._proc), name=f"{self.name}-stdout"),
+            asyncio.create_task(self._read_stderr(self._proc), name=f"{self.name}-stderr"),
+        ]
+        try:
+            info = await asyncio.wait_for(self.call(p.Hello(id=new_id())), cfg.start_timeout)
+        except TimeoutError:
+            raise RunnerLost(
+                f"{self.name} did not answer its handshake in {cfg.start_timeout:.0f} s"
+            ) from None
+        if not info.get("compatible"):
+            self._closing = True
+            raise RunnerLost(
+                f"{self.name} speaks protocol {info.get('protocol_version')}, "
+                f"the service {p.PROTOCOL_VERSION}"
+            )
+        self.info = info
+        self.last_error = None
+        self.state = "ready"
+        self.ready.set()
+        self._wake.set()
+        log.info("%s ready (pid %s, %s)", self.name, info.get("pid"), info.get("device"))
+
+    async def _monitor(self) -> None:
+        """Heartbeat until the process ends or stops answering; then it is killed."""
+        proc = self._proc
+        assert proc is not None
+        cfg = self._settings.runners
+        while True:
+            exited = asyncio.ensure_future(proc.wait())
+            done, _ = await asyncio.wait({exited}, timeout=cfg.heartbeat_interval)
+            if done:
+                raise RunnerLost(f"{self.name} exited with status {proc.returncode}{self._tail()}")
+            exited.cancel()
+            try:
+                await asyncio.wait_for(self.call(p.Ping(id=new_id())), cfg.heartbeat_timeout)
+            except TimeoutError:
+                raise RunnerLost(
+                    f"{self.name} missed its heartbeat for {cfg.heartbeat_timeout:.0f} s; killed"
+                ) from None
+
+    def _tail(self) -> str:
+        lines = [line for line in self.stderr_tail if line.strip()][-3:]
+        return (": " + " | ".join(lines)) if lines else ""
+
+    async def _lose(self, reason: str) -> None:
+        """Kill and reap the process, and fail every call in flight."""
+        self.ready.clear()
+        proc = self._proc
+        if proc is not None:
+            await _reap(proc, 0)
+            for task in getattr(self, "_readers", []):
+                task.cancel()
+        for call in self._calls.values():
+            call.replies.put_nowait(RunnerLost(reason))
+        self._calls.clear()
+        self.idle.set()
+        self._wake.set()
+
+    # --- I/O ---------------------------------------------------------------------------
+
+    async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # over the line limit
+                log.error("%s: dropped an over-long line", self.name)
+                continue
+            if not line:
+                return
+            try:
+                msg = p.decode_reply(line)
+            except p.ProtocolError as exc:
+                log.warning("%s: malformed line ignored: %s", self.name, exc)
+                continue
+            call = self._calls.get(msg.id)
+            if call is None:
+                if isinstance(msg, p.Error) and not msg.id:
+                    log.warning("%s refused a request: %s", self.name, msg.message)
+                continue
+            if isinstance(msg, p.Result | p.Error):
+                del self._calls[msg.id]
+                if not any(c.abandoned for c in self._calls.values()):
+                    self.idle.set()
+                    self._wake.set()
+            if not call.abandoned:
+                call.replies.put_nowait(msg)
+
+    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        runner_log = logging.getLogger(f"vsrt.{self.name}")
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr_tail.append(line)
+            runner_log.debug("%s", line)
+
+    async def _send(self, req: p.Request) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None or proc.stdin is None:
+            raise RunnerLost(f"{self.name} is not running")
+        async with self._write_lock:
+            try:
+                proc.stdin.write(p.encode(req))
+                await proc.stdin.drain()
+            except (ConnectionError, RuntimeError) as exc:
+                raise RunnerLost(f"{self.name}: {exc}") from None
+
+    async def call(self, req: p.Request, on_reply: ReplyHandler | None = None) -> dict[str, Any]:
+        """Send a request and return its result; interim replies go to `on_reply` in order.
+
+        Raises RunnerError for an error reply and RunnerLost if the runner dies. If the
+        caller is cancelled, the runner is told to cancel and the slot stays busy until the
+        runner has really stopped.
+        """
+        call = _Call()
+        self._calls[req.id] = call
+        try:
+            await self._send(req)
+            while True:
+                msg = await call.replies.get()
+                if isinstance(msg, BaseException):
+                    raise msg
+                if isinstance(msg, p.Result):
+                    return msg.data
+                if isinstance(msg, p.Error):
+                    raise RunnerError(msg.code, msg.message)
+                if on_reply is not None:
+                    await on_reply(msg)
+        except asyncio.CancelledError:
+            if req.id in self._calls:
+                call.abandoned = True
+                self.idle.clear()
+                with contextlib.suppress(RunnerLost):
+                    await asyncio.shield(self._send(p.Cancel(id=new_id(), target=req.id)))
+            raise
+        finally:
+            if not call.abandoned:
+                self._calls.pop(req.id, None)
+
+
+async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Terminate (after `grace` s of waiting for a voluntary exit), wait, then kill."""
+    if proc.returncode is None and grace > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.returncode is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 3)
+    for stream in (proc.stdin,):
+        if stream is not None:
+            stream.close()
+
+
+class RunnerPool:
+    """The configured runners, and exclusive leases on them for jobs."""
+
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        base_env = dict(os.environ if env is None else env)
+        base_env.setdefault("PYTHONUNBUFFERED", "1")
+        self._wake = asyncio.Event()
+        self.slots = [
+            RunnerSlot(i, device, settings, base_env, self._wake)
+            for i, device in enumerate(settings.runners.devices)
+        ]
+        self._closing = False
+
+    async def start(self) -> None:
+        """Spawn the runners without waiting for them (start-up stays fast)."""
+        for slot in self.slots:
+            slot.start()
+
+    async def wait_ready(self, within: float | None = None) -> None:
+        await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in self.slots)), within)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        await asyncio.gather(*(slot.close() for slot in self.slots))
+
+    def health(self) -> list[dict[str, Any]]:
+        return [slot.health() for slot in self.slots]
+
+    def _free_slot(self) -> RunnerSlot | None:
+        for slot in self.slots:
+            if not slot.leased and slot.ready.is_set() and slot.idle.is_set():
+                return slot
+        return None
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[RunnerSlot]:
+        """Exclusive use of a ready, idle runner for the duration of a job step."""
+        while True:
+            if self._closing:
+                raise PoolClosed("the runner pool is shutting down")
+            slot = self._free_slot()
+            if slot is not None:
+                break
+            self._wake.clear()  # no await since the check: no wake-up can be missed
+            await self._wake.wait()
+        slot.leased = True
+        try:
+            yield slot
+        finally:
+            slot.leased = False
+            self._wake.set()
+
+    async def broadcast(self, make: Callable[[], p.Request]) -> list[dict[str, Any] | BaseException]:
+        """Send a request to every ready runner (e.g. unload), collecting results or errors."""
+        ready = [s for s in self.slots if s.ready.is_set()]
+        return await asyncio.gather(*(s.call(make()) for s in ready), return_exceptions=True)
