@@ -1,0 +1,316 @@
+"""One job through the pipeline: extract, split, transcribe, align, srt.
+
+Every step starts from what the store already holds, so running a job again after a pause,
+a crash or a restart redoes nothing that was finished. Each write is committed before the
+event about it is published. The scheduler owns the task; this module owns the job's
+final state, which is written under `asyncio.shield` whatever ends the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import protocol as p
+from .broker import Broker
+from .config import CueSettings, Settings
+from .cues import Cue, build_cues
+from .formats import FORMATS, render
+from .media import MediaError, extract_audio
+from .models import LocalModels
+from .options import JobOptions, parse_options
+from .pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
+from .store import Job, Store
+
+log = logging.getLogger("vsrt.pipeline")
+
+#: phase -> (start percent, end percent); the SPEC's shares.
+PHASES: dict[str, tuple[float, float]] = {
+    "extract": (0.0, 5.0),
+    "split": (5.0, 10.0),
+    "transcribe": (10.0, 80.0),
+    "align": (80.0, 90.0),
+    "srt": (90.0, 100.0),
+}
+
+
+class JobFailed(Exception):
+    """Ends a job as failed with a code and a message a user can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Requeue(Exception):
+    """The runner died under the job; it goes back to the queue and resumes later."""
+
+
+@dataclass
+class JobContext:
+    """What a running job needs; built once by the scheduler."""
+
+    settings: Settings
+    store: Store
+    broker: Broker
+    pool: RunnerPool
+    models: LocalModels
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.settings.jobs_dir / job_id
+
+    def input_file(self, job: Job) -> Path:
+        path = Path(job.input_path)
+        return path if path.is_absolute() else self.settings.data_dir / path
+
+    def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
+        self.broker.publish(f"job:{job_id}", event, data)
+
+
+def percent(phase: str, fraction: float) -> float:
+    lo, hi = PHASES[phase]
+    return lo + (hi - lo) * max(0.0, min(1.0, fraction))
+
+
+def cue_rules(settings: Settings, options: JobOptions) -> CueSettings:
+    return CueSettings(
+        max_line_chars=options.max_line_chars,
+        max_lines=options.max_lines,
+        min_cue_seconds=min(settings.cues.min_cue_seconds, options.max_cue_seconds / 2),
+        max_cue_seconds=options.max_cue_seconds,
+        min_gap_seconds=settings.cues.min_gap_seconds,
+        max_chars_per_second=options.max_chars_per_second,
+    )
+
+
+class JobRun:
+    """The pipeline for one claimed job."""
+
+    def __init__(self, ctx: JobContext, job: Job) -> None:
+        self.ctx = ctx
+        self.job = job
+        self.options = parse_options(job.settings, ctx.settings, base=None)
+        self.dir = ctx.job_dir(job.id)
+        self.audio = self.dir / "audio.wav"
+        self.language: str | None = job.language or self.options.language
+
+    async def progress(
+        self, phase: str, fraction: float, message: str, processed: int | None = None,
+        total: int | None = None,
+    ) -> None:
+        job = await self.ctx.store.update_progress(
+            self.job.id, phase=phase, percent=percent(phase, fraction), message=message,
+            processed=processed, total=total,
+        )
+        self.ctx.publish(self.job.id, "progress", {
+            "phase": job.phase, "percent": round(job.percent, 2), "message": job.message,
+            "processed": job.processed, "total": job.total,
+        })
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
+        await self.extract()
+        segments = await self.split()
+        if segments:
+            await self.transcribe()
+        aligned, alignment = await self.align()
+        await self.write_outputs(aligned, alignment)
+
+    # --- phases --------------------------------------------------------------------------
+
+    async def extract(self) -> None:
+        if self.audio.is_file():
+            return
+        await self.progress("extract", 0, "extracting audio")
+        src = self.ctx.input_file(self.job)
+
+        async def on_progress(fraction: float) -> None:
+            await self.progress("extract", fraction, "extracting audio")
+
+        try:
+            await extract_audio(src, self.audio, on_progress)
+        except MediaError as exc:
+            raise JobFailed(exc.code, str(exc)) from None
+        await self.progress("extract", 1, "audio extracted")
+
+    async def split(self) -> int:
+        if self.job.checkpoint_settings is not None:
+            return self.job.total
+        await self.progress("split", 0, "finding speech")
+        async with self.ctx.pool.lease() as runner:
+            data = await self._call(runner, p.Split(
+                id=new_id(), audio_path=str(self.audio), vad_onset=self.options.vad_onset,
+                vad_offset=self.options.vad_offset, chunk_size=self.options.chunk_size,
+            ))
+        spans = [(float(s["start"]), float(s["end"])) for s in data["segments"]]
+        duration = await asyncio.to_thread(wav_duration, self.audio)
+        count = await self.ctx.store.save_segments(
+            self.job.id, spans, self.options.locked(), duration
+        )
+        message = f"{count} speech segments" if count else "no speech found"
+        await self.progress("split", 1, message, processed=0, total=count)
+        return count
+
+    async def transcribe(self) -> None:
+        store = self.ctx.store
+        segments = await store.segments(self.job.id)
+        total = len(segments)
+        pending = [s for s in segments if s.text is None]
+        done = total - len(pending)
+        if not pending:
+            return
+        ref = self._whisper_ref()
+        await self.progress("transcribe", done / total, f"transcribing {done}/{total}", done, total)
+        in_flight = {s.index for s in pending}
+
+        async def on_reply(msg: p.Reply) -> None:
+            nonlocal done
+            if not isinstance(msg, p.Fragment):
+                return
+            in_flight.discard(msg.index)
+            if not await store.save_transcript(self.job.id, msg.index, msg.text, msg.language):
+                return  # already stored by an earlier run: never twice
+            done += 1
+            self.language = self.language or msg.language
+            self.ctx.publish(self.job.id, "fragment", {
+                "segment_index": msg.index,
+                "language": msg.language,
+                "segments": [{"id": msg.index, "start": msg.start, "end": msg.end, "text": msg.text}],
+            })
+            await self.progress("transcribe", done / total, f"transcribing {done}/{total}", done, total)
+
+        request = p.Transcribe(
+            id=new_id(), audio_path=str(self.audio), model=ref,
+            segments=[p.SegmentSpan(index=s.index, start=s.start, end=s.end) for s in pending],
+            language=self.language, task=self.options.task,
+            batch_size=self.ctx.settings.transcription.batch_size,
+            beam_size=self.ctx.settings.transcription.beam_size,
+        )
+        async with self.ctx.pool.lease() as runner:
+            try:
+                result = await runner.call(request, on_reply)
+            except RunnerLost as exc:
+                await self._runner_lost(sorted(in_flight), str(exc))
+                raise AssertionError("unreachable") from exc
+            except RunnerError as exc:
+                raise JobFailed(exc.code, f"transcription failed: {exc}") from None
+        self.language = self.language or result.get("language") or None
+
+    async def _runner_lost(self, in_flight: list[int], reason: str) -> None:
+        """Count the crash against the batch in flight; fail a poison segment, else requeue."""
+        batch = in_flight[: self.ctx.settings.transcription.batch_size]
+        crashes = await self.ctx.store.record_crash(self.job.id, batch)
+        limit = self.ctx.settings.jobs.max_segment_crashes
+        if crashes >= limit:
+            where = f"segment {batch[0]}" if len(batch) == 1 else f"segments {batch[0]}-{batch[-1]}"
+            raise JobFailed(
+                "runner_crash", f"{where} crashed the runner {crashes} times; last: {reason}"
+            )
+        raise Requeue(f"runner lost ({reason}); resuming from the checkpoint")
+
+    async def align(self) -> tuple[list[p.AlignedSegment], str]:
+        stored = await self.ctx.store.result(self.job.id)
+        job = await self.ctx.store.get_job(self.job.id)
+        if stored is not None and job is not None and job.alignment:
+            return stored, job.alignment
+        segments = [s for s in await self.ctx.store.segments(self.job.id) if s.text]
+        language = self.language or "en"
+        if not segments:
+            await self.ctx.store.save_result(self.job.id, [], "none", self.language)
+            return [], "none"
+        texts = [p.TextSegment(index=s.index, start=s.start, end=s.end, text=s.text or "") for s in segments]
+        align_ref = self.ctx.models.align_ref(language) if self.options.align else None
+        message = "aligning words (wav2vec2)" if align_ref else "word timings from Whisper"
+        if self.options.align and align_ref is None:
+            message = f"no alignment model for '{language}': using Whisper's word timings"
+        await self.progress("align", 0, message)
+
+        async def on_reply(msg: p.Reply) -> None:
+            if isinstance(msg, p.Progress) and msg.total:
+                await self.progress("align", msg.done / msg.total, message)
+
+        request = p.Align(
+            id=new_id(), audio_path=str(self.audio), language=language, segments=texts,
+            align_model=align_ref, whisper_model=self._whisper_ref(),
+        )
+        async with self.ctx.pool.lease() as runner:
+            try:
+                data = await self._call(runner, request, on_reply)
+            except JobFailed as exc:
+                if align_ref is None:
+                    raise
+                log.warning("job %s: wav2vec2 alignment failed (%s); using Whisper", self.job.id, exc)
+                request.align_model = None
+                message = f"alignment model failed ({exc}); using Whisper's word timings"
+                data = await self._call(runner, request, on_reply)
+        aligned: list[p.AlignedSegment] = data["segments"]
+        alignment = str(data["alignment"])
+        await self.ctx.store.save_result(self.job.id, aligned, alignment, self.language)
+        await self.progress("align", 1, f"aligned ({alignment})")
+        self.ctx.publish(self.job.id, "signal", {
+            "code": "alignment_ready",
+            "message": f"word timings ready ({alignment})",
+            "alignment": alignment,
+        })
+        return aligned, alignment
+
+    async def write_outputs(self, aligned: list[p.AlignedSegment], alignment: str) -> None:
+        await self.progress("srt", 0, "building subtitles")
+        cues = build_cues(aligned, cue_rules(self.ctx.settings, self.options))
+        meta = self.metadata(alignment, aligned)
+        await asyncio.to_thread(write_subtitles, self.dir, cues, meta)
+        await self.progress("srt", 1, f"{len(cues)} cues written")
+
+    def metadata(self, alignment: str, aligned: list[p.AlignedSegment]) -> dict[str, Any]:
+        return {
+            "job_id": self.job.id,
+            "source": self.job.source_name,
+            "model": self.options.model,
+            "language": self.language,
+            "task": self.options.task,
+            "alignment": alignment,
+            "segments": aligned,
+        }
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _whisper_ref(self) -> p.ModelRef:
+        ref = self.ctx.models.whisper_ref(self.options.model)
+        if ref is None:
+            raise JobFailed("model_missing", f"Whisper model {self.options.model} is not installed")
+        return ref
+
+    async def _call(
+        self, runner: RunnerSlot, request: p.Request, on_reply: Any = None
+    ) -> dict[str, Any]:
+        try:
+            return await runner.call(request, on_reply)
+        except RunnerLost as exc:
+            raise Requeue(f"runner lost ({exc}); resuming from the checkpoint") from None
+        except RunnerError as exc:
+            raise JobFailed(exc.code, f"{request.type} failed: {exc}") from None
+
+
+def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> None:
+    """Every format, each written to a temporary name and renamed into place."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    for fmt in FORMATS:
+        target = job_dir / f"subtitles.{fmt}"
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_text(render(fmt, cues, meta), encoding="utf-8")
+        os.replace(tmp, target)
+
+
+def wav_duration(path: Path) -> float:
+    with wave.open(str(path), "rb") as wav:
+        return wav.getnframes() / wav.getframerate()
+
+
+def remove_job_files(job_dir: Path) -> None:
+    shutil.rmtree(job_dir, ignore_errors=True)
