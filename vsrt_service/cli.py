@@ -1,0 +1,237 @@
+"""The `vsrt` command: serve, transcribe files in-process, list models.
+
+Exit codes: 0 success, 1 a file failed, 2 bad usage or configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import ConfigError, Settings, load_settings
+from .formats import FORMATS
+from .models import WHISPER_MODELS, LocalModels
+from .options import OptionError
+from .service import Service, ServiceError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data directory (default ./data, or $VSRT_DATA_DIR)")
+    parser.add_argument("--config", help="a vsrt.toml with settings to override")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsrt", description="Subtitles from video and audio.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP service and browser UI")
+    _common(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+
+    tr = sub.add_parser("transcribe", help="make subtitles for files, without a server")
+    _common(tr)
+    tr.add_argument("files", nargs="+", metavar="FILE")
+    tr.add_argument("-o", "--output-dir", default=".", help="where to write <stem>.<format>")
+    tr.add_argument("--format", default="srt", help=f"comma-separated: {','.join(FORMATS)}")
+    tr.add_argument("--model", help=f"Whisper model ({', '.join(WHISPER_MODELS)})")
+    tr.add_argument("--language", help="language code, or 'auto' to detect")
+    tr.add_argument("--task", choices=("transcribe", "translate"))
+    tr.add_argument("--no-align", action="store_true", help="use Whisper's word timings only")
+
+    models = sub.add_parser("models", help="list, download or delete models")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    _common(msub.add_parser("list", help="what is installed"))
+    return parser
+
+
+def _settings(args: argparse.Namespace, **server: Any) -> Settings:
+    overrides: dict[str, Any] = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    server = {k: v for k, v in server.items() if v is not None}
+    if server:
+        overrides["server"] = server
+    return load_settings(args.config, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            from .server import serve
+
+            return serve(_settings(args, host=args.host, port=args.port))
+        if args.command == "transcribe":
+            return asyncio.run(transcribe(args, _settings(args)))
+        if args.command == "models":
+            return models_list(_settings(args))
+    except ConfigError as exc:
+        print(f"vsrt: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vsrt: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE
+
+
+# --- transcribe ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Line:
+    name: str
+    phase: str = "queued"
+    percent: float = 0.0
+    message: str = ""
+    done: bool = False
+    failed: bool = False
+
+
+class Progress:
+    """One line per file: redrawn in place on a terminal, phase changes only otherwise."""
+
+    def __init__(self, names: list[str], out: TextIO) -> None:
+        self.lines = [_Line(n) for n in names]
+        self.out = out
+        self.tty = out.isatty()
+        self._drawn = False
+
+    def update(self, i: int, **changes: Any) -> None:
+        line = self.lines[i]
+        old_phase = line.phase
+        for k, v in changes.items():
+            setattr(line, k, v)
+        if self.tty:
+            self._draw()
+        elif line.phase != old_phase or changes.get("done"):
+            self.out.write(f"{line.name}: {line.phase} {line.percent:.0f}% {line.message}\n")
+            self.out.flush()
+
+    def _draw(self) -> None:
+        width = shutil.get_terminal_size((100, 20)).columns
+        if self._drawn:
+            self.out.write(f"\x1b[{len(self.lines)}F")
+        for line in self.lines:
+            bar_w = 24
+            filled = int(bar_w * line.percent / 100)
+            bar = "#" * filled + "-" * (bar_w - filled)
+            status = "FAILED" if line.failed else line.phase
+            text = f"{line.name[:30]:30} [{bar}] {line.percent:5.1f}% {status}: {line.message}"
+            self.out.write("\x1b[2K" + text[: width - 1] + "\n")
+        self.out.flush()
+        self._drawn = True
+
+
+async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        print(f"vsrt: unknown format {', '.join(bad) or '(none)'}; use {','.join(FORMATS)}", file=sys.stderr)
+        return EXIT_USAGE
+    files = [Path(f) for f in args.files]
+    stems = [f.stem for f in files]
+    if len(set(stems)) != len(stems):
+        print("vsrt: two input files share a name; their outputs would overwrite each other",
+              file=sys.stderr)
+        return EXIT_USAGE
+    out_dir = Path(args.output_dir)
+    job_settings: dict[str, Any] = {}
+    if args.model:
+        job_settings["model"] = args.model
+    if args.language:
+        job_settings["language"] = None if args.language == "auto" else args.language
+    if args.task:
+        job_settings["task"] = args.task
+    if args.no_align:
+        job_settings["align"] = False
+
+    failures: list[str] = []
+    progress = Progress([f.name for f in files], sys.stderr)
+    async with Service(settings) as svc:
+        svc.scheduler.only = set()
+        jobs: list[tuple[int, str]] = []
+        for i, f in enumerate(files):
+            try:
+                job = await svc.submit(f, job_settings)
+            except OptionError as exc:
+                print(f"vsrt: invalid --{exc.field.replace('_', '-')}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            except ServiceError as exc:
+                failures.append(f"{f}: {exc}")
+                progress.update(i, failed=True, done=True, message=str(exc))
+                continue
+            jobs.append((i, job.id))
+            svc.scheduler.only.add(job.id)
+            svc.scheduler.wake()
+
+        async def follow(i: int, job_id: str) -> None:
+            async for ev in svc.events(job_id):
+                if ev.event in ("progress", "connected"):
+                    progress.update(
+                        i, phase=ev.data.get("phase", ""), percent=ev.data.get("percent", 0.0),
+                        message=ev.data.get("message", ""),
+                    )
+            job = await svc.get(job_id)
+            if job.status != "completed":
+                msg = job.error or job.message
+                failures.append(f"{files[i]}: {msg}")
+                progress.update(i, failed=True, done=True, message=msg)
+                return
+            await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+            for fmt in formats:
+                text = await svc.subtitles(job_id, fmt)
+                target = out_dir / f"{files[i].stem}.{fmt}"
+                await asyncio.to_thread(_write_atomic, target, text)
+            progress.update(i, phase="done", percent=100.0, done=True,
+                            message=", ".join(f"{files[i].stem}.{f}" for f in formats))
+
+        await asyncio.gather(*(follow(i, job_id) for i, job_id in jobs))
+    for line in failures:
+        print(f"vsrt: failed: {line}", file=sys.stderr)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _write_atomic(target: Path, text: str) -> None:
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def models_list(settings: Settings) -> int:
+    local = LocalModels(settings)
+    print("Whisper models:")
+    for model_id in WHISPER_MODELS:
+        ref = local.whisper_ref(model_id)
+        state = "ready" if ref else "not downloaded"
+        where = f"  {ref['path']}" if ref else ""
+        print(f"  {model_id:16} {state}{where}")
+    print("Alignment models:")
+    installed = local.installed_align()
+    if not installed:
+        print("  (none installed: word timings come from Whisper)")
+    for lang in installed:
+        print(f"  {lang:16} ready  {local.align_dir(lang)}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
