@@ -1,0 +1,140 @@
+"""Shared fixtures: real media, real models, services that clean up after themselves.
+
+Two guards run for every test: an async test fails if anything blocks its event loop for
+longer than BLOCK_LIMIT (asyncio debug mode reports slow callbacks), and the session fails
+if a runner subprocess of this process outlives the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.media import Speech, make_speech
+from vsrt_service.config import Settings, load_settings
+from vsrt_service.service import Service
+
+#: Longest a callback may hold the event loop before the test fails.
+BLOCK_LIMIT = 0.5
+
+SettingsFactory = Callable[..., Settings]
+ServiceFactory = Callable[..., Awaitable[Service]]
+
+
+def runner_pids(parent: int | None = None) -> list[int]:
+    """Live `python -m gpu_runner` processes started by `parent` (default: this process)."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().split(") ", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            continue
+        if b"gpu_runner" in args and b"--parent-pid" in args:
+            if args[args.index(b"--parent-pid") + 1] == str(parent).encode():
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphaned_runners() -> Iterator[None]:
+    yield
+    left = runner_pids()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"runner processes outlived the tests: {left}"
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing") and "took" in message:
+            self.records.append(message)
+
+
+@pytest.fixture(autouse=True)
+async def loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fail the test if a callback held the event loop for longer than BLOCK_LIMIT."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = BLOCK_LIMIT
+    handler = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if "allow_blocking" not in request.keywords:
+        assert not handler.records, "event loop blocked:\n" + "\n".join(handler.records)
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def speech(media_dir: Path) -> Speech:
+    """Six known English sentences, espeak-ng voice, muxed into an mp4."""
+    return make_speech(media_dir / "speech.mp4")
+
+
+@pytest.fixture(scope="session")
+def tiny_align_model(media_dir: Path) -> Path:
+    """A randomly initialised wav2vec2 CTC model (a few hundred KB) in a local directory."""
+    from tests.tiny_models import make_tiny_wav2vec2
+
+    return make_tiny_wav2vec2(media_dir / "tiny-wav2vec2-en")
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> SettingsFactory:
+    """Settings for a fresh data directory; nested overrides as in a TOML file."""
+
+    def make(**overrides: Any) -> Settings:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        return load_settings(env={}, **overrides)
+
+    return make
+
+
+@pytest.fixture
+async def make_service(make_settings: SettingsFactory) -> AsyncIterator[ServiceFactory]:
+    """Started services (real runner subprocesses); all closed, runners reaped, at the end."""
+    stack = contextlib.AsyncExitStack()
+
+    async def make(settings: Settings | None = None, **overrides: Any) -> Service:
+        svc = Service(settings or make_settings(**overrides))
+        return await stack.enter_async_context(svc)
+
+    async with stack:
+        yield make
+
+
+def install_align_model(settings: Settings, source: Path, language: str = "en") -> Path:
+    """Place a model directory where the service looks for the language's aligner."""
+    import shutil
+
+    target = settings.models_dir / "align" / language
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return target

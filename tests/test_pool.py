@@ -1,0 +1,91 @@
+"""The runner pool's supervision: restarts after a kill or a hang, and no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from tests.conftest import SettingsFactory, runner_pids
+from vsrt_service import protocol as p
+from vsrt_service.pool import RunnerLost, RunnerPool, new_id
+
+
+async def started_pool(make_settings: SettingsFactory, **runners: float) -> RunnerPool:
+    settings = make_settings(runners={"restart_backoff_initial": 0.1, **runners})
+    pool = RunnerPool(settings)
+    await pool.start()
+    await pool.wait_ready(120)
+    return pool
+
+
+async def test_killed_runner_is_restarted_and_callers_told(make_settings: SettingsFactory) -> None:
+    pool = await started_pool(make_settings)
+    try:
+        slot = pool.slots[0]
+        first = slot.pid
+        assert first is not None and slot.health()["state"] == "ready"
+        # A request in flight when the runner dies ends with RunnerLost, not a hang.
+        call = asyncio.create_task(slot.call(p.Split(id=new_id(), audio_path="/nonexistent.wav")))
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises((RunnerLost, Exception)) as info:
+            await asyncio.wait_for(call, 30)
+        assert isinstance(info.value, RunnerLost) or "nonexistent" in str(info.value)
+        await asyncio.wait_for(slot.ready.wait(), 120)
+        assert slot.pid not in (None, first)
+        assert slot.restarts == 1
+        assert "exited" in (slot.last_error or "") or slot.last_error is None
+        pong = await slot.call(p.Ping(id=new_id()))
+        assert "ts" in pong
+    finally:
+        await pool.close()
+
+
+async def test_hung_runner_is_killed_after_missed_heartbeats(make_settings: SettingsFactory) -> None:
+    pool = await started_pool(make_settings, heartbeat_interval=0.3, heartbeat_timeout=1.5)
+    try:
+        slot = pool.slots[0]
+        hung = slot.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)  # alive but silent
+        while slot.pid == hung:  # noqa: ASYNC110 - polling the supervisor's view of a process
+            await asyncio.sleep(0.1)
+        await asyncio.wait_for(slot.ready.wait(), 120)
+        assert slot.restarts == 1
+        assert "heartbeat" in (slot.last_error or "") or slot.state == "ready"
+        assert hung not in runner_pids()
+    finally:
+        await pool.close()
+
+
+async def test_close_leaves_no_runner_processes(make_settings: SettingsFactory) -> None:
+    settings = make_settings(runners={"devices": ["cpu", "cpu"]})
+    pool = RunnerPool(settings)
+    await pool.start()
+    await pool.wait_ready(180)
+    pids = [s.pid for s in pool.slots]
+    assert all(pids) and len(set(pids)) == 2
+    await pool.close()
+    assert all(s.pid is None for s in pool.slots)
+    alive = set(runner_pids()) & set(pids)
+    assert not alive
+
+
+async def test_lease_is_exclusive(make_settings: SettingsFactory) -> None:
+    pool = await started_pool(make_settings)
+    try:
+        order: list[str] = []
+
+        async def use(name: str) -> None:
+            async with pool.lease() as slot:
+                order.append(f"{name}+")
+                await slot.call(p.Ping(id=new_id()))
+                await asyncio.sleep(0.2)
+                order.append(f"{name}-")
+
+        await asyncio.gather(use("a"), use("b"))
+        assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
+    finally:
+        await pool.close()
