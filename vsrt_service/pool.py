@@ -126,10 +126,13 @@ class RunnerSlot:
             try:
                 await self._spawn()
                 await self._monitor()
-            except (Exception, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) or self._closing:
-                    await asyncio.shield(self._lose("runner stopped"))
-                    raise
+            except asyncio.CancelledError:
+                await asyncio.shield(self._lose("runner stopped"))
+                raise
+            except Exception as exc:
+                if self._closing:  # the loss is ours: close() stopped it
+                    await self._lose("runner stopped")
+                    return
                 self.last_error = str(exc) or type(exc).__name__
                 log.warning("%s: %s", self.name, self.last_error)
             await self._lose(self.last_error or "runner exited")
