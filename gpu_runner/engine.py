@@ -12,7 +12,7 @@ import time
 import wave
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -208,6 +208,7 @@ class Engine:
         language: str | None,
         task: str,
         batch_size: int,
+        beam_size: int,
         canceled: threading.Event,
         emit: Callable[[SegmentSpan, str, str], None],
     ) -> str:
@@ -215,6 +216,8 @@ class Engine:
         from faster_whisper.tokenizer import Tokenizer
 
         pipeline, _ = self.whisper(ref, language)
+        if pipeline.options.beam_size != beam_size:
+            pipeline.options = replace(pipeline.options, beam_size=beam_size, best_of=beam_size)
         audio = load_wav(audio_path)
         if not segments:
             return language or ""

@@ -187,7 +187,7 @@ class Runner:
 
         language = self.engine.transcribe(
             req.audio_path, req.model, req.segments, req.language, req.task,
-            req.batch_size, canceled, emit,
+            req.batch_size, req.beam_size, canceled, emit,
         )
         return {"language": language, "count": count, "load_count": self.engine.load_count}
 
