@@ -1,0 +1,1 @@
+"""Benchmarks for vsrt; run them as modules, e.g. `python -m bench.pipeline`."""
