@@ -24,6 +24,9 @@ class ServerSettings:
     port: int = 8000
     max_upload_mb: int = 2048
     media_roots: tuple[str, ...] = ()
+    auth_token: str | None = None
+    ticket_seconds: float = 60.0
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,9 @@ def _validate(s: Settings) -> None:
     checks: list[tuple[bool, str]] = [
         (1 <= s.server.port <= 65535 or s.server.port == 0, "server.port must be 0..65535"),
         (s.server.max_upload_mb > 0, "server.max_upload_mb must be positive"),
+        (s.server.auth_token is None or len(s.server.auth_token) >= 16,
+         "server.auth_token must be at least 16 characters"),
+        (s.server.ticket_seconds > 0, "server.ticket_seconds must be positive"),
         (len(s.runners.devices) > 0, "runners.devices must name at least one device"),
         (s.runners.compute_type in ("auto", "int8", "int8_float16", "float16", "float32"),
          "runners.compute_type must be auto, int8, int8_float16, float16 or float32"),

@@ -43,38 +43,77 @@ def is_final_event(ev: Event) -> bool:
     return ev.event == "error" or (ev.event == "signal" and ev.data.get("code") in FINAL_SIGNALS)
 
 
+# --- resources, each opened and closed by one context manager ------------------------------
+# The Service enters them in this order; the aiohttp app wraps each in its own cleanup_ctx.
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    for d in (settings.data_dir, settings.jobs_dir, settings.uploads_dir, settings.models_dir):
+        await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
+    async with Store.open(settings.database_path) as store:
+        yield store
+
+
+@contextlib.asynccontextmanager
+async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
+    broker = Broker(settings.sse.replay_buffer, settings.sse.subscriber_queue)
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@contextlib.asynccontextmanager
+async def open_pool(settings: Settings, env: dict[str, str] | None = None) -> AsyncIterator[RunnerPool]:
+    pool = RunnerPool(settings, env)
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await asyncio.shield(pool.close())
+
+
+@contextlib.asynccontextmanager
+async def open_scheduler(ctx: JobContext) -> AsyncIterator[Scheduler]:
+    scheduler = Scheduler(ctx)
+    await scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        await asyncio.shield(scheduler.close())
+
+
 class Service:
     def __init__(self, settings: Settings | None = None, *, runner_env: dict[str, str] | None = None):
         self.settings = settings or load_settings()
         self._runner_env = runner_env
         self._stack: contextlib.AsyncExitStack | None = None
+        self.models = LocalModels(self.settings)
         self.store: Store
         self.broker: Broker
         self.pool: RunnerPool
-        self.models = LocalModels(self.settings)
         self.ctx: JobContext
         self.scheduler: Scheduler
 
+    @classmethod
+    def attach(cls, settings: Settings, store: Store, broker: Broker, pool: RunnerPool,
+               scheduler: Scheduler) -> Service:
+        """A Service over resources someone else opened and will close (the aiohttp app)."""
+        svc = cls(settings)
+        svc.store, svc.broker, svc.pool, svc.scheduler = store, broker, pool, scheduler
+        svc.ctx = scheduler.ctx
+        return svc
+
     async def __aenter__(self) -> Service:
         s = self.settings
-        stack = contextlib.AsyncExitStack()
-        try:
-            for d in (s.data_dir, s.jobs_dir, s.uploads_dir, s.models_dir):
-                await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-            self.store = await stack.enter_async_context(Store.open(s.database_path))
-            self.broker = Broker(s.sse.replay_buffer, s.sse.subscriber_queue)
-            stack.callback(self.broker.close)
-            self.pool = RunnerPool(s, self._runner_env)
-            await self.pool.start()
-            stack.push_async_callback(self.pool.close)
+        async with contextlib.AsyncExitStack() as stack:
+            self.store = await stack.enter_async_context(open_store(s))
+            self.broker = await stack.enter_async_context(open_broker(s))
+            self.pool = await stack.enter_async_context(open_pool(s, self._runner_env))
             self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models)
-            self.scheduler = Scheduler(self.ctx)
-            await self.scheduler.start()
-            stack.push_async_callback(self.scheduler.close)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
+            self.scheduler = await stack.enter_async_context(open_scheduler(self.ctx))
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(

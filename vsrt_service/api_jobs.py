@@ -1,0 +1,261 @@
+"""Job routes under /api (SPEC section 3) and the job event stream (section 4)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import sse
+from .appkeys import SERVICE, SETTINGS, STREAMS
+from .formats import MEDIA_TYPES
+from .service import Service, ServiceError
+from .store import Job
+from .uploads import receive
+
+routes = web.RouteTableDef()
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """A job as clients see it: no server paths, only what they can act on."""
+    return {
+        **job.status_dict(),
+        "source_name": job.source_name,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "settings": job.settings,
+        "language": job.language,
+        "alignment": job.alignment,
+        "duration": job.duration,
+        "attempts": job.attempts,
+    }
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise ServiceError(400, "bad_json", "the request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ServiceError(400, "bad_json", "the request body must be a JSON object")
+    return body
+
+
+def _flag(value: Any, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ServiceError(400, "bad_request", f"{field} must be true or false", field)
+
+
+def resolve_media_path(svc: Service, raw: Any) -> Path:
+    """A file named by path must lie inside a configured media root (symlinks resolved)."""
+    if not isinstance(raw, str) or not raw:
+        raise ServiceError(400, "bad_request", "path must be a non-empty string", "path")
+    roots = svc.settings.media_root_paths()
+    if not roots:
+        raise ServiceError(403, "forbidden", "naming server files is disabled (no media roots)", "path")
+    for root in roots:
+        candidate = (root / raw).resolve()
+        if candidate.is_relative_to(root):
+            return candidate
+    raise ServiceError(403, "forbidden", "the path is outside the configured media roots", "path")
+
+
+@routes.post("/api/jobs")
+async def create_job(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    if request.content_type == "multipart/form-data":
+        upload = await receive(request, svc.settings.uploads_dir, svc.settings.server.max_upload_mb << 20)
+        try:
+            job = await svc.submit(upload.path, upload.settings, source_name=upload.name,
+                                   start=upload.start)
+        except BaseException:
+            await asyncio.to_thread(upload.path.unlink, missing_ok=True)
+            raise
+    else:
+        body = await read_json(request)
+        unknown = set(body) - {"path", "settings", "start"}
+        if unknown:
+            field = sorted(unknown)[0]
+            raise ServiceError(400, "bad_request", f"unknown field {field!r}", field)
+        path = await asyncio.to_thread(resolve_media_path, svc, body.get("path"))
+        job = await svc.submit(path, body.get("settings"), start=_flag(body.get("start", True), "start"))
+    return web.json_response({"job_id": job.id, **job_json(job)}, status=201)
+
+
+@routes.get("/api/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    try:
+        limit = min(200, max(1, int(request.query.get("limit", "50"))))
+        offset = max(0, int(request.query.get("offset", "0")))
+    except ValueError:
+        raise ServiceError(400, "bad_request", "limit and offset must be whole numbers") from None
+    jobs = await svc.store.list_jobs(limit, offset)
+    total = await svc.store.count_jobs()
+    return web.json_response({
+        "jobs": [job_json(j) for j in jobs], "total": total, "limit": limit, "offset": offset,
+    })
+
+
+@routes.get("/api/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    return web.json_response(job_json(await request.app[SERVICE].get(request.match_info["job_id"])))
+
+
+@routes.get("/api/status/{job_id}")
+async def status(request: web.Request) -> web.Response:
+    job = await request.app[SERVICE].get(request.match_info["job_id"])
+    return web.json_response(job.status_dict())
+
+
+@routes.post("/api/start")
+async def start(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    body = await read_json(request)
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str):
+        raise ServiceError(400, "bad_request", "job_id is required", "job_id")
+    job = await svc.get(job_id)
+    settings = body.get("settings")
+    restart = _flag(body.get("restart", False), "restart")
+    forced = [] if restart else svc.resume_conflicts(job, settings)
+    job = await svc.resume(job_id, settings, restart=restart)
+    return web.json_response({**job_json(job), "forced_settings": forced})
+
+
+@routes.post("/api/pause/{job_id}")
+async def pause(request: web.Request) -> web.Response:
+    return web.json_response(job_json(await request.app[SERVICE].pause(request.match_info["job_id"])))
+
+
+@routes.post("/api/cancel/{job_id}")
+async def cancel(request: web.Request) -> web.Response:
+    return web.json_response(job_json(await request.app[SERVICE].cancel(request.match_info["job_id"])))
+
+
+@routes.delete("/api/jobs/{job_id}")
+async def delete(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    job = await svc.get(request.match_info["job_id"])
+    await svc.delete(job.id)
+    upload = svc.ctx.input_file(job)
+    if upload.is_relative_to(svc.settings.uploads_dir):
+        await asyncio.to_thread(upload.unlink, missing_ok=True)
+    return web.json_response({"job_id": job.id, "deleted": True})
+
+
+@routes.get("/api/transcription-text/{job_id}")
+async def transcription_text(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    job = await svc.get(request.match_info["job_id"])
+    segments: list[dict[str, Any]]
+    aligned = await svc.store.result(job.id)
+    if aligned is not None and job.alignment:
+        source = "aligned"
+        segments = [
+            {"id": i, "start": s["start"], "end": s["end"], "text": s["text"], "words": s["words"]}
+            for i, s in enumerate(aligned)
+        ]
+    else:
+        stored = [s for s in await svc.store.segments(job.id) if s.text is not None]
+        source = "checkpoint" if stored else "none"
+        segments = [{"id": s.index, "start": s.start, "end": s.end, "text": s.text} for s in stored]
+    return web.json_response({
+        "job_id": job.id,
+        "source": source,
+        "language": job.language,
+        "alignment": job.alignment,
+        "text": " ".join(s["text"] for s in segments if s["text"]),
+        "segments": segments,
+        "edited_cues": await svc.store.edited_cues(job.id),
+        "progress": {"processed": job.processed, "total": job.total, "percent": round(job.percent, 2),
+                     "status": job.status, "phase": job.phase},
+    })
+
+
+@routes.get("/api/checkpoint-settings/{job_id}")
+async def checkpoint_settings(request: web.Request) -> web.Response:
+    job = await request.app[SERVICE].get(request.match_info["job_id"])
+    return web.json_response({
+        "job_id": job.id,
+        "has_checkpoint": job.checkpoint_settings is not None,
+        "settings": job.checkpoint_settings,
+        "locked": sorted(job.checkpoint_settings or {}),
+    })
+
+
+@routes.post("/api/validate-resume-settings")
+async def validate_resume_settings(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    body = await read_json(request)
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str):
+        raise ServiceError(400, "bad_request", "job_id is required", "job_id")
+    job = await svc.get(job_id)
+    found = svc.resume_conflicts(job, body.get("settings"))
+    return web.json_response({"job_id": job.id, "valid": not found, "conflicts": found,
+                              "checkpoint_settings": job.checkpoint_settings})
+
+
+@routes.get("/api/jobs/{job_id}/subtitles")
+async def download(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    fmt = request.query.get("format", "srt")
+    job = await svc.get(request.match_info["job_id"])
+    text = await svc.subtitles(job.id, fmt)
+    stem = Path(job.source_name).stem or "subtitles"
+    return web.Response(
+        text=text,
+        content_type=MEDIA_TYPES[fmt].split(";")[0],
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{stem}.{fmt}"'},
+    )
+
+
+@routes.put("/api/jobs/{job_id}/subtitles")
+async def save_subtitles(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise ServiceError(400, "bad_json", "the request body must be JSON") from None
+    items = body.get("cues") if isinstance(body, dict) else body
+    cues = await svc.save_edited_cues(request.match_info["job_id"], items)
+    return web.json_response({"job_id": request.match_info["job_id"], "cues": len(cues), "edited": True})
+
+
+@routes.delete("/api/jobs/{job_id}/subtitles")
+async def discard_edits(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    job = await svc.get(request.match_info["job_id"])
+    await svc.store.save_edited_cues(job.id, None)
+    return web.json_response({"job_id": job.id, "edited": False})
+
+
+@routes.get("/api/stream/{job_id}")
+async def stream(request: web.Request) -> web.StreamResponse:
+    svc = request.app[SERVICE]
+    job_id = request.match_info["job_id"]
+    await svc.get(job_id)  # 404 before the stream starts
+    channel = f"job:{job_id}"
+
+    async def snapshot() -> tuple[str, dict[str, Any]]:
+        job = await svc.get(job_id)
+        return "connected", {
+            "job_id": job.id, "status": job.status, "phase": job.phase,
+            "percent": round(job.percent, 2), "message": job.message,
+            "processed": job.processed, "total": job.total,
+        }
+
+    try:
+        with request.app[STREAMS].hold(channel, request) as gone:
+            return await sse.stream(
+                request, svc.broker, channel, snapshot, gone,
+                heartbeat=request.app[SETTINGS].sse.heartbeat_interval,
+            )
+    except sse.TooManyStreams as exc:
+        raise ServiceError(429, "too_many_streams", str(exc)) from None
+

@@ -1,0 +1,200 @@
+"""The aiohttp application: `create_app(settings)` only wires resources, middlewares, routes.
+
+Resources are opened in dependency order by one cleanup_ctx each (store, broker, runner
+pool, scheduler) and closed in reverse. The app works standalone or mounted as a sub-app.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import metadata
+from pathlib import Path
+
+from aiohttp import web
+
+from .api_jobs import routes as job_routes
+from .appkeys import BROKER, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
+from .auth import Tickets, token_matches
+from .config import Settings, load_settings
+from .options import OptionError
+from .pipeline import JobContext
+from .service import Service, ServiceError, open_broker, open_pool, open_scheduler, open_store
+from .sse import Streams
+from .uploads import UploadError
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+#: Streams authenticate with a one-use ticket in the query, since EventSource sends no headers.
+STREAM_PREFIXES = ("/api/stream/", "/api/models/events/")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, str] = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    return web.json_response({"error": body}, status=status)
+
+
+def _api_path(request: web.Request) -> str | None:
+    """The path from `/api` on, also when the app is mounted under a prefix."""
+    index = request.path.find("/api/")
+    return request.path[index:] if index >= 0 else None
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every /api failure as `{"error": {"code", "message", "field"?}}`."""
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        return error_response(exc.status, exc.code, str(exc), exc.field)
+    except OptionError as exc:
+        return error_response(400, "bad_settings", str(exc), exc.field)
+    except UploadError as exc:
+        return error_response(exc.status, exc.code, str(exc), exc.field)
+    except web.HTTPException as exc:
+        if _api_path(request) is None or exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[SETTINGS].server.auth_token
+    path = _api_path(request)
+    if token is None or path is None or request.method == "OPTIONS":
+        return await handler(request)
+    if token_matches(request.headers.get("Authorization"), token):
+        return await handler(request)
+    ticket = request.query.get("ticket")
+    if ticket and path.startswith(STREAM_PREFIXES) and request.app[TICKETS].redeem(ticket):
+        return await handler(request)
+    return error_response(
+        401, "unauthorized",
+        "an expired or used ticket" if ticket else "a bearer token is required (Authorization header)",
+    )
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    allowed = request.app[SETTINGS].server.cors_origins
+    origin = request.headers.get("Origin")
+    if not allowed or not origin or _api_path(request) is None:
+        return await handler(request)
+    echo = origin if origin in allowed else ("*" if "*" in allowed else None)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        resp: web.StreamResponse = web.Response(status=204)
+        if echo:
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, DELETE, OPTIONS"
+            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Last-Event-ID"
+            resp.headers["Access-Control-Max-Age"] = "600"
+    else:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            resp = exc
+    if echo:
+        resp.headers["Access-Control-Allow-Origin"] = echo
+        if echo != "*":
+            resp.headers["Access-Control-Allow-Credentials"] = "true"
+            resp.headers.add("Vary", "Origin")
+    if isinstance(resp, web.HTTPException):
+        raise resp
+    return resp
+
+
+# --- resources: one cleanup_ctx each, in dependency order ------------------------------------
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_store(app[SETTINGS]) as store:
+        app[STORE] = store
+        yield
+
+
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_broker(app[SETTINGS]) as broker:
+        app[BROKER] = broker
+        yield
+
+
+def pool_ctx(env: dict[str, str] | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_pool(app[SETTINGS], env) as pool:
+            app[POOL] = pool
+            yield
+
+    return ctx
+
+
+async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    service = Service(settings)
+    ctx = JobContext(settings, app[STORE], app[BROKER], app[POOL], service.models)
+    async with open_scheduler(ctx) as scheduler:
+        app[SCHEDULER] = scheduler
+        app[SERVICE] = Service.attach(settings, app[STORE], app[BROKER], app[POOL], scheduler)
+        yield
+
+
+async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS].sse
+    app[STREAMS] = streams = Streams(s.max_connections_per_job, s.max_connections_per_client)
+    yield
+    await streams.close()
+
+
+async def end_streams(app: web.Application) -> None:
+    """On shutdown, end every open event stream so the server can stop at once."""
+    app[BROKER].close()
+
+
+# --- small routes ------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        version = metadata.version("vsrt")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return web.json_response({
+        "status": "ok",
+        "version": version,
+        "time": time.time(),
+        "runners": app[POOL].health(),
+        "running_jobs": app[SCHEDULER].running(),
+        "open_streams": app[STREAMS].open_streams(),
+    })
+
+
+async def ticket(request: web.Request) -> web.Response:
+    tickets = request.app[TICKETS]
+    return web.json_response({"ticket": tickets.issue(), "expires_in": tickets.lifetime})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        return web.Response(text="vsrt is running; the browser UI is not installed.\n")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+def create_app(settings: Settings | None = None, *, runner_env: dict[str, str] | None = None
+               ) -> web.Application:
+    settings = settings or load_settings()
+    app = web.Application(middlewares=[cors, errors, auth], client_max_size=1 << 20)
+    app[SETTINGS] = settings
+    app[TICKETS] = Tickets(settings.server.ticket_seconds)
+    app.cleanup_ctx.extend([store_ctx, broker_ctx, pool_ctx(runner_env), scheduler_ctx, streams_ctx])
+    app.on_shutdown.append(end_streams)
+    app.router.add_get("/api/health", health)
+    app.router.add_post("/api/auth/ticket", ticket)
+    app.router.add_routes(job_routes)
+    app.router.add_get("/", index)
+    if STATIC_DIR.is_dir():
+        app.router.add_static("/static/", STATIC_DIR, append_version=True)
+    return app
