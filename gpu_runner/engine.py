@@ -7,6 +7,7 @@ is imported lazily so the runner answers its handshake before the multi-second i
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import wave
@@ -94,6 +95,21 @@ class Engine:
             {"key": key, "kind": m.ref["kind"], "path": m.ref["path"]}
             for key, m in self._models.items()
         ]
+
+    def memory(self) -> dict[str, int | None]:
+        """Resident memory of this process, and GPU memory held by torch when on a GPU."""
+        rss = None
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        gpu = None
+        if self.device == "cuda" and "torch" in sys.modules:
+            gpu = int(sys.modules["torch"].cuda.memory_allocated(self.device_index))
+        return {"rss_bytes": rss, "gpu_allocated_bytes": gpu}
 
     def _remember(self, loaded: Loaded) -> None:
         self._models[loaded.ref["key"]] = loaded

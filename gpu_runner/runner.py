@@ -46,8 +46,9 @@ def die_with_parent(parent_pid: int | None) -> None:
 
 
 class Runner:
-    def __init__(self, engine: Engine, out: BinaryIO) -> None:
+    def __init__(self, engine: Engine, out: BinaryIO, warm: bool = True) -> None:
         self.engine = engine
+        self._warm = warm
         self._out = out
         self._out_lock = threading.Lock()
         self._work: queue.Queue[p.Request | None] = queue.Queue()
@@ -93,6 +94,10 @@ class Runner:
             if event is not None:
                 event.set()
             self.send(p.Result(id=req.id, data={"canceled": event is not None}))
+        elif isinstance(req, p.Download):
+            # Downloads are I/O: each gets its own thread so they never wait for model work.
+            self._cancel[req.id] = threading.Event()
+            threading.Thread(target=self._run, args=(req,), name=f"download-{req.id}", daemon=True).start()
         else:
             self._cancel[req.id] = threading.Event()
             self._work.put(req)
@@ -112,6 +117,7 @@ class Runner:
             },
             "loaded_models": self.engine.loaded(),
             "load_count": self.engine.load_count,
+            "memory": self.engine.memory(),
             "warm": self._ready.is_set(),
         }
 
@@ -124,31 +130,36 @@ class Runner:
     # --- worker thread -----------------------------------------------------------------
 
     def _work_loop(self) -> None:
-        try:
-            Engine.warm_up()
-        except Exception as exc:  # reported on every request
-            self._warm_error = f"whisperx is not usable here: {exc}"
-            log.exception("warm-up failed")
+        if self._warm:
+            try:
+                Engine.warm_up()
+            except Exception as exc:  # reported on every request
+                self._warm_error = f"whisperx is not usable here: {exc}"
+                log.exception("warm-up failed")
         self._ready.set()
         while (req := self._work.get()) is not None:
-            canceled = self._cancel[req.id]
-            try:
-                if self._warm_error:
-                    raise EngineError("internal", self._warm_error)
-                if canceled.is_set():
-                    raise Canceled()
-                data = self._handle(req, canceled)
-            except Canceled:
-                self.send(p.Error(id=req.id, code="canceled", message="canceled"))
-            except EngineError as exc:
-                self.send(p.Error(id=req.id, code=exc.code, message=str(exc)))
-            except Exception as exc:
-                log.exception("request %s (%s) failed", req.id, req.type)
-                self.send(p.Error(id=req.id, code="internal", message=f"{type(exc).__name__}: {exc}"))
-            else:
-                self.send(p.Result(id=req.id, data=data))
-            finally:
-                self._cancel.pop(req.id, None)
+            self._run(req)
+
+    def _run(self, req: p.Request) -> None:
+        """Handle one request to its single result or error."""
+        canceled = self._cancel[req.id]
+        try:
+            if self._warm_error and not isinstance(req, p.Download):
+                raise EngineError("internal", self._warm_error)
+            if canceled.is_set():
+                raise Canceled()
+            data = self._handle(req, canceled)
+        except Canceled:
+            self.send(p.Error(id=req.id, code="canceled", message="canceled"))
+        except EngineError as exc:
+            self.send(p.Error(id=req.id, code=exc.code, message=str(exc)))
+        except Exception as exc:
+            log.exception("request %s (%s) failed", req.id, req.type)
+            self.send(p.Error(id=req.id, code="internal", message=f"{type(exc).__name__}: {exc}"))
+        else:
+            self.send(p.Result(id=req.id, data=data))
+        finally:
+            self._cancel.pop(req.id, None)
 
     def _handle(self, req: p.Request, canceled: threading.Event) -> dict[str, Any]:
         handler: Callable[[Any, threading.Event], dict[str, Any]] | None = getattr(
@@ -191,6 +202,14 @@ class Runner:
         )
         return {"language": language, "count": count, "load_count": self.engine.load_count}
 
+    def _do_download(self, req: p.Download, canceled: threading.Event) -> dict[str, Any]:
+        from .download import download
+
+        def progress(done: int, total: int, name: str) -> None:
+            self.send(p.Progress(id=req.id, done=done, total=total, message=name))
+
+        return download(req, canceled, progress)
+
     def _do_align(self, req: p.Align, canceled: threading.Event) -> dict[str, Any]:
         last = [0.0]
 
@@ -217,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-size", type=int, default=3)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--nltk-data", default=None, help="directory for NLTK's punkt_tab")
+    parser.add_argument("--role", choices=("work", "download"), default="work",
+                        help="download: only fetch models (no whisperx import)")
     args = parser.parse_args(argv)
 
     # Keep the protocol channel private: libraries that print() must not corrupt it.
@@ -235,5 +256,6 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["NLTK_DATA"] = str(ensure_punkt_tab(Path(args.nltk_data)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # plain HTTP: resumable, verified, tested
     engine = Engine(args.device, args.compute_type, args.cpu_threads, args.cache_size)
-    return Runner(engine, proto_out).serve(sys.stdin.buffer)
+    return Runner(engine, proto_out, warm=args.role == "work").serve(sys.stdin.buffer)

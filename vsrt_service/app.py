@@ -14,12 +14,22 @@ from pathlib import Path
 from aiohttp import web
 
 from .api_jobs import routes as job_routes
-from .appkeys import BROKER, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
+from .api_models import routes as model_routes
+from .appkeys import BROKER, MODELS, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
 from .auth import Tickets, token_matches
 from .config import Settings, load_settings
+from .manager import ModelError
 from .options import OptionError
 from .pipeline import JobContext
-from .service import Service, ServiceError, open_broker, open_pool, open_scheduler, open_store
+from .service import (
+    Service,
+    ServiceError,
+    open_broker,
+    open_models,
+    open_pool,
+    open_scheduler,
+    open_store,
+)
 from .sse import Streams
 from .uploads import UploadError
 
@@ -55,6 +65,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(400, "bad_settings", str(exc), exc.field)
     except UploadError as exc:
         return error_response(exc.status, exc.code, str(exc), exc.field)
+    except ModelError as exc:
+        return error_response(exc.status, exc.code, str(exc))
     except web.HTTPException as exc:
         if _api_path(request) is None or exc.status < 400:
             raise
@@ -130,13 +142,17 @@ def pool_ctx(env: dict[str, str] | None) -> Callable[[web.Application], AsyncIte
     return ctx
 
 
+async def models_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_models(app[SETTINGS], app[STORE], app[BROKER], app[POOL]) as models:
+        app[MODELS] = models
+        yield
+
+
 async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    service = Service(settings)
-    ctx = JobContext(settings, app[STORE], app[BROKER], app[POOL], service.models)
+    ctx = JobContext(app[SETTINGS], app[STORE], app[BROKER], app[POOL], app[MODELS])
     async with open_scheduler(ctx) as scheduler:
         app[SCHEDULER] = scheduler
-        app[SERVICE] = Service.attach(settings, app[STORE], app[BROKER], app[POOL], scheduler)
+        app[SERVICE] = Service.attach(scheduler)
         yield
 
 
@@ -189,11 +205,14 @@ def create_app(settings: Settings | None = None, *, runner_env: dict[str, str] |
     app = web.Application(middlewares=[cors, errors, auth], client_max_size=1 << 20)
     app[SETTINGS] = settings
     app[TICKETS] = Tickets(settings.server.ticket_seconds)
-    app.cleanup_ctx.extend([store_ctx, broker_ctx, pool_ctx(runner_env), scheduler_ctx, streams_ctx])
+    app.cleanup_ctx.extend(
+        [store_ctx, broker_ctx, pool_ctx(runner_env), models_ctx, scheduler_ctx, streams_ctx]
+    )
     app.on_shutdown.append(end_streams)
     app.router.add_get("/api/health", health)
     app.router.add_post("/api/auth/ticket", ticket)
     app.router.add_routes(job_routes)
+    app.router.add_routes(model_routes)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=True)

@@ -7,6 +7,7 @@ from aiohttp import web
 from .auth import Tickets
 from .broker import Broker
 from .config import Settings
+from .manager import ModelManager
 from .pool import RunnerPool
 from .scheduler import Scheduler
 from .service import Service
@@ -17,6 +18,7 @@ SETTINGS = web.AppKey("vsrt_settings", Settings)
 STORE = web.AppKey("vsrt_store", Store)
 BROKER = web.AppKey("vsrt_broker", Broker)
 POOL = web.AppKey("vsrt_pool", RunnerPool)
+MODELS = web.AppKey("vsrt_models", ModelManager)
 SCHEDULER = web.AppKey("vsrt_scheduler", Scheduler)
 SERVICE = web.AppKey("vsrt_service", Service)
 STREAMS = web.AppKey("vsrt_streams", Streams)

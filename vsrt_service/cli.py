@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -16,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from .broker import Broker
 from .config import ConfigError, Settings, load_settings
 from .formats import FORMATS
-from .models import WHISPER_MODELS, LocalModels
+from .manager import CHANNEL, ModelError, ModelManager
+from .models import WHISPER_MODELS
 from .options import OptionError
-from .service import Service, ServiceError
+from .pool import RunnerPool
+from .service import Service, ServiceError, open_broker, open_models, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -52,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list, download or delete models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    _common(msub.add_parser("list", help="what is installed"))
+    _common(msub.add_parser("list", help="the catalog and what is installed"))
+    for action, text in (("download", "download a model (with a progress bar)"),
+                         ("delete", "delete a downloaded model")):
+        cmd = msub.add_parser(action, help=text)
+        _common(cmd)
+        cmd.add_argument("model", metavar="ID", help="a Whisper model id, or a language code with --align")
+        cmd.add_argument("--align", action="store_true", help="the alignment model for a language")
     return parser
 
 
@@ -80,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "transcribe":
             return asyncio.run(transcribe(args, _settings(args)))
         if args.command == "models":
-            return models_list(_settings(args))
+            return asyncio.run(models_command(args, _settings(args)))
     except ConfigError as exc:
         print(f"vsrt: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -216,22 +226,63 @@ def _write_atomic(target: Path, text: str) -> None:
 # --- models --------------------------------------------------------------------------------
 
 
-def models_list(settings: Settings) -> int:
-    local = LocalModels(settings)
-    print("Whisper models:")
-    for model_id in WHISPER_MODELS:
-        ref = local.whisper_ref(model_id)
-        state = "ready" if ref else "not downloaded"
-        where = f"  {ref['path']}" if ref else ""
-        print(f"  {model_id:16} {state}{where}")
-    print("Alignment models:")
-    installed = local.installed_align()
-    if not installed:
-        print("  (none installed: word timings come from Whisper)")
-    for lang in installed:
-        print(f"  {lang:16} ready  {local.align_dir(lang)}")
+async def models_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Model commands run the model manager in-process with only the download runner."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(settings))
+        broker = await stack.enter_async_context(open_broker(settings))
+        pool = RunnerPool(settings, work_runners=False)
+        await pool.start()
+        stack.push_async_callback(pool.close)
+        models = await stack.enter_async_context(open_models(settings, store, broker, pool))
+        if args.models_command == "list":
+            return models_list(models)
+        kind = "align" if args.align else "whisper"
+        try:
+            if args.models_command == "delete":
+                await models.delete(kind, args.model, in_use=set())
+                print(f"deleted {kind} model {args.model}")
+                return EXIT_OK
+            return await models_download(models, broker, kind, args.model)
+        except ModelError as exc:
+            print(f"vsrt: {exc}", file=sys.stderr)
+            return EXIT_USAGE if exc.status == 404 else EXIT_FAILED
     return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+async def models_download(models: ModelManager, broker: Broker, kind: str, model_id: str) -> int:
+    sub, _ = broker.subscribe(CHANNEL)
+    try:
+        status = await models.request(kind, model_id, with_aligner=False)
+        if status == "ready":
+            print(f"{kind} model {model_id} is already downloaded")
+            return EXIT_OK
+        bar = Progress([f"{kind}:{model_id}"], sys.stderr)
+        async for ev in sub:
+            if ev.data.get("type") != kind or ev.data.get("model_id") != model_id:
+                continue
+            if ev.event == "model_progress":
+                mb = ev.data["downloaded_bytes"] / 1e6
+                eta = ev.data.get("eta_s")
+                bar.update(0, phase="download", percent=ev.data["progress"],
+                           message=f"{mb:.1f} MB, {ev.data['speed_mbps']:.1f} MB/s"
+                           + (f", {eta:.0f} s left" if eta else ""))
+            elif ev.event == "model_complete":
+                bar.update(0, phase="ready", percent=100.0, done=True, message="ready")
+                return EXIT_OK
+            elif ev.event == "model_error":
+                print(f"vsrt: download failed: {ev.data['error']}", file=sys.stderr)
+                return EXIT_FAILED
+        return EXIT_FAILED
+    finally:
+        sub.close()
+
+
+def models_list(models: ModelManager) -> int:
+    for kind, title in (("whisper", "Whisper models"), ("align", "Alignment models")):
+        print(f"{title}:")
+        for info in models.catalog_state(kind):
+            size = f"{info['size_bytes'] / 1e6:,.0f} MB"
+            where = f"  {info['path']}" if info["path"] else ""
+            print(f"  {info['id']:16} {info['status'].replace('_', ' '):16} {size:>10}{where}")
+    return EXIT_OK

@@ -92,6 +92,7 @@ class SseSettings:
 class ModelSettings:
     max_concurrent_downloads: int = 1
     mirrors: tuple[str, ...] = ()
+    preload_on_start: bool = True
 
 
 @dataclass(frozen=True)

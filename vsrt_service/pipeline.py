@@ -22,8 +22,8 @@ from .broker import Broker
 from .config import CueSettings, Settings
 from .cues import Cue, build_cues
 from .formats import FORMATS, render
+from .manager import ModelManager
 from .media import MediaError, extract_audio
-from .models import LocalModels
 from .options import JobOptions, parse_options
 from .pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
 from .store import Job, Store
@@ -60,7 +60,7 @@ class JobContext:
     store: Store
     broker: Broker
     pool: RunnerPool
-    models: LocalModels
+    models: ModelManager
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.jobs_dir / job_id
@@ -225,7 +225,7 @@ class JobRun:
             await self.ctx.store.save_result(self.job.id, [], "none", self.language)
             return [], "none"
         texts = [p.TextSegment(index=s.index, start=s.start, end=s.end, text=s.text or "") for s in segments]
-        align_ref = self.ctx.models.align_ref(language) if self.options.align else None
+        align_ref = await self._aligner(language) if self.options.align else None
         message = "aligning words (wav2vec2)" if align_ref else "word timings from Whisper"
         if self.options.align and align_ref is None:
             message = f"no alignment model for '{language}': using Whisper's word timings"
@@ -279,6 +279,24 @@ class JobRun:
         }
 
     # --- helpers -------------------------------------------------------------------------
+
+    async def _aligner(self, language: str) -> p.ModelRef | None:
+        """The language's wav2vec2 model; a missing one is downloaded and waited for (bounded)."""
+        models = self.ctx.models
+        ref = models.align_ref(language)
+        if ref is not None or models.catalog.get("align", language) is None:
+            return ref
+        wait = self.ctx.settings.jobs.align_wait_seconds
+
+        async def on_progress(info: dict[str, Any]) -> None:
+            await self.progress("align", 0, f"waiting for the '{language}' alignment model: "
+                                f"{info['status']} {info['progress']:.0f}%")
+
+        await self.progress("align", 0, f"downloading the '{language}' alignment model")
+        ref = await models.ensure("align", language, wait, on_progress)
+        if ref is None:
+            log.warning("job %s: no '%s' aligner within %.0f s", self.job.id, language, wait)
+        return ref
 
     def _whisper_ref(self) -> p.ModelRef:
         ref = self.ctx.models.whisper_ref(self.options.model)

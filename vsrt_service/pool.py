@@ -60,11 +60,13 @@ class RunnerSlot:
     """One supervised runner; the process behind it changes across restarts."""
 
     def __init__(
-        self, index: int, device: str, settings: Settings, env: dict[str, str], wake: asyncio.Event
+        self, index: int, device: str, settings: Settings, env: dict[str, str], wake: asyncio.Event,
+        role: str = "work",
     ) -> None:
         self.index = index
         self._wake = wake
-        self.name = f"runner-{index}"
+        self.role = role
+        self.name = f"runner-{index}" if role == "work" else "downloader"
         self.device = device
         self._settings = settings
         self._env = env
@@ -90,6 +92,7 @@ class RunnerSlot:
     def health(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "role": self.role,
             "device": self.device,
             "state": self.state,
             "pid": self.pid,
@@ -158,6 +161,7 @@ class RunnerSlot:
             "--cache-size", str(cfg.model_cache_size),
             "--parent-pid", str(os.getpid()),
             "--nltk-data", str(nltk_dir),
+            "--role", self.role,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -326,19 +330,22 @@ async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:
 class RunnerPool:
     """The configured runners, and exclusive leases on them for jobs."""
 
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, env: dict[str, str] | None = None,
+                 work_runners: bool = True) -> None:
         base_env = dict(os.environ if env is None else env)
         base_env.setdefault("PYTHONUNBUFFERED", "1")
         self._wake = asyncio.Event()
         self.slots = [
             RunnerSlot(i, device, settings, base_env, self._wake)
-            for i, device in enumerate(settings.runners.devices)
+            for i, device in enumerate(settings.runners.devices if work_runners else ())
         ]
+        #: Fetches models only: never leased to jobs, so a download never waits for them.
+        self.downloader = RunnerSlot(len(self.slots), "cpu", settings, base_env, self._wake, "download")
         self._closing = False
 
     async def start(self) -> None:
         """Spawn the runners without waiting for them (start-up stays fast)."""
-        for slot in self.slots:
+        for slot in [*self.slots, self.downloader]:
             slot.start()
 
     async def wait_ready(self, within: float | None = None) -> None:
@@ -347,10 +354,10 @@ class RunnerPool:
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        await asyncio.gather(*(slot.close() for slot in self.slots))
+        await asyncio.gather(*(slot.close() for slot in [*self.slots, self.downloader]))
 
     def health(self) -> list[dict[str, Any]]:
-        return [slot.health() for slot in self.slots]
+        return [slot.health() for slot in [*self.slots, self.downloader]]
 
     def _free_slot(self) -> RunnerSlot | None:
         for slot in self.slots:

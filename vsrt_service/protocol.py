@@ -142,6 +142,24 @@ class Align(Request):
 
 
 @dataclass
+class Download(Request):
+    """Fetch a hub repository's files into `target_dir`, trying `endpoints` in order.
+
+    Files already present and matching the hub's manifest are not fetched again; every
+    fetched file is checked against the hub's sha256 (or git blob hash). `prefer` lists
+    alternatives of which only the first the hub has is fetched (safetensors over bin).
+    """
+
+    type: ClassVar[str] = "download"
+    repo: str = ""
+    revision: str = "main"
+    endpoints: list[str] = field(default_factory=list)
+    target_dir: str = ""
+    patterns: list[str] = field(default_factory=list)
+    prefer: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Cancel(Request):
     """Ask the runner to stop request `target` at the next segment boundary."""
 
@@ -210,7 +228,8 @@ class Log(Reply):
 Message: TypeAlias = Request | Reply
 
 REQUEST_TYPES: dict[str, type[Request]] = {
-    cls.type: cls for cls in (Hello, Ping, LoadModel, Unload, Split, Transcribe, Align, Cancel, Shutdown)
+    cls.type: cls
+    for cls in (Hello, Ping, LoadModel, Unload, Split, Transcribe, Align, Download, Cancel, Shutdown)
 }
 REPLY_TYPES: dict[str, type[Reply]] = {
     cls.type: cls for cls in (Progress, Fragment, Result, Error, Log)

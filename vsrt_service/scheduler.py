@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import uuid
+from typing import Any
 
 from .options import OptionError
 from .pipeline import JobContext, JobFailed, JobRun, Requeue
@@ -46,6 +47,7 @@ class Scheduler:
         self.ctx = ctx
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
         self._stop_reason: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -59,6 +61,10 @@ class Scheduler:
 
     def running(self) -> list[str]:
         return list(self._tasks)
+
+    def settings_of(self, job_id: str) -> dict[str, Any] | None:
+        """The settings a running job uses (with its detected language once known)."""
+        return self._settings.get(job_id)
 
     async def start(self) -> None:
         await self._take_over_orphans()
@@ -96,6 +102,8 @@ class Scheduler:
                 job = await self.ctx.store.claim_next(self.owner, lease, self.only)
                 if job is None:
                     break
+                language = job.language or job.settings.get("language")
+                self._settings[job.id] = {**job.settings, "language": language}
                 self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -162,6 +170,7 @@ class Scheduler:
             renewer.cancel()
             await asyncio.shield(self._finish(job.id, *outcome))
             self._tasks.pop(job.id, None)
+            self._settings.pop(job.id, None)
             self._stop_reason.pop(job.id, None)
             if not self._closing:
                 self.wake()

@@ -18,7 +18,7 @@ from .broker import Broker, Event
 from .config import Settings, load_settings
 from .cues import Cue
 from .formats import FORMATS, cues_from_json, render
-from .models import LocalModels
+from .manager import ModelManager
 from .options import conflicts, parse_options
 from .pipeline import JobContext, remove_job_files
 from .pool import RunnerPool
@@ -75,6 +75,19 @@ async def open_pool(settings: Settings, env: dict[str, str] | None = None) -> As
 
 
 @contextlib.asynccontextmanager
+async def open_models(settings: Settings, store: Store, broker: Broker, pool: RunnerPool
+                      ) -> AsyncIterator[ModelManager]:
+    manager = ModelManager(settings, store, broker, pool)
+    await manager.start()
+    try:
+        if settings.models.preload_on_start and pool.slots:
+            await manager.preload()
+        yield manager
+    finally:
+        await asyncio.shield(manager.close())
+
+
+@contextlib.asynccontextmanager
 async def open_scheduler(ctx: JobContext) -> AsyncIterator[Scheduler]:
     scheduler = Scheduler(ctx)
     await scheduler.start()
@@ -89,7 +102,7 @@ class Service:
         self.settings = settings or load_settings()
         self._runner_env = runner_env
         self._stack: contextlib.AsyncExitStack | None = None
-        self.models = LocalModels(self.settings)
+        self.models: ModelManager
         self.store: Store
         self.broker: Broker
         self.pool: RunnerPool
@@ -97,12 +110,12 @@ class Service:
         self.scheduler: Scheduler
 
     @classmethod
-    def attach(cls, settings: Settings, store: Store, broker: Broker, pool: RunnerPool,
-               scheduler: Scheduler) -> Service:
+    def attach(cls, scheduler: Scheduler) -> Service:
         """A Service over resources someone else opened and will close (the aiohttp app)."""
-        svc = cls(settings)
-        svc.store, svc.broker, svc.pool, svc.scheduler = store, broker, pool, scheduler
-        svc.ctx = scheduler.ctx
+        ctx = scheduler.ctx
+        svc = cls(ctx.settings)
+        svc.store, svc.broker, svc.pool, svc.models = ctx.store, ctx.broker, ctx.pool, ctx.models
+        svc.scheduler, svc.ctx = scheduler, ctx
         return svc
 
     async def __aenter__(self) -> Service:
@@ -111,6 +124,8 @@ class Service:
             self.store = await stack.enter_async_context(open_store(s))
             self.broker = await stack.enter_async_context(open_broker(s))
             self.pool = await stack.enter_async_context(open_pool(s, self._runner_env))
+            self.models = await stack.enter_async_context(
+                open_models(s, self.store, self.broker, self.pool))
             self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models)
             self.scheduler = await stack.enter_async_context(open_scheduler(self.ctx))
             self._stack = stack.pop_all()
@@ -265,6 +280,17 @@ class Service:
             job_id, [{"start": c.start, "end": c.end, "text": c.text} for c in cues]
         )
         return cues
+
+    def models_in_use(self) -> set[str]:
+        """Model keys that running jobs depend on (their deletion is refused)."""
+        keys: set[str] = set()
+        for job_id in self.scheduler.running():
+            settings = self.scheduler.settings_of(job_id)
+            if settings:
+                keys.add(f"whisper:{settings.get('model')}")
+                if settings.get("language"):
+                    keys.add(f"align:{settings['language']}")
+        return keys
 
     def health(self) -> dict[str, Any]:
         return {"runners": self.pool.health(), "running_jobs": self.scheduler.running()}

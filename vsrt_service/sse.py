@@ -108,6 +108,7 @@ async def stream(
     heartbeat: float,
     heartbeat_event: str = "ping",
     until: Callable[[Event], bool] = lambda ev: False,
+    accept: Callable[[Event], bool] = lambda ev: True,
 ) -> EventSourceResponse:
     """Serve one subscriber until it disconnects, falls behind (resync) or `until` says so."""
     sub, replayed = broker.subscribe(channel, last_event_id(request))
@@ -138,6 +139,8 @@ async def stream(
             if ev is None:  # closed by the broker (shutdown, channel dropped)
                 break
             last_id = max(last_id, ev.id)
+            if ev.event != "resync" and not accept(ev):
+                continue
             await send(resp, ev.event, ev.id, ev.data)
             if ev.event == "resync" or until(ev):
                 break

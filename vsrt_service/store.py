@@ -21,9 +21,9 @@ import aiosqlite
 
 from .protocol import AlignedSegment
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
     id            TEXT PRIMARY KEY,
     created_at    REAL NOT NULL,
@@ -72,6 +72,23 @@ CREATE TABLE IF NOT EXISTS transitions (
 );
 CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions (job_id, id);
 """
+
+SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS models (
+    type       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    endpoint   TEXT,
+    commit_sha TEXT,
+    manifest   TEXT,
+    error      TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (type, id)
+);
+"""
+
+#: version -> the script that brings the schema from version-1 to it.
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2}
 
 STATUSES = ("queued", "processing", "paused", "completed", "failed", "canceled")
 FINAL = ("completed", "failed", "canceled")
@@ -446,6 +463,39 @@ class Store:
             row = await cur.fetchone()
         return json.loads(row[0]) if row and row[0] else None
 
+    # --- models ------------------------------------------------------------------------
+
+    async def model_rows(self) -> list[dict[str, Any]]:
+        async with self._r.execute(
+            "SELECT type, id, status, endpoint, commit_sha, manifest, error, updated_at FROM models"
+        ) as cur:
+            rows = await cur.fetchall()
+        keys = ("type", "id", "status", "endpoint", "commit_sha", "manifest", "error", "updated_at")
+        out = [dict(zip(keys, row, strict=True)) for row in rows]
+        for row in out:
+            row["manifest"] = json.loads(row["manifest"]) if row["manifest"] else None
+        return out
+
+    async def save_model(
+        self, kind: str, model_id: str, status: str, *, error: str | None = None,
+        endpoint: str | None = None, commit_sha: str | None = None,
+        manifest: list[dict[str, Any]] | None = None, keep_manifest: bool = True,
+    ) -> None:
+        """Record a model's state; its manifest stays unless a new one (or none) is given."""
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO models (type, id, status, endpoint, commit_sha, manifest, error, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (type, id) DO UPDATE SET"
+                " status = excluded.status, error = excluded.error, updated_at = excluded.updated_at,"
+                " endpoint = coalesce(excluded.endpoint, endpoint),"
+                " commit_sha = coalesce(excluded.commit_sha, commit_sha),"
+                " manifest = CASE WHEN ? AND excluded.manifest IS NULL THEN manifest"
+                " ELSE excluded.manifest END",
+                (kind, model_id, status, endpoint, commit_sha,
+                 json.dumps(manifest) if manifest is not None else None, error, time.time(),
+                 keep_manifest),
+            )
+
     async def interrupted_jobs(self) -> list[str]:
         async with self._r.execute("SELECT id FROM jobs WHERE status = 'processing'") as cur:
             return [r[0] for r in await cur.fetchall()]
@@ -475,9 +525,8 @@ async def _migrate(db: aiosqlite.Connection) -> None:
             f"the database has schema version {version}, newer than this vsrt ({SCHEMA_VERSION})"
         )
     # One script, one transaction; IF NOT EXISTS makes a concurrent first start harmless.
-    await db.executescript(
-        f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-    )
+    steps = " ".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+    await db.executescript(f"BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
 
 async def _transition(

