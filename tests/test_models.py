@@ -1,0 +1,337 @@
+"""Model management for real: huggingface_hub in the download runner against a local fake hub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import SettingsFactory
+from tests.fakehub import FakeHub, start_fake_hub
+from tests.media import Speech
+from tests.sse_client import SseEvent, SseReader
+from vsrt_service.app import create_app
+from vsrt_service.appkeys import MODELS, POOL
+from vsrt_service.models import bundled_tiny_en
+
+WHISPER_REPO = "Systran/faster-whisper-tiny"
+ALIGN_REPO = "facebook/wav2vec2-base-960h"
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def hub(tiny_align_model: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeHub]:
+    """The real tiny.en files as the catalog's `tiny`, and a tiny wav2vec2 as the English aligner."""
+    bundled = bundled_tiny_en()
+    assert bundled is not None
+    fake = FakeHub()
+    fake.add_repo_from_dir(WHISPER_REPO, bundled)
+    fake.add_repo_from_dir(ALIGN_REPO, tiny_align_model)
+    url, stop = await start_fake_hub(fake)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    try:
+        yield fake
+    finally:
+        await stop()
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
+    async def make(**overrides: Any) -> TestClient[Any, Any]:
+        overrides.setdefault("models", {}).setdefault("preload_on_start", False)
+        return await aiohttp_client(create_app(make_settings(**overrides)))  # type: ignore[no-any-return]
+
+    return make
+
+
+async def model_events(client: TestClient[Any, Any]) -> SseReader:
+    resp = await client.get("/api/models/events/progress")
+    assert resp.status == 200
+    reader = SseReader(resp)
+    first = await reader.next()
+    assert first.event == "initial_state"
+    return reader
+
+
+def done_for(kind: str, model_id: str) -> Callable[[SseEvent], bool]:
+    def check(ev: SseEvent) -> bool:
+        return (ev.event in ("model_complete", "model_error") and ev.data["type"] == kind
+                and ev.data["model_id"] == model_id)
+
+    return check
+
+
+async def catalog_entry(client: TestClient[Any, Any], kind: str, model_id: str) -> dict[str, Any]:
+    body = await (await client.get(f"/api/models/{kind}")).json()
+    return next(m for m in body["models"] if m["id"] == model_id)  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+async def test_download_with_progress_then_the_model_transcribes(
+    make_client: ClientFactory, hub: FakeHub, speech: Speech
+) -> None:
+    hub.throttle_bytes_per_s = 40e6  # about two seconds for model.bin: several progress events
+    client = await make_client()
+    events = await model_events(client)
+    assert (await catalog_entry(client, "whisper", "tiny"))["status"] == "not_downloaded"
+    assert (await catalog_entry(client, "whisper", "tiny.en"))["status"] == "ready"
+
+    resp = await client.post("/api/models/whisper/tiny/download")
+    assert resp.status == 202 and (await resp.json())["status"] == "started"
+    seen = await events.until(done_for("whisper", "tiny"), wait=120)
+    progress = [e.data for e in seen if e.event == "model_progress" and e.data["model_id"] == "tiny"]
+    downloading = [p for p in progress if p["status"] == "downloading"]
+    sizes = [p["downloaded_bytes"] for p in downloading]
+    assert len(set(sizes)) >= 3 and sizes == sorted(sizes)
+    assert any(p["speed_mbps"] > 0 and p["eta_s"] is not None for p in downloading)
+    assert seen[-1].event == "model_complete" and seen[-1].data["total_time_seconds"] > 0
+
+    entry = await catalog_entry(client, "whisper", "tiny")
+    assert entry["status"] == "ready" and entry["path"] == "models/whisper/tiny"
+    # Asking for the Whisper model also queued the default language's aligner.
+    await events.until(done_for("align", "en"), wait=60)
+    assert (await catalog_entry(client, "align", "en"))["status"] == "ready"
+
+    form = aiohttp.FormData()
+    form.add_field("settings", json.dumps({"model": "tiny", "language": "en"}))
+    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
+    job = await (await client.post("/api/jobs", data=form)).json()
+    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
+    await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete", wait=180)
+    text = await (await client.get(f"/api/transcription-text/{job['job_id']}")).json()
+    assert text["alignment"] == "wav2vec2" and "fox" in text["text"].lower()
+
+
+async def test_two_requests_download_once(make_client: ClientFactory, hub: FakeHub) -> None:
+    hub.throttle_bytes_per_s = 200e3
+    client = await make_client(transcription={"default_language": None})
+    events = await model_events(client)
+    first, second = await asyncio.gather(
+        client.post("/api/models/align/en/download"), client.post("/api/models/align/en/download"),
+    )
+    statuses = sorted([(await first.json())["status"], (await second.json())["status"]])
+    assert statuses == ["already_downloading", "started"]
+    seen = await events.until(done_for("align", "en"), wait=60)
+    assert seen[-1].event == "model_complete", seen[-1].data
+    assert (await (await client.post("/api/models/align/en/download")).json())["status"] == "ready"
+    for name in hub.repos[ALIGN_REPO].files:
+        assert hub.downloads(ALIGN_REPO, name) == 1, name
+
+
+@pytest.mark.slow
+async def test_killed_download_runner_resumes_without_refetching(
+    make_client: ClientFactory, hub: FakeHub
+) -> None:
+    hub.throttle_bytes_per_s = 15e6
+    client = await make_client(transcription={"default_language": None},
+                               runners={"restart_backoff_initial": 0.1})
+    events = await model_events(client)
+    await client.post("/api/models/whisper/tiny/download")
+    await events.until(lambda e: e.event == "model_progress" and e.data["model_id"] == "tiny"
+                       and e.data["downloaded_bytes"] > 20e6, wait=60)
+    downloader = client.app[POOL].downloader
+    pid = downloader.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    seen = await events.until(done_for("whisper", "tiny"), wait=120)
+    assert seen[-1].event == "model_complete", seen[-1].data
+    assert downloader.pid not in (None, pid)
+    ranged = [r for name, r in hub.ranges if name == "model.bin"]
+    assert ranged and int(ranged[-1].split("=")[1].split("-")[0]) > 10e6  # resumed, not restarted
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        assert hub.downloads(WHISPER_REPO, name) == 1, name
+    assert (await catalog_entry(client, "whisper", "tiny"))["status"] == "ready"
+
+
+async def test_corrupt_file_is_found_and_only_it_is_repaired(
+    make_client: ClientFactory, make_settings: SettingsFactory, hub: FakeHub
+) -> None:
+    client = await make_client(transcription={"default_language": None})
+    events = await model_events(client)
+    await client.post("/api/models/align/en/download")
+    await events.until(done_for("align", "en"), wait=60)
+    weights = make_settings().models_dir / "align" / "en" / "model.safetensors"
+    data = bytearray(await asyncio.to_thread(weights.read_bytes))
+    data[100:110] = bytes(10)
+    await asyncio.to_thread(weights.write_bytes, bytes(data))
+    await client.close()
+
+    client = await make_client(transcription={"default_language": None})  # a restart validates
+    models = client.app[MODELS]
+    for _ in range(100):
+        if models.state("align", "en").status == "incomplete":
+            break
+        await asyncio.sleep(0.05)
+    assert (await catalog_entry(client, "align", "en"))["status"] == "incomplete"
+    events = await model_events(client)
+    await client.post("/api/models/align/en/download")
+    await events.until(done_for("align", "en"), wait=60)
+    assert (await catalog_entry(client, "align", "en"))["status"] == "ready"
+    assert hub.downloads(ALIGN_REPO, "model.safetensors") == 2
+    for name in hub.repos[ALIGN_REPO].files:
+        if name != "model.safetensors":
+            assert hub.downloads(ALIGN_REPO, name) == 1, name
+
+
+async def test_mirror_down_falls_back_then_both_down_is_a_clear_error(
+    make_client: ClientFactory, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    down = FakeHub()
+    down.down = True
+    down_url, stop = await start_fake_hub(down)
+    try:
+        client = await make_client(transcription={"default_language": None},
+                                   models={"mirrors": [down_url]})
+        events = await model_events(client)
+        await client.post("/api/models/align/en/download")
+        seen = await events.until(done_for("align", "en"), wait=60)
+        assert seen[-1].event == "model_complete"
+        assert down.requests and all(path.startswith("/api/models/") for _, path in down.requests)
+        await client.close()
+
+        hub.down = True
+        client = await make_client(transcription={"default_language": None},
+                                   models={"mirrors": [down_url]})
+        events = await model_events(client)
+        await client.post("/api/models/align/de/download")
+        seen = await events.until(done_for("align", "de"), wait=60)
+        error = seen[-1]
+        assert error.event == "model_error" and error.data["status"] == "error"
+        assert down_url in error.data["error"] and "503" in error.data["error"]
+        entry = await catalog_entry(client, "align", "de")
+        assert entry["status"] == "error" and entry["path"] is None
+    finally:
+        await stop()
+
+
+@pytest.mark.slow
+async def test_delete_refused_while_in_use_then_removes_everything(
+    make_client: ClientFactory, make_settings: SettingsFactory, hub: FakeHub, speech: Speech
+) -> None:
+    client = await make_client(transcription={"default_language": None})
+    events = await model_events(client)
+    await client.post("/api/models/whisper/tiny/download")
+    await events.until(done_for("whisper", "tiny"), wait=60)
+    form = aiohttp.FormData()
+    form.add_field("settings", json.dumps({"model": "tiny", "language": "en", "align": False}))
+    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
+    job = await (await client.post("/api/jobs", data=form)).json()
+    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
+    await stream.until(lambda e: e.event == "progress" and e.data["phase"] == "transcribe")
+    resp = await client.delete("/api/models/whisper/tiny")
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "in_use"
+    await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete", wait=180)
+
+    cache = await (await client.get("/api/models/cache/status")).json()
+    assert "whisper:tiny" in [m["key"] for m in cache["runners"][0]["loaded"]]
+    resp = await client.delete("/api/models/whisper/tiny")
+    assert resp.status == 200
+    deleted = await events.until(lambda e: e.event == "model_deleted")
+    assert deleted[-1].data["model_id"] == "tiny" and deleted[-1].data["deleted_at"] > 0
+    assert not (make_settings().models_dir / "whisper" / "tiny").exists()
+    cache = await (await client.get("/api/models/cache/status")).json()
+    assert "whisper:tiny" not in [m["key"] for m in cache["runners"][0]["loaded"]]
+    assert (await catalog_entry(client, "whisper", "tiny"))["status"] == "not_downloaded"
+    bundled = await client.delete("/api/models/whisper/tiny.en")
+    assert bundled.status == 409
+
+
+@pytest.mark.slow
+async def test_job_waits_for_its_missing_aligner_or_falls_back(
+    make_client: ClientFactory, hub: FakeHub, speech: Speech
+) -> None:
+    client = await make_client(transcription={"default_language": None})
+    form = aiohttp.FormData()
+    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
+    job = await (await client.post("/api/jobs", data=form)).json()
+    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
+    events = await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete",
+                                wait=180)
+    messages = [e.data["message"] for e in events if e.event == "progress" and e.data["phase"] == "align"]
+    assert any("alignment model" in m for m in messages), messages
+    final = await (await client.get(f"/api/jobs/{job['job_id']}")).json()
+    assert final["alignment"] == "wav2vec2"
+    assert hub.downloads(ALIGN_REPO, "config.json") == 1
+
+
+async def test_hub_down_job_completes_with_whisper_timings(
+    make_client: ClientFactory, hub: FakeHub, speech: Speech
+) -> None:
+    hub.down = True
+    client = await make_client(transcription={"default_language": None})
+    form = aiohttp.FormData()
+    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
+    job = await (await client.post("/api/jobs", data=form)).json()
+    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
+    await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete", wait=180)
+    final = await (await client.get(f"/api/jobs/{job['job_id']}")).json()
+    assert final["status"] == "completed" and final["alignment"] == "whisper"
+    meta = await (await client.get(f"/api/jobs/{job['job_id']}/subtitles?format=json")).json()
+    assert meta["alignment"] == "whisper"
+    entry = await catalog_entry(client, "align", "en")
+    assert entry["status"] == "error" and "503" in entry["error"]
+
+
+@pytest.mark.slow
+async def test_preload_loads_the_default_model_once(make_client: ClientFactory, speech: Speech) -> None:
+    client = await make_client(models={"preload_on_start": False})
+    resp = await client.post("/api/models/preload/start")
+    assert (await resp.json())["status"] == "started"
+    again = await (await client.post("/api/models/preload/start")).json()
+    assert again["status"] in ("already_running", "started")
+    for _ in range(600):
+        status = await (await client.get("/api/models/preload/status")).json()
+        if not status["running"]:
+            break
+        await asyncio.sleep(0.1)
+    assert status["runners"]["runner-0"]["status"] == "loaded", status
+    cache = await (await client.get("/api/models/cache/status")).json()
+    assert [m["key"] for m in cache["runners"][0]["loaded"]] == ["whisper:tiny.en"]
+    assert cache["runners"][0]["load_count"] == 1
+    assert cache["runners"][0]["memory"]["rss_bytes"] > 0
+
+    form = aiohttp.FormData()
+    form.add_field("settings", json.dumps({"align": False}))
+    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
+    job = await (await client.post("/api/jobs", data=form)).json()
+    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
+    await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete", wait=180)
+    cache = await (await client.get("/api/models/cache/status")).json()
+    assert cache["runners"][0]["load_count"] == 1  # the job spent no time loading
+
+    cleared = await (await client.post("/api/models/cache/clear")).json()
+    assert cleared["unloaded"] == ["whisper:tiny.en"]
+    reset = await (await client.post("/api/models/preload/reset")).json()
+    assert reset["runners"]["runner-0"]["failures"] == 0
+
+
+async def test_offline_mode_is_honoured(make_client: ClientFactory, hub: FakeHub,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    client = await make_client(transcription={"default_language": None})
+    events = await model_events(client)
+    await client.post("/api/models/align/en/download")
+    seen = await events.until(done_for("align", "en"), wait=60)
+    assert seen[-1].event == "model_error" and "offline" in seen[-1].data["error"]
+    assert not hub.requests
+
+
+async def test_unknown_models_are_404(make_client: ClientFactory) -> None:
+    client = await make_client()
+    for method, path in [("POST", "/api/models/whisper/huge/download"),
+                         ("POST", "/api/models/align/xx/download"),
+                         ("DELETE", "/api/models/whisper/huge"),
+                         ("POST", "/api/models/other/x/download"),
+                         ("GET", "/api/models/events/whisper/huge")]:
+        resp = await client.request(method, path)
+        assert resp.status == 404, path
+        assert "error" in await resp.json()
