@@ -58,7 +58,7 @@ def _install_progress_hook() -> None:
                     hook(int(n))
                 return super().update(n)
 
-        hf_tqdm.tqdm = Reporting  # type: ignore[misc]
+        hf_tqdm.tqdm = Reporting  # type: ignore[attr-defined]
         _installed = True
 
 

@@ -48,7 +48,7 @@ async def hub(tiny_align_model: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
     async def make(**overrides: Any) -> TestClient[Any, Any]:
         overrides.setdefault("models", {}).setdefault("preload_on_start", False)
-        return await aiohttp_client(create_app(make_settings(**overrides)))  # type: ignore[no-any-return]
+        return await aiohttp_client(create_app(make_settings(**overrides)))
 
     return make
 
@@ -72,7 +72,7 @@ def done_for(kind: str, model_id: str) -> Callable[[SseEvent], bool]:
 
 async def catalog_entry(client: TestClient[Any, Any], kind: str, model_id: str) -> dict[str, Any]:
     body = await (await client.get(f"/api/models/{kind}")).json()
-    return next(m for m in body["models"] if m["id"] == model_id)  # type: ignore[no-any-return]
+    return next(m for m in body["models"] if m["id"] == model_id)
 
 
 @pytest.mark.slow
