@@ -11,6 +11,8 @@ from aiohttp import web
 from . import sse
 from .appkeys import SERVICE, SETTINGS, STREAMS
 from .formats import MEDIA_TYPES
+from .media import MediaError, probe
+from .options import parse_options
 from .service import Service, ServiceError
 from .store import Job
 from .uploads import receive
@@ -69,6 +71,11 @@ async def create_job(request: web.Request) -> web.Response:
     if request.content_type == "multipart/form-data":
         upload = await receive(request, svc.settings.uploads_dir, svc.settings.server.max_upload_mb << 20)
         try:
+            parse_options(upload.settings, svc.settings)  # a bad setting is named first
+            try:  # refuse what is not media now, not minutes later in the job
+                await probe(upload.path, upload.name)
+            except MediaError as exc:
+                raise ServiceError(400, "not_media", str(exc), "file") from None
             job = await svc.submit(upload.path, upload.settings, source_name=upload.name,
                                    start=upload.start)
         except BaseException:

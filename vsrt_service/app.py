@@ -77,8 +77,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].server.auth_token
     path = _api_path(request)
-    if token is None or path is None or request.method == "OPTIONS":
-        return await handler(request)
+    if token is None or path is None or request.method == "OPTIONS" or path == "/api/health":
+        return await handler(request)  # health stays open for load balancers
     if token_matches(request.headers.get("Authorization"), token):
         return await handler(request)
     ticket = request.query.get("ticket")
@@ -182,8 +182,10 @@ async def health(request: web.Request) -> web.Response:
         "version": version,
         "time": time.time(),
         "runners": app[POOL].health(),
-        "running_jobs": app[SCHEDULER].running(),
+        "running_jobs": len(app[SCHEDULER].running()),
         "open_streams": app[STREAMS].open_streams(),
+        "limits": {"max_upload_mb": app[SETTINGS].server.max_upload_mb},
+        "auth": app[SETTINGS].server.auth_token is not None,
     })
 
 

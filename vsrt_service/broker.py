@@ -36,9 +36,13 @@ def _first_id() -> int:
 
 @dataclass
 class _Channel:
-    next_id: itertools.count[int] = field(default_factory=lambda: itertools.count(_first_id()))
+    first_id: int = field(default_factory=_first_id)
+    next_id: itertools.count[int] = field(init=False)
     buffer: deque[Event] = field(default_factory=deque)
     subscribers: set[Subscription] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.next_id = itertools.count(self.first_id)
 
 
 class Subscription:
@@ -141,8 +145,11 @@ class Broker:
         replayed = False
         if last_event_id is not None:
             missed = [e for e in ch.buffer if e.id > last_event_id]
-            first_kept = ch.buffer[0].id if ch.buffer else last_event_id + 1
-            if first_kept <= last_event_id + 1 and len(missed) < self._queue:
+            # Replayable only if nothing after the client's id has left the buffer, and the id
+            # is from this channel's own life (not from before a restart).
+            first_kept = ch.buffer[0].id if ch.buffer else ch.first_id
+            if ch.first_id - 1 <= last_event_id and first_kept <= last_event_id + 1 \
+                    and len(missed) < self._queue:
                 for ev in missed:
                     sub._offer(ev)
                 replayed = True

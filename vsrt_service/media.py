@@ -61,15 +61,21 @@ async def _run(args: list[str]) -> tuple[int, bytes, bytes]:
     return proc.returncode or 0, out, err
 
 
-def _last_line(stderr: bytes) -> str:
+def _last_line(stderr: bytes, path: Path) -> str:
+    """ffmpeg's last complaint, without the server path it quotes."""
     lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "no details"
+    line = lines[-1] if lines else "no details"
+    return line.replace(f"{path}: ", "").replace(str(path), "the file")
 
 
-async def probe(path: Path) -> MediaInfo:
-    """Streams and duration, or a MediaError saying why the file is unusable."""
+async def probe(path: Path, name: str | None = None) -> MediaInfo:
+    """Streams and duration, or a MediaError saying why the file is unusable.
+
+    Messages name the file as the user knows it (`name`), never by its server path.
+    """
+    name = name or path.name
     if not await asyncio.to_thread(path.is_file):
-        raise MediaError("not_found", f"{path.name}: no such file")
+        raise MediaError("not_found", f"{name}: no such file")
     args = [
         _tool("ffprobe"), "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path),
     ]
@@ -77,17 +83,17 @@ async def probe(path: Path) -> MediaInfo:
     if code != 0:
         raise MediaError(
             "unsupported_media",
-            f"{path.name} is not a readable audio or video file ({_last_line(err)})",
+            f"{name} is not a readable audio or video file ({_last_line(err, path)})",
         )
     try:
         info = json.loads(out)
     except ValueError:
-        raise MediaError("unsupported_media", f"{path.name}: ffprobe gave no usable answer") from None
+        raise MediaError("unsupported_media", f"{name}: ffprobe gave no usable answer") from None
     streams = info.get("streams") or []
     fmt = info.get("format") or {}
     has_audio = any(s.get("codec_type") == "audio" for s in streams)
     if not streams or fmt.get("format_name") in (None, "tty"):
-        raise MediaError("unsupported_media", f"{path.name} is not an audio or video file")
+        raise MediaError("unsupported_media", f"{name} is not an audio or video file")
     try:
         duration = float(fmt.get("duration") or 0.0)
     except ValueError:
@@ -99,11 +105,13 @@ async def extract_audio(
     src: Path,
     dst: Path,
     on_progress: Callable[[float], Awaitable[None]] | None = None,
+    name: str | None = None,
 ) -> MediaInfo:
     """16 kHz mono 16-bit WAV of the first audio stream, written atomically to `dst`."""
-    info = await probe(src)
+    name = name or src.name
+    info = await probe(src, name)
     if not info.has_audio:
-        raise MediaError("no_audio", f"{src.name} has no audio stream")
+        raise MediaError("no_audio", f"{name} has no audio stream")
     tmp = dst.with_name(dst.name + ".part")
     stream = (
         ffmpeg.input(str(src))
@@ -138,6 +146,6 @@ async def extract_audio(
     if code != 0:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise MediaError("decode_failed", f"ffmpeg could not decode {src.name}: {_last_line(err)}")
+        raise MediaError("decode_failed", f"ffmpeg could not decode {name}: {_last_line(err, src)}")
     os.replace(tmp, dst)
     return info

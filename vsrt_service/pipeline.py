@@ -134,7 +134,7 @@ class JobRun:
             await self.progress("extract", fraction, "extracting audio")
 
         try:
-            await extract_audio(src, self.audio, on_progress)
+            await extract_audio(src, self.audio, on_progress, name=self.job.source_name)
         except MediaError as exc:
             raise JobFailed(exc.code, str(exc)) from None
         await self.progress("extract", 1, "audio extracted")
