@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Debian machine: system packages, the venv, the Python packages.
 #   scripts/setup.sh          what `vsrt serve` needs (ffmpeg, the runner's whisperx)
-#   scripts/setup.sh test     also what the tests need (espeak-ng, sox, pytest, linters)
+#   scripts/setup.sh test     also what the tests need (espeak-ng, sox, pytest, linters, and for
+#                             the browser tests Debian's chromium and nginx; Playwright drives that
+#                             chromium, so `playwright install` is never run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +11,7 @@ mode=${1:-serve}
 packages=(ffmpeg)
 extras=runner
 if [ "$mode" = test ]; then
-  packages+=(espeak-ng sox)
+  packages+=(espeak-ng sox chromium nginx)
   extras=runner,test
 fi
 

@@ -1,0 +1,240 @@
+// Model state for the whole app: one store, fed by one event stream opened at start-up
+// (not by the dialog), so the manager shows live progress whenever it is opened.
+
+import { api, ApiError } from "./api.js";
+import { openStream } from "./sse.js";
+import { createStore, el, formatBytes, formatEta, rafThrottle } from "./store.js";
+
+const EVENTS = ["initial_state", "model_progress", "model_complete", "model_error", "model_incomplete", "model_deleted", "heartbeat", "resync"];
+
+export const modelStore = createStore({
+  available: null, // null: not known yet; false: this server has no model management
+  whisper: [],
+  align: [],
+  pending: new Set(), // "type/id" of downloads clicked and not yet answered
+  stream: "connecting",
+});
+
+const busy = (m) => m.status === "downloading" || m.status === "waiting";
+
+/** 0..100 from bytes when known, else from `progress` (a fraction or a percent). */
+export function percentOf(m) {
+  if (m.status === "ready") return 100;
+  if (m.total_bytes > 0) return Math.min(100, (100 * (m.downloaded_bytes || 0)) / m.total_bytes);
+  const p = Number(m.progress) || 0;
+  return p <= 1 ? p * 100 : Math.min(100, p);
+}
+
+function patchModel(type, id, patch) {
+  modelStore.set((s) => {
+    const list = s[type] || [];
+    const found = list.some((m) => m.id === id);
+    const next = found ? list.map((m) => (m.id === id ? { ...m, ...patch } : m)) : [...list, { id, type, ...patch }];
+    return { [type]: next };
+  });
+}
+
+/** Fetch the catalogs; marks model management unavailable on 404. */
+export async function refreshModels() {
+  try {
+    const [whisper, align] = await Promise.all([api("models/whisper"), api("models/align")]);
+    modelStore.set({ available: true, whisper: listOf(whisper), align: listOf(align) });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 404) modelStore.set({ available: false });
+    else throw err;
+  }
+}
+
+const listOf = (body) => (Array.isArray(body) ? body : body.models || []);
+
+const handlers = {
+  initial_state: (d) => modelStore.set({ available: true, whisper: d.whisper || [], align: d.align || [] }),
+  model_progress: (d) => patchModel(d.type, d.model_id, pick(d)),
+  model_complete: (d) => patchModel(d.type, d.model_id, { status: "ready", progress: 100, eta_s: 0, error: null, ...pick(d) }),
+  model_error: (d) => patchModel(d.type, d.model_id, { status: "error", error: d.error, ...pick(d) }),
+  model_incomplete: (d) => patchModel(d.type, d.model_id, { status: "incomplete", ...pick(d) }),
+  model_deleted: (d) => patchModel(d.type, d.model_id, { status: "not_downloaded", progress: 0, downloaded_bytes: 0, path: null }),
+};
+
+function pick(d) {
+  const out = {};
+  for (const k of ["status", "progress", "downloaded_bytes", "total_bytes", "speed_mbps", "eta_s", "message", "error"]) {
+    if (d[k] !== undefined) out[k] = d[k];
+  }
+  return out;
+}
+
+/** Start the app-wide model store: a snapshot, then the one event stream. */
+export async function startModels() {
+  try {
+    await refreshModels();
+  } catch {
+    /* offline at start-up: the stream below brings the state once it connects */
+  }
+  if (modelStore.get().available === false) return;
+  openStream("models/events/progress", EVENTS, {
+    onEvent: (name, data) => handlers[name]?.(data),
+    onState: (state) => modelStore.set({ stream: state }),
+  });
+}
+
+export async function download(type, id) {
+  const key = `${type}/${id}`;
+  const pending = modelStore.get().pending;
+  if (pending.has(key)) return; // a double click: the first request is still out
+  modelStore.set({ pending: new Set(pending).add(key) });
+  try {
+    const r = await api(`models/${type}/${encodeURIComponent(id)}/download`, { method: "POST" });
+    const status = { started: "downloading", already_downloading: "downloading", queued: "waiting", ready: "ready" }[r.status];
+    const current = (modelStore.get()[type] || []).find((m) => m.id === id);
+    // Events may already have moved the model further than this answer says.
+    if (status && !(current && (busy(current) || current.status === "ready") && status !== "ready")) {
+      patchModel(type, id, { status, error: null });
+    }
+  } finally {
+    const now = new Set(modelStore.get().pending);
+    now.delete(key);
+    modelStore.set({ pending: now });
+  }
+}
+
+export async function remove(type, id) {
+  await api(`models/${type}/${encodeURIComponent(id)}`, { method: "DELETE" });
+  patchModel(type, id, { status: "not_downloaded", progress: 0, downloaded_bytes: 0, path: null });
+}
+
+// --- the dialog ----------------------------------------------------------------------------
+
+export function setupModelDialog(dialog, openButton) {
+  const panel = dialog.querySelector("#panel");
+  const queue = dialog.querySelector("#queue");
+  const errorBox = dialog.querySelector("#models-error");
+  const tabs = [...dialog.querySelectorAll('[role="tab"]')];
+  let tab = "whisper";
+  let cache = null;
+  let preload = null;
+
+  const showError = (msg) => {
+    errorBox.textContent = msg || "";
+    errorBox.hidden = !msg;
+  };
+  const act = async (fn) => {
+    showError("");
+    try {
+      await fn();
+    } catch (err) {
+      showError(err.message);
+    }
+  };
+
+  async function loadCache() {
+    const [c, p] = await Promise.allSettled([api("models/cache/status"), api("models/preload/status")]);
+    cache = c.status === "fulfilled" ? c.value : { error: c.reason.message };
+    preload = p.status === "fulfilled" ? p.value : null;
+    render();
+  }
+
+  function selectTab(name, focus = false) {
+    tab = name;
+    for (const t of tabs) {
+      const on = t.dataset.tab === name;
+      t.setAttribute("aria-selected", String(on));
+      t.tabIndex = on ? 0 : -1;
+      if (on && focus) t.focus();
+    }
+    panel.setAttribute("aria-labelledby", `tab-${name}`);
+    if (name === "cache") act(loadCache);
+    render();
+  }
+
+  for (const t of tabs) {
+    t.addEventListener("click", () => selectTab(t.dataset.tab));
+    // Arrow keys move between tabs (the WAI-ARIA tabs pattern).
+    t.addEventListener("keydown", (e) => {
+      const i = tabs.indexOf(t);
+      const j = e.key === "ArrowRight" ? i + 1 : e.key === "ArrowLeft" ? i - 1 : null;
+      if (j !== null) selectTab(tabs[(j + tabs.length) % tabs.length].dataset.tab, true);
+    });
+  }
+
+  function modelRow(type, m) {
+    const key = `${type}/${m.id}`;
+    const pct = percentOf(m);
+    const pending = modelStore.get().pending.has(key);
+    const stats = [];
+    if (m.status === "downloading") {
+      stats.push(`${pct.toFixed(0)}%`);
+      if (m.speed_mbps) stats.push(`${Number(m.speed_mbps).toFixed(1)} MB/s`);
+      if (m.eta_s) stats.push(`ETA ${formatEta(m.eta_s)}`);
+    }
+    const showBar = busy(m) || m.status === "incomplete";
+    return el("li", { class: `model model-${m.status}`, "data-model": m.id, "data-status": m.status },
+      el("div", { class: "model-main" },
+        el("strong", { class: "model-name", text: m.id }),
+        el("span", { class: `badge badge-${m.status}`, text: (m.status || "unknown").replace("_", " ") }),
+        el("span", { class: "model-size", text: formatBytes(m.size_bytes || m.total_bytes) })),
+      m.description ? el("p", { class: "hint model-desc", text: m.description }) : null,
+      showBar ? el("div", { class: "bar bar-small", role: "progressbar", "aria-label": `${m.id} download`, "aria-valuenow": String(Math.round(pct)), "aria-valuemin": "0", "aria-valuemax": "100" },
+        el("div", { class: "bar-fill", style: `width:${pct}%` })) : null,
+      stats.length ? el("p", { class: "model-stats", text: stats.join(" · ") }) : null,
+      m.status === "waiting" ? el("p", { class: "model-stats", text: "waiting in the download queue" }) : null,
+      m.error ? el("p", { class: "error", text: m.error }) : null,
+      el("div", { class: "model-actions" },
+        m.status !== "ready" ? el("button", {
+          type: "button", class: "btn btn-primary btn-small dl", disabled: pending || busy(m),
+          "aria-label": `Download ${m.id}`, text: pending ? "Starting…" : busy(m) ? "Downloading…" : m.status === "incomplete" || m.status === "error" ? "Retry download" : "Download",
+          onclick: () => act(() => download(type, m.id)),
+        }) : null,
+        (m.status === "ready" && !m.bundled) || m.status === "incomplete" || m.status === "error" ? el("button", {
+          type: "button", class: "btn btn-danger btn-small del", "aria-label": `Delete ${m.id}`, text: "Delete",
+          onclick: () => confirm(`Delete the model ${m.id}? Its files are removed from the server.`) && act(() => remove(type, m.id)),
+        }) : null));
+  }
+
+  function cacheView() {
+    if (!cache) return el("p", { class: "hint", text: "Loading…" });
+    const runners = cache.runners || [];
+    return el("div", { class: "cache" },
+      cache.error ? el("p", { class: "error", text: cache.error }) : null,
+      ...runners.map((r) => el("section", { class: "runner" },
+        el("h3", { text: `Runner ${r.name}` }),
+        (r.loaded || []).length
+          ? el("ul", {}, ...(r.loaded || []).map((m) => el("li", { text: m.key })))
+          : el("p", { class: "hint", text: "no models loaded" }))),
+      preload ? el("p", { class: "hint", text: `Preload: ${preload.status || preload.state || JSON.stringify(preload)}` }) : null,
+      el("div", { class: "job-actions" },
+        el("button", { type: "button", class: "btn", text: "Preload default model", onclick: () => act(async () => { await api("models/preload/start", { method: "POST" }); await loadCache(); }) }),
+        el("button", { type: "button", class: "btn", text: "Reset preload", onclick: () => act(async () => { await api("models/preload/reset", { method: "POST" }); await loadCache(); }) }),
+        el("button", { type: "button", class: "btn btn-danger", text: "Clear cache", onclick: () => confirm("Unload all models from every runner?") && act(async () => { await api("models/cache/clear", { method: "POST" }); await loadCache(); }) })));
+  }
+
+  function render() {
+    if (!dialog.open) return;
+    const s = modelStore.get();
+    // Keep focus on the same control across re-renders (progress events re-render often).
+    const focused = document.activeElement;
+    const focusKey = panel.contains(focused) ? [focused.closest("[data-model]")?.dataset.model, focused.className] : null;
+    if (s.available === false) {
+      queue.replaceChildren();
+      panel.replaceChildren(el("p", { class: "hint", text: "Model management is unavailable on this server. Jobs use the models it already has (tiny.en is built in)." }));
+      return;
+    }
+    const waiting = [...s.whisper, ...s.align].filter(busy);
+    queue.replaceChildren(...(waiting.length ? [el("strong", { text: "Download queue: " }),
+      el("span", { text: waiting.map((m) => `${m.id} (${m.status === "waiting" ? "waiting" : `${percentOf(m).toFixed(0)}%`})`).join(", ") })] : []));
+    panel.replaceChildren(tab === "cache" ? cacheView() : el("ul", { class: "models" }, ...(s[tab] || []).map((m) => modelRow(tab, m))));
+    if (focusKey) {
+      const again = [...panel.querySelectorAll(`[data-model="${CSS.escape(focusKey[0] || "")}"] button`)].find((b) => b.className === focusKey[1] && !b.disabled);
+      again?.focus();
+    }
+  }
+
+  modelStore.subscribe(rafThrottle(render));
+  openButton.addEventListener("click", () => {
+    dialog.showModal();
+    render();
+    act(refreshModels); // a fresh snapshot every time it opens
+    if (tab === "cache") act(loadCache);
+  });
+  dialog.querySelector("#models-close").addEventListener("click", () => dialog.close());
+}

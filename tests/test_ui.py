@@ -1,0 +1,316 @@
+"""The browser UI in a real browser (Debian's chromium via Playwright) against a real
+`vsrt serve` with a real runner, directly and behind a real nginx.
+
+Screenshots go to test-artifacts/ (git-ignored). Jobs use 5 s VAD chunks and batch size 1
+so a short clip yields a dozen fragments arriving one by one, like a long file would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.media import LONG_SENTENCES, Speech, make_speech, make_text_file
+from tests.ui_helpers import (
+    CHROMIUM,
+    NGINX,
+    PHONE,
+    Server,
+    browser,
+    get_json,
+    running_nginx,
+    running_server,
+    screenshot,
+)
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+]
+playwright = pytest.importorskip("playwright")
+
+SERVER_ENV = {"VSRT_TRANSCRIPTION_CHUNK_SIZE": "5", "VSRT_TRANSCRIPTION_BATCH_SIZE": "1"}
+EDIT = "EDITED BY THE TEST, line one"
+
+# Samples the job view every 50 ms: which phase is active, the percent, how many lines.
+TRACE = """() => {
+  window.__trace = [];
+  setInterval(() => {
+    const active = document.querySelector('#phases li.active');
+    window.__trace.push({
+      t: performance.now(),
+      phase: active ? active.dataset.phase : null,
+      pct: Number(document.querySelector('#job-bar').getAttribute('aria-valuenow')),
+      status: document.querySelector('#job-status').textContent,
+      lines: window.vsrt.lines().length,
+    });
+  }, 50);
+}"""
+
+
+@pytest.fixture(scope="session")
+def speech12(media_dir: Path) -> Speech:
+    """Twelve sentences (~50 s): with 5 s chunks, twelve fragments."""
+    return make_speech(media_dir / "speech12.mp4", LONG_SENTENCES[:12], pause=1.2)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, tiny_align_model: Path) -> Path:
+    """A data directory with a (random, tiny) English alignment model installed."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_align_model, data / "models" / "align" / "en")
+    return data
+
+
+async def start_job(page: Any, url: str, media: Path) -> None:
+    await page.goto(url)
+    await page.evaluate(TRACE)
+    await page.set_input_files("#file", str(media))
+    await page.select_option("#language", "en")
+    await page.click("#submit")
+    await page.wait_for_selector("#job-view:not([hidden])")
+
+
+async def wait_status(page: Any, status: str, seconds: float = 120) -> None:
+    await page.wait_for_function(
+        f"document.querySelector('#job-status').textContent === {status!r}", timeout=seconds * 1000)
+
+
+async def lines(page: Any) -> list[dict[str, Any]]:
+    return await page.evaluate("window.vsrt.lines()")
+
+
+async def watch_and_edit(page: Any, url: str, media: Path) -> list[dict[str, Any]]:
+    """Upload, edit the first line while later ones still arrive, wait for completion.
+    Returns the checkpoint lines as they were when the edit was made."""
+    await start_job(page, url, media)
+    first = page.locator('.cue-row[data-key="c0"] .cue-text')
+    await first.wait_for(timeout=90_000)
+    await first.fill(EDIT)
+    before = await lines(page)
+    assert all(line["source"] == "checkpoint" for line in before), "alignment arrived before the edit"
+    assert await page.locator("#job-status").text_content() != "completed"
+    await wait_status(page, "completed")
+    await page.wait_for_function("window.__trace.at(-1).status === 'completed'")
+    return before
+
+
+def check_trace(trace: list[dict[str, Any]]) -> None:
+    pcts = [s["pct"] for s in trace]
+    assert pcts == sorted(pcts), "the progress bar went backwards"
+    phases = [s["phase"] for s in trace if s["phase"]]
+    seen = list(dict.fromkeys(phases))
+    assert {"transcribe", "align"} <= set(seen) or {"transcribe", "srt"} <= set(seen), seen
+    assert seen.index("transcribe") < len(seen) - 1, seen
+    # Lines arrived while the job was still running, and not all at once.
+    running = [s["lines"] for s in trace if s["status"] in ("queued", "processing")]
+    assert len({n for n in running if n}) >= 3, sorted(set(running))
+    assert trace[-1]["status"] == "completed" and trace[-1]["pct"] == 100
+
+
+async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_path: Path) -> None:
+    junk = make_text_file(tmp_path / "notes.mp4")
+    async with running_server(data_dir, env=SERVER_ENV) as server, browser() as ctx:
+        page = await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        # A file that is not media is refused at upload, with a message a user understands.
+        await page.goto(server.url)
+        await page.set_input_files("#file", str(junk))
+        await page.click("#submit")
+        await page.wait_for_selector("#form-error:not([hidden])")
+        refusal = await page.text_content("#form-error") or ""
+        assert "notes.mp4" in refusal and "audio or video file" in refusal, refusal
+        assert str(data_dir) not in refusal and "uploads" not in refusal  # no server paths
+
+        before = await watch_and_edit(page, server.url, speech12.path)
+        check_trace(await page.evaluate("window.__trace"))
+        await page.wait_for_function("window.vsrt.lines().some(l => l.source === 'aligned')")
+        after = await lines(page)
+
+        # The edited line kept the user's text and times; the others are the aligned ones.
+        edited = [line for line in after if line["modified"]]
+        mine = [(e["text"], e["start"], e["end"]) for e in edited]
+        assert mine == [(EDIT, before[0]["start"], before[0]["end"])]
+        others = [line for line in after if not line["modified"]]
+        assert others and all(line["source"] == "aligned" for line in others)
+        old = {(round(b["start"], 2), round(b["end"], 2)) for b in before[1:]}
+        assert any((round(o["start"], 2), round(o["end"], 2)) not in old for o in others)
+        assert EDIT in await page.input_value('.cue-row.modified .cue-text')
+
+        # Keyboard: Enter moves to the next line's text, ArrowUp at the start goes back;
+        # an end before the start is refused in place.
+        second = page.locator(".cue-row .cue-text").nth(1)
+        await page.locator(".cue-row .cue-text").first.focus()
+        await page.keyboard.press("Enter")
+        assert await second.evaluate("e => e === document.activeElement")
+        await page.keyboard.press("Home")
+        await page.keyboard.press("ArrowUp")
+        assert await page.evaluate("document.activeElement.value") == EDIT
+        end = page.locator(".cue-row .cue-end").nth(1)
+        await end.fill("00:00.000")
+        await end.press("Tab")
+        assert await end.get_attribute("aria-invalid") == "true"
+        await end.fill(await page.evaluate("window.vsrt.lines()[1].end.toFixed(3)"))
+        await end.press("Tab")
+        assert await end.get_attribute("aria-invalid") is None
+
+        await screenshot(page, "job-view-desktop")
+        await page.set_viewport_size(PHONE)
+        await page.wait_for_timeout(300)
+        await screenshot(page, "job-view-phone")
+        await page.set_viewport_size({"width": 1280, "height": 800})
+
+        # Download saves the edits first; the SRT holds the edit and the aligned lines.
+        async with page.expect_download() as info:
+            await page.click("#dl-srt")
+        download = await info.value
+        srt = await asyncio.to_thread(Path(await download.path()).read_text, encoding="utf-8")
+        assert download.suggested_filename == "speech12.srt"
+        assert EDIT in srt
+        assert others[-1]["text"] in srt
+        assert await page.text_content("#save-state") == "Edits saved"
+        async with page.expect_download() as info:
+            await page.click("#dl-vtt")
+        vtt = await asyncio.to_thread(Path(await (await info.value).path()).read_text, encoding="utf-8")
+        assert vtt.startswith("WEBVTT")
+        assert not errors, errors
+
+
+async def test_server_killed_mid_job_page_catches_up(speech12: Speech, data_dir: Path) -> None:
+    server = Server(data_dir, env=SERVER_ENV)
+    try:
+        await server.start()
+        async with browser() as ctx:
+            page = await ctx.new_page()
+            await start_job(page, server.url, speech12.path)
+            await page.evaluate("window.__noReload = true")
+            await page.wait_for_function("window.vsrt.lines().length >= 2", timeout=90_000)
+            assert await page.text_content("#job-status") == "processing"
+            await server.kill()
+            await page.wait_for_function("document.querySelector('#conn').dataset.state !== 'open'",
+                                         timeout=15_000)
+            assert "econnect" in (await page.text_content("#conn") or "")
+            await server.start()
+            await wait_status(page, "completed", 120)
+            await page.wait_for_function("document.querySelector('#conn').dataset.state === 'open'",
+                                         timeout=20_000)
+            assert await page.evaluate("window.__noReload") is True
+            shown = await lines(page)
+            final = await get_json(f"{server.url}api/transcription-text/{await job_id(page)}")
+            assert final["source"] == "aligned"
+            assert [line["text"] for line in shown] == [s["text"].strip() for s in final["segments"]]
+            await screenshot(page, "job-view-after-restart")
+    finally:
+        await server.stop()
+
+
+async def job_id(page: Any) -> str:
+    return str(await page.evaluate("new URLSearchParams(location.hash.slice(1)).get('job')"))
+
+
+@pytest.mark.skipif(not Path(NGINX).exists(), reason="needs Debian's nginx")
+async def test_behind_nginx_events_arrive_live(speech12: Speech, data_dir: Path) -> None:
+    async with running_server(data_dir, env=SERVER_ENV) as server, running_nginx(server.port) as url:
+        async with browser() as ctx:
+            page = await ctx.new_page()
+            t0 = time.monotonic()
+            await watch_and_edit(page, url, speech12.path)
+            trace = await page.evaluate("window.__trace")
+            check_trace(trace)
+            # Fragments spread over the transcription, not one burst at the end.
+            grew = [s["t"] for a, s in itertools.pairwise(trace) if s["lines"] > a["lines"]]
+            done = next(s["t"] for s in trace if s["status"] == "completed")
+            assert grew[-1] - grew[0] > 1000, grew
+            assert done - grew[0] > 1000, (grew, done)
+            assert EDIT in {line["text"] for line in await lines(page)}
+            assert time.monotonic() - t0 < 240
+
+
+async def test_token_pasted_once_opens_streams_with_tickets(speech: Speech, tmp_path: Path) -> None:
+    import aiohttp
+
+    secret = "a-long-enough-test-token-123"
+    async with running_server(tmp_path / "data", env={"VSRT_SERVER_AUTH_TOKEN": secret}) as server:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {secret}"}) as http:
+            form = aiohttp.FormData()
+            form.add_field("file", speech.path.read_bytes(), filename="talk.mp4")
+            form.add_field("start", "false")
+            async with http.post(f"{server.url}api/jobs", data=form) as resp:
+                assert resp.status == 201, await resp.text()
+                job = (await resp.json())["job_id"]
+        async with browser() as ctx:
+            page = await ctx.new_page()
+            await page.goto(f"{server.url}#job={job}")
+            # Without a token the API says 401 and the UI asks for one.
+            await page.wait_for_selector("#token-dialog[open]")
+            await page.fill("#token-input", secret)
+            await page.click('#token-form button[value="save"]')
+            await page.wait_for_selector(f'.job-item[data-job="{job}"]')
+            await page.wait_for_function("document.querySelector('#conn').dataset.state === 'open'")
+            assert await page.text_content("#job-title") == "talk.mp4"
+            assert secret not in page.url
+
+
+WHISPER_REPO = "Systran/faster-whisper-tiny"
+ALIGN_REPO = "facebook/wav2vec2-base-960h"
+
+
+async def test_model_manager_download_close_reopen_ready(tmp_path: Path, tiny_align_model: Path) -> None:
+    from tests.fakehub import FakeHub, start_fake_hub
+    from vsrt_service.models import bundled_tiny_en
+
+    bundled = bundled_tiny_en()
+    assert bundled is not None
+    hub = FakeHub()
+    hub.add_repo_from_dir(WHISPER_REPO, bundled)
+    hub.add_repo_from_dir(ALIGN_REPO, tiny_align_model)
+    hub.throttle_bytes_per_s = 12e6  # tiny's 75 MB take about six seconds
+    hub_url, stop_hub = await start_fake_hub(hub)
+    env = {"HF_ENDPOINT": hub_url, "VSRT_MODELS_PRELOAD_ON_START": "false"}
+    try:
+        async with running_server(tmp_path / "data", env=env) as server, browser() as ctx:
+            page = await ctx.new_page()
+            await page.goto(server.url)
+            await page.click("#open-models")
+            row = page.locator('#panel [data-model="tiny"]')
+            await row.wait_for()
+            assert await row.get_attribute("data-status") == "not_downloaded"
+            assert await page.locator('#model option[value="tiny"]').is_disabled()
+
+            # A double click starts one download; the button is disabled from the first click.
+            await row.locator("button.dl").dblclick()
+            await page.wait_for_function(
+                "document.querySelector('#panel [data-model=\"tiny\"] [role=progressbar]')"
+                "?.getAttribute('aria-valuenow') > 5", timeout=30_000)
+            assert await row.locator("button.dl").is_disabled()
+            stats = await row.locator(".model-stats").text_content() or ""
+            assert "MB/s" in stats, stats
+            await screenshot(page, "models-desktop")
+            await page.set_viewport_size(PHONE)
+            await page.wait_for_timeout(200)
+            await screenshot(page, "models-phone")
+            await page.set_viewport_size({"width": 1280, "height": 800})
+
+            before = float(await row.locator("[role=progressbar]").get_attribute("aria-valuenow") or 0)
+            await page.click("#models-close")
+            await page.wait_for_timeout(1500)
+            await page.click("#open-models")
+            bar = page.locator('#panel [data-model="tiny"] [role=progressbar]')
+            after = float(await bar.get_attribute("aria-valuenow") or 0)
+            assert after > before, (before, after)
+
+            await page.wait_for_selector('#panel [data-model="tiny"][data-status="ready"]', timeout=60_000)
+            await page.click("#models-close")
+            await page.wait_for_function("!document.querySelector('#model option[value=\"tiny\"]').disabled")
+            await page.select_option("#model", "tiny")
+            assert hub.downloads(WHISPER_REPO, "model.bin") == 1
+    finally:
+        await stop_hub()
