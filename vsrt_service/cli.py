@@ -286,3 +286,7 @@ def models_list(models: ModelManager) -> int:
             where = f"  {info['path']}" if info["path"] else ""
             print(f"  {info['id']:16} {info['status'].replace('_', ' '):16} {size:>10}{where}")
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
