@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 #: Events where only the newest matters, so an unsent older one may be replaced.
 COALESCE = frozenset({"progress", "model_progress", "ping", "heartbeat"})
+
+
+def sse_frame(event_id: int, event: str, data: dict[str, Any]) -> bytes:
+    """One event in SSE wire form (the JSON has no raw newlines, so one data line)."""
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n".encode()
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,11 @@ class Event:
     id: int
     event: str
     data: dict[str, Any]
+
+    @cached_property
+    def frame(self) -> bytes:
+        """Encoded once, however many subscribers it is written to."""
+        return sse_frame(self.id, self.event, self.data)
 
 
 def _first_id() -> int:
@@ -87,6 +100,24 @@ class Subscription:
 
     def pending(self) -> int:
         return len(self._queue)
+
+    def drain(self) -> list[Event]:
+        """Everything queued now, oldest first (a stream sends it in one write)."""
+        batch = list(self._queue)
+        self._queue.clear()
+        return batch
+
+    async def wait(self, within: float) -> bool:
+        """Until something is queued or the subscription closes; False after `within` s."""
+        if self._queue or self.closed:
+            return True
+        self._wakeup.clear()
+        try:
+            async with asyncio.timeout(within):
+                await self._wakeup.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self

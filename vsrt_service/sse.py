@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from .broker import Broker, Event
+from .broker import Broker, Event, sse_frame
 
 Snapshot = Callable[[], Awaitable[tuple[str, dict[str, Any]]]]
 
@@ -93,11 +92,6 @@ def last_event_id(request: web.Request) -> int | None:
         return None
 
 
-async def send(resp: EventSourceResponse, event: str, event_id: int, data: dict[str, Any]) -> None:
-    await resp.send(json.dumps(data, separators=(",", ":"), ensure_ascii=False), id=str(event_id),
-                    event=event)
-
-
 async def stream(
     request: web.Request,
     broker: Broker,
@@ -110,12 +104,14 @@ async def stream(
     until: Callable[[Event], bool] = lambda ev: False,
     accept: Callable[[Event], bool] = lambda ev: True,
 ) -> EventSourceResponse:
-    """Serve one subscriber until it disconnects, falls behind (resync) or `until` says so."""
+    """Serve one subscriber until it disconnects, falls behind (resync) or `until` says so.
+
+    Each wake-up sends everything queued in one write, with frames encoded once per event
+    for all subscribers; a client that stalls one write for SEND_TIMEOUT is dropped.
+    """
     sub, replayed = broker.subscribe(channel, last_event_id(request))
-    nxt: asyncio.Future[Event | None] | None = None
-    # Our own named heartbeat event replaces the library's comment pings; a client that
-    # stalls a write for `send_timeout` is dropped (it reconnects with Last-Event-ID).
-    resp = EventSourceResponse(ping_interval=3600, sep="\n", send_timeout=30.0)
+    disconnected.add_done_callback(lambda _: sub.close())
+    resp = EventSourceResponse(ping_interval=3600)  # our own named heartbeat event instead
     resp.headers["X-Accel-Buffering"] = "no"
     resp.headers["Cache-Control"] = "no-cache"
     try:
@@ -123,31 +119,31 @@ async def stream(
         last_id = broker.last_id(channel)
         if not replayed:
             name, data = await snapshot()
-            await send(resp, name, last_id, data)
-        while True:
-            if nxt is None:
-                nxt = asyncio.ensure_future(sub.get())
-            waiters: set[asyncio.Future[Any]] = {nxt, disconnected}
-            done, _ = await asyncio.wait(waiters, timeout=heartbeat, return_when=asyncio.FIRST_COMPLETED)
-            if disconnected.done():
-                break
-            if nxt not in done:
+            await _write(resp, sse_frame(last_id, name, data))
+        while not disconnected.done():
+            if not await sub.wait(heartbeat):
                 key = "timestamp" if heartbeat_event == "heartbeat" else "ts"
-                await send(resp, heartbeat_event, last_id, {key: time.time()})
+                await _write(resp, sse_frame(last_id, heartbeat_event, {key: time.time()}))
                 continue
-            ev, nxt = nxt.result(), None
-            if ev is None:  # closed by the broker (shutdown, channel dropped)
+            batch = sub.drain()
+            if not batch:  # closed: shutdown, channel dropped, or the client left
                 break
-            last_id = max(last_id, ev.id)
-            if ev.event != "resync" and not accept(ev):
-                continue
-            await send(resp, ev.event, ev.id, ev.data)
-            if ev.event == "resync" or until(ev):
+            last_id = max(last_id, batch[-1].id)
+            frames = [ev.frame for ev in batch if ev.event == "resync" or accept(ev)]
+            if frames:
+                await _write(resp, b"".join(frames))
+            if any(ev.event == "resync" or until(ev) for ev in batch):
                 break
     except (ConnectionResetError, TimeoutError):
-        pass  # the client went away, or stalled a write past send_timeout
+        pass  # the client went away, or stalled a write past SEND_TIMEOUT
     finally:
-        if nxt is not None:
-            nxt.cancel()
         sub.close()
     return resp
+
+
+SEND_TIMEOUT = 30.0
+
+
+async def _write(resp: EventSourceResponse, data: bytes) -> None:
+    async with asyncio.timeout(SEND_TIMEOUT):
+        await resp.write(data)
