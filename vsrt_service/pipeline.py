@@ -295,7 +295,8 @@ class JobRun:
         await self.progress("align", 0, f"downloading the '{language}' alignment model")
         ref = await models.ensure("align", language, wait, on_progress)
         if ref is None:
-            log.warning("job %s: no '%s' aligner within %.0f s", self.job.id, language, wait)
+            log.warning("job %s: no '%s' aligner (download failed or took over %.0f s)",
+                        self.job.id, language, wait)
         return ref
 
     def _whisper_ref(self) -> p.ModelRef:
