@@ -73,6 +73,7 @@ from bench.pipeline import (
     wait_until_idle,
 )
 from tests.media import make_long_speech, make_speech
+from tests.procs import runner_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -121,23 +122,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def runner_pids(parent: int) -> list[int]:
-    """Live `gpu_runner` processes whose --parent-pid is `parent`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and b"gpu_runner" in args and b"--parent-pid" in args:
-            if args[args.index(b"--parent-pid") + 1] == str(parent).encode():
-                found.append(int(entry.name))
-    return found
 
 
 def all_runner_pids() -> list[int]:

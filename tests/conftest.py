@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.media import Speech, make_speech
+from tests.procs import runner_pids
 from vsrt_service.config import Settings, load_settings
 from vsrt_service.service import Service
 
@@ -27,26 +28,6 @@ BLOCK_LIMIT = 0.5
 
 SettingsFactory = Callable[..., Settings]
 ServiceFactory = Callable[..., Awaitable[Service]]
-
-
-def runner_pids(parent: int | None = None) -> list[int]:
-    """Live `python -m gpu_runner` processes started by `parent` (default: this process)."""
-    parent = os.getpid() if parent is None else parent
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().split(") ", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == "Z":
-            continue
-        if b"gpu_runner" in args and b"--parent-pid" in args:
-            if args[args.index(b"--parent-pid") + 1] == str(parent).encode():
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import runner_pids
 from tests.media import Speech, make_corrupt_media, word_error_rate
+from tests.procs import runner_pids
 from tests.test_pipeline import check_cues_follow_rules, transcript
 from vsrt_service.formats import parse_srt, parse_vtt
 

@@ -8,7 +8,8 @@ import signal
 
 import pytest
 
-from tests.conftest import SettingsFactory, runner_pids
+from tests.conftest import SettingsFactory
+from tests.procs import runner_pids
 from vsrt_service import protocol as p
 from vsrt_service.pool import RunnerLost, RunnerPool, new_id
 

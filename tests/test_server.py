@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import runner_pids
 from tests.media import LONG_SENTENCES, Speech, make_speech
+from tests.procs import runner_pids
 from tests.sse_client import SseReader
 
 pytestmark = pytest.mark.slow

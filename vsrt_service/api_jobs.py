@@ -118,14 +118,20 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(job.status_dict())
 
 
-@routes.post("/api/start")
-async def start(request: web.Request) -> web.Response:
+async def job_request(request: web.Request) -> tuple[Service, Job, dict[str, Any]]:
+    """The service, the job named by the body's `job_id`, and the body."""
     svc = request.app[SERVICE]
     body = await read_json(request)
     job_id = body.get("job_id")
     if not isinstance(job_id, str):
         raise ServiceError(400, "bad_request", "job_id is required", "job_id")
-    job = await svc.get(job_id)
+    return svc, await svc.get(job_id), body
+
+
+@routes.post("/api/start")
+async def start(request: web.Request) -> web.Response:
+    svc, job, body = await job_request(request)
+    job_id = job.id
     settings = body.get("settings")
     restart = _flag(body.get("restart", False), "restart")
     forced = [] if restart else svc.resume_conflicts(job, settings)
@@ -196,12 +202,7 @@ async def checkpoint_settings(request: web.Request) -> web.Response:
 
 @routes.post("/api/validate-resume-settings")
 async def validate_resume_settings(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    body = await read_json(request)
-    job_id = body.get("job_id")
-    if not isinstance(job_id, str):
-        raise ServiceError(400, "bad_request", "job_id is required", "job_id")
-    job = await svc.get(job_id)
+    svc, job, body = await job_request(request)
     found = svc.resume_conflicts(job, body.get("settings"))
     return web.json_response({"job_id": job.id, "valid": not found, "conflicts": found,
                               "checkpoint_settings": job.checkpoint_settings})

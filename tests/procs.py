@@ -1,0 +1,24 @@
+"""Finding runner processes through /proc (tests and benchmarks check none is orphaned)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def runner_pids(parent: int | None = None) -> list[int]:
+    """Live `python -m gpu_runner` processes started by `parent` (default: this process)."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and b"gpu_runner" in args and b"--parent-pid" in args:
+            if args[args.index(b"--parent-pid") + 1] == str(parent).encode():
+                found.append(int(entry.name))
+    return found
