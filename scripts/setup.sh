@@ -36,6 +36,8 @@ fi
 stamp=".venv/.vsrt-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages ($extras); the first time takes a few minutes" >&2
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+  # (this machine's pip config names local indexes that may be absent: drop those warnings)
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   touch "$stamp"
 fi
