@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -335,3 +336,86 @@ async def test_unknown_models_are_404(make_client: ClientFactory) -> None:
         resp = await client.request(method, path)
         assert resp.status == 404, path
         assert "error" in await resp.json()
+
+
+@pytest.mark.slow
+async def test_event_loop_stays_responsive_during_a_job_and_a_download(
+    make_client: ClientFactory, hub: FakeHub, speech: Speech
+) -> None:
+    hub.throttle_bytes_per_s = 20e6
+    client = await make_client(transcription={"default_language": None})
+    lags: list[float] = []
+
+    async def sample_lag() -> None:  # the server's event loop (in-process here), every 10 ms
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            lags.append(loop.time() - before - 0.01)
+
+    sampler = asyncio.create_task(sample_lag())
+    events = await model_events(client)
+    await client.post("/api/models/whisper/tiny/download")
+    form = aiohttp.FormData()
+    form.add_field("settings", json.dumps({"align": False}))
+    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
+    job = await (await client.post("/api/jobs", data=form)).json()
+    status_ms: list[float] = []
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        resp = await client.get(f"/api/status/{job['job_id']}")
+        status_ms.append((loop.time() - started) * 1000)
+        if (await resp.json())["status"] == "completed":
+            break
+        await asyncio.sleep(0.05)
+    await events.until(done_for("whisper", "tiny"), wait=120)
+    sampler.cancel()
+    assert len(lags) > 100 and max(lags) < 0.1, f"loop lag up to {max(lags) * 1000:.0f} ms"
+    assert max(status_ms) < 500, max(status_ms)
+
+
+async def test_cancel_a_download_then_resume_it(make_client: ClientFactory, hub: FakeHub) -> None:
+    hub.throttle_bytes_per_s = 10e6
+    client = await make_client(transcription={"default_language": None})
+    one = SseReader(await client.get("/api/models/events/whisper/tiny"))
+    assert (await one.next()).data["models"][0]["id"] == "tiny"
+    await client.post("/api/models/whisper/tiny/download")
+    await one.until(lambda e: e.event == "model_progress" and e.data["downloaded_bytes"] > 5e6)
+    canceled = await (await client.post("/api/models/whisper/tiny/cancel")).json()
+    assert canceled["canceled"] is True
+    stopped = await one.until(lambda e: e.data.get("message") == "download canceled")
+    assert all(e.data.get("model_id", "tiny") == "tiny" for e in stopped)  # only this model
+    assert (await catalog_entry(client, "whisper", "tiny"))["status"] in ("not_downloaded", "incomplete")
+
+    hub.throttle_bytes_per_s = None
+    await client.post("/api/models/whisper/tiny/download")
+    done = await one.until(done_for("whisper", "tiny"), wait=120)
+    assert done[-1].event == "model_complete"
+    ranged = [int(r.split("=")[1].split("-")[0]) for name, r in hub.ranges if name == "model.bin"]
+    assert ranged and ranged[-1] > 0, "the second download started over"
+
+
+async def test_cli_models_download_and_delete(hub: FakeHub, tmp_path: Path) -> None:
+    async def vsrt(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vsrt_service.cli", "models", *args, "--data-dir", str(tmp_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    code, _, err = await vsrt("download", "en", "--align")
+    assert code == 0, err
+    assert "ready" in err  # the progress line ends ready
+    code, out, _ = await vsrt("list")
+    line = next(li for li in out.splitlines() if li.strip().startswith("en "))
+    assert "ready" in line and "models/align/en" in line
+    code, out, _ = await vsrt("delete", "en", "--align")
+    assert code == 0 and "deleted" in out
+    assert not (tmp_path / "models" / "align" / "en").exists()
+    code, _, err = await vsrt("download", "nope")
+    assert code == 2 and "no whisper model 'nope'" in err
+    hub.down = True
+    code, _, err = await vsrt("download", "de", "--align")
+    assert code == 1 and "download failed" in err and "503" in err
