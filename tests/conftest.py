@@ -53,10 +53,12 @@ class _SlowCallbacks(logging.Handler):
 
 @pytest.fixture(autouse=True)
 async def loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    """Fail the test if a callback held the event loop for longer than BLOCK_LIMIT."""
+    """Fail the test if a callback held the event loop for longer than BLOCK_LIMIT
+    (or the test's `block_limit` marker)."""
+    marker = request.node.get_closest_marker("block_limit")
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
-    loop.slow_callback_duration = BLOCK_LIMIT
+    loop.slow_callback_duration = marker.args[0] if marker else BLOCK_LIMIT
     handler = _SlowCallbacks()
     logger = logging.getLogger("asyncio")
     logger.addHandler(handler)
@@ -64,8 +66,7 @@ async def loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None
         yield
     finally:
         logger.removeHandler(handler)
-    if "allow_blocking" not in request.keywords:
-        assert not handler.records, "event loop blocked:\n" + "\n".join(handler.records)
+    assert not handler.records, "event loop blocked:\n" + "\n".join(handler.records)
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,9 @@ from tests.ui_helpers import (
 
 pytestmark = [
     pytest.mark.timeout(300),
+    # The service under test runs in its own process; this loop only drives Playwright, whose
+    # client handles some large protocol messages synchronously (0.57 s seen on a busy CI).
+    pytest.mark.block_limit(2.0),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
 ]
 playwright = pytest.importorskip("playwright")
