@@ -302,7 +302,11 @@ class JobRun:
     def _whisper_ref(self) -> p.ModelRef:
         ref = self.ctx.models.whisper_ref(self.options.model)
         if ref is None:
-            raise JobFailed("model_missing", f"Whisper model {self.options.model} is not installed")
+            raise JobFailed(
+                "model_missing",
+                f"Whisper model {self.options.model} is not downloaded; download it in the model "
+                f"manager or with `vsrt models download {self.options.model}`",
+            )
         return ref
 
     async def _call(
