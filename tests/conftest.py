@@ -69,6 +69,25 @@ async def loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None
     assert not handler.records, "event loop blocked:\n" + "\n".join(handler.records)
 
 
+@contextlib.asynccontextmanager
+async def loop_lag(every: float = 0.01) -> AsyncIterator[list[float]]:
+    """Sample how late this event loop wakes a sleeper (the in-process server's loop)."""
+    lags: list[float] = []
+
+    async def sample() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(every)
+            lags.append(loop.time() - before - every)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield lags
+    finally:
+        task.cancel()
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")

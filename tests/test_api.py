@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, loop_lag
 from tests.media import Speech, word_error_rate
 from tests.sse_client import SseEvent, SseReader
 from vsrt_service.app import create_app
@@ -65,34 +65,24 @@ async def test_real_job_over_http_and_sse(
     make_client: ClientFactory, speech: Speech, tmp_path: Path
 ) -> None:
     client = await make_client()
-    lags: list[float] = []
-
-    async def sample_lag() -> None:  # the event loop's lag, every 10 ms
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(0.01)
-            lags.append(loop.time() - before - 0.01)
-
-    sampler = asyncio.create_task(sample_lag())
-    job = await upload(client, speech.path)
-    stream = await open_stream(client, job["job_id"])
     status_times: list[float] = []
 
-    async def poll_status() -> None:
+    async def poll_status(job_id: str) -> None:
         while True:
             started = time.perf_counter()
-            resp = await client.get(f"/api/status/{job['job_id']}")
+            resp = await client.get(f"/api/status/{job_id}")
             assert resp.status == 200
             status_times.append(time.perf_counter() - started)
             await asyncio.sleep(0.05)
 
-    poller = asyncio.create_task(poll_status())
-    try:
-        events = await stream.until(is_complete, wait=180)
-    finally:
-        sampler.cancel()
-        poller.cancel()
+    async with loop_lag() as lags:
+        job = await upload(client, speech.path)
+        stream = await open_stream(client, job["job_id"])
+        poller = asyncio.create_task(poll_status(job["job_id"]))
+        try:
+            events = await stream.until(is_complete, wait=180)
+        finally:
+            poller.cancel()
 
     assert events[0].event == "connected"
     assert events[0].data["job_id"] == job["job_id"]
