@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-size", type=int, default=3)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--nltk-data", default=None, help="directory for NLTK's punkt_tab")
+    parser.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority")
     parser.add_argument("--role", choices=("work", "download"), default="work",
                         help="download: only fetch models (no whisperx import)")
     args = parser.parse_args(argv)
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     die_with_parent(args.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the service decides when we stop
+    if args.nice:
+        # On a CPU box model threads would otherwise crowd out the service's event loop.
+        os.nice(args.nice)
     if args.nltk_data:
         from .nltk_data import ensure_punkt_tab
 

@@ -48,6 +48,7 @@ class RunnerSettings:
     restart_backoff_initial: float = 0.5
     restart_backoff_max: float = 30.0
     model_cache_size: int = 3
+    nice: int = 5
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ def _validate(s: Settings) -> None:
         (s.runners.heartbeat_timeout > s.runners.heartbeat_interval,
          "runners.heartbeat_timeout must be longer than runners.heartbeat_interval"),
         (s.runners.model_cache_size >= 1, "runners.model_cache_size must be at least 1"),
+        (0 <= s.runners.nice <= 19, "runners.nice must be 0..19"),
         (s.jobs.max_attempts >= 1, "jobs.max_attempts must be at least 1"),
         (s.jobs.max_segment_crashes >= 1, "jobs.max_segment_crashes must be at least 1"),
         (s.jobs.lease_seconds >= 1, "jobs.lease_seconds must be at least 1"),

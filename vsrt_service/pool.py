@@ -162,6 +162,7 @@ class RunnerSlot:
             "--parent-pid", str(os.getpid()),
             "--nltk-data", str(nltk_dir),
             "--role", self.role,
+            "--nice", str(cfg.nice),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
