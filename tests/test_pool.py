@@ -28,16 +28,17 @@ async def test_killed_runner_is_restarted_and_callers_told(make_settings: Settin
         slot = pool.slots[0]
         first = slot.pid
         assert first is not None and slot.health()["state"] == "ready"
-        # A request in flight when the runner dies ends with RunnerLost, not a hang.
+        # A request in flight when the runner dies ends with RunnerLost, not a hang. (It is
+        # queued behind the runner's whisperx import, so no answer can come first.)
         call = asyncio.create_task(slot.call(p.Split(id=new_id(), audio_path="/nonexistent.wav")))
+        await asyncio.sleep(0.05)
         os.kill(first, signal.SIGKILL)
-        with pytest.raises((RunnerLost, Exception)) as info:
+        with pytest.raises(RunnerLost, match="exited with status -9"):
             await asyncio.wait_for(call, 30)
-        assert isinstance(info.value, RunnerLost) or "nonexistent" in str(info.value)
         await asyncio.wait_for(slot.ready.wait(), 120)
         assert slot.pid not in (None, first)
         assert slot.restarts == 1
-        assert "exited" in (slot.last_error or "") or slot.last_error is None
+        assert "exited with status -9" in (slot.health()["last_error"] or "")
         pong = await slot.call(p.Ping(id=new_id()))
         assert "ts" in pong
     finally:
@@ -55,7 +56,7 @@ async def test_hung_runner_is_killed_after_missed_heartbeats(make_settings: Sett
             await asyncio.sleep(0.1)
         await asyncio.wait_for(slot.ready.wait(), 120)
         assert slot.restarts == 1
-        assert "heartbeat" in (slot.last_error or "") or slot.state == "ready"
+        assert "missed its heartbeat" in (slot.last_error or ""), slot.last_error
         assert hung not in runner_pids()
     finally:
         await pool.close()

@@ -186,8 +186,7 @@ class RunnerSlot:
                 f"{self.name} speaks protocol {info.get('protocol_version')}, "
                 f"the service {p.PROTOCOL_VERSION}"
             )
-        self.info = info
-        self.last_error = None
+        self.info = info  # last_error stays: health shows why the latest restart happened
         self.state = "ready"
         self.ready.set()
         self._wake.set()
