@@ -1,8 +1,9 @@
 """Shared fixtures: real media, real models, services that clean up after themselves.
 
-Two guards run for every test: an async test fails if anything blocks its event loop for
-longer than BLOCK_LIMIT (asyncio debug mode reports slow callbacks), and the session fails
-if a runner subprocess of this process outlives the tests.
+Three guards run for every test: an async test fails if anything blocks its event loop for
+longer than BLOCK_LIMIT (asyncio debug mode reports slow callbacks), the session fails if a
+runner subprocess of this process outlives the tests, and the official Hugging Face endpoint
+is a local port that refuses connections, so no test depends on (or waits for) the internet.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,26 @@ def no_orphaned_runners() -> Iterator[None]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"runner processes outlived the tests: {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hub_unreachable() -> Iterator[str]:
+    """HF_ENDPOINT at a bound but unlistening port: a download fails at once, as offline.
+
+    Tests that need a hub start the fake one and point HF_ENDPOINT at it themselves."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    before = os.environ.get("HF_ENDPOINT")
+    os.environ["HF_ENDPOINT"] = url
+    try:
+        yield url
+    finally:
+        closed.close()
+        if before is None:
+            os.environ.pop("HF_ENDPOINT", None)
+        else:
+            os.environ["HF_ENDPOINT"] = before
 
 
 class _SlowCallbacks(logging.Handler):

@@ -177,6 +177,30 @@ async def test_reconnect_gets_exactly_the_missed_events(
     assert snap.event == "connected"
 
 
+async def test_heartbeats_have_their_own_ids(make_client: ClientFactory, speech: Speech) -> None:
+    """A ping moves the client's Last-Event-ID forward without repeating an event's id."""
+    client = await make_client(sse={"heartbeat_interval": 0.2})
+    job = await upload(client, speech.path, start=False)
+    channel = f"job:{job['job_id']}"
+    broker = client.app[BROKER]
+    stream = await open_stream(client, job["job_id"])
+    await stream.next()  # connected
+    first = broker.publish(channel, "fragment", {"segment_index": 0})
+    assert int((await stream.next()).id or 0) == first.id
+    pings = [await stream.next() for _ in range(2)]
+    assert [p.event for p in pings] == ["ping", "ping"]
+    ping_ids = [int(p.id or 0) for p in pings]
+    assert first.id < ping_ids[0] < ping_ids[1]
+    stream.resp.close()
+
+    after = broker.publish(channel, "fragment", {"segment_index": 1})
+    assert after.id > ping_ids[1]
+    again = await open_stream(client, job["job_id"], **{"Last-Event-ID": str(ping_ids[1])})
+    got = await again.next()
+    assert got.event == "fragment" and int(got.id or 0) == after.id  # no snapshot, no repeat
+    again.resp.close()
+
+
 async def test_stalled_subscriber_does_not_slow_others_and_is_told_to_resync(
     make_client: ClientFactory, speech: Speech
 ) -> None:

@@ -9,7 +9,6 @@ queue overflows gets a final `resync` event and is closed, and reconnects from a
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
 from collections import deque
@@ -49,13 +48,24 @@ def _first_id() -> int:
 
 @dataclass
 class _Channel:
-    first_id: int = field(default_factory=_first_id)
-    next_id: itertools.count[int] = field(init=False)
+    #: The last id handed out; ids are never reused within the channel's life.
+    issued: int = field(default_factory=lambda: _first_id() - 1)
+    #: The newest id that has left the replay buffer (or the id before the first one).
+    evicted: int = field(init=False)
     buffer: deque[Event] = field(default_factory=deque)
     subscribers: set[Subscription] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.next_id = itertools.count(self.first_id)
+        self.evicted = self.issued
+
+    def next_id(self) -> int:
+        self.issued += 1
+        return self.issued
+
+    def can_replay_after(self, last_event_id: int) -> bool:
+        """True if every event after the client's id is still buffered, and the id is from
+        this channel's own life (not from before a restart, nor from the future)."""
+        return self.evicted <= last_event_id <= self.issued
 
 
 class Subscription:
@@ -153,13 +163,18 @@ class Broker:
     def publish(self, channel: str, event: str, data: dict[str, Any]) -> Event:
         """Number the event, keep it for replay, hand it to every subscriber; never blocks."""
         ch = self._channel(channel)
-        ev = Event(channel, next(ch.next_id), event, data)
+        ev = Event(channel, ch.next_id(), event, data)
         ch.buffer.append(ev)
         while len(ch.buffer) > self._replay:
-            ch.buffer.popleft()
+            ch.evicted = ch.buffer.popleft().id
         for sub in list(ch.subscribers):
             sub._offer(ev)
         return ev
+
+    def tick(self, channel: str) -> int:
+        """A fresh id for an event sent to one subscriber only (a heartbeat), so that every
+        event on the wire has its own id and a reconnect from it replays only what follows."""
+        return self._channel(channel).next_id()
 
     def last_id(self, channel: str) -> int:
         ch = self._channels.get(channel)
@@ -176,11 +191,7 @@ class Broker:
         replayed = False
         if last_event_id is not None:
             missed = [e for e in ch.buffer if e.id > last_event_id]
-            # Replayable only if nothing after the client's id has left the buffer, and the id
-            # is from this channel's own life (not from before a restart).
-            first_kept = ch.buffer[0].id if ch.buffer else ch.first_id
-            if ch.first_id - 1 <= last_event_id and first_kept <= last_event_id + 1 \
-                    and len(missed) < self._queue:
+            if ch.can_replay_after(last_event_id) and len(missed) < self._queue:
                 for ev in missed:
                     sub._offer(ev)
                 replayed = True

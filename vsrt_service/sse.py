@@ -123,6 +123,7 @@ async def stream(
         while not disconnected.done():
             if not await sub.wait(heartbeat):
                 key = "timestamp" if heartbeat_event == "heartbeat" else "ts"
+                last_id = broker.tick(channel)
                 await _write(resp, sse_frame(last_id, heartbeat_event, {key: time.time()}))
                 continue
             batch = sub.drain()
