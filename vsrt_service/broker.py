@@ -49,11 +49,13 @@ def _first_id() -> int:
 @dataclass
 class _Channel:
     #: The last id handed out; ids are never reused within the channel's life.
-    issued: int = field(default_factory=lambda: _first_id() - 1)
+    issued: int
     #: The newest id that has left the replay buffer (or the id before the first one).
     evicted: int = field(init=False)
     buffer: deque[Event] = field(default_factory=deque)
     subscribers: set[Subscription] = field(default_factory=set)
+    #: When it last published or lost a subscriber (time.monotonic), for idle eviction.
+    touched: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.evicted = self.issued
@@ -64,16 +66,19 @@ class _Channel:
 
     def can_replay_after(self, last_event_id: int) -> bool:
         """True if every event after the client's id is still buffered, and the id is from
-        this channel's own life (not from before a restart, nor from the future)."""
+        this channel's own life (not from before a restart or an eviction, nor the future)."""
         return self.evicted <= last_event_id <= self.issued
 
 
 class Subscription:
     """An async iterator of events for one subscriber; closed by the broker or by `close()`."""
 
-    def __init__(self, broker: Broker, channel: str, limit: int) -> None:
+    def __init__(self, broker: Broker, channel: str, limit: int, opened_at: int) -> None:
         self._broker = broker
         self.channel = channel
+        #: The channel's last id when this subscription opened: a snapshot taken now
+        #: carries it, and everything queued after it has a greater id.
+        self.opened_at = opened_at
         self._limit = limit
         self._queue: deque[Event] = deque()
         self._wakeup = asyncio.Event()
@@ -149,21 +154,52 @@ class Subscription:
 
 
 class Broker:
-    def __init__(self, replay_buffer: int = 512, subscriber_queue: int = 256) -> None:
+    """Channels are created on first use and forgotten once idle (no subscriber and nothing
+    published for `idle_channel_seconds`): a finished job's replay buffer does not stay in
+    memory for the life of the service; a client reconnecting later gets a fresh snapshot."""
+
+    def __init__(self, replay_buffer: int = 512, subscriber_queue: int = 256,
+                 idle_channel_seconds: float = 600.0) -> None:
         self._channels: dict[str, _Channel] = {}
         self._replay = replay_buffer
         self._queue = subscriber_queue
+        self._idle = idle_channel_seconds
+        self._swept = time.monotonic()
+        #: The highest id of any forgotten channel, so a re-created one continues above it.
+        self._high_water = 0
 
     def _channel(self, name: str) -> _Channel:
+        self._sweep()
         channel = self._channels.get(name)
         if channel is None:
-            channel = self._channels[name] = _Channel()
+            issued = max(_first_id() - 1, self._high_water)
+            channel = self._channels[name] = _Channel(issued)
         return channel
+
+    def _sweep(self) -> None:
+        """Forget idle channels; runs at most a few times per idle period (O(channels))."""
+        now = time.monotonic()
+        if now - self._swept < self._idle / 4:
+            return
+        self._swept = now
+        for name, ch in list(self._channels.items()):
+            if not ch.subscribers and now - ch.touched >= self._idle:
+                self._forget(name)
+
+    def _forget(self, name: str) -> _Channel | None:
+        ch = self._channels.pop(name, None)
+        if ch is not None:
+            self._high_water = max(self._high_water, ch.issued)
+        return ch
+
+    def channels(self) -> int:
+        return len(self._channels)
 
     def publish(self, channel: str, event: str, data: dict[str, Any]) -> Event:
         """Number the event, keep it for replay, hand it to every subscriber; never blocks."""
         ch = self._channel(channel)
         ev = Event(channel, ch.next_id(), event, data)
+        ch.touched = time.monotonic()
         ch.buffer.append(ev)
         while len(ch.buffer) > self._replay:
             ch.evicted = ch.buffer.popleft().id
@@ -176,10 +212,6 @@ class Broker:
         event on the wire has its own id and a reconnect from it replays only what follows."""
         return self._channel(channel).next_id()
 
-    def last_id(self, channel: str) -> int:
-        ch = self._channels.get(channel)
-        return ch.buffer[-1].id if ch and ch.buffer else 0
-
     def subscribe(self, channel: str, last_event_id: int | None = None) -> tuple[Subscription, bool]:
         """A new subscription; with `last_event_id`, the missed events are queued first.
 
@@ -187,7 +219,7 @@ class Broker:
         longer all in the buffer, so the caller must send a fresh snapshot instead.
         """
         ch = self._channel(channel)
-        sub = Subscription(self, channel, self._queue)
+        sub = Subscription(self, channel, self._queue, ch.issued)
         replayed = False
         if last_event_id is not None:
             missed = [e for e in ch.buffer if e.id > last_event_id]
@@ -200,8 +232,9 @@ class Broker:
 
     def _unsubscribe(self, sub: Subscription) -> None:
         ch = self._channels.get(sub.channel)
-        if ch is not None:
+        if ch is not None and sub in ch.subscribers:
             ch.subscribers.discard(sub)
+            ch.touched = time.monotonic()
 
     def subscribers(self, channel: str) -> int:
         ch = self._channels.get(channel)
@@ -209,7 +242,7 @@ class Broker:
 
     def drop_channel(self, channel: str) -> None:
         """Forget a channel (its job was deleted) and close its subscribers."""
-        ch = self._channels.pop(channel, None)
+        ch = self._forget(channel)
         if ch is not None:
             for sub in list(ch.subscribers):
                 sub.close()

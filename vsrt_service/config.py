@@ -87,6 +87,7 @@ class SseSettings:
     subscriber_queue: int = 256
     max_connections_per_job: int = 20
     max_connections_per_client: int = 50
+    idle_channel_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,7 @@ def _validate(s: Settings) -> None:
          "cues.min_cue_seconds must be positive and below cues.max_cue_seconds"),
         (s.cues.max_chars_per_second > 0, "cues.max_chars_per_second must be positive"),
         (s.sse.heartbeat_interval > 0, "sse.heartbeat_interval must be positive"),
+        (s.sse.idle_channel_seconds > 0, "sse.idle_channel_seconds must be positive"),
         (s.models.max_concurrent_downloads >= 1, "models.max_concurrent_downloads must be >= 1"),
     ]
     for ok, message in checks:

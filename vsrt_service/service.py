@@ -57,7 +57,8 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 @contextlib.asynccontextmanager
 async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
-    broker = Broker(settings.sse.replay_buffer, settings.sse.subscriber_queue)
+    broker = Broker(settings.sse.replay_buffer, settings.sse.subscriber_queue,
+                    settings.sse.idle_channel_seconds)
     try:
         yield broker
     finally:
@@ -180,7 +181,7 @@ class Service:
         try:
             job = await self.get(job_id)
             if not replayed:
-                yield Event(f"job:{job_id}", self.broker.last_id(f"job:{job_id}"), "connected", {
+                yield Event(f"job:{job_id}", sub.opened_at, "connected", {
                     "job_id": job.id, "status": job.status, "phase": job.phase,
                     "percent": round(job.percent, 2), "message": job.message,
                 })

@@ -116,20 +116,17 @@ async def stream(
     resp.headers["Cache-Control"] = "no-cache"
     try:
         await resp.prepare(request)
-        last_id = broker.last_id(channel)
         if not replayed:
             name, data = await snapshot()
-            await _write(resp, sse_frame(last_id, name, data))
+            await _write(resp, sse_frame(sub.opened_at, name, data))
         while not disconnected.done():
             if not await sub.wait(heartbeat):
                 key = "timestamp" if heartbeat_event == "heartbeat" else "ts"
-                last_id = broker.tick(channel)
-                await _write(resp, sse_frame(last_id, heartbeat_event, {key: time.time()}))
+                await _write(resp, sse_frame(broker.tick(channel), heartbeat_event, {key: time.time()}))
                 continue
             batch = sub.drain()
             if not batch:  # closed: shutdown, channel dropped, or the client left
                 break
-            last_id = max(last_id, batch[-1].id)
             frames = [ev.frame for ev in batch if ev.event == "resync" or accept(ev)]
             if frames:
                 await _write(resp, b"".join(frames))
