@@ -79,11 +79,17 @@ class Engine:
 
     # --- imports and cache -------------------------------------------------------------
 
-    @staticmethod
-    def warm_up() -> None:
-        """Import whisperx ahead of the first request (it takes seconds)."""
+    def warm_up(self) -> None:
+        """Import whisperx ahead of the first request (it takes seconds); on the CPU, hold
+        torch (VAD, alignment) to the same thread count as CTranslate2, so runners sharing
+        the cores do not oversubscribe them."""
         import whisperx
         import whisperx.alignment  # noqa: F401
+
+        if self.device == "cpu" and self.cpu_threads:
+            import torch
+
+            torch.set_num_threads(self.cpu_threads)
 
     @property
     def torch_device(self) -> str:

@@ -132,7 +132,7 @@ class Runner:
     def _work_loop(self) -> None:
         if self._warm:
             try:
-                Engine.warm_up()
+                self.engine.warm_up()
             except Exception as exc:  # reported on every request
                 self._warm_error = f"whisperx is not usable here: {exc}"
                 log.exception("warm-up failed")

@@ -22,3 +22,9 @@ def runner_pids(parent: int | None = None) -> list[int]:
             if args[args.index(b"--parent-pid") + 1] == str(parent).encode():
                 found.append(int(entry.name))
     return found
+
+
+def runner_option(pid: int, option: str) -> str:
+    """The value a running runner was given for a command-line option."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return args[args.index(option.encode()) + 1].decode()

@@ -9,9 +9,9 @@ import signal
 import pytest
 
 from tests.conftest import SettingsFactory
-from tests.procs import runner_pids
+from tests.procs import runner_option, runner_pids
 from vsrt_service import protocol as p
-from vsrt_service.pool import RunnerLost, RunnerPool, new_id
+from vsrt_service.pool import RunnerLost, RunnerPool, cpu_threads, new_id
 
 
 async def started_pool(make_settings: SettingsFactory, **runners: float) -> RunnerPool:
@@ -69,6 +69,9 @@ async def test_close_leaves_no_runner_processes(make_settings: SettingsFactory) 
     await pool.wait_ready(180)
     pids = [s.pid for s in pool.slots]
     assert all(pids) and len(set(pids)) == 2
+    # The two CPU runners share the cores rather than each taking them all.
+    shared = str(max(1, min(4, len(os.sched_getaffinity(0)) // 2)))
+    assert [runner_option(pid, "--cpu-threads") for pid in pids if pid] == [shared, shared]
     await pool.close()
     assert all(s.pid is None for s in pool.slots)
     alive = set(runner_pids()) & set(pids)
@@ -91,3 +94,12 @@ async def test_lease_is_exclusive(make_settings: SettingsFactory) -> None:
         assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
     finally:
         await pool.close()
+
+
+def test_cpu_threads_as_configured_or_shared(make_settings: SettingsFactory) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(make_settings(runners={"cpu_threads": 3}).runners) == 3
+    assert cpu_threads(make_settings().runners) == min(4, cores)
+    many = make_settings(runners={"devices": ["cpu"] * (cores + 1)}).runners
+    assert cpu_threads(many) == 1
+    assert cpu_threads(make_settings(runners={"devices": ["cuda:0", "cpu"]}).runners) == min(4, cores)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol as p
-from .config import Settings
+from .config import RunnerSettings, Settings
 
 log = logging.getLogger("vsrt.pool")
 
@@ -54,6 +54,15 @@ _ids = itertools.count(1)
 
 def new_id() -> str:
     return f"r{next(_ids)}"
+
+
+def cpu_threads(cfg: RunnerSettings) -> int:
+    """Threads for each CPU runner: as configured, else the cores this process may use shared
+    among the CPU runners, at most 4 (CTranslate2's default; more threads than cores is slower)."""
+    if cfg.cpu_threads:
+        return cfg.cpu_threads
+    cpu_runners = sum(1 for device in cfg.devices if device == "cpu") or 1
+    return max(1, min(4, len(os.sched_getaffinity(0)) // cpu_runners))
 
 
 class RunnerSlot:
@@ -157,7 +166,7 @@ class RunnerSlot:
             sys.executable, "-m", "gpu_runner",
             "--device", self.device,
             "--compute-type", cfg.compute_type,
-            "--cpu-threads", str(cfg.cpu_threads),
+            "--cpu-threads", str(cpu_threads(cfg)),
             "--cache-size", str(cfg.model_cache_size),
             "--parent-pid", str(os.getpid()),
             "--nltk-data", str(nltk_dir),
