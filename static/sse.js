@@ -24,6 +24,12 @@ export function openStream(path, names, { onEvent, onState = () => {} }) {
     stallTimer = setTimeout(() => restart(), STALL_MS);
   };
 
+  // Doubling backoff with jitter, so many pages do not come back at the same instant.
+  const nextDelay = () => {
+    backoff = Math.min(backoff * 2, 10000);
+    return backoff * (0.5 + Math.random() / 2);
+  };
+
   const restart = (delay = 0) => {
     if (es) es.close();
     es = null;
@@ -41,8 +47,7 @@ export function openStream(path, names, { onEvent, onState = () => {} }) {
     try {
       url = await streamUrl(path, lastId);
     } catch {
-      backoff = Math.min(backoff * 2, 10000);
-      return restart(backoff);
+      return restart(nextDelay());
     }
     if (closed) return;
     es = new EventSource(url);
@@ -56,8 +61,7 @@ export function openStream(path, names, { onEvent, onState = () => {} }) {
       if (e.data !== undefined) return; // a server-sent event named "error", not the connection
       // Tickets are one-use, so with a token the browser's own retry would be refused.
       if (es.readyState === EventSource.CLOSED || token.get()) {
-        backoff = Math.min(backoff * 2, 10000);
-        restart(backoff);
+        restart(nextDelay());
       } else {
         onState("offline", {}); // the browser retries by itself, sending Last-Event-ID
       }

@@ -23,6 +23,10 @@ class SseReader:
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self.resp = resp
+        #: The reconnection time the server asked for (a `retry:` field), in ms.
+        self.retry: int | None = None
+        #: The bytes of each block that dispatched no event (no data field), such as `retry:`.
+        self.quiet_blocks: list[bytes] = []
 
     async def next(self, wait: float = 60) -> SseEvent:
         return await asyncio.wait_for(self._next(), wait)
@@ -37,8 +41,12 @@ class SseReader:
             raw += line
             text = line.decode().rstrip("\r\n")
             if not text:
-                if fields:
-                    data = "\n".join(fields.get("data", []))
+                if "retry" in fields and fields["retry"][-1].isdigit():
+                    self.retry = int(fields["retry"][-1])
+                if fields and "data" not in fields:  # as a browser: no data, no event
+                    self.quiet_blocks.append(raw)
+                elif fields:
+                    data = "\n".join(fields["data"])
                     return SseEvent(
                         id=fields["id"][-1] if "id" in fields else None,
                         event=(fields.get("event") or ["message"])[-1],

@@ -131,6 +131,14 @@ async def test_sse_bytes_on_the_wire(make_client: ClientFactory, speech: Speech)
     stream = await open_stream(client, job["job_id"])
     first = await stream.next()
     assert first.event == "connected" and first.data["status"] == "paused"
+    # Before it, a block that only sets the browser's reconnection time, jittered per stream.
+    assert stream.retry is not None and 2000 <= stream.retry <= 4000
+    assert stream.quiet_blocks == [f"retry: {stream.retry}\n\n".encode()]
+    others = [await open_stream(client, job["job_id"]) for _ in range(5)]
+    for other in others:
+        await other.next()
+        other.resp.close()
+    assert len({stream.retry, *(o.retry for o in others)}) > 1
     broker = client.app[BROKER]
     ev = broker.publish(f"job:{job['job_id']}", "fragment", {
         "segment_index": 0, "language": "en",

@@ -262,7 +262,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         with request.app[STREAMS].hold(channel, request) as gone:
             return await sse.stream(
                 request, svc.broker, channel, snapshot, gone,
-                heartbeat=request.app[SETTINGS].sse.heartbeat_interval,
+                settings=request.app[SETTINGS].sse,
             )
     except sse.TooManyStreams as exc:
         raise ServiceError(429, "too_many_streams", str(exc)) from None

@@ -103,7 +103,7 @@ async def _stream(request: web.Request, accept: Any = None, one: tuple[str, str]
         with request.app[STREAMS].hold(CHANNEL, request) as gone:
             return await sse.stream(
                 request, models.broker, CHANNEL, snapshot, gone,
-                heartbeat=request.app[SETTINGS].sse.heartbeat_interval, heartbeat_event="heartbeat",
+                settings=request.app[SETTINGS].sse, heartbeat_event="heartbeat",
                 accept=accept or (lambda ev: True),
             )
     except sse.TooManyStreams as exc:

@@ -83,6 +83,7 @@ class CueSettings:
 @dataclass(frozen=True)
 class SseSettings:
     heartbeat_interval: float = 10.0
+    reconnect_seconds: float = 2.0
     replay_buffer: int = 512
     subscriber_queue: int = 256
     max_connections_per_job: int = 20
@@ -234,6 +235,7 @@ def _validate(s: Settings) -> None:
         (s.cues.max_chars_per_second > 0, "cues.max_chars_per_second must be positive"),
         (s.sse.heartbeat_interval > 0, "sse.heartbeat_interval must be positive"),
         (s.sse.idle_channel_seconds > 0, "sse.idle_channel_seconds must be positive"),
+        (s.sse.reconnect_seconds > 0, "sse.reconnect_seconds must be positive"),
         (s.models.max_concurrent_downloads >= 1, "models.max_concurrent_downloads must be >= 1"),
     ]
     for ok, message in checks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,6 +19,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from .broker import Broker, Event, sse_frame
+from .config import SseSettings
 
 Snapshot = Callable[[], Awaitable[tuple[str, dict[str, Any]]]]
 
@@ -99,15 +101,17 @@ async def stream(
     snapshot: Snapshot,
     disconnected: asyncio.Future[None],
     *,
-    heartbeat: float,
+    settings: SseSettings,
     heartbeat_event: str = "ping",
     until: Callable[[Event], bool] = lambda ev: False,
     accept: Callable[[Event], bool] = lambda ev: True,
 ) -> EventSourceResponse:
     """Serve one subscriber until it disconnects, falls behind (resync) or `until` says so.
 
-    Each wake-up sends everything queued in one write, with frames encoded once per event
-    for all subscribers; a client that stalls one write for SEND_TIMEOUT is dropped.
+    The stream opens with a `retry:` between `reconnect_seconds` and twice that (browsers
+    wait that long before reconnecting). Each wake-up sends everything queued in one write,
+    with frames encoded once per event for all subscribers; a client that stalls one write
+    for SEND_TIMEOUT is dropped.
     """
     sub, replayed = broker.subscribe(channel, last_event_id(request))
     disconnected.add_done_callback(lambda _: sub.close())
@@ -116,11 +120,15 @@ async def stream(
     resp.headers["Cache-Control"] = "no-cache"
     try:
         await resp.prepare(request)
+        # Spread the reconnects of many clients after a restart over a window, not one instant.
+        retry_ms = round(settings.reconnect_seconds * random.uniform(1000, 2000))
+        head = f"retry: {retry_ms}\n\n".encode()
         if not replayed:
             name, data = await snapshot()
-            await _write(resp, sse_frame(sub.opened_at, name, data))
+            head += sse_frame(sub.opened_at, name, data)
+        await _write(resp, head)
         while not disconnected.done():
-            if not await sub.wait(heartbeat):
+            if not await sub.wait(settings.heartbeat_interval):
                 key = "timestamp" if heartbeat_event == "heartbeat" else "ts"
                 await _write(resp, sse_frame(broker.tick(channel), heartbeat_event, {key: time.time()}))
                 continue
