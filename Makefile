@@ -11,7 +11,7 @@ serve: setup
 	.venv/bin/vsrt serve $(ARGS)
 
 test: setup-test
-	.venv/bin/python -m pytest -p no:cacheprovider -ra $(ARGS)
+	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=15 $(ARGS)
 
 lint: setup-test
 	.venv/bin/ruff check vsrt_service gpu_runner tests bench
