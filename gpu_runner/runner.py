@@ -86,7 +86,9 @@ class Runner:
 
     def _dispatch(self, req: p.Request) -> None:
         if isinstance(req, p.Ping):
-            self.send(p.Result(id=req.id, data={"ts": time.time(), "busy": self._busy()}))
+            self.send(p.Result(id=req.id, data={
+                "ts": time.time(), "busy": self._busy(), "warm": self._ready.is_set(),
+            }))
         elif isinstance(req, p.Hello):
             self.send(p.Result(id=req.id, data=self.hello(req)))
         elif isinstance(req, p.Cancel):

@@ -4,6 +4,8 @@ Three guards run for every test: an async test fails if anything blocks its even
 longer than BLOCK_LIMIT (asyncio debug mode reports slow callbacks), the session fails if a
 runner subprocess of this process outlives the tests, and the official Hugging Face endpoint
 is a local port that refuses connections, so no test depends on (or waits for) the internet.
+The heap earlier tests left is frozen while a test runs, so its collection is not charged
+to the test's event loop.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,32 @@ class _SlowCallbacks(logging.Handler):
             self.records.append(message)
 
 
+#: Earlier tests' garbage is collected between tests, once every this many tests.
+COLLECT_EVERY = 25
+_TESTS_RUN = pytest.StashKey[int]()
+
+
+@pytest.fixture(autouse=True)
+def frozen_heap(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Freeze what the session has piled up on the heap while a test runs.
+
+    With torch and transformers imported (the tiny models are built in this process), a
+    full collection takes about 0.22 s on an idle machine and more on a busy one; it was
+    charged to whichever in-process server loop was running, while the real server's own
+    process has no such heap. Frozen objects are not scanned; they are collected between
+    tests instead.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        run = request.config.stash.get(_TESTS_RUN, 0) + 1
+        request.config.stash[_TESTS_RUN] = run
+        if run % COLLECT_EVERY == 0:
+            gc.collect()
+
+
 @pytest.fixture(autouse=True)
 async def loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """Fail the test if a callback held the event loop for longer than BLOCK_LIMIT
@@ -85,22 +114,36 @@ async def loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None
     handler = _SlowCallbacks()
     logger = logging.getLogger("asyncio")
     logger.addHandler(handler)
+    gc_pauses = _GcPauses()
+    gc.callbacks.append(gc_pauses)
     try:
         yield
     finally:
         logger.removeHandler(handler)
-    assert not handler.records, "event loop blocked:\n" + "\n".join(handler.records)
+        gc.callbacks.remove(gc_pauses)
+    assert not handler.records, "event loop blocked:\n" + "\n".join(handler.records) + (
+        f"\n(longest garbage collection during the test: {gc_pauses.longest * 1000:.0f} ms)"
+    )
+
+
+class _GcPauses:
+    """The longest garbage collection while a test ran, to tell GC from a blocking call."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self._started)
 
 
 @contextlib.asynccontextmanager
 async def loop_lag(every: float = 0.01) -> AsyncIterator[list[float]]:
-    """Sample how late this event loop wakes a sleeper (the in-process server's loop).
-
-    The heap a long test session has piled up is frozen first: its full collections took
-    about 300 ms each late in a suite run (measured with gc.callbacks), and would be
-    charged to the server's loop, whose own process has no such heap.
-    """
-    gc.freeze()  # (no gc.collect() first: on that heap it would block the loop itself)
+    """Sample how late this event loop wakes a sleeper (the in-process server's loop;
+    `frozen_heap` keeps the test session's own garbage collection out of the figures)."""
     lags: list[float] = []
 
     async def sample() -> None:
@@ -115,7 +158,6 @@ async def loop_lag(every: float = 0.01) -> AsyncIterator[list[float]]:
         yield lags
     finally:
         task.cancel()
-        gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -39,8 +39,14 @@ async def test_killed_runner_is_restarted_and_callers_told(make_settings: Settin
         assert slot.pid not in (None, first)
         assert slot.restarts == 1
         assert "exited with status -9" in (slot.health()["last_error"] or "")
+        # Ready (it answered its handshake) before warm (whisperx imported), which a
+        # heartbeat then reports.
+        assert slot.health()["warm"] is False
+        async with asyncio.timeout(120):
+            while not slot.health()["warm"]:  # noqa: ASYNC110 - as a health check polls
+                await asyncio.sleep(0.2)
         pong = await slot.call(p.Ping(id=new_id()))
-        assert "ts" in pong
+        assert pong["warm"] is True and "ts" in pong
     finally:
         await pool.close()
 

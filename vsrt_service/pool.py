@@ -89,6 +89,9 @@ class RunnerSlot:
         self.state = "starting"
         self.restarts = 0
         self.info: dict[str, Any] = {}
+        #: Whether the runner has finished importing its libraries (whisperx takes seconds);
+        #: a ready runner accepts work before that, which then waits for the import.
+        self.warm = False
         self.last_error: str | None = None
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self._closing = False
@@ -104,6 +107,7 @@ class RunnerSlot:
             "role": self.role,
             "device": self.device,
             "state": self.state,
+            "warm": self.warm,
             "pid": self.pid,
             "busy": self.leased,
             "restarts": self.restarts,
@@ -196,6 +200,7 @@ class RunnerSlot:
                 f"the service {p.PROTOCOL_VERSION}"
             )
         self.info = info  # last_error stays: health shows why the latest restart happened
+        self.warm = bool(info.get("warm"))
         self.state = "ready"
         self.ready.set()
         self._wake.set()
@@ -213,7 +218,8 @@ class RunnerSlot:
                 raise RunnerLost(f"{self.name} exited with status {proc.returncode}{self._tail()}")
             exited.cancel()
             try:
-                await asyncio.wait_for(self.call(p.Ping(id=new_id())), cfg.heartbeat_timeout)
+                pong = await asyncio.wait_for(self.call(p.Ping(id=new_id())), cfg.heartbeat_timeout)
+                self.warm = bool(pong.get("warm"))
             except TimeoutError:
                 raise RunnerLost(
                     f"{self.name} missed its heartbeat for {cfg.heartbeat_timeout:.0f} s; killed"
@@ -226,6 +232,7 @@ class RunnerSlot:
     async def _lose(self, reason: str) -> None:
         """Kill and reap the process, and fail every call in flight."""
         self.ready.clear()
+        self.warm = False
         proc = self._proc
         if proc is not None:
             await _reap(proc, 0)
