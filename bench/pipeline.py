@@ -5,7 +5,7 @@ with pauses from `tests.media.make_long_speech`, an mp4 by default):
 
 (a) plain WhisperX, called in-process the way its README does it: `whisperx.load_audio`,
     `model.transcribe(audio, batch_size=8, language="en")`, then `whisperx.align(...)`.
-    The tiny.en model (CTranslate2, int8, 4 threads) and the aligner are loaded before the
+    The tiny.en model (CTranslate2, int8) and the aligner are loaded before the
     clock starts, and a short clip is run through once so first-call costs are paid.
 (b) a vsrt job through the embeddable `Service`: its runner subprocess is started and warmed
     up by a short job first (whisperx imported, tiny.en, the VAD and the aligner loaded and
@@ -13,7 +13,7 @@ with pauses from `tests.media.make_long_speech`, an mp4 by default):
     split, transcribe, align and srt, with every store write and event on the way.
 
 Both sides use the same batch size (vsrt's `transcription.batch_size`), compute type (int8
-on CPU), CPU threads (CTranslate2: whisperx's default 4, vsrt's `cpu_threads or 4`), VAD
+on CPU), CPU threads (vsrt's default for one CPU runner, for CTranslate2 and torch), VAD
 (whisperx's pyannote, onset 0.5, offset 0.363, 30 s chunks) and the same tiny random wav2vec2
 aligner (tests/tiny_models.py), so the difference is what vsrt adds: a subprocess, JSON-line
 IPC, ffmpeg extraction to a WAV file, SQLite checkpoints and events per segment, cue building
@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.media import Sentence, Speech, make_long_speech, make_speech, word_error_rate
+from vsrt_service.config import RunnerSettings
+from vsrt_service.pool import cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -56,8 +58,9 @@ RESULT_FILE = OUT / "pipeline.json"
 SAMPLE_RATE = 16000
 LANGUAGE = "en"
 COMPUTE_TYPE = "int8"
-#: whisperx.load_model's default `threads`; vsrt's runner uses `cpu_threads or 4`.
-CPU_THREADS = 4
+#: vsrt's default for one CPU runner (the cores this process may use, at most 4); plain
+#: whisperx gets the same, for CTranslate2 and for torch, so the two sides compare alike.
+CPU_THREADS = cpu_threads(RunnerSettings(devices=("cpu",)))
 TARGET_RATIO = 1.10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -208,8 +211,10 @@ class PlainWhisperX:
     """whisperx as its README uses it, models loaded once up front."""
 
     def __init__(self, whisper_dir: Path, align_dir: Path, batch_size: int) -> None:
+        import torch
         import whisperx
 
+        torch.set_num_threads(CPU_THREADS)  # as vsrt's CPU runner does
         self.whisperx: Any = whisperx
         self.batch_size = batch_size
         self.model: Any = whisperx.load_model(
