@@ -58,7 +58,7 @@ def new_id() -> str:
 
 def cpu_threads(cfg: RunnerSettings) -> int:
     """Threads for each CPU runner: as configured, else the cores this process may use shared
-    among the CPU runners, at most 4 (CTranslate2's default; more threads than cores is slower)."""
+    among the CPU runners, at most 4 (whisperx's default; more threads than cores is slower)."""
     if cfg.cpu_threads:
         return cfg.cpu_threads
     cpu_runners = sum(1 for device in cfg.devices if device == "cpu") or 1
