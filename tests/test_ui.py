@@ -282,6 +282,54 @@ async def test_server_killed_mid_job_page_catches_up(speech12: Speech, data_dir:
         await server.stop()
 
 
+async def test_thousands_of_lines_render_only_what_is_visible(speech: Speech, tmp_path: Path) -> None:
+    import aiohttp
+
+    count = 5000
+    cues = [{"start": i * 2.0, "end": i * 2.0 + 1.5, "text": f"line number {i + 1}"} for i in range(count)]
+    async with running_server(tmp_path / "data") as server:
+        async with aiohttp.ClientSession() as http:
+            form = aiohttp.FormData()
+            form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="long.mp4")
+            async with http.post(f"{server.url}api/jobs?start=false", data=form) as resp:
+                assert resp.status == 201, await resp.text()
+                job = (await resp.json())["job_id"]
+            async with http.put(f"{server.url}api/jobs/{job}/subtitles", json={"cues": cues}) as resp:
+                assert resp.status == 200, await resp.text()
+        async with browser() as ctx:
+            page = await ctx.new_page()
+            await page.goto(f"{server.url}#job={job}")
+            await page.wait_for_function(f"window.vsrt.lines().length === {count}", timeout=30_000)
+            rows = page.locator("#cues .cue-row")
+            assert 0 < await rows.count() <= 60  # not 5000
+
+            # Scrolling anywhere brings that part of the list in, still with a few rows only;
+            # frame times while scrolling through the whole list are reported, not asserted.
+            frames = await page.evaluate("""async () => {
+              const root = document.querySelector('#cues');
+              const times = [];
+              for (let i = 0; i <= 100; i++) {
+                root.scrollTop = (root.scrollHeight - root.clientHeight) * i / 100;
+                const t = performance.now();
+                await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+                times.push(performance.now() - t);
+              }
+              return times;
+            }""")
+            print(f"scrolling {count} lines: frame pair p50 {sorted(frames)[50]:.1f} ms, "
+                  f"max {max(frames):.1f} ms")
+            last = page.locator(f'#cues .cue-row[data-key="e{count - 1}"] .cue-text')
+            assert await last.input_value() == f"line number {count}"
+            assert await rows.count() <= 60
+            await page.evaluate(f"(r => r.scrollTop = r.scrollHeight * 2500 / {count})"
+                                "(document.querySelector('#cues'))")
+            middle = page.locator('#cues .cue-row[data-key="e2500"] .cue-text')
+            await middle.wait_for()
+            assert await middle.input_value() == "line number 2501"
+            await middle.fill("an edit far down the list")
+            assert (await page.evaluate("window.vsrt.lines()[2500]"))["text"] == "an edit far down the list"
+
+
 async def job_id(page: Any) -> str:
     return str(await page.evaluate("new URLSearchParams(location.hash.slice(1)).get('job')"))
 
