@@ -152,15 +152,23 @@ async def test_sse_bytes_on_the_wire(make_client: ClientFactory, speech: Speech)
     ).encode()
 
 
+async def watched_paused_job(
+    client: TestClient[Any, Any], speech: Speech
+) -> tuple[dict[str, Any], str, SseReader]:
+    """A job that is not started, its channel, and a stream past its `connected` snapshot;
+    tests publish on the channel themselves."""
+    job = await upload(client, speech.path, start=False)
+    stream = await open_stream(client, job["job_id"])
+    assert (await stream.next()).event == "connected"
+    return job, f"job:{job['job_id']}", stream
+
+
 async def test_reconnect_gets_exactly_the_missed_events(
     make_client: ClientFactory, speech: Speech
 ) -> None:
     client = await make_client(sse={"replay_buffer": 50})
-    job = await upload(client, speech.path, start=False)
-    channel = f"job:{job['job_id']}"
+    job, channel, stream = await watched_paused_job(client, speech)
     broker = client.app[BROKER]
-    stream = await open_stream(client, job["job_id"])
-    await stream.next()  # connected
     sent = [broker.publish(channel, "fragment", {"segment_index": i}) for i in range(10)]
     seen = [await stream.next() for _ in range(4)]
     assert [e.data["segment_index"] for e in seen] == [0, 1, 2, 3]
@@ -188,11 +196,8 @@ async def test_reconnect_gets_exactly_the_missed_events(
 async def test_heartbeats_have_their_own_ids(make_client: ClientFactory, speech: Speech) -> None:
     """A ping moves the client's Last-Event-ID forward without repeating an event's id."""
     client = await make_client(sse={"heartbeat_interval": 0.2})
-    job = await upload(client, speech.path, start=False)
-    channel = f"job:{job['job_id']}"
+    job, channel, stream = await watched_paused_job(client, speech)
     broker = client.app[BROKER]
-    stream = await open_stream(client, job["job_id"])
-    await stream.next()  # connected
     first = broker.publish(channel, "fragment", {"segment_index": 0})
     assert int((await stream.next()).id or 0) == first.id
     pings = [await stream.next() for _ in range(2)]

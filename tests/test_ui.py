@@ -82,6 +82,15 @@ async def start_job(page: Any, url: str, media: Path) -> None:
     await page.wait_for_selector("#job-view:not([hidden])")
 
 
+async def refused_upload(page: Any, url: str, media: Path) -> str:
+    """Submit a file the server refuses; returns the message the form shows."""
+    await page.goto(url)
+    await page.set_input_files("#file", str(media))
+    await page.click("#submit")
+    await page.wait_for_selector("#form-error:not([hidden])")
+    return await page.text_content("#form-error") or ""
+
+
 async def wait_status(page: Any, status: str, seconds: float = 120) -> None:
     await page.wait_for_function(
         f"document.querySelector('#job-status').textContent === {status!r}", timeout=seconds * 1000)
@@ -127,11 +136,7 @@ async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_
         page.on("pageerror", lambda e: errors.append(str(e)))
 
         # A file that is not media is refused at upload, with a message a user understands.
-        await page.goto(server.url)
-        await page.set_input_files("#file", str(junk))
-        await page.click("#submit")
-        await page.wait_for_selector("#form-error:not([hidden])")
-        refusal = await page.text_content("#form-error") or ""
+        refusal = await refused_upload(page, server.url, junk)
         assert "notes.mp4" in refusal and "audio or video file" in refusal, refusal
         assert str(data_dir) not in refusal and "uploads" not in refusal  # no server paths
 
@@ -209,11 +214,7 @@ async def test_oversize_refused_then_pause_and_resume_with_locked_settings(
         page.on("pageerror", lambda e: errors.append(str(e)))
 
         # Over the limit: the server's 413 reaches the page as a sentence, not a network error.
-        await page.goto(server.url)
-        await page.set_input_files("#file", str(big))
-        await page.click("#submit")
-        await page.wait_for_selector("#form-error:not([hidden])")
-        refusal = await page.text_content("#form-error") or ""
+        refusal = await refused_upload(page, server.url, big)
         assert refusal == "Refused: the upload is over the 1 MB limit.", refusal
         assert await page.is_enabled("#submit")
         listed = await get_json(f"{server.url}api/jobs")
