@@ -452,6 +452,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def save_and_print(report: dict[str, Any], path: Path,
+                   printer: Callable[[dict[str, Any]], None]) -> None:
+    """Write a bench's figures as JSON under bench/out/, then print them for people."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    printer(report)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -465,9 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat must be at least 1 and --minutes positive")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     report = asyncio.run(bench(args))
-    OUT.mkdir(parents=True, exist_ok=True)
-    RESULT_FILE.write_text(json.dumps(report, indent=2) + "\n")
-    print_report(report)
+    save_and_print(report, RESULT_FILE, print_report)
     return 0
 
 

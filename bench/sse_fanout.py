@@ -50,7 +50,6 @@ import multiprocessing
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,10 +69,12 @@ from bench.pipeline import (
     machine_busy_seconds,
     other_test_runs,
     process_cpu_seconds,
+    save_and_print,
     wait_until_idle,
 )
 from tests.media import make_long_speech, make_speech
 from tests.procs import runner_pids
+from tests.ui_helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -115,24 +116,6 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
         return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
     return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(1000 * ordered[-1], 2)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def all_runner_pids() -> list[int]:
-    """Every live gpu_runner process on the machine (someone else's tests start them too)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if b"gpu_runner" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-    return found
 
 
 def softirq_seconds() -> float:
@@ -267,7 +250,8 @@ class Server:
                 how = "SIGKILL (SIGTERM did not stop it in 20 s)"
         self._log.close()
         deadline = time.monotonic() + 10
-        while (left := [p for p in runners if p in all_runner_pids()]) and time.monotonic() < deadline:
+        # Runners still name the server as --parent-pid after it is gone.
+        while (left := [p for p in runners if p in runner_pids(pid)]) and time.monotonic() < deadline:
             time.sleep(0.2)
         for p in left:
             with contextlib.suppress(ProcessLookupError):
@@ -752,9 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     raise_fd_limit()
     report = asyncio.run(bench(args))
-    OUT.mkdir(parents=True, exist_ok=True)
-    RESULT_FILE.write_text(json.dumps(report, indent=2) + "\n")
-    print_report(report)
+    save_and_print(report, RESULT_FILE, print_report)
     return 0
 
 
