@@ -234,7 +234,7 @@ async def models_command(args: argparse.Namespace, settings: Settings) -> int:
         pool = RunnerPool(settings, work_runners=False)
         await pool.start()
         stack.push_async_callback(pool.close)
-        models = await stack.enter_async_context(open_models(settings, store, broker, pool))
+        models = await stack.enter_async_context(open_models(settings, store, broker, pool, validate=False))
         if args.models_command == "list":
             return models_list(models)
         kind = "align" if args.align else "whisper"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 CHUNK = 4 << 20
 
@@ -34,20 +34,21 @@ def file_problem(path: Path, expected: ManifestFile, *, hashes: bool = True) -> 
     if not hashes:
         return None
     if expected.get("sha256"):
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != expected["sha256"]:
+        if _digest(path, hashlib.sha256()) != expected["sha256"]:
             return "sha256 does not match the hub's"
     elif expected.get("blob_id"):
-        digest = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
-        with path.open("rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != expected["blob_id"]:
+        blob = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
+        if _digest(path, blob) != expected["blob_id"]:
             return "git blob hash does not match the hub's"
     return None
+
+
+def _digest(path: Path, digest: Any) -> str:
+    """Hex digest of a file read in chunks (model weights are gigabytes)."""
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return str(digest.hexdigest())
 
 
 def problems(directory: Path, manifest: list[ManifestFile], *, hashes: bool = True) -> dict[str, str]:

@@ -79,8 +79,9 @@ class ModelManager:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Quick state from the database and the disk; hashing continues in the background."""
+    async def start(self, validate: bool = True) -> None:
+        """Quick state from the database and the disk; hashing continues in the background
+        (not for a short-lived CLI command, whose exit would wait for the hashing thread)."""
         rows = {(r["type"], r["id"]): r for r in await self.store.model_rows()}
         bundled = await asyncio.to_thread(bundled_tiny_en)
         for key, st in self._states.items():
@@ -91,7 +92,8 @@ class ModelManager:
             st.status = await asyncio.to_thread(self._disk_status, st, False)
             if st.status != "ready" and row and row["status"] == "error":
                 st.status, st.error = "error", row["error"]
-        self._validator = asyncio.create_task(self._validate_all(), name="model-validation")
+        if validate:
+            self._validator = asyncio.create_task(self._validate_all(), name="model-validation")
 
     async def close(self) -> None:
         tasks = [t for t in (self._validator, self._preload) if t is not None]
@@ -274,11 +276,12 @@ class ModelManager:
             self._publish("model_complete", st,
                           total_time_seconds=round(time.monotonic() - st.started_at, 2))
             outcome = "ready"
-        except RunnerError as exc:
-            canceled = exc.code == "canceled"
-            st.status = "not_downloaded" if canceled else "error"
+        except Exception as exc:  # any failure ends as a model_error, never a stuck "downloading"
+            canceled = isinstance(exc, RunnerError) and exc.code == "canceled"
+            if not isinstance(exc, RunnerError):
+                log.exception("download of %s failed", e.key)
             st.error = None if canceled else str(exc)
-            st.status = await self._settle_status(st) if canceled else st.status
+            st.status = await self._settle_status(st) if canceled else "error"
             await self.store.save_model(e.type, e.id, st.status, error=st.error)
             if canceled:
                 self._publish("model_progress", st, message="download canceled")

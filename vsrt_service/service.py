@@ -76,10 +76,10 @@ async def open_pool(settings: Settings, env: dict[str, str] | None = None) -> As
 
 
 @contextlib.asynccontextmanager
-async def open_models(settings: Settings, store: Store, broker: Broker, pool: RunnerPool
-                      ) -> AsyncIterator[ModelManager]:
+async def open_models(settings: Settings, store: Store, broker: Broker, pool: RunnerPool,
+                      validate: bool = True) -> AsyncIterator[ModelManager]:
     manager = ModelManager(settings, store, broker, pool)
-    await manager.start()
+    await manager.start(validate)
     try:
         if settings.models.preload_on_start and pool.slots:
             await manager.preload()
