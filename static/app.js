@@ -324,6 +324,7 @@ function catchUp() {
 }
 
 async function openJob(id) {
+  if (current && current.id === id) return; // already open: rebuilding it would drop unsaved edits
   if (current && current.dirty && current.id !== id && !confirm("Leave this job with unsaved edits?")) return;
   if (current) current.stream.close();
   const job = jobs.find((j) => j.job_id === id) || { job_id: id, status: "queued", percent: 0 };

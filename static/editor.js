@@ -127,6 +127,8 @@ export class CueEditor {
       return;
     }
     input.removeAttribute("aria-invalid");
+    // Enter re-commits the field: an unchanged time is not an edit (it would pin the line).
+    if (Math.abs(value - line[field]) < 5e-4) return this.render();
     line[field] = value;
     line.modified = true;
     this.onEdit(line);
