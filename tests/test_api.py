@@ -207,7 +207,6 @@ async def test_heartbeats_have_their_own_ids(make_client: ClientFactory, speech:
     stream.resp.close()
 
     after = broker.publish(channel, "fragment", {"segment_index": 1})
-    assert after.id > ping_ids[1]
     again = await open_stream(client, job["job_id"], **{"Last-Event-ID": str(ping_ids[1])})
     got = await again.next()
     assert got.event == "fragment" and int(got.id or 0) == after.id  # no snapshot, no repeat

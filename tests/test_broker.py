@@ -71,14 +71,18 @@ def test_overflow_ends_with_resync_and_closes() -> None:
 
 async def test_idle_channels_are_forgotten_and_ids_keep_growing() -> None:
     broker = Broker(idle_channel_seconds=0.05)
-    old = broker.publish("done", "signal", {"code": "job_complete"})
+    # Many more ids than milliseconds pass: a re-created channel must continue above the
+    # forgotten one's ids, not restart from the clock.
+    first = broker.publish("done", "fragment", {})
+    for _ in range(5000):
+        old = broker.publish("done", "fragment", {})
     watched, _ = broker.subscribe("watched")
     broker.publish("watched", "progress", {"percent": 1})
     await asyncio.sleep(0.1)
 
     broker.publish("other", "progress", {"percent": 1})  # any use sweeps
     assert broker.channels() == 2  # "done" forgotten; "watched" has a subscriber
-    sub, replayed = broker.subscribe("done", old.id)
+    sub, replayed = broker.subscribe("done", first.id)
     assert not replayed  # its buffer is gone: the client gets a fresh snapshot
     new = broker.publish("done", "signal", {"code": "job_complete"})
     assert new.id > old.id and sub.opened_at >= old.id

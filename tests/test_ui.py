@@ -171,6 +171,8 @@ async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_
         await end.fill(await page.evaluate("window.vsrt.lines()[1].end.toFixed(3)"))
         await end.press("Tab")
         assert await end.get_attribute("aria-invalid") is None
+        # Committing the time it already had is not an edit (the line still takes aligned times).
+        assert await page.evaluate("window.vsrt.lines()[1].modified") is False
 
         await screenshot(page, "job-view-desktop")
         await page.set_viewport_size(PHONE)
@@ -229,7 +231,8 @@ async def test_oversize_refused_then_pause_and_resume_with_locked_settings(
         assert 0 < paused["processed"] < paused["total"]
 
         # The resume form shows what the checkpoint locks, and names a conflicting choice.
-        await page.click("#resume")
+        async with page.expect_response("**/api/validate-resume-settings"):
+            await page.click("#resume")
         await page.wait_for_selector("#resume-panel:not([hidden])")
         await page.wait_for_selector("#locked dt")
         locked = dict(zip(await page.locator("#locked dt").all_text_contents(),
