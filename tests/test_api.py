@@ -17,8 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import SettingsFactory, loop_lag
+from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech, word_error_rate
-from tests.sse_client import SseEvent, SseReader
+from tests.sse_client import SseReader
 from vsrt_service.app import create_app
 from vsrt_service.appkeys import BROKER, STREAMS
 from vsrt_service.formats import parse_srt
@@ -32,32 +33,6 @@ def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFa
         return await aiohttp_client(create_app(make_settings(**overrides)))
 
     return make
-
-
-async def upload(client: TestClient[Any, Any], path: Path, settings: dict[str, Any] | None = None,
-                 name: str | None = None, start: bool = True) -> dict[str, Any]:
-    form = aiohttp.FormData()
-    if settings is not None:
-        form.add_field("settings", json.dumps(settings), content_type="application/json")
-    form.add_field("file", await asyncio.to_thread(path.read_bytes), filename=name or path.name,
-                   content_type="application/octet-stream")
-    resp = await client.post(f"/api/jobs?start={'true' if start else 'false'}", data=form)
-    body = await resp.json()
-    assert resp.status == 201, body
-    return body
-
-
-async def open_stream(client: TestClient[Any, Any], job_id: str, **headers: str) -> SseReader:
-    resp = await client.get(f"/api/stream/{job_id}", headers=headers)
-    assert resp.status == 200, await resp.text()
-    assert resp.headers["Content-Type"].startswith("text/event-stream")
-    assert resp.headers["Cache-Control"] == "no-cache"
-    assert resp.headers["X-Accel-Buffering"] == "no"
-    return SseReader(resp)
-
-
-def is_complete(ev: SseEvent) -> bool:
-    return ev.event == "signal" and ev.data["code"] == "job_complete"
 
 
 @pytest.mark.slow

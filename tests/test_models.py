@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -11,12 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import SettingsFactory, loop_lag
 from tests.fakehub import FakeHub, start_fake_hub
+from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech
 from tests.sse_client import SseEvent, SseReader
 from vsrt_service.app import create_app
@@ -102,12 +101,9 @@ async def test_download_with_progress_then_the_model_transcribes(
     await events.until(done_for("align", "en"), wait=60)
     assert (await catalog_entry(client, "align", "en"))["status"] == "ready"
 
-    form = aiohttp.FormData()
-    form.add_field("settings", json.dumps({"model": "tiny", "language": "en"}))
-    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
-    job = await (await client.post("/api/jobs", data=form)).json()
-    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
-    await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete", wait=180)
+    job = await upload(client, speech.path, {"model": "tiny", "language": "en"})
+    stream = await open_stream(client, job["job_id"])
+    await stream.until(is_complete, wait=180)
     text = await (await client.get(f"/api/transcription-text/{job['job_id']}")).json()
     assert text["alignment"] == "wav2vec2" and "fox" in text["text"].lower()
 
@@ -222,15 +218,12 @@ async def test_delete_refused_while_in_use_then_removes_everything(
     events = await model_events(client)
     await client.post("/api/models/whisper/tiny/download")
     await events.until(done_for("whisper", "tiny"), wait=60)
-    form = aiohttp.FormData()
-    form.add_field("settings", json.dumps({"model": "tiny", "language": "en", "align": False}))
-    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
-    job = await (await client.post("/api/jobs", data=form)).json()
-    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
+    job = await upload(client, speech.path, {"model": "tiny", "language": "en", "align": False})
+    stream = await open_stream(client, job["job_id"])
     await stream.until(lambda e: e.event == "progress" and e.data["phase"] == "transcribe")
     resp = await client.delete("/api/models/whisper/tiny")
     assert resp.status == 409 and (await resp.json())["error"]["code"] == "in_use"
-    await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete", wait=180)
+    await stream.until(is_complete, wait=180)
 
     cache = await (await client.get("/api/models/cache/status")).json()
     assert "whisper:tiny" in [m["key"] for m in cache["runners"][0]["loaded"]]
@@ -251,12 +244,9 @@ async def test_job_waits_for_its_missing_aligner_or_falls_back(
     make_client: ClientFactory, hub: FakeHub, speech: Speech
 ) -> None:
     client = await make_client(transcription={"default_language": None})
-    form = aiohttp.FormData()
-    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
-    job = await (await client.post("/api/jobs", data=form)).json()
-    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
-    events = await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete",
-                                wait=180)
+    job = await upload(client, speech.path)
+    stream = await open_stream(client, job["job_id"])
+    events = await stream.until(is_complete, wait=180)
     messages = [e.data["message"] for e in events if e.event == "progress" and e.data["phase"] == "align"]
     assert any("alignment model" in m for m in messages), messages
     final = await (await client.get(f"/api/jobs/{job['job_id']}")).json()
@@ -269,11 +259,9 @@ async def test_hub_down_job_completes_with_whisper_timings(
 ) -> None:
     hub.down = True
     client = await make_client(transcription={"default_language": None})
-    form = aiohttp.FormData()
-    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
-    job = await (await client.post("/api/jobs", data=form)).json()
-    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
-    await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete", wait=180)
+    job = await upload(client, speech.path)
+    stream = await open_stream(client, job["job_id"])
+    await stream.until(is_complete, wait=180)
     final = await (await client.get(f"/api/jobs/{job['job_id']}")).json()
     assert final["status"] == "completed" and final["alignment"] == "whisper"
     meta = await (await client.get(f"/api/jobs/{job['job_id']}/subtitles?format=json")).json()
@@ -300,12 +288,9 @@ async def test_preload_loads_the_default_model_once(make_client: ClientFactory, 
     assert cache["runners"][0]["load_count"] == 1
     assert cache["runners"][0]["memory"]["rss_bytes"] > 0
 
-    form = aiohttp.FormData()
-    form.add_field("settings", json.dumps({"align": False}))
-    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
-    job = await (await client.post("/api/jobs", data=form)).json()
-    stream = SseReader(await client.get(f"/api/stream/{job['job_id']}"))
-    await stream.until(lambda e: e.event == "signal" and e.data["code"] == "job_complete", wait=180)
+    job = await upload(client, speech.path, {"align": False})
+    stream = await open_stream(client, job["job_id"])
+    await stream.until(is_complete, wait=180)
     cache = await (await client.get("/api/models/cache/status")).json()
     assert cache["runners"][0]["load_count"] == 1  # the job spent no time loading
 
@@ -353,10 +338,7 @@ async def download_while_transcribing(
 ) -> None:
     events = await model_events(client)
     await client.post("/api/models/whisper/tiny/download")
-    form = aiohttp.FormData()
-    form.add_field("settings", json.dumps({"align": False}))
-    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="s.mp4")
-    job = await (await client.post("/api/jobs", data=form)).json()
+    job = await upload(client, speech.path, {"align": False})
     status_ms: list[float] = []
     loop = asyncio.get_running_loop()
     while True:
