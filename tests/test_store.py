@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vsrt_service.store import SCHEMA_VERSION, Store, StoreError
+from vsrt_service.store import SCHEMA_VERSION, JobStatus, Store, StoreError
 
 
 async def make_jobs(store: Store, n: int) -> list[str]:
@@ -47,8 +47,50 @@ async def test_expired_lease_is_taken_over_and_old_owner_notices(tmp_path: Path)
         await asyncio.sleep(0.1)
         second = await store.claim_next("new", 60)
         assert second is not None and second.lease_owner == "new" and second.attempts == 2
-        assert await store.renew_lease(job_id, "old", 60) is False
-        assert await store.renew_lease(job_id, "new", 60) is True
+        assert first.claim and second.claim and first.claim != second.claim
+        # The lease belongs to the claim: the old run can neither renew nor finish it.
+        assert await store.renew_lease(job_id, first.claim, 60) is False
+        assert await store.renew_lease(job_id, second.claim, 60) is True
+        assert await store.set_status(job_id, JobStatus.FAILED, "x", expect=[JobStatus.PROCESSING],
+                                      claim=first.claim) is None
+        with pytest.raises(StoreError):
+            await store.update_progress(job_id, phase="x", percent=1, message="x", claim=first.claim)
+        done = await store.set_status(job_id, JobStatus.COMPLETED, "done", expect=[JobStatus.PROCESSING],
+                                      claim=second.claim)
+        assert done is not None and done.status == "completed" and done.claim is None
+
+
+async def test_status_changes_are_compare_and_set(tmp_path: Path) -> None:
+    """A change that expects another state changes nothing: a pause that lost the race to a
+    claim cannot overwrite `processing`, nor a start re-queue a running job, nor a delete
+    remove one."""
+    async with Store.open(tmp_path / "db") as store:
+        (job_id,) = await make_jobs(store, 1)
+        claimed = await store.claim_next("me", 60)
+        assert claimed is not None
+        assert await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.QUEUED]) is None
+        assert await store.requeue(job_id, {"a": 1}, restart=False) is None
+        assert await store.delete_job(job_id) is False
+        job = await store.get_job(job_id)
+        assert job is not None and job.status == "processing" and job.settings == {"i": 0}
+        paused = await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING],
+                                        claim=claimed.claim)
+        assert paused is not None and paused.lease_owner is None
+        await store.save_segments(job_id, [(0.0, 1.0)], {"model": "m"}, 1.0)
+        queued = await store.requeue(job_id, {"a": 2}, restart=True)
+        assert queued is not None and queued.status == "queued" and queued.settings == {"a": 2}
+        assert queued.checkpoint_settings is None and await store.segments(job_id) == []
+        assert await store.delete_job(job_id) is True
+        assert await store.get_job(job_id) is None
+
+
+async def test_commits_are_synchronous(tmp_path: Path) -> None:
+    """An acknowledged write (a user's edited cues) is on disk before the API answers: in WAL
+    mode only synchronous=FULL syncs the log at every commit."""
+    async with Store.open(tmp_path / "db") as store:
+        async with store._w.execute("PRAGMA synchronous") as cur:
+            row = await cur.fetchone()
+        assert row is not None and row[0] == 2  # FULL
 
 
 async def test_claim_can_be_restricted_to_some_jobs(tmp_path: Path) -> None:

@@ -151,13 +151,9 @@ async def cancel(request: web.Request) -> web.Response:
 
 @routes.delete("/api/jobs/{job_id}")
 async def delete(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    job = await svc.get(request.match_info["job_id"])
-    await svc.delete(job.id)
-    upload = svc.ctx.input_file(job)
-    if upload.is_relative_to(svc.settings.uploads_dir):
-        await asyncio.to_thread(upload.unlink, missing_ok=True)
-    return web.json_response({"job_id": job.id, "deleted": True})
+    job_id = request.match_info["job_id"]
+    await request.app[SERVICE].delete(job_id)
+    return web.json_response({"job_id": job_id, "deleted": True})
 
 
 @routes.get("/api/transcription-text/{job_id}")

@@ -106,7 +106,7 @@ class JobRun:
     ) -> None:
         job = await self.ctx.store.update_progress(
             self.job.id, phase=phase, percent=percent(phase, fraction), message=message,
-            processed=processed, total=total,
+            processed=processed, total=total, claim=self.job.claim,
         )
         self.ctx.publish(self.job.id, "progress", {
             "phase": job.phase, "percent": round(job.percent, 2), "message": job.message,

@@ -1,8 +1,12 @@
 """The scheduler: claims queued jobs under a lease, runs them, writes their final state.
 
-Modelled on arq's worker: one task per job, explicit (Exception, CancelledError) handling,
-the final state written under `asyncio.shield` so a cancellation cannot lose it. A job whose
-owner vanished (its lease ran out, or its process on this host is gone) is taken up again.
+Modelled on arq's worker. Each claimed job has two tasks: the pipeline, which stop requests
+cancel, and a supervisor that waits for it, is never cancelled by them, and writes the final
+state (settled, so no cancellation can cut it short). Stop requests merge, the strongest
+winning (a cancel after a pause cancels), and bookkeeping is dropped by a done-callback, so
+it is right under any interleaving of pause, cancel, delete, lease loss and shutdown. A job
+whose owner vanished (its lease ran out, or its process on this host is gone) is taken up
+again.
 """
 
 from __future__ import annotations
@@ -13,14 +17,55 @@ import logging
 import os
 import socket
 import uuid
+from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
+from .aio import settle
 from .options import OptionError
 from .pipeline import JobContext, JobFailed, JobRun, Requeue
 from .pool import PoolClosed
-from .store import FINAL, Job
+from .store import FINAL, Job, JobStatus
 
 log = logging.getLogger("vsrt.scheduler")
+
+
+class Stop(IntEnum):
+    """Why a running job is being stopped; a stronger reason overrides a weaker one."""
+
+    SHUTDOWN = 1  # back to the queue, resumes at the next start
+    PAUSED = 2
+    CANCELED = 3
+    LEASE_LOST = 4  # another worker owns the job now: write nothing
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final state a run leaves; `status` None leaves the job to its new owner."""
+
+    status: JobStatus | None
+    message: str = ""
+    code: str | None = None
+
+
+REQUEUED = Outcome(JobStatus.QUEUED, "interrupted by shutdown; resumes at next start")
+STOP_OUTCOMES = {
+    Stop.SHUTDOWN: REQUEUED,
+    Stop.PAUSED: Outcome(JobStatus.PAUSED, "paused"),
+    Stop.CANCELED: Outcome(JobStatus.CANCELED, "canceled"),
+    Stop.LEASE_LOST: Outcome(None),
+}
+
+
+@dataclass(eq=False)
+class Running:
+    """One claimed job on this scheduler."""
+
+    job: Job
+    settings: dict[str, Any]
+    pipeline: asyncio.Task[None]
+    supervisor: asyncio.Task[None] | None = None
+    stop: Stop | None = None
 
 
 def _owner_alive(owner: str | None, me: str) -> bool:
@@ -46,9 +91,10 @@ class Scheduler:
     def __init__(self, ctx: JobContext) -> None:
         self.ctx = ctx
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._settings: dict[str, dict[str, Any]] = {}
-        self._stop_reason: dict[str, str] = {}
+        self._running: dict[str, Running] = {}
+        #: Held while a claim is between the database and `_running`, so a stop request
+        #: never finds a job claimed by this scheduler but not yet known to it.
+        self._claiming = asyncio.Lock()
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -60,11 +106,12 @@ class Scheduler:
         return len(self.ctx.pool.slots)
 
     def running(self) -> list[str]:
-        return list(self._tasks)
+        return list(self._running)
 
     def settings_of(self, job_id: str) -> dict[str, Any] | None:
         """The settings a running job uses (with its detected language once known)."""
-        return self._settings.get(job_id)
+        run = self._running.get(job_id)
+        return run.settings if run else None
 
     async def start(self) -> None:
         await self._take_over_orphans()
@@ -75,132 +122,167 @@ class Scheduler:
         self._closing = True
         if self._loop_task is not None:
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        for job_id, task in list(self._tasks.items()):
-            self._stop_reason.setdefault(job_id, "shutdown")
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await asyncio.wait({self._loop_task})
+        runs = list(self._running.values())
+        for run in runs:
+            self._request_stop(run, Stop.SHUTDOWN)
+        supervisors = {run.supervisor for run in runs if run.supervisor is not None}
+        if supervisors:
+            await asyncio.wait(supervisors)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def _take_over_orphans(self) -> None:
         """Jobs left `processing` by a dead process on this host resume at once."""
-        for job_id in await self.ctx.store.interrupted_jobs():
-            job = await self.ctx.store.get_job(job_id)
-            if job is not None and not _owner_alive(job.lease_owner, self.owner):
+        for job in await self.ctx.store.interrupted_jobs():
+            if not _owner_alive(job.lease_owner, self.owner):
                 await self.ctx.store.set_status(
-                    job_id, "queued", "interrupted; resuming from the checkpoint"
+                    job.id, JobStatus.QUEUED, "interrupted; resuming from the checkpoint",
+                    expect=(JobStatus.PROCESSING,), claim=job.claim,
                 )
 
     async def _loop(self) -> None:
         lease = self.ctx.settings.jobs.lease_seconds
         while not self._closing:
-            while len(self._tasks) < self.capacity:
-                job = await self.ctx.store.claim_next(self.owner, lease, self.only)
-                if job is None:
-                    break
-                language = job.language or job.settings.get("language")
-                self._settings[job.id] = {**job.settings, "language": language}
-                self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            while len(self._running) < self.capacity:
+                async with self._claiming:
+                    job = await self.ctx.store.claim_next(
+                        self.owner, lease, self.only, exclude=list(self._running))
+                    if job is None:
+                        break
+                    self._launch(job)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, lease / 3))
 
-    # --- control ---------------------------------------------------------------------------
+    def _launch(self, job: Job) -> None:
+        language = job.language or job.settings.get("language")
+        run = Running(job, {**job.settings, "language": language},
+                      asyncio.create_task(self._pipeline(job), name=f"job-{job.id}"))
+        run.supervisor = asyncio.create_task(self._supervise(run), name=f"job-{job.id}-supervisor")
+        self._running[job.id] = run
 
-    async def stop(self, job_id: str, reason: str) -> bool:
-        """Pause or cancel a running job; returns False if it was not running here."""
-        task = self._tasks.get(job_id)
-        if task is None:
-            return False
-        self._stop_reason[job_id] = reason
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.shield(task)
-        return True
-
-    # --- one job ---------------------------------------------------------------------------
-
-    async def _renew(self, job_id: str, task: asyncio.Task[None]) -> None:
-        lease = self.ctx.settings.jobs.lease_seconds
-        while True:
-            await asyncio.sleep(lease / 3)
-            if not await self.ctx.store.renew_lease(job_id, self.owner, lease):
-                log.warning("job %s: lease lost to another worker; stopping here", job_id)
-                self._stop_reason[job_id] = "lease_lost"
-                task.cancel()
-                return
-
-    async def _run(self, job: Job) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        renewer = asyncio.create_task(self._renew(job.id, task))
-        outcome: tuple[str, str, str | None] = ("failed", "internal error", "internal")
-        try:
-            if job.attempts > self.ctx.settings.jobs.max_attempts:
-                raise JobFailed(
-                    "too_many_attempts",
-                    f"gave up after {job.attempts - 1} attempts (the job keeps being interrupted)",
-                )
-            await JobRun(self.ctx, job).run()
-            outcome = ("completed", "done", None)
-        except Requeue as exc:
-            outcome = ("queued", str(exc), None)
-        except JobFailed as exc:
-            outcome = ("failed", str(exc), exc.code)
-        except OptionError as exc:
-            outcome = ("failed", f"invalid setting {exc.field}: {exc}", "bad_settings")
-        except PoolClosed:
-            outcome = ("queued", "interrupted by shutdown; resumes at next start", None)
-        except asyncio.CancelledError:
-            reason = self._stop_reason.get(job.id, "shutdown")
-            outcome = {
-                "paused": ("paused", "paused", None),
-                "canceled": ("canceled", "canceled", None),
-                "lease_lost": ("", "", None),
-            }.get(reason, ("queued", "interrupted by shutdown; resumes at next start", None))
-            raise
-        except Exception as exc:
-            log.exception("job %s failed", job.id)
-            outcome = ("failed", f"internal error: {type(exc).__name__}: {exc}", "internal")
-        finally:
-            renewer.cancel()
-            await asyncio.shield(self._finish(job.id, *outcome))
-            self._tasks.pop(job.id, None)
-            self._settings.pop(job.id, None)
-            self._stop_reason.pop(job.id, None)
+        def forget(_: asyncio.Task[None]) -> None:
+            if self._running.get(job.id) is run:
+                del self._running[job.id]
             if not self._closing:
                 self.wake()
 
-    async def _finish(self, job_id: str, status: str, message: str, code: str | None) -> None:
-        """Commit the final state, then tell subscribers."""
-        if not status:
-            return
-        store = self.ctx.store
+        run.supervisor.add_done_callback(forget)
+
+    # --- control ---------------------------------------------------------------------------
+
+    async def stop(self, job_id: str, reason: Stop) -> Stop | None:
+        """Stop a job running here and wait until its final state is written.
+
+        Returns the reason that took effect (a stronger one asked for meanwhile wins, so it
+        may differ from `reason`), or None if the job does not run here. The caller's own
+        cancellation is not swallowed; the job still stops.
+        """
+        async with self._claiming:
+            run = self._running.get(job_id)
+        if run is None:
+            return None
+        self._request_stop(run, reason)
+        assert run.supervisor is not None
+        await asyncio.wait({run.supervisor})
+        return run.stop
+
+    def _request_stop(self, run: Running, reason: Stop) -> None:
+        if run.stop is None or reason > run.stop:
+            run.stop = reason
+        run.pipeline.cancel()
+
+    # --- one job ---------------------------------------------------------------------------
+
+    async def _pipeline(self, job: Job) -> None:
+        if job.attempts > self.ctx.settings.jobs.max_attempts:
+            raise JobFailed(
+                "too_many_attempts",
+                f"gave up after {job.attempts - 1} attempts (the job keeps being interrupted)",
+            )
+        await JobRun(self.ctx, job).run()
+
+    async def _renew(self, run: Running) -> None:
+        lease = self.ctx.settings.jobs.lease_seconds
+        assert run.job.claim is not None
+        while True:
+            await asyncio.sleep(lease / 3)
+            if not await self.ctx.store.renew_lease(run.job.id, run.job.claim, lease):
+                log.warning("job %s: lease lost to another worker; stopping here", run.job.id)
+                self._request_stop(run, Stop.LEASE_LOST)
+                return
+
+    async def _supervise(self, run: Running) -> None:
+        renewer = asyncio.create_task(self._renew(run), name=f"job-{run.job.id}-lease")
         try:
-            if await store.get_job(job_id) is None:
-                return  # deleted while running
-            if status == "completed":
-                job = await store.set_status(job_id, "completed", "done", phase="srt", percent=100.0)
-                self.ctx.publish(job_id, "progress", {
-                    "phase": "srt", "percent": 100.0, "message": "done",
-                    "processed": job.processed, "total": job.total,
-                })
-                self.ctx.publish(job_id, "signal", {"code": "job_complete", "message": "subtitles ready"})
-            elif status == "failed":
-                await store.set_status(job_id, "failed", message, error_code=code, error=message)
-                self.ctx.publish(job_id, "error", {"code": code or "failed", "message": message})
-            elif status in ("paused", "canceled"):
-                await store.set_status(job_id, status, status)
-                self.ctx.publish(job_id, "signal", {"code": status, "message": f"job {status}"})
-            else:
-                await store.set_status(job_id, "queued", message)
-                self.ctx.publish(job_id, "signal", {"code": "requeued", "message": message})
+            await asyncio.wait({run.pipeline})
+        except asyncio.CancelledError:  # only a torn-down loop cancels a supervisor
+            self._request_stop(run, Stop.SHUTDOWN)
+            await settle(asyncio.wait({run.pipeline}))
+            raise
+        finally:
+            renewer.cancel()
+            await settle(asyncio.wait({renewer}))
+            await settle(self._finish(run, self._outcome(run)))
+
+    def _outcome(self, run: Running) -> Outcome:
+        pipeline = run.pipeline
+        if not pipeline.done():
+            return STOP_OUTCOMES[run.stop or Stop.SHUTDOWN]
+        error = None if pipeline.cancelled() else pipeline.exception()
+        if not pipeline.cancelled() and error is None:
+            if run.stop is Stop.LEASE_LOST:
+                return STOP_OUTCOMES[Stop.LEASE_LOST]
+            return Outcome(JobStatus.COMPLETED, "done")
+        if run.stop is not None:
+            return STOP_OUTCOMES[run.stop]
+        match error:
+            case None:  # cancelled by nobody we know of: treat as an interruption
+                return REQUEUED
+            case Requeue():
+                return Outcome(JobStatus.QUEUED, str(error))
+            case JobFailed():
+                return Outcome(JobStatus.FAILED, str(error), error.code)
+            case OptionError():
+                return Outcome(JobStatus.FAILED, f"invalid setting {error.field}: {error}", "bad_settings")
+            case PoolClosed():
+                return REQUEUED
+        log.error("job %s failed", run.job.id, exc_info=error)
+        return Outcome(JobStatus.FAILED, f"internal error: {type(error).__name__}: {error}", "internal")
+
+    async def _finish(self, run: Running, outcome: Outcome) -> None:
+        """Commit the final state (if the job is still this run's), then tell subscribers."""
+        if outcome.status is None:
+            return
+        ctx, job_id, status = self.ctx, run.job.id, outcome.status
+        completed = status is JobStatus.COMPLETED
+        try:
+            job = await ctx.store.set_status(
+                job_id, status, outcome.message, expect=(JobStatus.PROCESSING,), claim=run.job.claim,
+                error_code=outcome.code, error=outcome.message if status is JobStatus.FAILED else None,
+                phase="srt" if completed else None, percent=100.0 if completed else None,
+            )
         except Exception:
             log.exception("job %s: could not record its final state %s", job_id, status)
+            return
+        if job is None:
+            log.info("job %s: not this run's any more (deleted or taken over); %s not recorded",
+                     job_id, status)
+            return
+        if completed:
+            ctx.publish(job_id, "progress", {
+                "phase": "srt", "percent": 100.0, "message": "done",
+                "processed": job.processed, "total": job.total,
+            })
+            ctx.publish(job_id, "signal", {"code": "job_complete", "message": "subtitles ready"})
+        elif status is JobStatus.FAILED:
+            ctx.publish(job_id, "error", {"code": outcome.code or "failed", "message": outcome.message})
+        elif status in (JobStatus.PAUSED, JobStatus.CANCELED):
+            ctx.publish(job_id, "signal", {"code": status, "message": f"job {status}"})
+        else:
+            ctx.publish(job_id, "signal", {"code": "requeued", "message": outcome.message})
 
 
 def is_final(status: str) -> bool:

@@ -22,13 +22,15 @@ from .manager import ModelManager
 from .options import conflicts, parse_options
 from .pipeline import JobContext, remove_job_files
 from .pool import RunnerPool
-from .scheduler import Scheduler, is_final
-from .store import Job, Store
+from .scheduler import Scheduler, Stop
+from .store import FINAL, Job, JobStatus, Store
 
 log = logging.getLogger("vsrt.service")
 
 #: Signals after which a job's event stream has nothing more to say.
 FINAL_SIGNALS = frozenset({"job_complete", "paused", "canceled"})
+#: How often a control request looks again at a job whose state changed under it.
+CONTROL_ATTEMPTS = 5
 
 
 class ServiceError(Exception):
@@ -201,28 +203,51 @@ class Service:
         return await self.get(job_id)
 
     async def pause(self, job_id: str) -> Job:
-        job = await self.get(job_id)
-        if job.status == "processing":
-            if not await self.scheduler.stop(job_id, "paused"):
-                raise ServiceError(409, "not_here", "the job is running in another process")
-        elif job.status == "queued":
-            await self.store.set_status(job_id, "paused", "paused")
-            self.ctx.publish(job_id, "signal", {"code": "paused", "message": "job paused"})
-        elif job.status != "paused":
-            raise ServiceError(409, "not_running", f"a {job.status} job cannot be paused")
-        return await self.get(job_id)
+        """Pause a queued or running job (a paused one stays paused)."""
+        return await self._stop(job_id, Stop.PAUSED)
 
     async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued, paused or running job; a later cancel wins over a pause."""
+        return await self._stop(job_id, Stop.CANCELED)
+
+    async def _stop(self, job_id: str, reason: Stop) -> Job:
+        """Move the job to the stop's state, or refuse with 409 saying which state won.
+
+        Every change is a compare-and-set, so a request that loses a race to a claim, another
+        stop or the job's end looks again instead of answering for a state the job is not in.
+        """
+        target = JobStatus.PAUSED if reason is Stop.PAUSED else JobStatus.CANCELED
+        from_states = (JobStatus.QUEUED,) if reason is Stop.PAUSED else (JobStatus.QUEUED, JobStatus.PAUSED)
+        for _ in range(CONTROL_ATTEMPTS):
+            job = await self.get(job_id)
+            if job.status == target:
+                return job
+            if job.status == JobStatus.PROCESSING:
+                took = await self.scheduler.stop(job_id, reason)
+                if took is None:
+                    await self._refuse_if_elsewhere(job_id)
+                    continue  # it ended meanwhile: look again
+                job = await self.get(job_id)
+                if took is not reason or job.status != target:
+                    raise ServiceError(409, "conflict", f"the job was {job.status} instead "
+                                       f"(a stronger request or the job's end came first)")
+                return job
+            if job.status in from_states:
+                done = await self.store.set_status(job_id, target, target, expect=(JobStatus(job.status),))
+                if done is None:
+                    continue
+                self.ctx.publish(job_id, "signal", {"code": target, "message": f"job {target}"})
+                return done
+            if job.status in FINAL:
+                raise ServiceError(409, "finished", f"the job is already {job.status}")
+            raise ServiceError(409, "not_running", f"a {job.status} job cannot be {target}")
+        raise ServiceError(409, "busy", "the job kept changing state; try again")
+
+    async def _refuse_if_elsewhere(self, job_id: str) -> None:
+        """409 when another process runs the job (only it can stop it)."""
         job = await self.get(job_id)
-        if is_final(job.status):
-            raise ServiceError(409, "finished", f"the job is already {job.status}")
-        if job.status == "processing":
-            if not await self.scheduler.stop(job_id, "canceled"):
-                raise ServiceError(409, "not_here", "the job is running in another process")
-        else:
-            await self.store.set_status(job_id, "canceled", "canceled")
-            self.ctx.publish(job_id, "signal", {"code": "canceled", "message": "job canceled"})
-        return await self.get(job_id)
+        if job.status == JobStatus.PROCESSING and job.lease_owner != self.scheduler.owner:
+            raise ServiceError(409, "not_here", "the job is running in another process")
 
     def resume_conflicts(self, job: Job, settings: dict[str, Any] | None) -> list[dict[str, Any]]:
         options = parse_options(settings, self.settings, base=job.settings)
@@ -234,26 +259,34 @@ class Service:
         """Queue the job again. Locked settings are forced back to the checkpoint's unless
         `restart`, which throws the checkpoint away and starts over with the new settings."""
         job = await self.get(job_id)
-        if job.status == "processing":
+        if job.status == JobStatus.PROCESSING:
             raise ServiceError(409, "running", "the job is already running")
-        options = parse_options(settings, self.settings, base=job.settings)
-        values = options.to_dict()
-        if restart:
-            await self.store.reset_job(job_id)
-            await asyncio.to_thread(remove_job_files, self.ctx.job_dir(job_id))
-        elif job.checkpoint_settings:
+        values = parse_options(settings, self.settings, base=job.settings).to_dict()
+        if not restart and job.checkpoint_settings:
             values.update({k: v for k, v in job.checkpoint_settings.items() if k in values})
-        await self.store.update_settings(job_id, values)
-        job = await self.store.set_status(job_id, "queued", "queued", reset_attempts=True)
+        queued = await self.store.requeue(job_id, values, restart=restart)
+        if queued is None:
+            await self.get(job_id)  # 404 when it was deleted meanwhile
+            raise ServiceError(409, "running", "the job is already running")
         self.scheduler.wake()
-        return job
+        return queued
 
     async def delete(self, job_id: str) -> None:
-        job = await self.get(job_id)
-        if job.status == "processing":
-            await self.scheduler.stop(job_id, "canceled")
-        await self.store.delete_job(job_id)
+        """Delete the job, its files and its upload; a running job is canceled first."""
+        for _ in range(CONTROL_ATTEMPTS):
+            job = await self.get(job_id)
+            if job.status == JobStatus.PROCESSING:
+                if await self.scheduler.stop(job_id, Stop.CANCELED) is None:
+                    await self._refuse_if_elsewhere(job_id)
+                continue
+            if await self.store.delete_job(job_id):
+                break
+        else:
+            raise ServiceError(409, "busy", "the job kept changing state; try again")
         await asyncio.to_thread(remove_job_files, self.ctx.job_dir(job_id))
+        upload = self.ctx.input_file(job)
+        if upload.is_relative_to(self.settings.uploads_dir):
+            await asyncio.to_thread(upload.unlink, missing_ok=True)
         self.broker.drop_channel(f"job:{job_id}")
 
     # --- results -------------------------------------------------------------------------

@@ -2,7 +2,11 @@
 
 One writer connection serialised by a lock, every write transaction `BEGIN IMMEDIATE` (a
 deferred read-then-write transaction fails with SQLITE_BUSY whatever the timeout), and a
-separate reader connection so status reads never queue behind a write.
+separate reader connection so status reads never queue behind a write. Commits are synchronous
+(`synchronous=FULL`): a write the API acknowledged survives a power loss.
+
+Status changes are compare-and-set: each names the statuses it may leave (and, for the
+scheduler, its claim), so a request that lost a race changes nothing and learns so.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import uuid
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+from .aio import settle
 from .protocol import AlignedSegment
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -87,11 +93,29 @@ CREATE TABLE IF NOT EXISTS models (
 );
 """
 
-#: version -> the script that brings the schema from version-1 to it.
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2}
+# Each claim of a job gets its own token: a lease, a renewal and a final state belong to one
+# claim, so a run that lost its job can neither renew nor overwrite the next run's state.
+SCHEMA_V3 = """
+ALTER TABLE jobs ADD COLUMN claim TEXT;
+"""
 
-STATUSES = ("queued", "processing", "paused", "completed", "failed", "canceled")
-FINAL = ("completed", "failed", "canceled")
+#: version -> the script that brings the schema from version-1 to it.
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+STATUSES = tuple(JobStatus)
+FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
+#: What a job may be re-queued from (`start`/resume); a processing job never is.
+RESUMABLE = (JobStatus.QUEUED, JobStatus.PAUSED, *FINAL)
 
 
 class StoreError(Exception):
@@ -121,6 +145,7 @@ class Job:
     lease_owner: str | None
     lease_expires: float | None
     attempts: int
+    claim: str | None
 
     def status_dict(self) -> dict[str, Any]:
         """The `GET /api/status` shape."""
@@ -150,7 +175,7 @@ class Segment:
 _JOB_COLUMNS = (
     "id, created_at, updated_at, status, phase, percent, message, processed, total, error_code,"
     " error, source_name, input_path, settings, checkpoint_settings, language, duration,"
-    " alignment, lease_owner, lease_expires, attempts"
+    " alignment, lease_owner, lease_expires, attempts, claim"
 )
 
 
@@ -186,15 +211,18 @@ class Store:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction. Whatever interrupts it, the connection leaves it: a cancelled
+        `BEGIN` still runs in aiosqlite's thread, and the rollback queued behind it ends it."""
         async with self._lock:
-            await self._w.execute("BEGIN IMMEDIATE")
+            committed = False
             try:
+                await self._w.execute("BEGIN IMMEDIATE")
                 yield self._w
-            except BaseException:
-                await asyncio.shield(self._w.rollback())
-                raise
-            else:
-                await asyncio.shield(self._w.commit())
+                await settle(self._w.commit())
+                committed = True
+            finally:
+                if not committed:
+                    await settle(self._w.rollback())  # a no-op outside a transaction
 
     # --- jobs --------------------------------------------------------------------------
 
@@ -239,39 +267,46 @@ class Store:
         return int(row[0]) if row else 0
 
     async def claim_next(
-        self, owner: str, lease_seconds: float, only: Collection[str] | None = None
+        self,
+        owner: str,
+        lease_seconds: float,
+        only: Collection[str] | None = None,
+        exclude: Collection[str] = (),
     ) -> Job | None:
-        """Take the oldest queued job, or a processing one whose owner's lease ran out."""
+        """Take the oldest queued job, or a processing one whose owner's lease ran out, under a
+        new claim token (`Job.claim`). `exclude`: jobs the caller still runs itself."""
         now = time.time()
         if only is not None and not only:
             return None
         among = f" AND id IN ({','.join('?' * len(only))})" if only else ""
+        besides = f" AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+        claim = uuid.uuid4().hex
         async with self._write() as db:
             async with db.execute(
                 "SELECT id FROM jobs WHERE (status = 'queued'"
                 " OR (status = 'processing' AND (lease_expires IS NULL OR lease_expires < ?)))"
-                f"{among} ORDER BY created_at, id LIMIT 1",
-                (now, *(only or ())),
+                f"{among}{besides} ORDER BY created_at, id LIMIT 1",
+                (now, *(only or ()), *exclude),
             ) as cur:
                 row = await cur.fetchone()
             if row is None:
                 return None
             await db.execute(
                 "UPDATE jobs SET status = 'processing', lease_owner = ?, lease_expires = ?,"
-                " attempts = attempts + 1, updated_at = ?, error = NULL, error_code = NULL"
-                " WHERE id = ?",
-                (owner, now + lease_seconds, now, row[0]),
+                " claim = ?, attempts = attempts + 1, updated_at = ?, error = NULL,"
+                " error_code = NULL WHERE id = ?",
+                (owner, now + lease_seconds, claim, now, row[0]),
             )
             await _transition(db, row[0], now, "processing", "claimed", f"claimed by {owner}")
         return await self.get_job(row[0])
 
-    async def renew_lease(self, job_id: str, owner: str, lease_seconds: float) -> bool:
-        """False when someone else owns the job now (we must stop working on it)."""
+    async def renew_lease(self, job_id: str, claim: str, lease_seconds: float) -> bool:
+        """False when the claim is no longer the job's (the run must stop working on it)."""
         async with self._write() as db:
             cur = await db.execute(
-                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND lease_owner = ?"
+                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND claim = ?"
                 " AND status = 'processing'",
-                (time.time() + lease_seconds, job_id, owner),
+                (time.time() + lease_seconds, job_id, claim),
             )
             return cur.rowcount == 1
 
@@ -284,19 +319,23 @@ class Store:
         message: str,
         processed: int | None = None,
         total: int | None = None,
+        claim: str | None = None,
     ) -> Job:
-        """Record progress; percent never goes down."""
+        """Record progress; percent never goes down. With `claim`, only while the job is still
+        that claim's (a run that lost its job changes nothing; StoreError tells it)."""
         now = time.time()
         async with self._write() as db:
-            async with db.execute("SELECT phase FROM jobs WHERE id = ?", (job_id,)) as cur:
+            async with db.execute("SELECT phase, claim FROM jobs WHERE id = ?", (job_id,)) as cur:
                 row = await cur.fetchone()
+            if row is None or (claim is not None and row[1] != claim):
+                raise StoreError(f"job {job_id} is not this run's any more")
             await db.execute(
                 "UPDATE jobs SET phase = ?, percent = max(percent, ?), message = ?,"
                 " processed = coalesce(?, processed), total = coalesce(?, total), updated_at = ?"
                 " WHERE id = ?",
                 (phase, percent, message, processed, total, now, job_id),
             )
-            if row is not None and row[0] != phase:
+            if row[0] != phase:
                 await _transition(db, job_id, now, "processing", phase, message)
         job = await self.get_job(job_id)
         assert job is not None
@@ -305,60 +344,70 @@ class Store:
     async def set_status(
         self,
         job_id: str,
-        status: str,
+        status: JobStatus,
         message: str,
         *,
+        expect: Collection[JobStatus],
+        claim: str | None = None,
+        lease_owner: str | None = None,
         error_code: str | None = None,
         error: str | None = None,
         phase: str | None = None,
         percent: float | None = None,
-        reset_attempts: bool = False,
-    ) -> Job:
-        """Move a job to a new status and release its lease."""
+    ) -> Job | None:
+        """Move a job to `status` and release its lease, only if its status is one of `expect`
+        (and, when given, its claim is `claim` and its lease holder `lease_owner`): a
+        compare-and-set. None when the job was not in such a state (or is gone)."""
         if status not in STATUSES:
             raise StoreError(f"unknown status {status!r}")
         now = time.time()
         async with self._write() as db:
+            if not await _cas(db, job_id, expect, claim, lease_owner):
+                return None
             await db.execute(
                 "UPDATE jobs SET status = ?, message = ?, error_code = ?, error = ?,"
                 " phase = coalesce(?, phase), percent = max(percent, coalesce(?, 0)),"
-                " lease_owner = NULL, lease_expires = NULL, updated_at = ?,"
-                " attempts = CASE WHEN ? THEN 0 ELSE attempts END WHERE id = ?",
-                (status, message, error_code, error, phase, percent, now, reset_attempts, job_id),
+                " lease_owner = NULL, lease_expires = NULL, claim = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (status, message, error_code, error, phase, percent, now, job_id),
             )
-            async with db.execute("SELECT phase FROM jobs WHERE id = ?", (job_id,)) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                raise StoreError(f"no job {job_id}")
-            await _transition(db, job_id, now, status, row[0], message)
-        job = await self.get_job(job_id)
-        assert job is not None
-        return job
+            await _transition(db, job_id, now, status, await _phase(db, job_id), message)
+        return await self.get_job(job_id)
 
-    async def update_settings(self, job_id: str, settings: dict[str, Any]) -> None:
+    async def requeue(self, job_id: str, settings: dict[str, Any], *, restart: bool) -> Job | None:
+        """Queue a job that is not running, with these settings; `restart` forgets every
+        result first. One transaction: None (and nothing changed) if the job runs meanwhile."""
+        now = time.time()
         async with self._write() as db:
+            if not await _cas(db, job_id, RESUMABLE, None, None):
+                return None
+            if restart:
+                await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
+                await db.execute(
+                    "UPDATE jobs SET checkpoint_settings = NULL, language = NULL, alignment = NULL,"
+                    " result = NULL, percent = 0, phase = 'queued', processed = 0, total = 0,"
+                    " duration = NULL WHERE id = ?",
+                    (job_id,),
+                )
             await db.execute(
-                "UPDATE jobs SET settings = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(settings), time.time(), job_id),
+                "UPDATE jobs SET status = 'queued', message = 'queued', settings = ?, error = NULL,"
+                " error_code = NULL, attempts = 0, updated_at = ? WHERE id = ?",
+                (json.dumps(settings), now, job_id),
             )
-
-    async def reset_job(self, job_id: str) -> None:
-        """Forget every result so the job runs from scratch (settings may have changed)."""
-        async with self._write() as db:
-            await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
-            await db.execute(
-                "UPDATE jobs SET checkpoint_settings = NULL, language = NULL, alignment = NULL,"
-                " result = NULL, percent = 0, phase = 'queued', processed = 0, total = 0,"
-                " duration = NULL, attempts = 0, updated_at = ? WHERE id = ?",
-                (time.time(), job_id),
-            )
+            await _transition(db, job_id, now, JobStatus.QUEUED, await _phase(db, job_id), "queued")
+        return await self.get_job(job_id)
 
     async def delete_job(self, job_id: str) -> bool:
+        """Delete a job that is not running; False if it is gone or runs (stop it first)."""
         async with self._write() as db:
+            cur = await db.execute(
+                "DELETE FROM jobs WHERE id = ? AND status != 'processing'", (job_id,)
+            )
+            if cur.rowcount != 1:
+                return False
             await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
             await db.execute("DELETE FROM transitions WHERE job_id = ?", (job_id,))
-            cur = await db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            return cur.rowcount == 1
+            return True
 
     async def transitions(self, job_id: str) -> list[dict[str, Any]]:
         async with self._r.execute(
@@ -496,16 +545,18 @@ class Store:
                  keep_manifest),
             )
 
-    async def interrupted_jobs(self) -> list[str]:
-        async with self._r.execute("SELECT id FROM jobs WHERE status = 'processing'") as cur:
-            return [r[0] for r in await cur.fetchall()]
+    async def interrupted_jobs(self) -> list[Job]:
+        async with self._r.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'processing'"
+        ) as cur:
+            return [_job(r) for r in await cur.fetchall()]
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
         await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA synchronous = FULL")
         await db.execute("PRAGMA busy_timeout = 10000")
         await db.execute("PRAGMA foreign_keys = ON")
     except BaseException:
@@ -527,6 +578,31 @@ async def _migrate(db: aiosqlite.Connection) -> None:
     # One script, one transaction; IF NOT EXISTS makes a concurrent first start harmless.
     steps = " ".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
     await db.executescript(f"BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+
+
+async def _cas(
+    db: aiosqlite.Connection,
+    job_id: str,
+    expect: Collection[str],
+    claim: str | None,
+    lease_owner: str | None,
+) -> bool:
+    """Whether the job is in one of the `expect` statuses (and holds `claim`/`lease_owner`
+    when given); inside a `BEGIN IMMEDIATE` transaction, so nobody changes it before we do."""
+    async with db.execute("SELECT status, claim, lease_owner FROM jobs WHERE id = ?", (job_id,)) as cur:
+        row = await cur.fetchone()
+    return (
+        row is not None
+        and row[0] in expect
+        and (claim is None or row[1] == claim)
+        and (lease_owner is None or row[2] == lease_owner)
+    )
+
+
+async def _phase(db: aiosqlite.Connection, job_id: str) -> str:
+    async with db.execute("SELECT phase FROM jobs WHERE id = ?", (job_id,)) as cur:
+        row = await cur.fetchone()
+    return str(row[0]) if row else ""
 
 
 async def _transition(
