@@ -125,16 +125,17 @@ class JobRun:
     # --- phases --------------------------------------------------------------------------
 
     async def extract(self) -> None:
-        if self.audio.is_file():
+        src = self.ctx.input_file(self.job)
+        limits = self.ctx.settings.media
+        if await asyncio.to_thread(self.audio.is_file):
             return
         await self.progress("extract", 0, "extracting audio")
-        src = self.ctx.input_file(self.job)
 
         async def on_progress(fraction: float) -> None:
             await self.progress("extract", fraction, "extracting audio")
 
         try:
-            await extract_audio(src, self.audio, on_progress, name=self.job.source_name)
+            await extract_audio(src, self.audio, on_progress, name=self.job.source_name, limits=limits)
         except MediaError as exc:
             raise JobFailed(exc.code, str(exc)) from None
         await self.progress("extract", 1, "audio extracted")
