@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import SettingsFactory
+from tests.conftest import ServiceFactory, SettingsFactory
 from tests.http_helpers import open_stream, post_upload, upload
 from tests.media import (
     LONG_SENTENCES,
@@ -37,7 +37,8 @@ from tests.media import (
 from tests.procs import tool_pids
 from vsrt_service.app import create_app
 from vsrt_service.config import Settings
-from vsrt_service.media import MediaError
+from vsrt_service.formats import parse_srt
+from vsrt_service.media import MediaError, extract_audio
 from vsrt_service.uploads import display_name
 
 #: How long a refusal may take: probing is a fraction of a second; this is generous.
@@ -307,3 +308,32 @@ async def test_a_hung_probe_is_killed_at_its_timeout(tmp_path: Path) -> None:
     assert info.value.code == "media_timeout"
     assert "stalled.mp4" in str(info.value) and str(tmp_path) not in str(info.value)
     assert not await asyncio.to_thread(tool_pids, "ffprobe", str(fifo))
+
+
+# --- item 10b: a truncated audio.wav is not trusted on resume -------------------------------
+
+
+@pytest.mark.slow
+async def test_truncated_audio_is_extracted_again_on_resume(
+    make_service: ServiceFactory, speech: Speech, tmp_path: Path
+) -> None:
+    svc = await make_service()
+    job = await svc.submit(speech.path, start=False)
+    # The job folder as an interrupted extraction or a full disk leaves it: an audio.wav whose
+    # header promises the whole file, with only its first third on disk.
+    whole = tmp_path / "whole.wav"
+    await extract_audio(speech.path, whole)
+    job_dir = svc.ctx.job_dir(job.id)
+    await asyncio.to_thread(job_dir.mkdir, parents=True)
+    data = await asyncio.to_thread(whole.read_bytes)
+    await asyncio.to_thread((job_dir / "audio.wav").write_bytes, data[: len(data) // 3])
+
+    await svc.resume(job.id)
+    done = await svc.wait(job.id)
+    assert done.status == "completed", done.error
+    srt = await svc.subtitles(job.id, "srt")
+    text = " ".join(c.text.replace("\n", " ") for c in parse_srt(srt))
+    assert word_error_rate(speech.text, text) < 0.25, text
+    cues = parse_srt(srt)
+    assert cues[-1].end >= speech.sentences[-1].start, "the end of the speech is missing"
+
