@@ -13,14 +13,21 @@ from aiohttp.test_utils import TestClient
 from tests.sse_client import SseEvent, SseReader
 
 
-async def upload(client: TestClient[Any, Any], path: Path, settings: dict[str, Any] | None = None,
-                 name: str | None = None, start: bool = True) -> dict[str, Any]:
+async def post_upload(client: TestClient[Any, Any], path: Path,
+                      settings: dict[str, Any] | None = None, name: str | None = None,
+                      start: bool = True) -> aiohttp.ClientResponse:
+    """POST /api/jobs with `path` as the `file` part; the response, whatever its status."""
     form = aiohttp.FormData()
     if settings is not None:
         form.add_field("settings", json.dumps(settings), content_type="application/json")
     form.add_field("file", await asyncio.to_thread(path.read_bytes), filename=name or path.name,
                    content_type="application/octet-stream")
-    resp = await client.post(f"/api/jobs?start={'true' if start else 'false'}", data=form)
+    return await client.post(f"/api/jobs?start={'true' if start else 'false'}", data=form)
+
+
+async def upload(client: TestClient[Any, Any], path: Path, settings: dict[str, Any] | None = None,
+                 name: str | None = None, start: bool = True) -> dict[str, Any]:
+    resp = await post_upload(client, path, settings, name, start)
     body = await resp.json()
     assert resp.status == 201, body
     return body

@@ -12,13 +12,16 @@ Needs the ``espeak-ng``, ``ffmpeg`` and ``ffprobe`` executables.
 from __future__ import annotations
 
 import array
+import errno
 import json
+import os
 import random
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import wave
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,8 +34,12 @@ __all__ = [
     "LONG_SENTENCES",
     "Sentence",
     "Speech",
+    "Tripwire",
     "ffprobe",
+    "fifo_tripwire",
     "make_corrupt_media",
+    "make_ffconcat",
+    "make_hls_playlist",
     "make_long_speech",
     "make_silent_video",
     "make_speech",
@@ -119,6 +126,7 @@ _AUDIO_CODECS: dict[str, list[str]] = {
     ".opus": ["-c:a", "libopus", "-b:a", "32k"],
     ".webm": ["-c:a", "libopus", "-b:a", "32k"],
     ".mka": ["-c:a", "flac"],
+    ".ts": ["-c:a", "aac", "-aac_coder", "fast", "-b:a", "64k"],  # MPEG-TS, as HLS segments are
 }
 
 
@@ -416,6 +424,87 @@ def make_text_file(out: Path) -> Path:
         encoding="utf-8",
     )
     return out
+
+
+# --------------------------------------------------------------------------- hostile media
+
+
+def make_hls_playlist(out: Path, segment: str | Path, *, endlist: bool = True,
+                      seconds: float = 40.0) -> Path:
+    """An HLS playlist (text, whatever ``out``'s extension) naming ``segment``, a path or
+    URL. Without ``endlist`` it is a live playlist, which a reader reloads forever."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["#EXTM3U", f"#EXT-X-TARGETDURATION:{round(seconds)}", f"#EXTINF:{seconds:.1f},",
+             str(segment)]
+    out.write_text("\n".join([*lines, *(["#EXT-X-ENDLIST"] if endlist else [])]) + "\n",
+                   encoding="utf-8")
+    return out
+
+
+def make_ffconcat(out: Path, *targets: str | Path) -> Path:
+    """An ``ffconcat version 1.0`` list of ``targets`` (ffmpeg's concat demuxer detects it)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = "".join(f"file {t}\n" for t in targets)
+    out.write_text(f"ffconcat version 1.0\n{body}", encoding="utf-8")
+    return out
+
+
+class Tripwire:
+    """A FIFO that records whether any process ever opened it for reading.
+
+    A thread keeps trying ``open(O_WRONLY | O_NONBLOCK)``: that fails with ENXIO while
+    no reader has the FIFO open and succeeds the moment one does (a reader blocked in
+    ``open`` included), so not even a brief read goes unseen. The reader then sees EOF.
+    """
+
+    def __init__(self, path: Path, every: float = 0.005) -> None:
+        self.path = Path(path)
+        self.every = every
+        self.opened = threading.Event()
+        self.error: OSError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"tripwire {self.path.name}",
+                                        daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    self.error = exc
+                    return
+            else:
+                self.opened.set()
+                os.close(fd)
+            self._stop.wait(self.every)
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(self.path)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+@contextmanager
+def fifo_tripwire(path: Path) -> Iterator[Tripwire]:
+    """A watched FIFO at ``path``, created here and removed after the block."""
+    wire = Tripwire(path)
+    wire.start()
+    try:
+        yield wire
+    finally:
+        try:
+            wire.stop()
+        finally:
+            wire.path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- WER

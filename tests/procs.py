@@ -28,3 +28,23 @@ def runner_option(pid: int, option: str) -> str:
     """The value a running runner was given for a command-line option."""
     args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     return args[args.index(option.encode()) + 1].decode()
+
+
+def tool_pids(tool: str, mentioning: str, parent: int | None = None) -> list[int]:
+    """Live `tool` processes (ffmpeg, ffprobe) of `parent` (default: this process) whose
+    command line mentions `mentioning` (a job id, a file name)."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, ppid = fields[0], int(fields[1])
+        if (state != "Z" and ppid == parent and Path(args[0].decode(errors="replace")).name == tool
+                and any(mentioning.encode() in a for a in args)):
+            found.append(int(entry.name))
+    return found

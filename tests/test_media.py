@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import itertools
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 from tests.media import (
     DEFAULT_SENTENCES,
+    LONG_SENTENCES,
     Speech,
     ffprobe,
     make_corrupt_media,
@@ -23,6 +25,7 @@ from tests.media import (
     normalize_text,
     word_error_rate,
 )
+from vsrt_service.media import ALLOWED_FORMATS, MediaInfo, audio_is_complete, extract_audio, wav_seconds
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -209,3 +212,53 @@ def test_tiny_wav2vec2_aligns_with_offline_punkt(tmp_path: Path) -> None:
     assert [w["word"] for w in words] == speech.text.split()
     for w in words:
         assert 0.0 <= w["start"] <= w["end"] <= speech.duration
+
+
+# --- vsrt_service.media on ordinary files -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "video", "demuxer"),
+    [
+        ("talk.mp4", True, "mov"),
+        ("talk.mkv", True, "matroska"),
+        ("talk.wav", False, "wav"),
+        ("talk.mp3", False, "mp3"),
+        ("talk.ogg", False, "ogg"),
+        ("talk.opus", False, "ogg"),
+        ("talk.flac", False, "flac"),
+        ("talk.m4a", False, "mov"),
+        ("talk.webm", False, "matroska"),
+        ("talk.ts", False, "mpegts"),
+    ],
+)
+async def test_ordinary_media_still_extracts(
+    tmp_path: Path, name: str, video: bool, demuxer: str
+) -> None:
+    # A folder whose name ffmpeg would otherwise read as a protocol and a sequence pattern.
+    folder = tmp_path / "odd: name %03d"
+    speech = await asyncio.to_thread(make_speech, folder / name, LONG_SENTENCES[:1], video=video,
+                                     lead=0.3)
+    out = folder / "audio.wav"
+    info = await extract_audio(speech.path, out)
+    assert info.has_audio and info.demuxer == demuxer and demuxer in ALLOWED_FORMATS
+    seconds = await asyncio.to_thread(wav_seconds, out)
+    assert seconds == pytest.approx(speech.duration, abs=0.15)
+    assert audio_is_complete(seconds, info)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([name, "audio.wav"])
+
+
+def test_wav_seconds_counts_what_is_on_disk(tmp_path: Path) -> None:
+    """A truncated WAV keeps the header of the whole file: only the bytes on disk count."""
+    wav = make_speech(tmp_path / "s.wav", DEFAULT_SENTENCES[:2], video=False).path
+    whole = wav_seconds(wav)
+    assert whole is not None and whole == pytest.approx(media_duration(wav), abs=0.01)
+    data = wav.read_bytes()
+    wav.write_bytes(data[: len(data) // 2])
+    half = wav_seconds(wav)
+    assert half is not None and half == pytest.approx(whole / 2, abs=0.05)
+    info = MediaInfo(duration=whole + 0.5, has_audio=True, format_name="wav")
+    assert audio_is_complete(whole, info) and not audio_is_complete(half, info)
+    wav.write_bytes(b"RIFF")
+    assert wav_seconds(wav) is None and not audio_is_complete(None, info)
+    assert wav_seconds(tmp_path / "missing.wav") is None

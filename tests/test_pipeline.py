@@ -23,7 +23,7 @@ from tests.media import (
     word_error_rate,
 )
 from vsrt_service.formats import parse_srt
-from vsrt_service.service import Service
+from vsrt_service.service import Service, ServiceError
 
 pytestmark = pytest.mark.slow
 
@@ -108,22 +108,21 @@ async def test_wav2vec2_alignment_from_local_model_unless_align_is_off(
     ("maker", "code", "words"),
     [
         (make_video_without_audio, "no_audio", "no audio stream"),
-        (make_corrupt_media, "unsupported_media", "not a readable"),
-        (make_text_file, "unsupported_media", "not"),
+        (make_corrupt_media, "not_media", "not a readable"),
+        (make_text_file, "not_media", "not"),
     ],
 )
-async def test_bad_input_fails_clearly(
+async def test_bad_input_is_refused_clearly(
     make_service: ServiceFactory, tmp_path: Path, maker, code: str, words: str, speech: Speech
 ) -> None:
     svc = await make_service()
-    bad = maker(tmp_path / "bad.mp4")
+    bad = await asyncio.to_thread(maker, tmp_path / "bad.mp4")
     good = await svc.submit(speech.path)
-    job = await svc.submit(bad)
-    failed = await svc.wait(job.id)
-    assert failed.status == "failed"
-    assert failed.error_code == code
-    assert words in (failed.error or ""), failed.error
-    assert "bad.mp4" in (failed.error or "")
+    with pytest.raises(ServiceError) as refused:  # before a job exists
+        await svc.submit(bad)
+    assert refused.value.code == code and refused.value.field == "path"
+    assert words in str(refused.value)
+    assert "bad.mp4" in str(refused.value) and str(tmp_path) not in str(refused.value)
     # The bad file costs nothing else: the other job completes.
     assert (await svc.wait(good.id)).status == "completed"
 

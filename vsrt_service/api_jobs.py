@@ -11,8 +11,6 @@ from aiohttp import web
 from . import sse
 from .appkeys import SERVICE, SETTINGS, STREAMS
 from .formats import MEDIA_TYPES
-from .media import MediaError, probe
-from .options import parse_options
 from .service import Service, ServiceError
 from .store import Job
 from .uploads import receive
@@ -70,14 +68,9 @@ async def create_job(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     if request.content_type == "multipart/form-data":
         upload = await receive(request, svc.settings.uploads_dir, svc.settings.server.max_upload_mb << 20)
-        try:
-            parse_options(upload.settings, svc.settings)  # a bad setting is named first
-            try:  # refuse what is not media now, not minutes later in the job
-                await probe(upload.path, upload.name)
-            except MediaError as exc:
-                raise ServiceError(400, "not_media", str(exc), "file") from None
+        try:  # submit names a bad setting first, then refuses what is not media
             job = await svc.submit(upload.path, upload.settings, source_name=upload.name,
-                                   start=upload.start)
+                                   start=upload.start, field="file")
         except BaseException:
             await asyncio.to_thread(upload.path.unlink, missing_ok=True)
             raise

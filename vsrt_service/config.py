@@ -60,6 +60,13 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class MediaSettings:
+    probe_timeout: float = 30.0
+    extract_timeout: float = 120.0
+    extract_timeout_factor: float = 0.5
+
+
+@dataclass(frozen=True)
 class TranscriptionSettings:
     default_model: str = "tiny.en"
     default_language: str | None = "en"
@@ -105,6 +112,7 @@ class Settings:
     paths: PathSettings = field(default_factory=PathSettings)
     runners: RunnerSettings = field(default_factory=RunnerSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
     transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
     cues: CueSettings = field(default_factory=CueSettings)
     sse: SseSettings = field(default_factory=SseSettings)
@@ -226,6 +234,9 @@ def _validate(s: Settings) -> None:
         (s.jobs.max_attempts >= 1, "jobs.max_attempts must be at least 1"),
         (s.jobs.max_segment_crashes >= 1, "jobs.max_segment_crashes must be at least 1"),
         (s.jobs.lease_seconds >= 1, "jobs.lease_seconds must be at least 1"),
+        (s.media.probe_timeout > 0, "media.probe_timeout must be positive"),
+        (s.media.extract_timeout > 0, "media.extract_timeout must be positive"),
+        (s.media.extract_timeout_factor >= 0, "media.extract_timeout_factor must not be negative"),
         (s.transcription.batch_size >= 1, "transcription.batch_size must be at least 1"),
         (0 < s.transcription.chunk_size <= 30, "transcription.chunk_size must be in (0, 30]"),
         (s.cues.max_line_chars >= 10, "cues.max_line_chars must be at least 10"),

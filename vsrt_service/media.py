@@ -1,6 +1,14 @@
 """Audio extraction: ffmpeg-python builds the command lines, asyncio subprocesses run them.
 
 ffmpeg-python's own `run()`/`probe()` block, so only its command builder is used here.
+
+Media files are hostile until probed: an HLS playlist, a concat list or an image sequence
+pattern makes ffmpeg read *other* files or URLs (a private file's speech would come back as
+subtitles; a live playlist never ends). So ffprobe and ffmpeg both run with ffmpeg's own
+demuxer allowlist (`-format_whitelist`, ALLOWED_FORMATS) and `-protocol_whitelist file`, the
+input is named `file:<absolute path>` so nothing in a name reads as a protocol, extraction is
+told the probed demuxer with `-f`, and every run has a timeout and is killed when it ends
+early (timeout or cancellation).
 """
 
 from __future__ import annotations
@@ -9,14 +17,36 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg
 
+from .config import MediaSettings
+
 SAMPLE_RATE = 16000
+
+#: ffmpeg demuxers (their short names, as `-f` takes them) of containers that hold their
+#: media inside the file: nothing in them names another file or URL that ffmpeg would open.
+#: `mov` is MP4, MOV, M4A and 3GP (its external data references stay off, ffmpeg's default);
+#: `matroska` is MKV and WebM; `ogg` holds Vorbis, Opus and FLAC; `aac` is ADTS; `asf` is
+#: WMA and WMV; `mpeg` is MPEG-PS (VOB, MPG). Left out on purpose: playlists and lists (hls,
+#: dash, concat), image sequences (image2, *_pipe), and anything else that opens more inputs.
+ALLOWED_FORMATS: tuple[str, ...] = (
+    "mov", "matroska", "mp3", "wav", "w64", "flac", "ogg", "aac", "mpegts", "avi", "asf",
+    "amr", "aiff", "caf", "mpeg", "flv", "ac3", "eac3", "au", "wv",
+)
+_FORMAT_WHITELIST = ",".join(ALLOWED_FORMATS)
+_ACCEPTED = "MP4, MOV, M4A, MKV, WebM, MP3, WAV, FLAC, Ogg, Opus, AAC, MPEG-TS, AVI, WMA"
+
+#: What ffmpeg logs when the allowlist stops a demuxer: "[hls @ 0x55d1...] Format not on ...".
+_REFUSED_FORMAT = re.compile(r"^\[([^\s@\]]+) @ 0x[0-9a-f]+\] Format not on whitelist", re.MULTILINE)
+#: Keep at most this much of a tool's stderr (a damaged file can make ffmpeg complain a lot).
+_STDERR_TAIL = 64 * 1024
 
 
 class MediaError(Exception):
@@ -29,9 +59,20 @@ class MediaError(Exception):
 
 @dataclass(frozen=True)
 class MediaInfo:
-    duration: float
+    duration: float  # the container's, seconds (0.0 when unknown)
     has_audio: bool
-    format_name: str
+    format_name: str  # as ffprobe names the demuxer, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    audio_duration: float = 0.0  # the first audio stream's, seconds (0.0 when unknown)
+
+    @property
+    def demuxer(self) -> str:
+        """The name `-f` takes (`mov` for "mov,mp4,m4a,3gp,3g2,mj2")."""
+        return self.format_name.split(",")[0]
+
+    @property
+    def audio_seconds(self) -> float:
+        """How long the extracted audio should last: the audio stream's, else the container's."""
+        return self.audio_duration or self.duration
 
 
 def _tool(name: str) -> str:
@@ -44,82 +85,24 @@ def _tool(name: str) -> str:
     return path
 
 
-async def _run(args: list[str]) -> tuple[int, bytes, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await proc.communicate()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out, err
+def _input(path: Path) -> str:
+    """The input as a `file:` URL: a name with `:`, `|` or `%d` is only ever a name."""
+    return f"file:{path.absolute()}"
 
 
-def _last_line(stderr: bytes, path: Path) -> str:
-    """ffmpeg's last complaint, without the server path it quotes."""
-    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
-    line = lines[-1] if lines else "no details"
-    return line.replace(f"{path}: ", "").replace(str(path), "the file")
+async def run_tool(
+    args: list[str],
+    *,
+    seconds: float,
+    what: str,
+    name: str,
+    on_line: Callable[[str], Awaitable[None]] | None = None,
+) -> tuple[int, bytes, bytes]:
+    """Run ffmpeg or ffprobe for at most `seconds`: its exit code, stdout and stderr's tail.
 
-
-async def probe(path: Path, name: str | None = None) -> MediaInfo:
-    """Streams and duration, or a MediaError saying why the file is unusable.
-
-    Messages name the file as the user knows it (`name`), never by its server path.
+    `on_line` gets stdout line by line (and stdout is not kept). On timeout, cancellation or
+    any error the process is killed and reaped before this returns; a timeout is a MediaError.
     """
-    name = name or path.name
-    if not await asyncio.to_thread(path.is_file):
-        raise MediaError("not_found", f"{name}: no such file")
-    args = [
-        _tool("ffprobe"), "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path),
-    ]
-    code, out, err = await _run(args)
-    if code != 0:
-        raise MediaError(
-            "unsupported_media",
-            f"{name} is not a readable audio or video file ({_last_line(err, path)})",
-        )
-    try:
-        info = json.loads(out)
-    except ValueError:
-        raise MediaError("unsupported_media", f"{name}: ffprobe gave no usable answer") from None
-    streams = info.get("streams") or []
-    fmt = info.get("format") or {}
-    has_audio = any(s.get("codec_type") == "audio" for s in streams)
-    if not streams or fmt.get("format_name") in (None, "tty"):
-        raise MediaError("unsupported_media", f"{name} is not an audio or video file")
-    try:
-        duration = float(fmt.get("duration") or 0.0)
-    except ValueError:
-        duration = 0.0
-    return MediaInfo(duration=duration, has_audio=has_audio, format_name=str(fmt.get("format_name")))
-
-
-async def extract_audio(
-    src: Path,
-    dst: Path,
-    on_progress: Callable[[float], Awaitable[None]] | None = None,
-    name: str | None = None,
-) -> MediaInfo:
-    """16 kHz mono 16-bit WAV of the first audio stream, written atomically to `dst`."""
-    name = name or src.name
-    info = await probe(src, name)
-    if not info.has_audio:
-        raise MediaError("no_audio", f"{name} has no audio stream")
-    tmp = dst.with_name(dst.name + ".part")
-    stream = (
-        ffmpeg.input(str(src))
-        .output(str(tmp), format="wav", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None)
-        .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1")
-        .overwrite_output()
-    )
-    args = stream.compile(cmd=_tool("ffmpeg"))
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -127,25 +110,203 @@ async def extract_audio(
         stderr=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    err_task = asyncio.ensure_future(proc.stderr.read())
+    stdout, stderr = proc.stdout, proc.stderr
+    out = bytearray()
+    err = bytearray()
+
+    async def read_out() -> None:
+        if on_line is None:
+            out.extend(await stdout.read())
+            return
+        async for raw in stdout:
+            await on_line(raw.decode(errors="replace").strip())
+
+    async def read_err() -> None:
+        while chunk := await stderr.read(1 << 16):
+            err.extend(chunk)
+            del err[:-_STDERR_TAIL]
+
     try:
-        async for raw in proc.stdout:
-            key, _, value = raw.decode(errors="replace").strip().partition("=")
-            if key == "out_time_us" and on_progress and info.duration > 0 and value.isdigit():
-                await on_progress(min(1.0, int(value) / 1e6 / info.duration))
-        err = await err_task
-        code = await proc.wait()
+        async with asyncio.timeout(seconds):
+            await asyncio.gather(read_out(), read_err())
+            code = await proc.wait()
+    except TimeoutError:
+        raise MediaError(
+            "media_timeout",
+            f"{what} {name} took longer than {seconds:g} s and was stopped; "
+            "the file may be damaged or not a plain audio or video file",
+        ) from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
+    return code, bytes(out), bytes(err)
+
+
+def _last_line(stderr: bytes, path: Path) -> str:
+    """ffmpeg's last complaint, without the server path it quotes."""
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    line = lines[-1] if lines else "no details"
+    for spelling in (_input(path), str(path.absolute()), str(path)):
+        line = line.replace(f"{spelling}: ", "").replace(spelling, "the file")
+    return line
+
+
+def _refused(name: str, demuxer: str) -> MediaError:
+    return MediaError(
+        "unsupported_media",
+        f"{name} is in the {demuxer} format, not a self-contained audio or video file ({_ACCEPTED}, ...); "
+        "playlists, file lists and image sequences are refused",
+    )
+
+
+def _seconds(value: object) -> float:
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return seconds if seconds > 0 and seconds != float("inf") else 0.0
+
+
+async def probe(path: Path, name: str | None = None, limits: MediaSettings | None = None) -> MediaInfo:
+    """Streams and duration, or a MediaError saying why the file is unusable.
+
+    Only ALLOWED_FORMATS are opened at all (ffprobe follows playlists while probing, so the
+    probe is locked down as well as extraction). Messages name the file as the user knows it
+    (`name`), never by its server path.
+    """
+    name = name or path.name
+    limits = limits or MediaSettings()
+    if not await asyncio.to_thread(path.is_file):
+        raise MediaError("not_found", f"{name}: no such file")
+    args = [
+        _tool("ffprobe"), "-v", "error", "-format_whitelist", _FORMAT_WHITELIST,
+        "-protocol_whitelist", "file", "-show_entries",
+        "format=format_name,duration:stream=codec_type,duration", "-of", "json", _input(path),
+    ]
+    code, out, err = await run_tool(args, seconds=limits.probe_timeout, what="probing", name=name)
+    if code != 0:
+        refused = _REFUSED_FORMAT.search(err.decode(errors="replace"))
+        if refused:
+            raise _refused(name, refused.group(1))
+        raise MediaError(
+            "not_media", f"{name} is not a readable audio or video file ({_last_line(err, path)})"
+        )
+    try:
+        info = json.loads(out)
+    except ValueError:
+        raise MediaError("not_media", f"{name}: ffprobe gave no usable answer") from None
+    streams = info.get("streams") or []
+    fmt = info.get("format") or {}
+    format_name = str(fmt.get("format_name") or "")
+    if not streams or not format_name:
+        raise MediaError("not_media", f"{name} is not an audio or video file")
+    if format_name.split(",")[0] not in ALLOWED_FORMATS:  # the whitelist's own check, again
+        raise _refused(name, format_name.split(",")[0])
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    return MediaInfo(
+        duration=_seconds(fmt.get("duration")),
+        has_audio=bool(audio),
+        format_name=format_name,
+        audio_duration=_seconds(audio[0].get("duration")) if audio else 0.0,
+    )
+
+
+async def check_media(path: Path, name: str | None = None, limits: MediaSettings | None = None) -> MediaInfo:
+    """What a job needs before it is queued: an allowed container with an audio stream."""
+    info = await probe(path, name, limits)
+    if not info.has_audio:
+        raise MediaError("no_audio", f"{name or path.name} has no audio stream")
+    return info
+
+
+def extract_timeout(info: MediaInfo, limits: MediaSettings) -> float:
+    """Time allowed to decode: scaled to the media's length, never below the floor."""
+    return max(limits.extract_timeout, limits.extract_timeout_factor * info.duration)
+
+
+async def extract_audio(
+    src: Path,
+    dst: Path,
+    on_progress: Callable[[float], Awaitable[None]] | None = None,
+    name: str | None = None,
+    limits: MediaSettings | None = None,
+) -> MediaInfo:
+    """16 kHz mono 16-bit WAV of the first audio stream, written atomically to `dst`."""
+    name = name or src.name
+    limits = limits or MediaSettings()
+    info = await check_media(src, name, limits)
+    tmp = dst.with_name(dst.name + ".part")
+    stream = (
+        ffmpeg.input(_input(src), f=info.demuxer, format_whitelist=_FORMAT_WHITELIST,
+                     protocol_whitelist="file")
+        .output(_input(tmp), format="wav", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None)
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1")
+        .overwrite_output()
+    )
+
+    async def on_line(line: str) -> None:
+        key, _, value = line.partition("=")
+        if key == "out_time_us" and on_progress and info.duration > 0 and value.isdigit():
+            await on_progress(min(1.0, int(value) / 1e6 / info.duration))
+
+    try:
+        code, _, err = await run_tool(
+            stream.compile(cmd=_tool("ffmpeg")), seconds=extract_timeout(info, limits),
+            what="extracting the audio of", name=name, on_line=on_line,
+        )
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        err_task.cancel()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        await asyncio.to_thread(_unlink, tmp)
         raise
     if code != 0:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        await asyncio.to_thread(_unlink, tmp)
         raise MediaError("decode_failed", f"ffmpeg could not decode {name}: {_last_line(err, src)}")
-    os.replace(tmp, dst)
+    await asyncio.to_thread(os.replace, tmp, dst)
     return info
+
+
+def wav_seconds(path: Path) -> float | None:
+    """How much audio a PCM WAV really holds (blocking; run it in a thread).
+
+    Counts the bytes on disk, not the header's promise: a truncated file keeps the header of
+    the whole one. None when the file is missing or not a WAV this module would write.
+    """
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            riff = fh.read(12)
+            if riff[:4] != b"RIFF" or riff[8:] != b"WAVE":
+                return None
+            block_align = rate = 0
+            while len(head := fh.read(8)) == 8:
+                chunk, length = head[:4], struct.unpack("<I", head[4:])[0]
+                if chunk == b"fmt ":
+                    fmt = fh.read(length)
+                    if len(fmt) < 16:
+                        return None
+                    _, _, rate, _, block_align = struct.unpack("<HHIIH", fmt[:14])
+                    fh.seek(length % 2, os.SEEK_CUR)
+                elif chunk == b"data":
+                    if not rate or not block_align:
+                        return None
+                    on_disk = min(length, size - fh.tell())
+                    return max(0, on_disk) // block_align / rate
+                else:
+                    fh.seek(length + length % 2, os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
+
+
+def audio_is_complete(seconds: float | None, info: MediaInfo) -> bool:
+    """Whether extracted audio covers the source (within 1 s or 2 %, codec padding aside)."""
+    if seconds is None:
+        return False
+    expected = info.audio_seconds
+    return seconds >= expected - max(1.0, 0.02 * expected)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

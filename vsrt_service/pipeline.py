@@ -23,7 +23,7 @@ from .config import CueSettings, Settings
 from .cues import Cue, build_cues
 from .formats import FORMATS, render
 from .manager import ModelManager
-from .media import MediaError, extract_audio
+from .media import MediaError, audio_is_complete, extract_audio, probe, wav_seconds
 from .options import JobOptions, parse_options
 from .pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
 from .store import Job, Store
@@ -125,16 +125,30 @@ class JobRun:
     # --- phases --------------------------------------------------------------------------
 
     async def extract(self) -> None:
-        if self.audio.is_file():
-            return
-        await self.progress("extract", 0, "extracting audio")
         src = self.ctx.input_file(self.job)
+        limits = self.ctx.settings.media
+        if await asyncio.to_thread(self.audio.is_file):
+            # Audio from an earlier run is kept only if it covers the source: a truncated
+            # file (full disk, a copy cut short) keeps the header of the whole one.
+            seconds = await asyncio.to_thread(wav_seconds, self.audio)
+            try:
+                info = await probe(src, self.job.source_name, limits)
+            except MediaError as exc:
+                if seconds is not None:  # the source is gone or unreadable: nothing to compare
+                    log.warning("job %s: keeping audio.wav unchecked (%s)", self.job.id, exc)
+                    return
+                raise JobFailed(exc.code, str(exc)) from None
+            if audio_is_complete(seconds, info):
+                return
+            log.warning("job %s: audio.wav holds %s s of %.1f s; extracting again", self.job.id,
+                        "unreadable" if seconds is None else f"{seconds:.1f}", info.audio_seconds)
+        await self.progress("extract", 0, "extracting audio")
 
         async def on_progress(fraction: float) -> None:
             await self.progress("extract", fraction, "extracting audio")
 
         try:
-            await extract_audio(src, self.audio, on_progress, name=self.job.source_name)
+            await extract_audio(src, self.audio, on_progress, name=self.job.source_name, limits=limits)
         except MediaError as exc:
             raise JobFailed(exc.code, str(exc)) from None
         await self.progress("extract", 1, "audio extracted")

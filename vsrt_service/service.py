@@ -19,6 +19,7 @@ from .config import Settings, load_settings
 from .cues import Cue
 from .formats import FORMATS, cues_from_json, render
 from .manager import ModelManager
+from .media import MediaError, check_media
 from .options import conflicts, parse_options
 from .pipeline import JobContext, remove_job_files
 from .pool import RunnerPool
@@ -150,19 +151,30 @@ class Service:
         *,
         source_name: str | None = None,
         start: bool = True,
+        field: str = "path",
     ) -> Job:
-        """Create a job for a file on this machine; queued unless `start` is False."""
+        """Create a job for a file on this machine; queued unless `start` is False.
+
+        What is not self-contained media with sound is refused here, before a job exists,
+        whether it came as an upload (`field` "file"), a `path` job or from the CLI.
+        """
         options = parse_options(settings, self.settings)
         file = Path(path)
+        name = source_name or file.name
         if not await asyncio.to_thread(file.is_file):
-            raise ServiceError(400, "not_found", f"{file.name}: no such file", "path")
+            raise ServiceError(400, "not_found", f"{name}: no such file", field)
+        try:
+            await check_media(file, name, self.settings.media)
+        except MediaError as exc:  # a missing ffmpeg is the server's fault, not the file's
+            status = 503 if exc.code == "ffmpeg_missing" else 400
+            raise ServiceError(status, exc.code, str(exc), field) from None
         resolved = await asyncio.to_thread(file.resolve)
         try:
             stored = str(resolved.relative_to(self.settings.data_dir))
         except ValueError:
             stored = str(resolved)
         job = await self.store.create_job(
-            source_name=source_name or file.name,
+            source_name=name,
             input_path=stored,
             settings=options.to_dict(),
             status="queued" if start else "paused",
