@@ -1,0 +1,61 @@
+"""Operations: one process per data directory, durable writes, leftovers cleaned, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import SettingsFactory
+from tests.http_helpers import upload
+from tests.media import Speech
+from vsrt_service.app import create_app
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
+    async def make(**overrides: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(make_settings(**overrides)))
+
+    return make
+
+
+# --- malformed cues ------------------------------------------------------------------------
+
+
+#: A cue start as JSON text, and words the 400's message must hold.
+BAD_STARTS = [
+    ("1" + "0" * 400, "too large"),  # an integer no float can hold
+    ("1e400", "finite"),  # json reads it as Infinity
+    ("NaN", "finite"),
+    ("-Infinity", "finite"),
+    ("-0.5", "negative"),
+    ("true", "number"),
+    ('"1.5"', "number"),
+    ("null", "number"),
+    ("360001", "at most"),
+]
+
+
+async def test_malformed_cue_times_are_400_naming_the_field(
+    make_client: ClientFactory, speech: Speech
+) -> None:
+    client = await make_client()
+    job = await upload(client, speech.path, start=False)
+    url = f"/api/jobs/{job['job_id']}/subtitles"
+    kept = {"cues": [{"start": 0.5, "end": 2.0, "text": "kept"}]}
+    assert (await client.put(url, json=kept)).status == 200
+    for start, words in BAD_STARTS:
+        body = '{"cues": [{"start": ' + start + ', "end": 2.0, "text": "x"}]}'
+        resp = await client.put(url, data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == 400, (start[:20], await resp.text())
+        error = (await resp.json())["error"]
+        assert error["code"] == "bad_cues" and error["field"] == "cues"
+        assert "cues[0].start" in error["message"] and words in error["message"], error
+    # The refused edits lost nothing: the earlier edit is still what is served.
+    text = await (await client.get(f"{url}?format=txt")).text()
+    assert text == "kept\n"
