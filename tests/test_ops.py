@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import SettingsFactory
+from tests.conftest import ServiceFactory, SettingsFactory
 from tests.http_helpers import upload
 from tests.media import Speech
 from vsrt_service.app import create_app
+from vsrt_service.datadir import LOCK_NAME, DataDirLocked
+from vsrt_service.service import Service, open_store
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -59,3 +62,29 @@ async def test_malformed_cue_times_are_400_naming_the_field(
     # The refused edits lost nothing: the earlier edit is still what is served.
     text = await (await client.get(f"{url}?format=txt")).text()
     assert text == "kept\n"
+
+
+# --- one process per data directory ----------------------------------------------------------
+
+
+async def test_a_second_service_on_the_same_data_dir_is_refused(
+    make_settings: SettingsFactory, make_service: ServiceFactory, aiohttp_client: Any
+) -> None:
+    settings = make_settings()
+    first = await make_service(settings)
+    with pytest.raises(DataDirLocked) as refused:
+        async with Service(settings):
+            pass
+    lock_file = settings.data_dir / LOCK_NAME
+    assert lock_file.read_text().split("\n")[0] == str(os.getpid())
+    assert refused.value.pid == os.getpid()
+    assert f"in use by process {os.getpid()}" in str(refused.value)
+    # The app's resources open the data directory the same way: its start-up fails.
+    with pytest.raises(DataDirLocked):
+        await aiohttp_client(create_app(settings))
+    assert first.pool.slots, "the first service kept running"
+    await first.__aexit__(None, None, None)
+    # Released on close: the same process opens the directory again at once.
+    async with open_store(settings) as store:
+        assert await store.count_jobs() == 0
+    assert lock_file.read_text() == ""

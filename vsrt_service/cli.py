@@ -1,6 +1,12 @@
 """The `vsrt` command: serve, transcribe files in-process, list models.
 
-Exit codes: 0 success, 1 a file failed, 2 bad usage or configuration, 130 interrupted.
+Exit codes: 0 success, 1 a file failed, 2 bad usage or configuration, 75 the data directory
+is in use by another process (EX_TEMPFAIL: try again once it stops, or use another
+--data-dir), 130 interrupted.
+
+Every command opens the data directory for itself and locks it (vsrt_service.datadir): while
+`vsrt serve` runs on ./data, `vsrt transcribe` and `vsrt models ...` on ./data stop at once
+with a line naming the server's pid, rather than sharing its database behind its back.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, TextIO
 
 from .broker import Broker
 from .config import ConfigError, Settings, load_settings
+from .datadir import DataDirLocked
 from .formats import FORMATS
 from .manager import CHANNEL, ModelError, ModelManager
 from .models import WHISPER_MODELS
@@ -26,7 +33,7 @@ from .options import OptionError
 from .pool import RunnerPool
 from .service import Service, ServiceError, open_broker, open_models, open_store
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vsrt: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DataDirLocked as exc:
+        print(f"vsrt: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except KeyboardInterrupt:
         print("vsrt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
