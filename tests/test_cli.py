@@ -60,6 +60,20 @@ def test_one_bad_file_fails_alone_with_a_clear_line(tmp_path: Path, speech: Spee
     assert not (out / "broken.srt").exists()
 
 
+def test_an_output_that_cannot_be_written_fails_clearly_and_leaves_nothing(
+    tmp_path: Path, speech: Speech
+) -> None:
+    out = tmp_path / "out"
+    (out / f"{speech.path.stem}.srt").mkdir(parents=True)  # in the way of the output file
+    result = vsrt("transcribe", speech.path, "-o", out, "--format", "vtt,srt", data_dir=tmp_path / "data")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("vsrt: failed:")]
+    assert len(failed) == 1 and f"cannot write {out / speech.path.stem}.srt" in failed[0], result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"{speech.path.stem}.srt", f"{speech.path.stem}.vtt"]
+    assert parse_vtt((out / f"{speech.path.stem}.vtt").read_text())
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from tests.http_helpers import upload
 from tests.media import Speech
 from vsrt_service.app import create_app
 from vsrt_service.datadir import LOCK_NAME, DataDirLocked
+from vsrt_service.files import write_atomic
 from vsrt_service.service import Service, open_store
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -88,3 +91,25 @@ async def test_a_second_service_on_the_same_data_dir_is_refused(
     async with open_store(settings) as store:
         assert await store.count_jobs() == 0
     assert lock_file.read_text() == ""
+
+
+# --- durable writes ----------------------------------------------------------------------------
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    target = tmp_path / "subtitles.srt"
+    write_atomic(target, "première\n")
+    assert target.read_bytes() == "première\n".encode()
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")  # the mode an ordinary new file gets under this umask
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    write_atomic(target, b"\x00second")
+    assert target.read_bytes() == b"\x00second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "subtitles.srt"]
+
+    blocked = tmp_path / "blocked.srt"
+    blocked.mkdir()  # a directory in the way: the rename fails
+    with pytest.raises(IsADirectoryError):
+        write_atomic(blocked, "text")
+    assert blocked.is_dir() and not any(blocked.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked.srt", "plain", "subtitles.srt"]

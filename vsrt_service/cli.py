@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Any, TextIO
 from .broker import Broker
 from .config import ConfigError, Settings, load_settings
 from .datadir import DataDirLocked
+from .files import write_atomic
 from .formats import FORMATS
 from .manager import CHANNEL, ModelError, ModelManager
 from .models import WHISPER_MODELS
@@ -213,11 +213,18 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
                 failures.append(f"{files[i]}: {msg}")
                 progress.update(i, failed=True, done=True, message=msg)
                 return
-            await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
-            for fmt in formats:
-                text = await svc.subtitles(job_id, fmt)
-                target = out_dir / f"{files[i].stem}.{fmt}"
-                await asyncio.to_thread(_write_atomic, target, text)
+            target = out_dir
+            try:
+                await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+                for fmt in formats:
+                    text = await svc.subtitles(job_id, fmt)
+                    target = out_dir / f"{files[i].stem}.{fmt}"
+                    await asyncio.to_thread(write_atomic, target, text)
+            except OSError as exc:
+                msg = f"cannot write {target}: {exc.strerror or exc}"
+                failures.append(f"{files[i]}: {msg}")
+                progress.update(i, failed=True, done=True, message=msg)
+                return
             progress.update(i, phase="done", percent=100.0, done=True,
                             message=", ".join(f"{files[i].stem}.{f}" for f in formats))
 
@@ -225,12 +232,6 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
     for line in failures:
         print(f"vsrt: failed: {line}", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_OK
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
 
 
 # --- models --------------------------------------------------------------------------------

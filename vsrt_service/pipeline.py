@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import wave
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from . import protocol as p
 from .broker import Broker
 from .config import CueSettings, Settings
 from .cues import Cue, build_cues
+from .files import write_atomic
 from .formats import FORMATS, render
 from .manager import ModelManager
 from .media import MediaError, extract_audio
@@ -321,13 +321,10 @@ class JobRun:
 
 
 def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> None:
-    """Every format, each written to a temporary name and renamed into place."""
+    """Every format, each written whole and durably before the job is reported complete."""
     job_dir.mkdir(parents=True, exist_ok=True)
     for fmt in FORMATS:
-        target = job_dir / f"subtitles.{fmt}"
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_text(render(fmt, cues, meta), encoding="utf-8")
-        os.replace(tmp, target)
+        write_atomic(job_dir / f"subtitles.{fmt}", render(fmt, cues, meta))
 
 
 def wav_duration(path: Path) -> float:
