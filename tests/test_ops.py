@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import ServiceFactory, SettingsFactory
-from tests.http_helpers import upload
+from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech
+from tests.test_pipeline import segment_rows
 from vsrt_service.app import create_app
-from vsrt_service.datadir import LOCK_NAME, DataDirLocked
+from vsrt_service.datadir import LOCK_NAME, DataDirLocked, expire_audio
 from vsrt_service.files import write_atomic
 from vsrt_service.service import Service, open_store
 
@@ -113,3 +115,120 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporaries(tmp_path: P
         write_atomic(blocked, "text")
     assert blocked.is_dir() and not any(blocked.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked.srt", "plain", "subtitles.srt"]
+
+
+# --- leftovers ---------------------------------------------------------------------------------
+
+
+async def test_leftovers_are_removed_at_start_and_nothing_else(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    uploads, jobs, data = settings.uploads_dir, settings.jobs_dir, settings.data_dir
+    async with open_store(settings) as store:
+        used = uploads / f"{'a' * 32}.mp4"
+        used.write_bytes(b"media")
+        job = await store.create_job(source_name="a.mp4", input_path=str(used.relative_to(data)),
+                                     settings={}, status="paused")
+    job_dir = jobs / job.id
+    job_dir.mkdir()
+    keep = [used, job_dir / "audio.wav", uploads / "notes.txt", jobs / "mine" / "x.part"]
+    parts = [uploads / f"{'c' * 32}.mp4.part", job_dir / "audio.wav.part",
+             job_dir / ".subtitles.srt.0badf00d.part"]
+    orphans = [uploads / f"{'b' * 32}.mkv", jobs / ("d" * 32) / "audio.wav"]
+    for path in keep + parts + orphans:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+
+    async with open_store(settings) as store:
+        # Temporaries are gone before anyone can use the store (a resumed job reuses the names).
+        assert [p for p in parts if p.exists()] == []
+        assert await store.get_job(job.id) is not None
+    # Orphans go in the background; the first pass is over once the store is closed.
+    assert [p for p in orphans if p.exists()] == []
+    assert not (jobs / ("d" * 32)).exists()
+    assert [p for p in keep if not p.exists()] == []
+
+
+async def test_audio_is_kept_only_while_a_job_can_need_it(make_settings: SettingsFactory) -> None:
+    settings = make_settings(jobs={"keep_audio_hours": 1, "keep_resumable_audio_hours": 2})
+    async with open_store(settings) as store:
+        ids = {}
+        for status in ("queued", "processing", "paused", "failed", "completed", "canceled"):
+            job = await store.create_job(source_name="a.mp4", input_path="a.mp4", settings={})
+            if status != "queued":
+                await store.set_status(job.id, status, status)
+            ids[status] = job.id
+            (settings.jobs_dir / job.id).mkdir()
+            (settings.jobs_dir / job.id / "audio.wav").write_bytes(b"RIFF")
+
+        def audio_left() -> set[str]:
+            return {s for s, i in ids.items() if (settings.jobs_dir / i / "audio.wav").exists()}
+
+        now = time.time()
+        assert await expire_audio(settings, store, now) == []
+        finished = sorted([ids["completed"], ids["canceled"]])
+        assert sorted(await expire_audio(settings, store, now + 3600)) == finished
+        assert audio_left() == {"queued", "processing", "paused", "failed"}
+        resumable = sorted([ids["paused"], ids["failed"]])
+        assert sorted(await expire_audio(settings, store, now + 7200)) == resumable
+        assert audio_left() == {"queued", "processing"}
+
+    # With no retention (the default for finished jobs), the sweep at start removes it.
+    for status in ("completed", "failed"):
+        (settings.jobs_dir / ids[status] / "audio.wav").write_bytes(b"RIFF")
+    async with open_store(make_settings(jobs={"keep_resumable_audio_hours": 0})):
+        pass
+    assert audio_left() == {"queued", "processing"}
+
+
+@pytest.mark.slow
+async def test_a_finished_job_drops_its_audio_and_a_restart_extracts_it_again(
+    make_client: ClientFactory, make_settings: SettingsFactory, speech: Speech
+) -> None:
+    client = await make_client()  # jobs.keep_audio_hours = 0, the default
+    job = await upload(client, speech.path)
+    folder = make_settings().jobs_dir / job["job_id"]
+    stream = await open_stream(client, job["job_id"])
+    await stream.until(is_complete, wait=180)
+    outputs = ["subtitles.json", "subtitles.srt", "subtitles.txt", "subtitles.vtt"]
+    assert sorted(p.name for p in folder.iterdir()) == outputs  # no audio.wav, no .part
+    url = f"/api/jobs/{job['job_id']}/subtitles?format=srt"
+    first = await (await client.get(url)).text()
+
+    resp = await client.post("/api/start", json={"job_id": job["job_id"], "restart": True})
+    assert resp.status == 200, await resp.text()
+    events = await stream.until(is_complete, wait=180)
+    phases = [e.data["phase"] for e in events if e.event == "progress"]
+    assert phases[0] == "extract" and "transcribe" in phases
+    status = await (await client.get(f"/api/status/{job['job_id']}")).json()
+    assert status["status"] == "completed"
+    assert await (await client.get(url)).text() == first
+    assert sorted(p.name for p in folder.iterdir()) == outputs
+
+
+@pytest.mark.slow
+async def test_a_paused_job_resumes_after_its_audio_expired(
+    make_settings: SettingsFactory, speech: Speech
+) -> None:
+    settings = make_settings(transcription={"batch_size": 1})
+    async with Service(settings) as svc:
+        job = await svc.submit(speech.path, {"chunk_size": 3})
+        async for ev in svc.events(job.id):
+            if ev.event == "fragment":
+                await svc.pause(job.id)
+        paused = await svc.get(job.id)
+    assert paused.status == "paused" and 0 < paused.processed < paused.total
+    audio = settings.jobs_dir / job.id / "audio.wav"
+    assert audio.is_file()
+    expired = make_settings(transcription={"batch_size": 1}, jobs={"keep_resumable_audio_hours": 0})
+    async with open_store(expired):
+        pass
+    assert not audio.exists(), "the start-up sweep kept the audio of a paused job past its retention"
+
+    async with Service(expired) as svc:
+        await svc.resume(job.id)
+        done = await svc.wait(job.id)
+        assert done.status == "completed", done.error
+        assert await svc.subtitles(job.id, "srt")
+    rows = segment_rows(settings.database_path, job.id)
+    assert rows and all(text is not None and count == 1 for _, text, count in rows), rows
+

@@ -121,6 +121,9 @@ class JobRun:
             await self.transcribe()
         aligned, alignment = await self.align()
         await self.write_outputs(aligned, alignment)
+        if self.ctx.settings.jobs.keep_audio_hours == 0:
+            # Nothing reads it once the subtitles are written; a restart extracts it again.
+            await asyncio.to_thread(self.audio.unlink, missing_ok=True)
 
     # --- phases --------------------------------------------------------------------------
 

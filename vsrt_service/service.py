@@ -17,7 +17,7 @@ from typing import Any
 from .broker import Broker, Event
 from .config import Settings, load_settings
 from .cues import Cue
-from .datadir import lock_data_dir
+from .datadir import keep_tidy, lock_data_dir
 from .formats import FORMATS, cues_from_json, render
 from .manager import ModelManager
 from .options import conflicts, parse_options
@@ -50,11 +50,12 @@ def is_final_event(ev: Event) -> bool:
 
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """The data directory, locked for this process first (DataDirLocked if another holds it)."""
+    """The data directory, locked for this process first (DataDirLocked if another holds it),
+    and kept tidy (leftovers, expired audio) while open."""
     async with lock_data_dir(settings.data_dir):
         for d in (settings.jobs_dir, settings.uploads_dir, settings.models_dir):
             await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-        async with Store.open(settings.database_path) as store:
+        async with Store.open(settings.database_path) as store, keep_tidy(settings, store):
             yield store
 
 
