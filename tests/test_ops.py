@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import stat
 import time
@@ -9,12 +11,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import ServiceFactory, SettingsFactory
 from tests.http_helpers import is_complete, open_stream, upload
-from tests.media import Speech
+from tests.media import Speech, make_text_file
 from tests.test_pipeline import segment_rows
 from vsrt_service.app import create_app
 from vsrt_service.datadir import LOCK_NAME, DataDirLocked, expire_audio
@@ -232,3 +235,46 @@ async def test_a_paused_job_resumes_after_its_audio_expired(
     rows = segment_rows(settings.database_path, job.id)
     assert rows and all(text is not None and count == 1 for _, text, count in rows), rows
 
+
+# --- refused uploads -----------------------------------------------------------------------------
+
+
+async def test_refused_uploads_leave_nothing_behind(
+    make_client: ClientFactory, make_settings: SettingsFactory, speech: Speech, tmp_path: Path
+) -> None:
+    client = await make_client()
+    uploads = make_settings().uploads_dir
+    text = await asyncio.to_thread(make_text_file, tmp_path / "notes.mp4")
+    media = await asyncio.to_thread(speech.path.read_bytes)
+
+    form = aiohttp.FormData()
+    form.add_field("file", await asyncio.to_thread(text.read_bytes), filename="notes.mp4")
+    resp = await client.post("/api/jobs", data=form)
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "not_media"
+    form = aiohttp.FormData()
+    form.add_field("file", media, filename="speech.mp4")
+    form.add_field("settings", json.dumps({"max_lines": 0}))  # a bad setting after the file
+    resp = await client.post("/api/jobs", data=form)
+    assert resp.status == 400 and (await resp.json())["error"]["field"] == "max_lines"
+    assert not list(uploads.iterdir())
+
+    # A client that goes away while its upload is being probed.
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.mp4\"\r\n\r\n"
+            + media + b"\r\n--b--\r\n")
+    head = (f"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode()
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + body)
+    deadline = time.monotonic() + 30
+    while not [p for p in uploads.iterdir() if not p.name.endswith(".part")]:
+        assert time.monotonic() < deadline, "the upload was never stored"
+        await asyncio.sleep(0.005)
+    writer.transport.abort()
+    # Then the upload is removed with no job made, or (gone too late to stop it) it is a job's.
+    while True:
+        left = list(uploads.iterdir())
+        jobs = (await (await client.get("/api/jobs")).json())["total"]
+        if (not left and jobs == 0) or (len(left) == 1 and jobs == 1):
+            break
+        assert time.monotonic() < deadline, f"an upload with no job stayed: {left}"
+        await asyncio.sleep(0.05)
