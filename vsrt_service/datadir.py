@@ -122,6 +122,7 @@ async def lock_data_dir(data_dir: Path) -> AsyncIterator[None]:
 
 
 async def all_jobs(store: Store, page: int = 500) -> list[Job]:
+    """Every job, a page at a time (the store has no unbounded listing)."""
     jobs: list[Job] = []
     while True:
         batch = await store.list_jobs(page, len(jobs))
