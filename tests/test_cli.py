@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import pytest
 from tests.media import Speech, make_corrupt_media, word_error_rate
 from tests.procs import runner_pids
 from tests.test_pipeline import check_cues_follow_rules, transcript
+from tests.test_server import Server, free_port
 from vsrt_service.formats import parse_srt, parse_vtt
 
 VSRT = [sys.executable, "-m", "vsrt_service.cli"]
@@ -56,6 +58,20 @@ def test_one_bad_file_fails_alone_with_a_clear_line(tmp_path: Path, speech: Spee
     assert len(failed) == 1 and "broken.mp4" in failed[0] and "not a readable" in failed[0]
     assert (out / f"{speech.path.stem}.srt").is_file()
     assert not (out / "broken.srt").exists()
+
+
+def test_an_output_that_cannot_be_written_fails_clearly_and_leaves_nothing(
+    tmp_path: Path, speech: Speech
+) -> None:
+    out = tmp_path / "out"
+    (out / f"{speech.path.stem}.srt").mkdir(parents=True)  # in the way of the output file
+    result = vsrt("transcribe", speech.path, "-o", out, "--format", "vtt,srt", data_dir=tmp_path / "data")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("vsrt: failed:")]
+    assert len(failed) == 1 and f"cannot write {out / speech.path.stem}.srt" in failed[0], result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"{speech.path.stem}.srt", f"{speech.path.stem}.vtt"]
+    assert parse_vtt((out / f"{speech.path.stem}.vtt").read_text())
 
 
 @pytest.mark.parametrize(
@@ -127,3 +143,43 @@ def test_console_script_is_installed() -> None:
     assert exe is not None
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "transcribe" in result.stdout
+
+
+async def _vsrt_async(*args: str | Path, data_dir: Path) -> tuple[int, str, float]:
+    """Run `vsrt ARGS --data-dir DIR` without blocking the loop: exit status, stderr, seconds."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *VSRT, *map(str, args), "--data-dir", str(data_dir),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode(), time.monotonic() - started
+
+
+async def test_a_running_server_owns_its_data_dir(tmp_path: Path, speech: Speech) -> None:
+    data = tmp_path / "data"
+    server = Server(data, free_port(), dict(os.environ))
+    try:
+        await server.start()
+        assert server.proc is not None
+        pid = server.proc.pid
+        commands: list[list[str | Path]] = [
+            ["transcribe", speech.path, "-o", tmp_path / "out"], ["serve", "--port", str(free_port())],
+            ["models", "list"],
+        ]
+        for args in commands:
+            code, err, seconds = await _vsrt_async(*args, data_dir=data)
+            lines = [line for line in err.splitlines() if line.startswith("vsrt:")]
+            assert code == 75, err
+            assert len(lines) == 1 and f"in use by process {pid} " in lines[0], err
+            assert "Traceback" not in err, err
+            assert "--data-dir" in lines[0] and "serve" in lines[0]
+            assert seconds < 20, f"{args[0]} took {seconds:.1f} s to give up"
+        assert not (tmp_path / "out").exists()
+        assert server.proc.returncode is None, "the server was disturbed"
+    finally:
+        await server.stop()
+    # Once the server is gone, the same command gets the directory.
+    code, err, _ = await _vsrt_async("models", "list", data_dir=data)
+    assert code == 0, err

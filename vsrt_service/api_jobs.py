@@ -72,7 +72,9 @@ async def create_job(request: web.Request) -> web.Response:
             job = await svc.submit(upload.path, upload.settings, source_name=upload.name,
                                    start=upload.start, field="file")
         except BaseException:
-            await asyncio.to_thread(upload.path.unlink, missing_ok=True)
+            # Shielded: a second cancellation (shutdown) must not strand the removal in the
+            # thread pool's queue. Anything still left is an orphan the next start removes.
+            await asyncio.shield(asyncio.to_thread(upload.path.unlink, missing_ok=True))
             raise
     else:
         body = await read_json(request)

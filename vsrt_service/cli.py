@@ -1,6 +1,12 @@
 """The `vsrt` command: serve, transcribe files in-process, list models.
 
-Exit codes: 0 success, 1 a file failed, 2 bad usage or configuration, 130 interrupted.
+Exit codes: 0 success, 1 a file failed, 2 bad usage or configuration, 75 the data directory
+is in use by another process (EX_TEMPFAIL: try again once it stops, or use another
+--data-dir), 130 interrupted.
+
+Every command opens the data directory for itself and locks it (vsrt_service.datadir): while
+`vsrt serve` runs on ./data, `vsrt transcribe` and `vsrt models ...` on ./data stop at once
+with a line naming the server's pid, rather than sharing its database behind its back.
 """
 
 from __future__ import annotations
@@ -9,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -19,6 +24,8 @@ from typing import Any, TextIO
 
 from .broker import Broker
 from .config import ConfigError, Settings, load_settings
+from .datadir import DataDirLocked
+from .files import write_atomic
 from .formats import FORMATS
 from .manager import CHANNEL, ModelError, ModelManager
 from .models import WHISPER_MODELS
@@ -26,7 +33,7 @@ from .options import OptionError
 from .pool import RunnerPool
 from .service import Service, ServiceError, open_broker, open_models, open_store
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vsrt: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DataDirLocked as exc:
+        print(f"vsrt: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except KeyboardInterrupt:
         print("vsrt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -203,11 +213,18 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
                 failures.append(f"{files[i]}: {msg}")
                 progress.update(i, failed=True, done=True, message=msg)
                 return
-            await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
-            for fmt in formats:
-                text = await svc.subtitles(job_id, fmt)
-                target = out_dir / f"{files[i].stem}.{fmt}"
-                await asyncio.to_thread(_write_atomic, target, text)
+            target = out_dir
+            try:
+                await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+                for fmt in formats:
+                    text = await svc.subtitles(job_id, fmt)
+                    target = out_dir / f"{files[i].stem}.{fmt}"
+                    await asyncio.to_thread(write_atomic, target, text)
+            except OSError as exc:
+                msg = f"cannot write {target}: {exc.strerror or exc}"
+                failures.append(f"{files[i]}: {msg}")
+                progress.update(i, failed=True, done=True, message=msg)
+                return
             progress.update(i, phase="done", percent=100.0, done=True,
                             message=", ".join(f"{files[i].stem}.{f}" for f in formats))
 
@@ -215,12 +232,6 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
     for line in failures:
         print(f"vsrt: failed: {line}", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_OK
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
 
 
 # --- models --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ file at all); `config/vsrt.toml` spells out the same values and a test keeps the
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -57,6 +58,8 @@ class JobSettings:
     max_attempts: int = 5
     max_segment_crashes: int = 3
     align_wait_seconds: float = 300.0
+    keep_audio_hours: float = 0.0
+    keep_resumable_audio_hours: float = 168.0
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,9 @@ def _validate(s: Settings) -> None:
         (s.jobs.max_attempts >= 1, "jobs.max_attempts must be at least 1"),
         (s.jobs.max_segment_crashes >= 1, "jobs.max_segment_crashes must be at least 1"),
         (s.jobs.lease_seconds >= 1, "jobs.lease_seconds must be at least 1"),
+        (0 <= s.jobs.keep_audio_hours < math.inf, "jobs.keep_audio_hours must be 0 or more hours"),
+        (0 <= s.jobs.keep_resumable_audio_hours < math.inf,
+         "jobs.keep_resumable_audio_hours must be 0 or more hours"),
         (s.media.probe_timeout > 0, "media.probe_timeout must be positive"),
         (s.media.extract_timeout > 0, "media.extract_timeout must be positive"),
         (s.media.extract_timeout_factor >= 0, "media.extract_timeout_factor must not be negative"),

@@ -255,18 +255,35 @@ def parse_vtt(text: str) -> list[Cue]:
 # --- user-edited cues ----------------------------------------------------------------------
 
 
+#: Latest cue time accepted from a client (100 hours): far past any real media, and small
+#: enough that every later conversion (float, milliseconds, clock text) stays exact.
+MAX_CUE_SECONDS = 360_000
+
+
 def _time_field(item: Mapping[str, Any], field: str, where: str) -> float:
-    """A cue's start or end: present, a finite number (not a bool), not negative."""
+    """A cue's start or end: present, a finite number (not a bool), 0 to MAX_CUE_SECONDS."""
     if field not in item:
         raise ValueError(f"{where}: missing field {field!r}")
     value = item[field]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{where}.{field}: expected a number of seconds, got {value!r}")
-    if not math.isfinite(value):
+        raise ValueError(f"{where}.{field}: expected a number of seconds, got {_short(value)}")
+    try:
+        seconds = float(value)  # an int past float's range (JSON allows any length) overflows
+    except OverflowError:
+        raise ValueError(f"{where}.{field}: the number is too large") from None
+    if not math.isfinite(seconds):
         raise ValueError(f"{where}.{field}: expected a finite number, got {value!r}")
-    if value < 0:
+    if seconds < 0:
         raise ValueError(f"{where}.{field}: must not be negative, got {value!r}")
-    return float(value)
+    if seconds > MAX_CUE_SECONDS:
+        raise ValueError(f"{where}.{field}: must be at most {MAX_CUE_SECONDS} seconds, got {_short(value)}")
+    return seconds
+
+
+def _short(value: Any) -> str:
+    """A value for an error message, cut short (a client may send anything)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def cues_from_json(items: Any) -> list[Cue]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import ffmpeg
 
 from .config import MediaSettings
+from .files import replace_durably
 
 SAMPLE_RATE = 16000
 
@@ -262,7 +263,7 @@ async def extract_audio(
     if code != 0:
         await asyncio.to_thread(_unlink, tmp)
         raise MediaError("decode_failed", f"ffmpeg could not decode {name}: {_last_line(err, src)}")
-    await asyncio.to_thread(os.replace, tmp, dst)
+    await asyncio.to_thread(replace_durably, tmp, dst)
     return info
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import wave
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from . import protocol as p
 from .broker import Broker
 from .config import CueSettings, Settings
 from .cues import Cue, build_cues
+from .files import write_atomic
 from .formats import FORMATS, render
 from .manager import ModelManager
 from .media import MediaError, audio_is_complete, extract_audio, probe, wav_seconds
@@ -121,6 +121,9 @@ class JobRun:
             await self.transcribe()
         aligned, alignment = await self.align()
         await self.write_outputs(aligned, alignment)
+        if self.ctx.settings.jobs.keep_audio_hours == 0:
+            # Nothing reads it once the subtitles are written; a restart extracts it again.
+            await asyncio.to_thread(self.audio.unlink, missing_ok=True)
 
     # --- phases --------------------------------------------------------------------------
 
@@ -335,13 +338,10 @@ class JobRun:
 
 
 def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> None:
-    """Every format, each written to a temporary name and renamed into place."""
+    """Every format, each written whole and durably before the job is reported complete."""
     job_dir.mkdir(parents=True, exist_ok=True)
     for fmt in FORMATS:
-        target = job_dir / f"subtitles.{fmt}"
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_text(render(fmt, cues, meta), encoding="utf-8")
-        os.replace(tmp, target)
+        write_atomic(job_dir / f"subtitles.{fmt}", render(fmt, cues, meta))
 
 
 def wav_duration(path: Path) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 from .broker import Broker, Event
 from .config import Settings, load_settings
 from .cues import Cue
+from .datadir import keep_tidy, lock_data_dir
 from .formats import FORMATS, cues_from_json, render
 from .manager import ModelManager
 from .media import MediaError, check_media
@@ -52,10 +53,13 @@ def is_final_event(ev: Event) -> bool:
 
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    for d in (settings.data_dir, settings.jobs_dir, settings.uploads_dir, settings.models_dir):
-        await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-    async with Store.open(settings.database_path) as store:
-        yield store
+    """The data directory, locked for this process first (DataDirLocked if another holds it),
+    and kept tidy (leftovers, expired audio) while open."""
+    async with lock_data_dir(settings.data_dir):
+        for d in (settings.jobs_dir, settings.uploads_dir, settings.models_dir):
+            await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
+        async with Store.open(settings.database_path) as store, keep_tidy(settings, store):
+            yield store
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,8 @@ from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
+from .files import close_synced, replace_durably
+
 CHUNK = 1 << 20
 MAX_SETTINGS_BYTES = 64 * 1024
 _UNSAFE = re.compile(r"[^\w.\- ()\[\]]+")
@@ -117,10 +119,10 @@ async def _save(part: BodyPartReader, target: Path, max_bytes: int) -> None:
             if size > max_bytes:
                 raise UploadError(413, "too_large", f"the upload is over the {max_bytes // 2**20} MB limit")
             await asyncio.to_thread(fh.write, chunk)
-        await asyncio.to_thread(fh.close)
+        await asyncio.to_thread(close_synced, fh)  # on disk before a job can point at it
         if size == 0:
             raise UploadError(400, "empty_file", "the uploaded file is empty", "file")
-        await asyncio.to_thread(tmp.replace, target)
+        await asyncio.to_thread(replace_durably, tmp, target)
     except BaseException:
         await asyncio.to_thread(fh.close)
         await asyncio.to_thread(_unlink, tmp)
