@@ -18,6 +18,7 @@ from .api_models import routes as model_routes
 from .appkeys import BROKER, MODELS, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
 from .auth import Tickets, token_matches
 from .config import Settings, load_settings
+from .manager import CHANNEL as MODELS_CHANNEL
 from .manager import ModelError
 from .options import OptionError
 from .pipeline import JobContext
@@ -158,7 +159,8 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS].sse
-    app[STREAMS] = streams = Streams(s.max_connections_per_job, s.max_connections_per_client)
+    app[STREAMS] = streams = Streams(s.max_connections_per_job, s.max_connections_per_client,
+                                     {MODELS_CHANNEL: s.max_connections_models})
     yield
     await streams.close()
 
