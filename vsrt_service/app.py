@@ -1,5 +1,7 @@
 """The aiohttp application: `create_app(settings)` only wires resources, middlewares, routes.
 
+What the app lets in and out (Host, Origin, proxies, headers) is `security.py`'s business.
+
 Resources are opened in dependency order by one cleanup_ctx each (store, broker, runner
 pool, scheduler) and closed in reverse. The app works standalone or mounted as a sub-app.
 """
@@ -22,6 +24,7 @@ from .manager import CHANNEL as MODELS_CHANNEL
 from .manager import ModelError
 from .options import OptionError
 from .pipeline import JobContext
+from .security import Exposure, add_security_headers, error_response
 from .service import (
     Service,
     ServiceError,
@@ -40,13 +43,6 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STREAM_PREFIXES = ("/api/stream/", "/api/models/events/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, str] = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    return web.json_response({"error": body}, status=status)
 
 
 def _api_path(request: web.Request) -> str | None:
@@ -206,7 +202,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 def create_app(settings: Settings | None = None, *, runner_env: dict[str, str] | None = None
                ) -> web.Application:
     settings = settings or load_settings()
-    app = web.Application(middlewares=[cors, errors, auth], client_max_size=1 << 20)
+    guard = Exposure.of(settings.server).middleware()
+    app = web.Application(middlewares=[guard, cors, errors, auth], client_max_size=1 << 20)
+    app.on_response_prepare.append(add_security_headers)
     app[SETTINGS] = settings
     app[TICKETS] = Tickets(settings.server.ticket_seconds)
     app.cleanup_ctx.extend(
