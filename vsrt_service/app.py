@@ -24,7 +24,7 @@ from .manager import CHANNEL as MODELS_CHANNEL
 from .manager import ModelError
 from .options import OptionError
 from .pipeline import JobContext
-from .security import Exposure, add_security_headers, error_response
+from .security import Exposure, add_security_headers, error_response, public_text
 from .service import (
     Service,
     ServiceError,
@@ -169,21 +169,39 @@ async def end_streams(app: web.Application) -> None:
 # --- small routes ------------------------------------------------------------------------------
 
 
+#: What /api/health tells anyone about a runner; the rest needs the bearer token.
+PUBLIC_RUNNER_KEYS = ("name", "role", "device", "state", "warm", "busy")
+
+
 async def health(request: web.Request) -> web.Response:
+    """Open to load balancers: status, version and runner states. Details (pids, restarts,
+    errors, versions, limits) only with the bearer token, so never without one configured."""
     app = request.app
+    settings = app[SETTINGS]
     try:
         version = metadata.version("vsrt")
     except metadata.PackageNotFoundError:
         version = "unknown"
+    runners = app[POOL].health()
+    token = settings.server.auth_token
+    if token is None or not token_matches(request.headers.get("Authorization"), token):
+        return web.json_response({
+            "status": "ok",
+            "version": version,
+            "runners": [{key: r[key] for key in PUBLIC_RUNNER_KEYS} for r in runners],
+        })
+    for runner in runners:
+        if runner["last_error"]:
+            runner["last_error"] = public_text(runner["last_error"], settings.data_dir)
     return web.json_response({
         "status": "ok",
         "version": version,
         "time": time.time(),
-        "runners": app[POOL].health(),
+        "runners": runners,
         "running_jobs": len(app[SCHEDULER].running()),
         "open_streams": app[STREAMS].open_streams(),
-        "limits": {"max_upload_mb": app[SETTINGS].server.max_upload_mb},
-        "auth": app[SETTINGS].server.auth_token is not None,
+        "limits": {"max_upload_mb": settings.server.max_upload_mb},
+        "auth": True,
     })
 
 
