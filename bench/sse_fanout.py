@@ -136,7 +136,7 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
     from aiohttp import web
 
     from vsrt_service.app import create_app
-    from vsrt_service.appkeys import BROKER
+    from vsrt_service.appkeys import BROKER, STREAMS
     from vsrt_service.config import load_settings
 
     raise_fd_limit()
@@ -175,7 +175,12 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
             "seconds": round(loop.time() - start, 3), "publisher_late": percentiles(late),
         })
 
+    async def streams(request: web.Request) -> web.Response:
+        """Open event streams (health tells them only with a token)."""
+        return web.json_response({"open_streams": request.app[STREAMS].open_streams()})
+
     app.router.add_post("/bench/publish", publish)
+    app.router.add_get("/bench/streams", streams)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, shutdown_timeout=5.0,
                 print=None)
 
@@ -403,7 +408,7 @@ async def recv(conn: Connection, limit_s: float) -> Any:
 
 
 async def open_streams(session: aiohttp.ClientSession, server: Server) -> int:
-    async with session.get(f"{server.url}/api/health") as resp:
+    async with session.get(f"{server.url}/bench/streams") as resp:
         count: int = (await resp.json())["open_streams"]
         return count
 

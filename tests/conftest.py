@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from tests.media import Speech, make_speech
 from tests.procs import runner_pids
+from vsrt_service.app import create_app
 from vsrt_service.config import Settings, load_settings
 from vsrt_service.service import Service
 
@@ -34,6 +36,7 @@ BLOCK_LIMIT = 0.5
 
 SettingsFactory = Callable[..., Settings]
 ServiceFactory = Callable[..., Awaitable[Service]]
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -186,6 +189,16 @@ def make_settings(tmp_path: Path) -> SettingsFactory:
     def make(**overrides: Any) -> Settings:
         overrides.setdefault("data_dir", tmp_path / "data")
         return load_settings(env={}, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
+    """A test client over real sockets for `create_app` with these settings overrides."""
+
+    async def make(**overrides: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(make_settings(**overrides)))
 
     return make
 

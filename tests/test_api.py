@@ -7,7 +7,6 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +15,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import SettingsFactory, loop_lag
+from tests.conftest import ClientFactory, SettingsFactory, loop_lag
 from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech, word_error_rate
 from tests.sse_client import SseReader
 from vsrt_service.app import create_app
 from vsrt_service.appkeys import BROKER, STREAMS
 from vsrt_service.formats import parse_srt
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
-    async def make(**overrides: Any) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(make_settings(**overrides)))
-
-    return make
 
 
 @pytest.mark.slow
@@ -200,7 +189,7 @@ async def test_stalled_subscriber_does_not_slow_others_and_is_told_to_resync(
     stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
     stalled.connect((host, port))
-    stalled.sendall(f"GET /api/stream/{job['job_id']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    stalled.sendall(f"GET /api/stream/{job['job_id']} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     fast = await open_stream(client, job["job_id"])
     await fast.next()
     while broker.subscribers(channel) < 2:  # noqa: ASYNC110 - waiting on the server's view

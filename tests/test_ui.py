@@ -28,6 +28,7 @@ from tests.ui_helpers import (
     running_nginx,
     running_server,
     screenshot,
+    wait_for_js,
 )
 from vsrt_service.models import bundled_tiny_en
 
@@ -92,8 +93,8 @@ async def refused_upload(page: Any, url: str, media: Path) -> str:
 
 
 async def wait_status(page: Any, status: str, seconds: float = 120) -> None:
-    await page.wait_for_function(
-        f"document.querySelector('#job-status').textContent === {status!r}", timeout=seconds * 1000)
+    await wait_for_js(
+        page, f"document.querySelector('#job-status').textContent === {status!r}", ms=seconds * 1000)
 
 
 async def lines(page: Any) -> list[dict[str, Any]]:
@@ -111,7 +112,7 @@ async def watch_and_edit(page: Any, url: str, media: Path) -> list[dict[str, Any
     assert all(line["source"] == "checkpoint" for line in before), "alignment arrived before the edit"
     assert await page.locator("#job-status").text_content() != "completed"
     await wait_status(page, "completed")
-    await page.wait_for_function("window.__trace.at(-1).status === 'completed'")
+    await wait_for_js(page, "window.__trace.at(-1).status === 'completed'")
     return before
 
 
@@ -142,7 +143,7 @@ async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_
 
         before = await watch_and_edit(page, server.url, speech12.path)
         check_trace(await page.evaluate("window.__trace"))
-        await page.wait_for_function("window.vsrt.lines().some(l => l.source === 'aligned')")
+        await wait_for_js(page, "window.vsrt.lines().some(l => l.source === 'aligned')")
         after = await lines(page)
 
         # The edited line kept the user's text and times; the others are the aligned ones.
@@ -266,16 +267,16 @@ async def test_server_killed_mid_job_page_catches_up(speech12: Speech, data_dir:
             page = await ctx.new_page()
             await start_job(page, server.url, speech12.path)
             await page.evaluate("window.__noReload = true")
-            await page.wait_for_function("window.vsrt.lines().length >= 2", timeout=90_000)
+            await wait_for_js(page, "window.vsrt.lines().length >= 2", ms=90_000)
             assert await page.text_content("#job-status") == "processing"
             await server.kill()
-            await page.wait_for_function("document.querySelector('#conn').dataset.state !== 'open'",
-                                         timeout=15_000)
+            await wait_for_js(page, "document.querySelector('#conn').dataset.state !== 'open'",
+                              ms=15_000)
             assert "econnect" in (await page.text_content("#conn") or "")
             await server.start()
             await wait_status(page, "completed", 120)
-            await page.wait_for_function("document.querySelector('#conn').dataset.state === 'open'",
-                                         timeout=20_000)
+            await wait_for_js(page, "document.querySelector('#conn').dataset.state === 'open'",
+                              ms=20_000)
             assert await page.evaluate("window.__noReload") is True
             shown = await lines(page)
             final = await get_json(f"{server.url}api/transcription-text/{await job_id(page)}")
@@ -303,7 +304,7 @@ async def test_thousands_of_lines_render_only_what_is_visible(speech: Speech, tm
         async with browser() as ctx:
             page = await ctx.new_page()
             await page.goto(f"{server.url}#job={job}")
-            await page.wait_for_function(f"window.vsrt.lines().length === {count}", timeout=30_000)
+            await wait_for_js(page, f"window.vsrt.lines().length === {count}", ms=30_000)
             rows = page.locator("#cues .cue-row")
             assert 0 < await rows.count() <= 60  # not 5000
 
@@ -340,7 +341,8 @@ async def job_id(page: Any) -> str:
 
 @pytest.mark.skipif(not Path(NGINX).exists(), reason="needs Debian's nginx")
 async def test_behind_nginx_events_arrive_live(speech12: Speech, data_dir: Path) -> None:
-    async with running_server(data_dir, env=SERVER_ENV) as server, running_nginx(server.port) as url:
+    env = {**SERVER_ENV, "VSRT_SERVER_TRUSTED_PROXIES": "127.0.0.1"}  # as the example advises
+    async with running_server(data_dir, env=env) as server, running_nginx(server.port) as url:
         async with browser() as ctx:
             page = await ctx.new_page()
             t0 = time.monotonic()
@@ -376,7 +378,7 @@ async def test_token_pasted_once_opens_streams_with_tickets(speech: Speech, tmp_
             await page.fill("#token-input", secret)
             await page.click('#token-form button[value="save"]')
             await page.wait_for_selector(f'.job-item[data-job="{job}"]')
-            await page.wait_for_function("document.querySelector('#conn').dataset.state === 'open'")
+            await wait_for_js(page, "document.querySelector('#conn').dataset.state === 'open'")
             assert await page.text_content("#job-title") == "talk.mp4"
             assert secret not in page.url
 
@@ -409,9 +411,9 @@ async def test_model_manager_download_close_reopen_ready(tmp_path: Path, tiny_al
 
             # A double click starts one download; the button is disabled from the first click.
             await row.locator("button.dl").dblclick()
-            await page.wait_for_function(
-                "document.querySelector('#panel [data-model=\"tiny\"] [role=progressbar]')"
-                "?.getAttribute('aria-valuenow') > 5", timeout=30_000)
+            await wait_for_js(
+                page, "document.querySelector('#panel [data-model=\"tiny\"] [role=progressbar]')"
+                "?.getAttribute('aria-valuenow') > 5", ms=30_000)
             assert await row.locator("button.dl").is_disabled()
             stats = await row.locator(".model-stats").text_content() or ""
             assert "MB/s" in stats, stats
@@ -431,7 +433,7 @@ async def test_model_manager_download_close_reopen_ready(tmp_path: Path, tiny_al
 
             await page.wait_for_selector('#panel [data-model="tiny"][data-status="ready"]', timeout=60_000)
             await page.click("#models-close")
-            await page.wait_for_function("!document.querySelector('#model option[value=\"tiny\"]').disabled")
+            await wait_for_js(page, "!document.querySelector('#model option[value=\"tiny\"]').disabled")
             await page.select_option("#model", "tiny")
             assert hub.downloads(WHISPER_REPO, "model.bin") == 1
     finally:

@@ -188,22 +188,47 @@ async def running_nginx(upstream_port: int) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def browser() -> AsyncIterator[Any]:
-    """A fresh headless chromium (Debian's package) as a Playwright BrowserContext."""
+    """A fresh headless chromium (Debian's package) as a Playwright BrowserContext.
+
+    Fails the test if any page broke the server's Content-Security-Policy (chromium reports
+    each refused script, style or connection on the console)."""
     from playwright.async_api import async_playwright
 
     profile = tempfile.mkdtemp(prefix="vsrt-chromium-")
+    violations: list[str] = []
+
+    def on_console(message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            violations.append(message.text)
+
     try:
         async with async_playwright() as pw:
             ctx = await pw.chromium.launch_persistent_context(
                 profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
                 viewport=DESKTOP, accept_downloads=True,
             )
+            ctx.on("console", on_console)
             try:
                 yield ctx
+                assert not violations, (
+                    f"the UI broke its Content-Security-Policy {len(violations)}x; first: {violations[0]}"
+                )
             finally:
                 await ctx.close()
     finally:
         await asyncio.to_thread(shutil.rmtree, profile, True)
+
+
+async def wait_for_js(page: Any, expression: str, ms: float = 30_000) -> None:
+    """Playwright's page.wait_for_function, but without `eval` in the page, which the UI's
+    Content-Security-Policy refuses: the expression is polled through the DevTools protocol
+    (page.evaluate), which the page's policy does not govern."""
+    try:
+        async with asyncio.timeout(ms / 1000):
+            while not await page.evaluate(expression):  # noqa: ASYNC110 - the browser's state
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise TimeoutError(f"waited {ms / 1000:.0f} s for {expression}") from None
 
 
 async def screenshot(page: Any, name: str) -> Path:

@@ -1,5 +1,7 @@
 """The aiohttp application: `create_app(settings)` only wires resources, middlewares, routes.
 
+What the app lets in and out (Host, Origin, proxies, headers) is `security.py`'s business.
+
 Resources are opened in dependency order by one cleanup_ctx each (store, broker, runner
 pool, scheduler) and closed in reverse. The app works standalone or mounted as a sub-app.
 """
@@ -18,9 +20,11 @@ from .api_models import routes as model_routes
 from .appkeys import BROKER, MODELS, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
 from .auth import Tickets, token_matches
 from .config import Settings, load_settings
+from .manager import CHANNEL as MODELS_CHANNEL
 from .manager import ModelError
 from .options import OptionError
 from .pipeline import JobContext
+from .security import Exposure, add_security_headers, error_response, public_text
 from .service import (
     Service,
     ServiceError,
@@ -39,13 +43,6 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STREAM_PREFIXES = ("/api/stream/", "/api/models/events/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, str] = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    return web.json_response({"error": body}, status=status)
 
 
 def _api_path(request: web.Request) -> str | None:
@@ -158,7 +155,8 @@ async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS].sse
-    app[STREAMS] = streams = Streams(s.max_connections_per_job, s.max_connections_per_client)
+    app[STREAMS] = streams = Streams(s.max_connections_per_job, s.max_connections_per_client,
+                                     {MODELS_CHANNEL: s.max_connections_models})
     yield
     await streams.close()
 
@@ -171,21 +169,39 @@ async def end_streams(app: web.Application) -> None:
 # --- small routes ------------------------------------------------------------------------------
 
 
+#: What /api/health tells anyone about a runner; the rest needs the bearer token.
+PUBLIC_RUNNER_KEYS = ("name", "role", "device", "state", "warm", "busy")
+
+
 async def health(request: web.Request) -> web.Response:
+    """Open to load balancers: status, version and runner states. Details (pids, restarts,
+    errors, versions, limits) only with the bearer token, so never without one configured."""
     app = request.app
+    settings = app[SETTINGS]
     try:
         version = metadata.version("vsrt")
     except metadata.PackageNotFoundError:
         version = "unknown"
+    runners = app[POOL].health()
+    token = settings.server.auth_token
+    if token is None or not token_matches(request.headers.get("Authorization"), token):
+        return web.json_response({
+            "status": "ok",
+            "version": version,
+            "runners": [{key: r[key] for key in PUBLIC_RUNNER_KEYS} for r in runners],
+        })
+    for runner in runners:
+        if runner["last_error"]:
+            runner["last_error"] = public_text(runner["last_error"], settings.data_dir)
     return web.json_response({
         "status": "ok",
         "version": version,
         "time": time.time(),
-        "runners": app[POOL].health(),
+        "runners": runners,
         "running_jobs": len(app[SCHEDULER].running()),
         "open_streams": app[STREAMS].open_streams(),
-        "limits": {"max_upload_mb": app[SETTINGS].server.max_upload_mb},
-        "auth": app[SETTINGS].server.auth_token is not None,
+        "limits": {"max_upload_mb": settings.server.max_upload_mb},
+        "auth": True,
     })
 
 
@@ -204,7 +220,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 def create_app(settings: Settings | None = None, *, runner_env: dict[str, str] | None = None
                ) -> web.Application:
     settings = settings or load_settings()
-    app = web.Application(middlewares=[cors, errors, auth], client_max_size=1 << 20)
+    guard = Exposure.of(settings.server).middleware()
+    app = web.Application(middlewares=[guard, cors, errors, auth], client_max_size=1 << 20)
+    app.on_response_prepare.append(add_security_headers)
     app[SETTINGS] = settings
     app[TICKETS] = Tickets(settings.server.ticket_seconds)
     app.cleanup_ctx.extend(

@@ -6,6 +6,7 @@ file at all); `config/vsrt.toml` spells out the same values and a test keeps the
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import tomllib
@@ -28,6 +29,8 @@ class ServerSettings:
     auth_token: str | None = None
     ticket_seconds: float = 60.0
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class SseSettings:
     subscriber_queue: int = 256
     max_connections_per_job: int = 20
     max_connections_per_client: int = 50
+    max_connections_models: int = 200
     idle_channel_seconds: float = 600.0
 
 
@@ -253,11 +257,20 @@ def _validate(s: Settings) -> None:
         (s.sse.heartbeat_interval > 0, "sse.heartbeat_interval must be positive"),
         (s.sse.idle_channel_seconds > 0, "sse.idle_channel_seconds must be positive"),
         (s.sse.reconnect_seconds > 0, "sse.reconnect_seconds must be positive"),
+        (min(s.sse.max_connections_per_job, s.sse.max_connections_per_client,
+             s.sse.max_connections_models) >= 1, "sse.max_connections_* must be at least 1"),
         (s.models.max_concurrent_downloads >= 1, "models.max_concurrent_downloads must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    for entry in s.server.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies: {entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+            ) from None
     for device in s.runners.devices:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"runners.devices: {device!r} is neither 'cpu' nor 'cuda:N'")

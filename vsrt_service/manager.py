@@ -394,13 +394,15 @@ class ModelManager:
             state["error"] = None
 
     async def cache_status(self) -> list[dict[str, Any]]:
+        """Each runner's loaded models by key (`whisper:tiny.en`), never by server path."""
         out = []
         for slot in self.pool.slots:
             entry: dict[str, Any] = {"name": slot.name, "device": slot.device, "state": slot.state}
             if slot.ready.is_set():
                 with contextlib.suppress(RunnerError, RunnerLost, TimeoutError):
                     info = await asyncio.wait_for(slot.call(p.Hello(id=new_id())), 10)
-                    entry |= {"loaded": info["loaded_models"], "load_count": info["load_count"],
+                    loaded = [{"key": m["key"], "kind": m["kind"]} for m in info["loaded_models"]]
+                    entry |= {"loaded": loaded, "load_count": info["load_count"],
                               "memory": info.get("memory"),
                               "capacity": self.settings.runners.model_cache_size}
             out.append(entry)

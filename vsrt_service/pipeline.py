@@ -26,6 +26,7 @@ from .manager import ModelManager
 from .media import MediaError, audio_is_complete, extract_audio, probe, wav_seconds
 from .options import JobOptions, parse_options
 from .pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
+from .security import public_text
 from .store import Job, Store
 
 log = logging.getLogger("vsrt.pipeline")
@@ -216,11 +217,12 @@ class JobRun:
                 await self._runner_lost(sorted(in_flight), str(exc))
                 raise AssertionError("unreachable") from exc
             except RunnerError as exc:
-                raise JobFailed(exc.code, f"transcription failed: {exc}") from None
+                raise self._runner_failed("transcription", exc) from None
         self.language = self.language or result.get("language") or None
 
     async def _runner_lost(self, in_flight: list[int], reason: str) -> None:
         """Count the crash against the batch in flight; fail a poison segment, else requeue."""
+        reason = self._public(reason)
         batch = in_flight[: self.ctx.settings.transcription.batch_size]
         crashes = await self.ctx.store.record_crash(self.job.id, batch)
         limit = self.ctx.settings.jobs.max_segment_crashes
@@ -332,9 +334,16 @@ class JobRun:
         try:
             return await runner.call(request, on_reply)
         except RunnerLost as exc:
-            raise Requeue(f"runner lost ({exc}); resuming from the checkpoint") from None
+            raise Requeue(self._public(f"runner lost ({exc}); resuming from the checkpoint")) from None
         except RunnerError as exc:
-            raise JobFailed(exc.code, f"{request.type} failed: {exc}") from None
+            raise self._runner_failed(request.type, exc) from None
+
+    def _runner_failed(self, what: str, exc: RunnerError) -> JobFailed:
+        return JobFailed(exc.code, self._public(f"{what} failed: {exc}"))
+
+    def _public(self, text: str) -> str:
+        """Runner messages quote job files and tracebacks; clients see `jobs/...`, no server path."""
+        return public_text(text, self.ctx.settings.data_dir)
 
 
 def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from .aio import settle
 from .options import OptionError
 from .pipeline import JobContext, JobFailed, JobRun, Requeue
 from .pool import PoolClosed
+from .security import public_text
 from .store import FINAL, Job, JobStatus
 
 log = logging.getLogger("vsrt.scheduler")
@@ -250,7 +251,8 @@ class Scheduler:
             case PoolClosed():
                 return REQUEUED
         log.error("job %s failed", run.job.id, exc_info=error)
-        return Outcome(JobStatus.FAILED, f"internal error: {type(error).__name__}: {error}", "internal")
+        message = public_text(f"internal error: {type(error).__name__}: {error}", self.ctx.settings.data_dir)
+        return Outcome(JobStatus.FAILED, message, "internal")
 
     async def _finish(self, run: Running, outcome: Outcome) -> None:
         """Commit the final state (if the job is still this run's), then tell subscribers."""

@@ -2,7 +2,8 @@
 
 Each event goes out with its channel id, so a reconnecting client's Last-Event-ID gets
 exactly what it missed from the broker's buffer, or a fresh snapshot when that is gone.
-Connections are counted per channel and per client address (429 past the limits).
+Connections are counted per channel and per client address (429 past the limits); the
+client address is `request.remote`, which the app sets from trusted proxies' X-Forwarded-For.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -31,14 +32,18 @@ class TooManyStreams(Exception):
 class Streams:
     """Open streams: limits per channel and per client address, and disconnect detection.
 
+    A channel has `per_channel` streams at most unless `channel_limits` names it (the app-wide
+    models channel, which every open tab follows, has a limit of its own).
     aiohttp has no callback for a lost connection of a body-less GET, so one shared task
     checks every open stream's transport a few times a second (not a task per stream).
     """
 
     CHECK_EVERY = 0.2
 
-    def __init__(self, per_channel: int, per_client: int) -> None:
+    def __init__(self, per_channel: int, per_client: int,
+                 channel_limits: Mapping[str, int] | None = None) -> None:
         self.per_channel, self.per_client = per_channel, per_client
+        self.channel_limits = dict(channel_limits or {})
         self.channels: Counter[str] = Counter()
         self.clients: Counter[str] = Counter()
         self._watched: dict[asyncio.Future[None], web.Request] = {}
@@ -48,7 +53,7 @@ class Streams:
     def hold(self, channel: str, request: web.Request) -> Iterator[asyncio.Future[None]]:
         """Count a stream against the limits; yields a future done when the client leaves."""
         client = request.remote or "?"
-        if self.channels[channel] >= self.per_channel:
+        if self.channels[channel] >= self.channel_limits.get(channel, self.per_channel):
             raise TooManyStreams(f"too many streams open for {channel}")
         if self.clients[client] >= self.per_client:
             raise TooManyStreams("too many streams open from this address")
@@ -80,10 +85,17 @@ class Streams:
         return sum(self.channels.values())
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        """Stop the watcher. Its own cancellation ends here; the caller's is passed on."""
+        watcher = self._watcher
+        if watcher is None:
+            return
+        watcher.cancel()
+        try:
+            await watcher
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
 
 
 def last_event_id(request: web.Request) -> int | None:
