@@ -262,7 +262,7 @@ async def test_refused_uploads_leave_nothing_behind(
     # A client that goes away while its upload is being probed.
     body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.mp4\"\r\n\r\n"
             + media + b"\r\n--b--\r\n")
-    head = (f"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    head = (f"POST /api/jobs HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nContent-Length: {len(body)}\r\n"
             "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode()
     _, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(head + body)
