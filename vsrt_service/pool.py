@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,9 @@ from .config import RunnerSettings, Settings
 log = logging.getLogger("vsrt.pool")
 
 ReplyHandler = Callable[[p.Reply], Awaitable[None]]
+
+#: The runner program; the pool appends its options (device, threads, ...).
+RUNNER_PROGRAM = (sys.executable, "-m", "gpu_runner")
 
 
 class RunnerError(Exception):
@@ -70,9 +73,10 @@ class RunnerSlot:
 
     def __init__(
         self, index: int, device: str, settings: Settings, env: dict[str, str], wake: asyncio.Event,
-        role: str = "work",
+        role: str = "work", program: Sequence[str] = RUNNER_PROGRAM,
     ) -> None:
         self.index = index
+        self.program = tuple(program)
         self._wake = wake
         self.role = role
         self.name = f"runner-{index}" if role == "work" else "downloader"
@@ -167,7 +171,7 @@ class RunnerSlot:
         self.state = "starting"
         nltk_dir = self._settings.models_dir / "nltk"
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpu_runner",
+            *self.program,
             "--device", self.device,
             "--compute-type", cfg.compute_type,
             "--cpu-threads", str(cpu_threads(cfg)),
