@@ -310,8 +310,13 @@ class ModelManager:
             return True
         if st.task is not None:
             st.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await st.task
+            except asyncio.CancelledError:
+                # The download's own cancellation ends here; our caller's goes on (arq's rule).
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
             st.status = await self._settle_status(st)
             self._publish("model_progress", st, message="download canceled")
             return True
