@@ -58,10 +58,27 @@ class Runner:
         self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
 
     def send(self, msg: p.Reply) -> None:
+        """Write one reply line. One over the service's line limit is not written (the service
+        could not read it): EngineError("reply_too_large") ends the request instead."""
         data = p.encode(msg)
+        if len(data) > p.MAX_LINE_BYTES:
+            raise EngineError(
+                "reply_too_large",
+                f"the {msg.type} reply of {len(data)} bytes is over the {p.MAX_LINE_BYTES >> 20} MiB "
+                "line limit",
+            )
         with self._out_lock:
             self._out.write(data)
             self._out.flush()
+
+    def _finish(self, reply: p.Result | p.Error) -> None:
+        """A request's last reply; one too long to send becomes a short error saying so."""
+        try:
+            self.send(reply)
+        except EngineError as exc:
+            what = f" (it was an error: {reply.code})" if isinstance(reply, p.Error) else ""
+            log.error("request %s: %s%s", reply.id, exc, what)
+            self.send(p.Error(id=reply.id, code=exc.code, message=f"{exc}{what}"))
 
     # --- main thread -------------------------------------------------------------------
 
@@ -145,23 +162,24 @@ class Runner:
     def _run(self, req: p.Request) -> None:
         """Handle one request to its single result or error."""
         canceled = self._cancel[req.id]
+        reply: p.Result | p.Error
         try:
             if self._warm_error and not isinstance(req, p.Download):
                 raise EngineError("internal", self._warm_error)
             if canceled.is_set():
                 raise Canceled()
-            data = self._handle(req, canceled)
+            reply = p.Result(id=req.id, data=self._handle(req, canceled))
         except Canceled:
-            self.send(p.Error(id=req.id, code="canceled", message="canceled"))
+            reply = p.Error(id=req.id, code="canceled", message="canceled")
         except EngineError as exc:
-            self.send(p.Error(id=req.id, code=exc.code, message=str(exc)))
+            reply = p.Error(id=req.id, code=exc.code, message=str(exc))
         except Exception as exc:
             log.exception("request %s (%s) failed", req.id, req.type)
-            self.send(p.Error(id=req.id, code="internal", message=f"{type(exc).__name__}: {exc}"))
-        else:
-            self.send(p.Result(id=req.id, data=data))
+            reply = p.Error(id=req.id, code="internal", message=f"{type(exc).__name__}: {exc}")
         finally:
+            # Before the last reply: a `cancel` that finds nothing means it has been sent.
             self._cancel.pop(req.id, None)
+        self._finish(reply)
 
     def _handle(self, req: p.Request, canceled: threading.Event) -> dict[str, Any]:
         handler: Callable[[Any, threading.Event], dict[str, Any]] | None = getattr(

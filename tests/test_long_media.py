@@ -12,8 +12,11 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from tests.conftest import SettingsFactory, loop_lag
 from tests.long_media import aligned_result
+from vsrt_service import bigjson
 from vsrt_service.app import create_app
 from vsrt_service.appkeys import STORE
 from vsrt_service.formats import parse_srt
@@ -66,3 +69,26 @@ async def test_transcription_text_of_a_three_hour_job_leaves_the_loop_free(
     assert [s["words"] for s in text["segments"]] == [s["words"] for s in segments]
     assert text["text"].startswith(segments[0]["text"])
     assert len(lags) >= 3 and max(lags) < MAX_LAG, f"loop lag up to {max(lags) * 1000:.0f} ms"
+
+
+def test_big_json_gives_what_the_json_module_gives() -> None:
+    """bigjson walks the top levels itself; its text and values are the json module's."""
+    samples: list[Any] = [
+        aligned_result(0.2), {"data": {"segments": aligned_result(0.05)}, "id": "r1"},
+        [], {}, [[], {}], {"a": [1, 2.5, None, True, "é\u2028\\\"", {"b": []}]}, "text", 3,
+        {"nan": float("nan"), "deep": [[[[[1]]]]], "tuple": (1, 2)}, [{"x": {"y": [1, {"z": 2}]}}],
+    ]
+    for obj in samples:
+        for depth in range(5):
+            text = bigjson.dumps(obj, depth)
+            assert text == json.dumps(obj)
+            assert repr(bigjson.loads(text, depth)) == repr(json.loads(text))
+            spaced = json.dumps(obj, indent=1, separators=(" ,", " : "))
+            assert repr(bigjson.loads(f" \n{spaced}\t", depth)) == repr(json.loads(spaced))
+            assert repr(bigjson.loads(spaced.encode(), depth)) == repr(json.loads(spaced))
+    for bad in ['[1,]', '{"a" 1}', '{"a": 1,}', '[1] 2', '{1: 2}', '[1 2]', '', '["\x01"]', '{"a": [}']:
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(bad)
+        for depth in range(4):
+            with pytest.raises(json.JSONDecodeError):
+                bigjson.loads(bad, depth)
