@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import wave
 from dataclasses import dataclass
@@ -20,11 +19,10 @@ from typing import Any
 from . import protocol as p
 from .broker import Broker
 from .config import CueSettings, Settings
-from .cues import Cue, build_cues
-from .formats import FORMATS, render
 from .manager import ModelManager
 from .media import MediaError, extract_audio
 from .options import JobOptions, parse_options
+from .outputs import OutputError, write_job_outputs
 from .pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
 from .store import Job, Store
 
@@ -262,10 +260,13 @@ class JobRun:
 
     async def write_outputs(self, aligned: list[p.AlignedSegment], alignment: str) -> None:
         await self.progress("srt", 0, "building subtitles")
-        cues = build_cues(aligned, cue_rules(self.ctx.settings, self.options))
-        meta = self.metadata(alignment, aligned)
-        await asyncio.to_thread(write_subtitles, self.dir, cues, meta)
-        await self.progress("srt", 1, f"{len(cues)} cues written")
+        meta = {k: v for k, v in self.metadata(alignment, aligned).items() if k != "segments"}
+        try:  # seconds of CPU for hours of speech: off the event loop, in a child if long
+            count = await write_job_outputs(self.dir, aligned, cue_rules(self.ctx.settings, self.options),
+                                            meta, nice=self.ctx.settings.runners.nice)
+        except OutputError as exc:
+            raise JobFailed("subtitles", str(exc)) from None
+        await self.progress("srt", 1, f"{count} cues written")
 
     def metadata(self, alignment: str, aligned: list[p.AlignedSegment]) -> dict[str, Any]:
         return {
@@ -318,16 +319,6 @@ class JobRun:
             raise Requeue(f"runner lost ({exc}); resuming from the checkpoint") from None
         except RunnerError as exc:
             raise JobFailed(exc.code, f"{request.type} failed: {exc}") from None
-
-
-def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> None:
-    """Every format, each written to a temporary name and renamed into place."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    for fmt in FORMATS:
-        target = job_dir / f"subtitles.{fmt}"
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_text(render(fmt, cues, meta), encoding="utf-8")
-        os.replace(tmp, target)
 
 
 def wav_duration(path: Path) -> float:
