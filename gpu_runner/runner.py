@@ -1,8 +1,9 @@
 """The runner process: reads requests from stdin, answers on a private copy of stdout.
 
-The main thread only reads and dispatches, so `ping` and `cancel` are answered while the
-single worker thread is busy with a model. Anything a library prints goes to stderr: fd 1
-is pointed at stderr at start-up and the protocol uses a duplicate of the original fd.
+The main thread only reads and dispatches, so `ping`, `cancel` and `unload` are answered
+while the single worker thread is busy with a model. Anything a library prints goes to
+stderr: fd 1 is pointed at stderr at start-up and the protocol uses a duplicate of the
+original fd.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ class Runner:
             if event is not None:
                 event.set()
             self.send(p.Result(id=req.id, data={"canceled": event is not None}))
+        elif isinstance(req, p.Unload):
+            # Here, not behind the worker's current job: a model being deleted leaves the
+            # cache at once (one in use is freed when its request ends).
+            unloaded = self.engine.unload(req.key)
+            self.send(p.Result(id=req.id, data={"unloaded": unloaded, "loaded_models": self.engine.loaded()}))
         elif isinstance(req, p.Download):
             # Downloads are I/O: each gets its own thread so they never wait for model work.
             self._cancel[req.id] = threading.Event()
@@ -158,6 +164,7 @@ class Runner:
         self._ready.set()
         while (req := self._work.get()) is not None:
             self._run(req)
+            self.engine.release()
 
     def _run(self, req: p.Request) -> None:
         """Handle one request to its single result or error."""
@@ -197,9 +204,6 @@ class Runner:
             "seconds": round(time.monotonic() - started, 3),
             "load_count": self.engine.load_count,
         }
-
-    def _do_unload(self, req: p.Unload, canceled: threading.Event) -> dict[str, Any]:
-        return {"unloaded": self.engine.unload(req.key), "loaded_models": self.engine.loaded()}
 
     def _do_split(self, req: p.Split, canceled: threading.Event) -> dict[str, Any]:
         segments = self.engine.split(req.audio_path, req.vad_onset, req.vad_offset, req.chunk_size)
