@@ -75,7 +75,12 @@ class Engine:
         self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._vad: dict[tuple[float, float], Any] = {}
         self.load_count = 0
+        #: Guards the cache: `unload` comes from the main thread while the worker uses it.
         self._lock = threading.Lock()
+        #: Unloads so far, per key and of everything: a load they overtook is not cached.
+        self._drops: dict[str, int] = {}
+        self._clears = 0
+        self._free_later = False
 
     # --- imports and cache -------------------------------------------------------------
 
@@ -97,10 +102,11 @@ class Engine:
 
     def loaded(self) -> list[dict[str, Any]]:
         """Cache contents, least recently used first."""
-        return [
-            {"key": key, "kind": m.ref["kind"], "path": m.ref["path"]}
-            for key, m in self._models.items()
-        ]
+        with self._lock:
+            return [
+                {"key": key, "kind": m.ref["kind"], "path": m.ref["path"]}
+                for key, m in self._models.items()
+            ]
 
     def memory(self) -> dict[str, int | None]:
         """Resident memory of this process, and GPU memory held by torch when on a GPU."""
@@ -117,20 +123,56 @@ class Engine:
             gpu = int(sys.modules["torch"].cuda.memory_allocated(self.device_index))
         return {"rss_bytes": rss, "gpu_allocated_bytes": gpu}
 
-    def _remember(self, loaded: Loaded) -> None:
-        self._models[loaded.ref["key"]] = loaded
-        self._models.move_to_end(loaded.ref["key"])
-        while len(self._models) > self.cache_size:
-            key, _ = self._models.popitem(last=False)
-            log.info("evicted %s from the model cache", key)
-        self._free_memory()
+    def _cached(self, key: str) -> Loaded | None:
+        with self._lock:
+            cached = self._models.get(key)
+            if cached is not None:
+                self._models.move_to_end(key)
+            return cached
+
+    def _generation(self, key: str) -> tuple[int, int]:
+        with self._lock:
+            return self._clears, self._drops.get(key, 0)
+
+    def _remember(self, loaded: Loaded, generation: tuple[int, int]) -> None:
+        """Cache a model loaded for the current request, unless it was unloaded meanwhile
+        (its files may be gone: the request still uses it, no later one will)."""
+        key = loaded.ref["key"]
+        with self._lock:
+            if (self._clears, self._drops.get(key, 0)) != generation:
+                log.info("%s was unloaded while loading; not cached", key)
+                return
+            self._models[key] = loaded
+            self._models.move_to_end(key)
+            evicted = []
+            while len(self._models) > self.cache_size:
+                evicted.append(self._models.popitem(last=False)[0])
+        for k in evicted:
+            log.info("evicted %s from the model cache", k)
+        if evicted:
+            self._free_memory()
 
     def unload(self, key: str | None) -> list[str]:
-        keys = list(self._models) if key is None else [k for k in self._models if k == key]
-        for k in keys:
-            del self._models[k]
-        self._free_memory()
+        """Drop one model (or all) from the cache and free its memory; safe from any thread.
+        A model the worker is using lives on until its request ends (see `release`)."""
+        with self._lock:
+            keys = list(self._models) if key is None else [k for k in self._models if k == key]
+            for k in keys:
+                del self._models[k]
+            if key is None:
+                self._clears += 1
+            else:
+                self._drops[key] = self._drops.get(key, 0) + 1
+            self._free_later = self._free_later or bool(keys)
+        if keys:
+            self._free_memory()
         return keys
+
+    def release(self) -> None:
+        """After a request (worker thread): free what models unloaded meanwhile still held."""
+        if self._free_later:
+            self._free_later = False
+            self._free_memory()
 
     def _free_memory(self) -> None:
         import gc
@@ -155,10 +197,10 @@ class Engine:
 
     def whisper(self, ref: ModelRef, language: str | None) -> tuple[Any, bool]:
         """The whisperx pipeline for a model directory; (pipeline, loaded_now)."""
-        cached = self._models.get(ref["key"])
+        cached = self._cached(ref["key"])
         if cached is not None:
-            self._models.move_to_end(ref["key"])
             return cached.model, False
+        generation = self._generation(ref["key"])
         import whisperx
 
         started = time.monotonic()
@@ -177,14 +219,14 @@ class Engine:
             raise EngineError("model", f"cannot load Whisper model {ref['key']}: {exc}") from exc
         self.load_count += 1
         log.info("loaded %s in %.1f s", ref["key"], time.monotonic() - started)
-        self._remember(Loaded(ref, pipeline))
+        self._remember(Loaded(ref, pipeline), generation)
         return pipeline, True
 
     def align_model(self, ref: ModelRef, language: str) -> tuple[Loaded, bool]:
-        cached = self._models.get(ref["key"])
+        cached = self._cached(ref["key"])
         if cached is not None:
-            self._models.move_to_end(ref["key"])
             return cached, False
+        generation = self._generation(ref["key"])
         import whisperx
 
         try:
@@ -198,7 +240,7 @@ class Engine:
             raise EngineError("model", f"cannot load alignment model {ref['key']}: {exc}") from exc
         self.load_count += 1
         loaded = Loaded(ref, model, metadata)
-        self._remember(loaded)
+        self._remember(loaded, generation)
         return loaded, True
 
     def load(self, ref: ModelRef, language: str | None) -> bool:

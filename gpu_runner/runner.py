@@ -1,8 +1,9 @@
 """The runner process: reads requests from stdin, answers on a private copy of stdout.
 
-The main thread only reads and dispatches, so `ping` and `cancel` are answered while the
-single worker thread is busy with a model. Anything a library prints goes to stderr: fd 1
-is pointed at stderr at start-up and the protocol uses a duplicate of the original fd.
+The main thread only reads and dispatches, so `ping`, `cancel` and `unload` are answered
+while the single worker thread is busy with a model. Anything a library prints goes to
+stderr: fd 1 is pointed at stderr at start-up and the protocol uses a duplicate of the
+original fd.
 """
 
 from __future__ import annotations
@@ -58,10 +59,27 @@ class Runner:
         self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
 
     def send(self, msg: p.Reply) -> None:
+        """Write one reply line. One over the service's line limit is not written (the service
+        could not read it): EngineError("reply_too_large") ends the request instead."""
         data = p.encode(msg)
+        if len(data) > p.MAX_LINE_BYTES:
+            raise EngineError(
+                "reply_too_large",
+                f"the {msg.type} reply of {len(data)} bytes is over the {p.MAX_LINE_BYTES >> 20} MiB "
+                "line limit",
+            )
         with self._out_lock:
             self._out.write(data)
             self._out.flush()
+
+    def _finish(self, reply: p.Result | p.Error) -> None:
+        """A request's last reply; one too long to send becomes a short error saying so."""
+        try:
+            self.send(reply)
+        except EngineError as exc:
+            what = f" (it was an error: {reply.code})" if isinstance(reply, p.Error) else ""
+            log.error("request %s: %s%s", reply.id, exc, what)
+            self.send(p.Error(id=reply.id, code=exc.code, message=f"{exc}{what}"))
 
     # --- main thread -------------------------------------------------------------------
 
@@ -96,6 +114,11 @@ class Runner:
             if event is not None:
                 event.set()
             self.send(p.Result(id=req.id, data={"canceled": event is not None}))
+        elif isinstance(req, p.Unload):
+            # Here, not behind the worker's current job: a model being deleted leaves the
+            # cache at once (one in use is freed when its request ends).
+            unloaded = self.engine.unload(req.key)
+            self.send(p.Result(id=req.id, data={"unloaded": unloaded, "loaded_models": self.engine.loaded()}))
         elif isinstance(req, p.Download):
             # Downloads are I/O: each gets its own thread so they never wait for model work.
             self._cancel[req.id] = threading.Event()
@@ -141,27 +164,29 @@ class Runner:
         self._ready.set()
         while (req := self._work.get()) is not None:
             self._run(req)
+            self.engine.release()
 
     def _run(self, req: p.Request) -> None:
         """Handle one request to its single result or error."""
         canceled = self._cancel[req.id]
+        reply: p.Result | p.Error
         try:
             if self._warm_error and not isinstance(req, p.Download):
                 raise EngineError("internal", self._warm_error)
             if canceled.is_set():
                 raise Canceled()
-            data = self._handle(req, canceled)
+            reply = p.Result(id=req.id, data=self._handle(req, canceled))
         except Canceled:
-            self.send(p.Error(id=req.id, code="canceled", message="canceled"))
+            reply = p.Error(id=req.id, code="canceled", message="canceled")
         except EngineError as exc:
-            self.send(p.Error(id=req.id, code=exc.code, message=str(exc)))
+            reply = p.Error(id=req.id, code=exc.code, message=str(exc))
         except Exception as exc:
             log.exception("request %s (%s) failed", req.id, req.type)
-            self.send(p.Error(id=req.id, code="internal", message=f"{type(exc).__name__}: {exc}"))
-        else:
-            self.send(p.Result(id=req.id, data=data))
+            reply = p.Error(id=req.id, code="internal", message=f"{type(exc).__name__}: {exc}")
         finally:
+            # Before the last reply: a `cancel` that finds nothing means it has been sent.
             self._cancel.pop(req.id, None)
+        self._finish(reply)
 
     def _handle(self, req: p.Request, canceled: threading.Event) -> dict[str, Any]:
         handler: Callable[[Any, threading.Event], dict[str, Any]] | None = getattr(
@@ -179,9 +204,6 @@ class Runner:
             "seconds": round(time.monotonic() - started, 3),
             "load_count": self.engine.load_count,
         }
-
-    def _do_unload(self, req: p.Unload, canceled: threading.Event) -> dict[str, Any]:
-        return {"unloaded": self.engine.unload(req.key), "loaded_models": self.engine.loaded()}
 
     def _do_split(self, req: p.Split, canceled: threading.Event) -> dict[str, Any]:
         segments = self.engine.split(req.audio_path, req.vad_onset, req.vad_offset, req.chunk_size)

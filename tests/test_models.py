@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +22,7 @@ from tests.media import Speech
 from tests.sse_client import SseEvent, SseReader
 from vsrt_service.app import create_app
 from vsrt_service.appkeys import MODELS, POOL
+from vsrt_service.config import Settings
 from vsrt_service.models import bundled_tiny_en
 
 WHISPER_REPO = "Systran/faster-whisper-tiny"
@@ -400,3 +403,122 @@ async def test_cli_models_download_and_delete(hub: FakeHub, tmp_path: Path) -> N
     hub.down = True
     code, _, err = await vsrt("download", "de", "--align")
     assert code == 1 and "download failed" in err and "503" in err
+
+
+async def test_cancel_lets_its_callers_own_cancellation_through(
+    make_client: ClientFactory, hub: FakeHub
+) -> None:
+    hub.throttle_bytes_per_s = 2e6
+    client = await make_client(transcription={"default_language": None})
+    one = SseReader(await client.get("/api/models/events/whisper/tiny"))
+    await one.next()
+    await client.post("/api/models/whisper/tiny/download")
+    await one.until(lambda e: e.event == "model_progress" and e.data["downloaded_bytes"] > 0)
+    models = client.app[MODELS]
+    download = models.state("whisper", "tiny").task
+    assert download is not None
+    canceling = asyncio.create_task(models.cancel("whisper", "tiny"))
+    while not download.cancelling():  # noqa: ASYNC110 - until `canceling` has asked, and awaits it
+        await asyncio.sleep(0)
+    assert not download.done()  # `canceling` is waiting for the download to end...
+    canceling.cancel()  # ...when its own caller gives up: that must reach the caller
+    with pytest.raises(asyncio.CancelledError):
+        await canceling
+    with contextlib.suppress(asyncio.CancelledError):
+        await download
+    assert download.cancelled()  # and the download was canceled all the same
+
+
+def _place(source: Path, target: Path) -> None:
+    target.mkdir(parents=True)
+    for f in source.iterdir():
+        try:
+            os.link(f, target / f.name)
+        except OSError:  # another file system
+            shutil.copy2(f, target / f.name)
+
+
+@pytest.fixture
+async def tiny_installed(make_settings: SettingsFactory) -> Path:
+    """The catalog's `tiny`, installed by hand (tiny.en's files): deleting it needs no hub."""
+    bundled = bundled_tiny_en()
+    assert bundled is not None
+    settings: Settings = make_settings()
+    target = settings.models_dir / "whisper" / "tiny"
+    await asyncio.to_thread(_place, bundled, target)
+    return target
+
+
+async def busy_runner(client: TestClient[Any, Any], speech: Speech) -> tuple[str, SseReader]:
+    """A job on the bundled tiny.en, once its runner is inside a long call: one-second
+    segments, one at a time (the client's batch_size is 1). Returns its id and stream."""
+    assert (await catalog_entry(client, "whisper", "tiny"))["status"] == "ready"
+    job = await upload(client, speech.path,
+                       {"model": "tiny.en", "language": "en", "align": False, "chunk_size": 1})
+    stream = await open_stream(client, job["job_id"])
+    await stream.until(lambda e: e.event == "fragment", wait=180)
+    return job["job_id"], stream
+
+
+@pytest.mark.slow
+async def test_delete_answers_at_once_while_the_runner_is_busy(
+    make_client: ClientFactory, tiny_installed: Path, speech: Speech
+) -> None:
+    client = await make_client(transcription={"batch_size": 1})
+    job_id, stream = await busy_runner(client, speech)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    resp = await client.delete("/api/models/whisper/tiny")
+    took = loop.time() - started
+    assert resp.status == 200, await resp.text()
+    job = await (await client.get(f"/api/status/{job_id}")).json()
+    # The answer did not wait for the end of the runner's transcription call.
+    assert job["phase"] == "transcribe" and job["processed"] < job["total"], (job, took)
+    assert took < 5, took
+    assert not await asyncio.to_thread(tiny_installed.exists)
+    assert (await catalog_entry(client, "whisper", "tiny"))["status"] == "not_downloaded"
+    await stream.until(is_complete, wait=180)  # the job, on another model, is unaffected
+
+
+@pytest.mark.slow
+async def test_a_model_being_deleted_is_never_ready_without_its_files(
+    make_client: ClientFactory, tiny_installed: Path, speech: Speech
+) -> None:
+    client = await make_client(transcription={"batch_size": 1})
+    events = await model_events(client)
+    _, stream = await busy_runner(client, speech)
+    weights = tiny_installed / "model.bin"
+    deleting = asyncio.create_task(client.delete("/api/models/whisper/tiny"))
+    seen: list[tuple[bool, str]] = []
+    while not deleting.done():
+        present = await asyncio.to_thread(weights.is_file)  # the files first, then the state
+        seen.append((present, (await catalog_entry(client, "whisper", "tiny"))["status"]))
+    assert (await deleting).status == 200
+    assert (False, "ready") not in seen, seen
+    changes = await events.until(lambda e: e.event == "model_deleted")
+    assert [e.data["status"] for e in changes if e.data.get("model_id") == "tiny"][-1] == "not_downloaded"
+    assert all(e.data["status"] != "ready" for e in changes if e.data.get("model_id") == "tiny")
+    await stream.until(is_complete, wait=180)
+
+
+@pytest.mark.slow
+async def test_a_job_claimed_while_its_model_is_deleted_fails_with_model_missing(
+    make_client: ClientFactory, tiny_installed: Path, speech: Speech
+) -> None:
+    # Two runners: the first busy with a job on tiny.en, the second free for the next job.
+    client = await make_client(transcription={"batch_size": 1}, runners={"devices": ["cpu", "cpu"]})
+    _, stream = await busy_runner(client, speech)
+    deleting = asyncio.create_task(client.delete("/api/models/whisper/tiny"))
+    weights = tiny_installed / "model.bin"
+    async with asyncio.timeout(60):
+        while await asyncio.to_thread(weights.is_file):  # noqa: ASYNC110 - the DELETE removes it
+            await asyncio.sleep(0.01)
+    job = await upload(client, speech.path, {"model": "tiny", "language": "en", "align": False})
+    failed = await (await open_stream(client, job["job_id"])).until(lambda e: e.event == "error", wait=180)
+    assert (await deleting).status == 200
+    error = failed[-1].data
+    assert error["code"] == "model_missing", error
+    assert "tiny" in error["message"] and "download" in error["message"], error
+    status = await (await client.get(f"/api/status/{job['job_id']}")).json()
+    assert status["status"] == "failed" and status["error"]["code"] == "model_missing"
+    await stream.until(is_complete, wait=180)

@@ -1,17 +1,25 @@
-"""The runner pool's supervision: restarts after a kill or a hang, and no orphans."""
+"""The runner pool's supervision: restarts after a kill or a hang, and no orphans; replies
+that are large (decoded off the event loop) or over the line limit (their call fails)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, loop_lag
+from tests.long_media import aligned_result
 from tests.procs import runner_option, runner_pids
 from vsrt_service import protocol as p
-from vsrt_service.pool import RunnerLost, RunnerPool, cpu_threads, new_id
+from vsrt_service.pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, cpu_threads, new_id
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def started_pool(make_settings: SettingsFactory, **runners: float) -> RunnerPool:
@@ -109,3 +117,76 @@ def test_cpu_threads_as_configured_or_shared(make_settings: SettingsFactory) -> 
     many = make_settings(runners={"devices": ["cpu"] * (cores + 1)}).runners
     assert cpu_threads(many) == 1
     assert cpu_threads(make_settings(runners={"devices": ["cuda:0", "cpu"]}).runners) == min(4, cores)
+
+
+@contextlib.asynccontextmanager
+async def peer_slot(make_settings: SettingsFactory) -> AsyncIterator[RunnerSlot]:
+    """A supervised slot whose runner is tests/protocol_peer.py (answers on demand what a real
+    runner cannot be made to: three hours of alignment, lines over the limit)."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    slot = RunnerSlot(0, "cpu", make_settings(), dict(os.environ, PYTHONPATH=path), asyncio.Event(),
+                      program=(sys.executable, "-m", "tests.protocol_peer"))
+    slot.start()
+    try:
+        await asyncio.wait_for(slot.ready.wait(), 30)
+        yield slot
+    finally:
+        await slot.close()
+
+
+async def test_a_three_hour_alignment_reply_is_decoded_off_the_event_loop(
+    make_settings: SettingsFactory
+) -> None:
+    expected = await asyncio.to_thread(aligned_result, 3.0)
+    async with peer_slot(make_settings) as slot:
+        async with loop_lag() as lags:
+            data = await asyncio.wait_for(slot.call(p.Align(id=new_id(), audio_path="a.wav")), 60)
+        assert data["alignment"] == "wav2vec2"
+        assert data["segments"] == expected  # 31k words, decoded exactly as json.loads would
+        assert len(lags) > 10 and max(lags) < 0.1, f"loop lag up to {max(lags) * 1000:.0f} ms"
+
+
+async def test_a_reply_over_the_line_limit_fails_its_call_and_the_slot_carries_on(
+    make_settings: SettingsFactory
+) -> None:
+    async with peer_slot(make_settings) as slot:
+        pid = slot.pid
+        # The runner's last word on a request, cut for length: its call fails at once.
+        with pytest.raises(RunnerError) as cut:
+            await asyncio.wait_for(slot.call(p.Split(id=new_id(), audio_path="a.wav")), 15)
+        assert cut.value.code == "reply_too_large"
+        assert f"{p.MAX_LINE_BYTES >> 20} MiB" in str(cut.value)
+        await asyncio.wait_for(slot.idle.wait(), 10)
+        # An interim reply cut for length: the call fails, and the runner is told to stop it.
+        with pytest.raises(RunnerError) as cut:
+            await asyncio.wait_for(slot.call(p.Transcribe(id=new_id(), audio_path="a.wav")), 15)
+        assert cut.value.code == "reply_too_large"
+        await asyncio.wait_for(slot.idle.wait(), 10)
+        # The reader resynchronised at the newline: the next replies are read whole.
+        data = await asyncio.wait_for(slot.call(p.Align(id=new_id(), audio_path="a.wav")), 60)
+        assert len(data["segments"]) > 1000
+        assert "ts" in await slot.call(p.Ping(id=new_id()))
+        assert slot.pid == pid and slot.restarts == 0
+
+
+async def test_the_runner_sends_an_error_instead_of_a_line_over_the_limit(
+    make_settings: SettingsFactory
+) -> None:
+    pool = await started_pool(make_settings)
+    try:
+        slot = pool.slots[0]
+        pid = slot.pid
+        # The runner's error names the audio path twice ("cannot read audio PATH: [Errno 36]
+        # File name too long: 'PATH'"): a request of 8 MiB gets an error of over 16 MiB.
+        path = "/" + "x" * (p.MAX_LINE_BYTES // 2 + (64 << 10))
+        request = p.Align(id=new_id(), audio_path=path, language="en",
+                          segments=[p.TextSegment(index=0, start=0.0, end=1.0, text="hello")])
+        with pytest.raises(RunnerError) as refused:
+            await asyncio.wait_for(slot.call(request), 90)
+        assert refused.value.code == "reply_too_large"
+        assert "audio" in str(refused.value)  # the error it could not send, by its code
+        assert len(str(refused.value)) < 1000
+        assert "ts" in await slot.call(p.Ping(id=new_id()))
+        assert slot.pid == pid and slot.restarts == 0
+    finally:
+        await pool.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import sse
+from . import bigjson, sse
 from .appkeys import SERVICE, SETTINGS, STREAMS
 from .formats import MEDIA_TYPES
 from .service import Service, ServiceError
@@ -167,7 +167,7 @@ async def transcription_text(request: web.Request) -> web.Response:
         stored = [s for s in await svc.store.segments(job.id) if s.text is not None]
         source = "checkpoint" if stored else "none"
         segments = [{"id": s.index, "start": s.start, "end": s.end, "text": s.text} for s in stored]
-    return web.json_response({
+    body = {
         "job_id": job.id,
         "source": source,
         "language": job.language,
@@ -177,7 +177,10 @@ async def transcription_text(request: web.Request) -> web.Response:
         "edited_cues": await svc.store.edited_cues(job.id),
         "progress": {"processed": job.processed, "total": job.total, "percent": round(job.percent, 2),
                      "status": job.status, "phase": job.phase},
-    })
+    }
+    # Megabytes for hours of speech: encoded in a thread, a segment at a time.
+    return web.Response(text=await asyncio.to_thread(bigjson.dumps, body, 2),
+                        content_type="application/json")
 
 
 @routes.get("/api/checkpoint-settings/{job_id}")

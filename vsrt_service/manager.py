@@ -58,6 +58,8 @@ class ModelState:
     started_at: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    #: Its files are being removed; a download of it waits for that.
+    deleting: asyncio.Task[None] | None = None
 
 
 def official_endpoint() -> str:
@@ -96,6 +98,8 @@ class ModelManager:
             self._validator = asyncio.create_task(self._validate_all(), name="model-validation")
 
     async def close(self) -> None:
+        deleting = [st.deleting for st in self._states.values() if st.deleting is not None]
+        await asyncio.gather(*deleting, return_exceptions=True)  # short; never left half done
         tasks = [t for t in (self._validator, self._preload) if t is not None]
         tasks += [st.task for st in self._active if st.task is not None]
         for task in tasks:
@@ -127,7 +131,7 @@ class ModelManager:
             if st.status != "ready" or not st.manifest or st in self._active:
                 continue
             status = await asyncio.to_thread(self._disk_status, st, True)
-            if status != st.status and st not in self._active:
+            if status != st.status and st.status == "ready" and st not in self._active:
                 st.status = status
                 self._publish("model_incomplete", st, message="files do not match the hub's checksums")
 
@@ -226,8 +230,12 @@ class ModelManager:
         return "started" if st in self._active else "queued"
 
     def _pump(self) -> None:
-        while self._queue and len(self._active) < self.settings.models.max_concurrent_downloads:
-            st = self._queue.popleft()
+        for st in list(self._queue):
+            if len(self._active) >= self.settings.models.max_concurrent_downloads:
+                break
+            if st.deleting is not None:  # it starts once the old files are gone
+                continue
+            self._queue.remove(st)
             self._active.add(st)
             st.task = asyncio.create_task(self._download(st), name=f"download-{st.entry.key}")
         for queued in self._queue:
@@ -310,8 +318,13 @@ class ModelManager:
             return True
         if st.task is not None:
             st.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await st.task
+            except asyncio.CancelledError:
+                # The download's own cancellation ends here; our caller's goes on (arq's rule).
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
             st.status = await self._settle_status(st)
             self._publish("model_progress", st, message="download canceled")
             return True
@@ -338,20 +351,43 @@ class ModelManager:
         return self.ref(kind, model_id)
 
     async def delete(self, kind: str, model_id: str, in_use: set[str]) -> None:
+        """Remove a model: unavailable first, then out of every runner's cache, then its files.
+
+        A second delete of the same model joins the first. The deletion runs to its end even
+        if the caller goes away (a half-deleted model would be neither here nor gone).
+        """
         st = self.state(kind, model_id)
         if st.entry.key in in_use:
             raise ModelError(409, "in_use", f"{st.entry.key} is used by a running job")
-        path = self.directory(st)
-        if st.bundled_path is not None and not path.is_dir():
+        if st.bundled_path is not None and not await asyncio.to_thread(self.directory(st).is_dir):
             raise ModelError(409, "bundled", "this model ships with the installed package")
-        await self.cancel(kind, model_id)
-        await asyncio.to_thread(shutil.rmtree, path, True)
-        await self.pool.broadcast(lambda: p.Unload(id=new_id(), key=st.entry.key))
-        st.manifest, st.error = None, None
-        st.downloaded_bytes = st.total_bytes = 0
-        st.status = await self._settle_status(st)
-        await self.store.save_model(kind, model_id, st.status, keep_manifest=False)
-        self._publish("model_deleted", st, deleted_at=time.time())
+        if st.deleting is None:
+            st.deleting = asyncio.create_task(self._delete(st), name=f"delete-{st.entry.key}")
+        await asyncio.shield(st.deleting)
+
+    async def _delete(self, st: ModelState) -> None:
+        e = st.entry
+        try:
+            await self.cancel(e.type, e.id)
+            # Not ready from here on: ref() gives None, so a job claimed now fails with
+            # model_missing rather than load files that are going away.
+            st.status, st.message, st.error = "not_downloaded", "deleting", None
+            self._publish("model_progress", st)
+            # Runners drop it at once, not behind their current job (their main thread answers).
+            for result in await self.pool.broadcast(lambda: p.Unload(id=new_id(), key=e.key)):
+                if isinstance(result, BaseException):
+                    log.warning("unloading %s: %s", e.key, result)
+            await asyncio.to_thread(shutil.rmtree, self.directory(st), True)
+            st.manifest = None
+            st.downloaded_bytes = st.total_bytes = 0
+            status = await self._settle_status(st)  # `ready` again if the package bundles it
+            await self.store.save_model(e.type, e.id, status, keep_manifest=False)
+            if st not in self._queue and st not in self._active:  # else: downloading anew
+                st.status, st.message = status, ""
+            self._publish("model_deleted", st, deleted_at=time.time())
+        finally:
+            st.deleting = None
+            self._pump()
 
     # --- preload and cache -------------------------------------------------------------
 

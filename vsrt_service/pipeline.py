@@ -19,12 +19,10 @@ from typing import Any
 from . import protocol as p
 from .broker import Broker
 from .config import CueSettings, Settings
-from .cues import Cue, build_cues
-from .files import write_atomic
-from .formats import FORMATS, render
 from .manager import ModelManager
 from .media import MediaError, audio_is_complete, extract_audio, probe, wav_seconds
 from .options import JobOptions, parse_options
+from .outputs import OutputError, write_job_outputs
 from .pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
 from .security import public_text
 from .store import Job, Store
@@ -281,10 +279,13 @@ class JobRun:
 
     async def write_outputs(self, aligned: list[p.AlignedSegment], alignment: str) -> None:
         await self.progress("srt", 0, "building subtitles")
-        cues = build_cues(aligned, cue_rules(self.ctx.settings, self.options))
-        meta = self.metadata(alignment, aligned)
-        await asyncio.to_thread(write_subtitles, self.dir, cues, meta)
-        await self.progress("srt", 1, f"{len(cues)} cues written")
+        meta = {k: v for k, v in self.metadata(alignment, aligned).items() if k != "segments"}
+        try:  # seconds of CPU for hours of speech: off the event loop, in a child if long
+            count = await write_job_outputs(self.dir, aligned, cue_rules(self.ctx.settings, self.options),
+                                            meta, nice=self.ctx.settings.runners.nice)
+        except OutputError as exc:
+            raise JobFailed("subtitles", str(exc)) from None
+        await self.progress("srt", 1, f"{count} cues written")
 
     def metadata(self, alignment: str, aligned: list[p.AlignedSegment]) -> dict[str, Any]:
         return {
@@ -344,13 +345,6 @@ class JobRun:
     def _public(self, text: str) -> str:
         """Runner messages quote job files and tracebacks; clients see `jobs/...`, no server path."""
         return public_text(text, self.ctx.settings.data_dir)
-
-
-def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> None:
-    """Every format, each written whole and durably before the job is reported complete."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    for fmt in FORMATS:
-        write_atomic(job_dir / f"subtitles.{fmt}", render(fmt, cues, meta))
 
 
 def wav_duration(path: Path) -> float:

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,9 @@ from .config import RunnerSettings, Settings
 log = logging.getLogger("vsrt.pool")
 
 ReplyHandler = Callable[[p.Reply], Awaitable[None]]
+
+#: The runner program; the pool appends its options (device, threads, ...).
+RUNNER_PROGRAM = (sys.executable, "-m", "gpu_runner")
 
 
 class RunnerError(Exception):
@@ -43,10 +46,16 @@ class PoolClosed(Exception):
     """The pool is shutting down."""
 
 
+#: Requests the runner's main thread answers at once with a small reply; any other is work.
+CONTROL_REQUESTS = (p.Hello, p.Ping, p.Cancel, p.Unload, p.Shutdown)
+
+
 @dataclass
 class _Call:
     replies: asyncio.Queue[p.Reply | BaseException] = field(default_factory=asyncio.Queue)
+    #: Nobody waits for its replies any more; it stays until the runner has ended it.
     abandoned: bool = False
+    work: bool = True
 
 
 _ids = itertools.count(1)
@@ -70,9 +79,10 @@ class RunnerSlot:
 
     def __init__(
         self, index: int, device: str, settings: Settings, env: dict[str, str], wake: asyncio.Event,
-        role: str = "work",
+        role: str = "work", program: Sequence[str] = RUNNER_PROGRAM,
     ) -> None:
         self.index = index
+        self.program = tuple(program)
         self._wake = wake
         self.role = role
         self.name = f"runner-{index}" if role == "work" else "downloader"
@@ -96,6 +106,7 @@ class RunnerSlot:
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def pid(self) -> int | None:
@@ -167,7 +178,7 @@ class RunnerSlot:
         self.state = "starting"
         nltk_dir = self._settings.models_dir / "nltk"
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpu_runner",
+            *self.program,
             "--device", self.device,
             "--compute-type", cfg.compute_type,
             "--cpu-threads", str(cpu_threads(cfg)),
@@ -247,17 +258,26 @@ class RunnerSlot:
     # --- I/O ---------------------------------------------------------------------------
 
     async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+        stream = proc.stdout
+        assert stream is not None
         while True:
             try:
-                line = await proc.stdout.readline()
-            except ValueError:  # over the line limit
-                log.error("%s: dropped an over-long line", self.name)
+                line = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:  # end of output
+                if not exc.partial:
+                    return
+                line = exc.partial
+            except asyncio.LimitOverrunError:
+                await _skip_line(stream)
+                self._cut_work_calls()
                 continue
-            if not line:
-                return
             try:
-                msg = p.decode_reply(line)
+                # A big reply (an aligned transcript) is decoded in a thread, item by item, so
+                # the loop runs meanwhile; the next line waits for it, so replies keep their order.
+                if len(line) > p.BIG_LINE_BYTES:
+                    msg = await asyncio.to_thread(p.decode_reply, line)
+                else:
+                    msg = p.decode_reply(line)
             except p.ProtocolError as exc:
                 log.warning("%s: malformed line ignored: %s", self.name, exc)
                 continue
@@ -267,12 +287,48 @@ class RunnerSlot:
                     log.warning("%s refused a request: %s", self.name, msg.message)
                 continue
             if isinstance(msg, p.Result | p.Error):
-                del self._calls[msg.id]
-                if not any(c.abandoned for c in self._calls.values()):
-                    self.idle.set()
-                    self._wake.set()
+                self._end(msg.id)
             if not call.abandoned:
                 call.replies.put_nowait(msg)
+
+    def _end(self, req_id: str) -> None:
+        """Forget a call the runner has ended; the slot is idle once no abandoned call is left."""
+        self._calls.pop(req_id, None)
+        if not any(c.abandoned for c in self._calls.values()):
+            self.idle.set()
+            self._wake.set()
+
+    def _cut_work_calls(self) -> None:
+        """A reply line over the limit was dropped. Its id is unknown, so every work call in
+        flight fails (a work runner has one at a time: a job holds its lease; at most a
+        preload's load may wait beside it). Each stays in flight, the slot busy, until the
+        runner confirms the request has ended (`_settle`)."""
+        cut = [(req_id, c) for req_id, c in self._calls.items() if c.work]
+        log.error("%s: dropped a reply line over %d bytes; failing %s", self.name,
+                  p.MAX_LINE_BYTES, ", ".join(req_id for req_id, _ in cut) or "no call")
+        for req_id, call in cut:
+            if not call.abandoned:
+                call.replies.put_nowait(RunnerError(
+                    "reply_too_large",
+                    f"{self.name} sent a reply over the {p.MAX_LINE_BYTES >> 20} MiB line limit; "
+                    "the request was stopped",
+                ))
+                call.abandoned = True
+            self.idle.clear()
+            task = asyncio.create_task(self._settle(req_id), name=f"{self.name}-settle-{req_id}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _settle(self, req_id: str) -> None:
+        """Cancel a cut request. If the runner has nothing to cancel, the cut line was its
+        last reply and the call ends now; otherwise its final reply (soon) ends it."""
+        try:
+            answer = await asyncio.wait_for(self.call(p.Cancel(id=new_id(), target=req_id)),
+                                            self._settings.runners.heartbeat_timeout)
+        except (RunnerError, RunnerLost, TimeoutError):
+            return  # a runner that does not answer is restarted, which ends every call
+        if not answer.get("canceled") and req_id in self._calls:
+            self._end(req_id)
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -300,7 +356,7 @@ class RunnerSlot:
         caller is cancelled, the runner is told to cancel and the slot stays busy until the
         runner has really stopped.
         """
-        call = _Call()
+        call = _Call(work=not isinstance(req, CONTROL_REQUESTS))
         self._calls[req.id] = call
         try:
             await self._send(req)
@@ -324,6 +380,23 @@ class RunnerSlot:
         finally:
             if not call.abandoned:
                 self._calls.pop(req.id, None)
+
+
+async def _skip_line(stream: asyncio.StreamReader) -> None:
+    """Discard the rest of a line over the stream's limit, through its newline.
+
+    `readuntil` raised LimitOverrunError and left the data buffered: `consumed` bytes hold no
+    newline (all of them, when none was found yet), so they go, and the search resumes.
+    (`readline` would instead drop the buffer and return the line's tail as the next line.)
+    """
+    while True:
+        try:
+            await stream.readuntil(b"\n")
+            return
+        except asyncio.LimitOverrunError as exc:
+            await stream.readexactly(exc.consumed)
+        except asyncio.IncompleteReadError:
+            return
 
 
 async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:

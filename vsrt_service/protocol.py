@@ -15,10 +15,16 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Required, TypeAlias, TypedDict
 
+from . import bigjson
+
 PROTOCOL_VERSION = 1
 
 #: Longest line either side accepts; a longer one is a protocol error, not a crash.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+
+#: Lines longer than this (an aligned transcript) are decoded item by item, and the service
+#: does it in a thread: one `json.loads` of megabytes would hold its event loop.
+BIG_LINE_BYTES = 256 * 1024
 
 
 class ProtocolError(ValueError):
@@ -246,7 +252,8 @@ def _decode(line: bytes | str, table: dict[str, type[Any]]) -> Any:
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(f"line of {len(line)} bytes is over the limit")
     try:
-        obj = json.loads(line)
+        # result -> data -> segments -> one segment at a time
+        obj = bigjson.loads(line, depth=3) if len(line) > BIG_LINE_BYTES else json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):

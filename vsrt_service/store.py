@@ -24,6 +24,7 @@ from typing import Any
 
 import aiosqlite
 
+from . import bigjson
 from .aio import settle
 from .protocol import AlignedSegment
 
@@ -488,17 +489,22 @@ class Store:
     async def save_result(
         self, job_id: str, segments: list[AlignedSegment], alignment: str, language: str | None
     ) -> None:
+        # Megabytes for hours of speech: encoded in a thread, a segment at a time.
+        text = await asyncio.to_thread(bigjson.dumps, segments, 1)
         async with self._write() as db:
             await db.execute(
                 "UPDATE jobs SET result = ?, alignment = ?, language = coalesce(?, language),"
                 " updated_at = ? WHERE id = ?",
-                (json.dumps(segments), alignment, language, time.time(), job_id),
+                (text, alignment, language, time.time(), job_id),
             )
 
     async def result(self, job_id: str) -> list[AlignedSegment] | None:
         async with self._r.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)) as cur:
             row = await cur.fetchone()
-        return json.loads(row[0]) if row and row[0] else None
+        if not row or not row[0]:
+            return None
+        segments: list[AlignedSegment] = await asyncio.to_thread(bigjson.loads, row[0], 1)
+        return segments
 
     async def save_edited_cues(self, job_id: str, cues: list[dict[str, Any]] | None) -> None:
         async with self._write() as db:
