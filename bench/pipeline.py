@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.media import Sentence, Speech, make_long_speech, make_speech, word_error_rate
-from vsrt_service.config import RunnerSettings
-from vsrt_service.pool import cpu_threads
+from vsrt_service.core.config import RunnerSettings
+from vsrt_service.runners.pool import cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -194,7 +194,7 @@ def prepare_models(work: Path) -> tuple[Path, Path, Path]:
     """(tiny.en CTranslate2 dir, tiny wav2vec2 dir, NLTK data root)."""
     from gpu_runner.nltk_data import ensure_punkt_tab
     from tests.tiny_models import make_tiny_wav2vec2
-    from vsrt_service.models import bundled_tiny_en
+    from vsrt_service.models.bundled import bundled_tiny_en
 
     whisper = bundled_tiny_en()
     if whisper is None:
@@ -372,7 +372,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     whisper_dir, align_dir, nltk_root = prepare_models(work)
     os.environ["NLTK_DATA"] = str(nltk_root)
 
-    from vsrt_service.config import load_settings
+    from vsrt_service.core.config import load_settings
     from vsrt_service.service import Service
 
     settings = load_settings(

@@ -6,7 +6,7 @@ slow subscriber never slows the others, and that `fragment` events are never los
 subscribers on one job channel, and what it costs the server process, which also serves
 the API: a server busy fanning out, or busy running a job, answers status polls late.
 
-What it measures, against the real app (`vsrt_service.app.create_app`) started in a
+What it measures, against the real app (`vsrt_service.web.app.create_app`) started in a
 SUBPROCESS (a launcher in this module, `--serve`, with a fresh data directory, raised
 `sse.max_connections_per_*` limits and access logging off as in `vsrt serve`), so that the
 server's CPU is read from its own /proc/<pid>/stat (utime + stime: its threads, not the
@@ -135,9 +135,9 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
     """The vsrt app as `vsrt serve` runs it, plus `POST /bench/publish` (bench only)."""
     from aiohttp import web
 
-    from vsrt_service.app import create_app
-    from vsrt_service.appkeys import BROKER, STREAMS
-    from vsrt_service.config import load_settings
+    from vsrt_service.core.config import load_settings
+    from vsrt_service.web.app import create_app
+    from vsrt_service.web.keys import BROKER, STREAMS
 
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

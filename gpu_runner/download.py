@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vsrt_service import protocol as p
-from vsrt_service.integrity import ManifestFile, file_problem
+from vsrt_service.core import protocol as p
+from vsrt_service.core.integrity import ManifestFile, file_problem
 
 from .engine import Canceled, EngineError
 

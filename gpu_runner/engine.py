@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vsrt_service.protocol import AlignedSegment, ModelRef, SegmentSpan, TextSegment, Word
+from vsrt_service.core.protocol import AlignedSegment, ModelRef, SegmentSpan, TextSegment, Word
 
 log = logging.getLogger("gpu_runner.engine")
 

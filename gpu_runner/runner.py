@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vsrt_service import protocol as p
+from vsrt_service.core import protocol as p
 
 from .engine import Canceled, Engine, EngineError
 

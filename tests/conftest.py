@@ -27,9 +27,9 @@ from aiohttp.test_utils import TestClient
 
 from tests.media import Speech, make_speech
 from tests.procs import runner_pids
-from vsrt_service.app import create_app
-from vsrt_service.config import Settings, load_settings
+from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.service import Service
+from vsrt_service.web.app import create_app
 
 #: Longest a callback may hold the event loop before the test fails.
 BLOCK_LIMIT = 0.5

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from tests.media import LONG_SENTENCES
-from vsrt_service.protocol import AlignedSegment, Word
+from vsrt_service.core.protocol import AlignedSegment, Word
 
 __all__ = ["aligned_result"]
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 from tests.long_media import aligned_result
-from vsrt_service import protocol as p
+from vsrt_service.core import protocol as p
 
 
 def main() -> int:

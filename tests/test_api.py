@@ -19,9 +19,9 @@ from tests.conftest import ClientFactory, SettingsFactory, loop_lag
 from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech, word_error_rate
 from tests.sse_client import SseReader
-from vsrt_service.app import create_app
-from vsrt_service.appkeys import BROKER, STREAMS
-from vsrt_service.formats import parse_srt
+from vsrt_service.core.formats import parse_srt
+from vsrt_service.web.app import create_app
+from vsrt_service.web.keys import BROKER, STREAMS
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from vsrt_service.broker import Broker
+from vsrt_service.core.broker import Broker
 
 
 def test_ids_grow_per_channel_and_pings_take_their_own() -> None:

@@ -17,7 +17,7 @@ from tests.media import Speech, make_corrupt_media, word_error_rate
 from tests.procs import runner_pids
 from tests.test_pipeline import check_cues_follow_rules, transcript
 from tests.test_server import Server, free_port
-from vsrt_service.formats import parse_srt, parse_vtt
+from vsrt_service.core.formats import parse_srt, parse_vtt
 
 VSRT = [sys.executable, "-m", "vsrt_service.cli"]
 

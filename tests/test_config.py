@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from vsrt_service.config import ConfigError, Settings, load_settings
+from vsrt_service.core.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_config_file_states_exactly_the_embedded_defaults() -> None:
-    data = tomllib.loads((ROOT / "config" / "vsrt.toml").read_text())
+    data = tomllib.loads((ROOT / "vsrt_service" / "data" / "vsrt.toml").read_text())
     defaults = asdict(Settings())
     assert data.pop("data_dir") == str(defaults.pop("data_dir")).replace("data", "./data")
     assert set(data) == set(defaults)

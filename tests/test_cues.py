@@ -12,9 +12,9 @@ from typing import Any, cast
 
 import pytest
 
-from vsrt_service.config import CueSettings
-from vsrt_service.cues import PAUSE_SPLIT_SECONDS, Cue, build_cues, round_ms
-from vsrt_service.protocol import AlignedSegment
+from vsrt_service.core.config import CueSettings
+from vsrt_service.core.cues import PAUSE_SPLIT_SECONDS, Cue, build_cues, round_ms
+from vsrt_service.core.protocol import AlignedSegment
 
 RULES = CueSettings()
 

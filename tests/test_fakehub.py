@@ -42,7 +42,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import _http as hf_http
 
 from tests.fakehub import FakeHub, git_blob_sha1, start_fake_hub
-from vsrt_service.models import bundled_tiny_en
+from vsrt_service.models.bundled import bundled_tiny_en
 
 REPO = "fake-org/faster-whisper-tiny"
 T = TypeVar("T")

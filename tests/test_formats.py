@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from vsrt_service.cues import Cue
-from vsrt_service.formats import (
+from vsrt_service.core.cues import Cue
+from vsrt_service.core.formats import (
     FORMATS,
     cues_from_json,
     parse_srt,

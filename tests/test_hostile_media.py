@@ -35,11 +35,11 @@ from tests.media import (
     word_error_rate,
 )
 from tests.procs import tool_pids
-from vsrt_service.app import create_app
-from vsrt_service.config import Settings
-from vsrt_service.formats import parse_srt
-from vsrt_service.media import MediaError, extract_audio
-from vsrt_service.uploads import display_name
+from vsrt_service.core.config import Settings
+from vsrt_service.core.formats import parse_srt
+from vsrt_service.jobs.media import MediaError, extract_audio
+from vsrt_service.web.app import create_app
+from vsrt_service.web.uploads import display_name
 
 #: How long a refusal may take: probing is a fraction of a second; this is generous.
 ANSWER_WITHIN = 30.0
@@ -294,7 +294,7 @@ async def test_canceling_a_hung_extraction_kills_ffmpeg(
 
 async def test_a_hung_probe_is_killed_at_its_timeout(tmp_path: Path) -> None:
     """The helper every ffprobe and ffmpeg goes through, on an ffprobe that really hangs."""
-    from vsrt_service.media import run_tool
+    from vsrt_service.jobs.media import run_tool
 
     fifo = tmp_path / "stalled.mp4"
     os.mkfifo(fifo)  # opened for reading, it blocks until a writer comes: none will

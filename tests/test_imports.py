@@ -14,7 +14,7 @@ def test_service_imports_and_runs_without_heavy_modules(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import asyncio, sys, time
         started = time.perf_counter()
-        import vsrt_service, vsrt_service.cli, vsrt_service.pipeline
+        import vsrt_service, vsrt_service.cli, vsrt_service.jobs.pipeline
         from vsrt_service import Service, load_settings
 
         async def main():

@@ -16,14 +16,14 @@ import pytest
 
 from tests.conftest import SettingsFactory, loop_lag
 from tests.long_media import aligned_result
-from vsrt_service import bigjson
-from vsrt_service.app import create_app
-from vsrt_service.appkeys import STORE
-from vsrt_service.formats import parse_srt
-from vsrt_service.manager import ModelManager
-from vsrt_service.pipeline import JobContext, JobRun
-from vsrt_service.pool import RunnerPool
+from vsrt_service.core import bigjson
+from vsrt_service.core.formats import parse_srt
+from vsrt_service.jobs.pipeline import JobContext, JobRun
+from vsrt_service.models.manager import ModelManager
+from vsrt_service.runners.pool import RunnerPool
 from vsrt_service.service import open_broker, open_store
+from vsrt_service.web.app import create_app
+from vsrt_service.web.keys import STORE
 
 #: Longest the loop may stall while a 3-hour result is handled.
 MAX_LAG = 0.1

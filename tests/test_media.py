@@ -25,7 +25,7 @@ from tests.media import (
     normalize_text,
     word_error_rate,
 )
-from vsrt_service.media import ALLOWED_FORMATS, MediaInfo, audio_is_complete, extract_audio, wav_seconds
+from vsrt_service.jobs.media import ALLOWED_FORMATS, MediaInfo, audio_is_complete, extract_audio, wav_seconds
 
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -214,7 +214,7 @@ def test_tiny_wav2vec2_aligns_with_offline_punkt(tmp_path: Path) -> None:
         assert 0.0 <= w["start"] <= w["end"] <= speech.duration
 
 
-# --- vsrt_service.media on ordinary files -----------------------------------------------------
+# --- vsrt_service.jobs.media on ordinary files -----------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,10 @@ from tests.fakehub import FakeHub, start_fake_hub
 from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech
 from tests.sse_client import SseEvent, SseReader
-from vsrt_service.app import create_app
-from vsrt_service.appkeys import MODELS, POOL
-from vsrt_service.config import Settings
-from vsrt_service.models import bundled_tiny_en
+from vsrt_service.core.config import Settings
+from vsrt_service.models.bundled import bundled_tiny_en
+from vsrt_service.web.app import create_app
+from vsrt_service.web.keys import MODELS, POOL
 
 WHISPER_REPO = "Systran/faster-whisper-tiny"
 ALIGN_REPO = "facebook/wav2vec2-base-960h"

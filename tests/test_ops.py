@@ -19,11 +19,11 @@ from tests.conftest import ServiceFactory, SettingsFactory
 from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech, make_text_file
 from tests.test_pipeline import segment_rows
-from vsrt_service.app import create_app
-from vsrt_service.datadir import LOCK_NAME, DataDirLocked, expire_audio
-from vsrt_service.files import write_atomic
+from vsrt_service.core.files import write_atomic
+from vsrt_service.jobs.datadir import LOCK_NAME, DataDirLocked, expire_audio
+from vsrt_service.jobs.store import JobStatus
 from vsrt_service.service import Service, open_store
-from vsrt_service.store import JobStatus
+from vsrt_service.web.app import create_app
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 

@@ -22,7 +22,7 @@ from tests.media import (
     make_video_without_audio,
     word_error_rate,
 )
-from vsrt_service.formats import parse_srt
+from vsrt_service.core.formats import parse_srt
 from vsrt_service.service import Service, ServiceError
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ import pytest
 from tests.conftest import SettingsFactory, loop_lag
 from tests.long_media import aligned_result
 from tests.procs import runner_option, runner_pids
-from vsrt_service import protocol as p
-from vsrt_service.pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, cpu_threads, new_id
+from vsrt_service.core import protocol as p
+from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, cpu_threads, new_id
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vsrt_service import protocol as p
+from vsrt_service.core import protocol as p
 
 REQUESTS = [
     p.Hello(id="1"),

@@ -22,11 +22,11 @@ import pytest
 from tests.conftest import ServiceFactory
 from tests.http_helpers import upload
 from tests.media import Speech, make_speech
-from vsrt_service.app import create_app
-from vsrt_service.appkeys import SCHEDULER, STORE
-from vsrt_service.scheduler import Scheduler
+from vsrt_service.jobs.scheduler import Scheduler
+from vsrt_service.jobs.store import Job, Store
 from vsrt_service.service import Service, ServiceError
-from vsrt_service.store import Job, Store
+from vsrt_service.web.app import create_app
+from vsrt_service.web.keys import SCHEDULER, STORE
 
 STOPPED = ("paused", "canceled", "completed", "failed")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.media import LONG_SENTENCES, make_speech
-from vsrt_service import protocol as p
-from vsrt_service.media import extract_audio
-from vsrt_service.models import bundled_tiny_en
+from vsrt_service.core import protocol as p
+from vsrt_service.jobs.media import extract_audio
+from vsrt_service.models.bundled import bundled_tiny_en
 
 
 class RawRunner:

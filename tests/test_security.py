@@ -22,7 +22,7 @@ from tests.conftest import ClientFactory, SettingsFactory
 from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech
 from tests.sse_client import SseReader
-from vsrt_service.appkeys import STREAMS
+from vsrt_service.web.keys import STREAMS
 
 ROOT = Path(__file__).resolve().parent.parent
 EVIL = "https://evil.example"
@@ -129,7 +129,7 @@ async def test_rebinding_host_is_refused_everywhere(make_client: ClientFactory) 
 
 
 def test_host_rules() -> None:
-    from vsrt_service.security import host_allowed
+    from vsrt_service.web.security import host_allowed
 
     names = frozenset({"vsrt.example", ".lan.example"})
     assert host_allowed("10.1.2.3:8000", names) and host_allowed("[fe80::1]", names)
@@ -183,7 +183,7 @@ async def test_security_headers_on_every_response(make_client: ClientFactory, sp
 
 
 def test_client_address_rules() -> None:
-    from vsrt_service.security import client_address, parse_networks
+    from vsrt_service.web.security import client_address, parse_networks
 
     trusted = parse_networks(["10.0.0.0/8", "127.0.0.1", "::1"])
     assert client_address("127.0.0.1", ["203.0.113.5"], trusted) == "203.0.113.5"
@@ -313,7 +313,7 @@ async def resample_audio(source: Path, target: Path) -> None:
 
 
 def test_messages_lose_server_paths() -> None:
-    from vsrt_service.security import public_text
+    from vsrt_service.web.security import public_text
 
     data = Path("/srv/vsrt/data")
     assert public_text("split failed: /srv/vsrt/data/jobs/ab12/audio.wav: expected 16 kHz mono audio",

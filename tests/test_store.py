@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vsrt_service.store import SCHEMA_VERSION, JobStatus, Store, StoreError
+from vsrt_service.jobs.store import SCHEMA_VERSION, JobStatus, Store, StoreError
 
 
 async def make_jobs(store: Store, n: int) -> list[str]:

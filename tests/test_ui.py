@@ -30,7 +30,7 @@ from tests.ui_helpers import (
     screenshot,
     wait_for_js,
 )
-from vsrt_service.models import bundled_tiny_en
+from vsrt_service.models.bundled import bundled_tiny_en
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -389,7 +389,7 @@ ALIGN_REPO = "facebook/wav2vec2-base-960h"
 
 async def test_model_manager_download_close_reopen_ready(tmp_path: Path, tiny_align_model: Path) -> None:
     from tests.fakehub import FakeHub, start_fake_hub
-    from vsrt_service.models import bundled_tiny_en
+    from vsrt_service.models.bundled import bundled_tiny_en
 
     bundled = bundled_tiny_en()
     assert bundled is not None

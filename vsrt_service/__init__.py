@@ -4,7 +4,7 @@ This package never imports torch, whisperx, ctranslate2 or transformers: model w
 in `python -m gpu_runner` subprocesses.
 """
 
-from .config import Settings, load_settings
-from .service import Service
+from vsrt_service.core.config import Settings, load_settings
+from vsrt_service.service import Service
 
 __all__ = ["Service", "Settings", "load_settings"]

@@ -4,7 +4,7 @@ Exit codes: 0 success, 1 a file failed, 2 bad usage or configuration, 75 the dat
 is in use by another process (EX_TEMPFAIL: try again once it stops, or use another
 --data-dir), 130 interrupted.
 
-Every command opens the data directory for itself and locks it (vsrt_service.datadir): while
+Every command opens the data directory for itself and locks it (vsrt_service.jobs.datadir): while
 `vsrt serve` runs on ./data, `vsrt transcribe` and `vsrt models ...` on ./data stop at once
 with a line naming the server's pid, rather than sharing its database behind its back.
 """
@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .broker import Broker
-from .config import ConfigError, Settings, load_settings
-from .datadir import DataDirLocked
-from .files import write_atomic
-from .formats import FORMATS
-from .manager import CHANNEL, ModelError, ModelManager
-from .models import WHISPER_MODELS
-from .options import OptionError
-from .pool import RunnerPool
-from .service import Service, ServiceError, open_broker, open_models, open_store
+from vsrt_service.core.broker import Broker
+from vsrt_service.core.config import ConfigError, Settings, load_settings
+from vsrt_service.core.files import write_atomic
+from vsrt_service.core.formats import FORMATS
+from vsrt_service.core.options import OptionError
+from vsrt_service.jobs.datadir import DataDirLocked
+from vsrt_service.models.bundled import WHISPER_MODELS
+from vsrt_service.models.manager import CHANNEL, ModelError, ModelManager
+from vsrt_service.runners.pool import RunnerPool
+from vsrt_service.service import Service, ServiceError, open_broker, open_models, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            from .server import serve
+            from vsrt_service.web.server import serve
 
             return serve(_settings(args, host=args.host, port=args.port))
         if args.command == "transcribe":

@@ -14,18 +14,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .broker import Broker, Event
-from .config import Settings, load_settings
-from .cues import Cue
-from .datadir import keep_tidy, lock_data_dir
-from .formats import FORMATS, cues_from_json, render
-from .manager import ModelManager
-from .media import MediaError, check_media
-from .options import conflicts, parse_options
-from .pipeline import JobContext, remove_job_files
-from .pool import RunnerPool
-from .scheduler import Scheduler, Stop
-from .store import FINAL, Job, JobStatus, Store
+from vsrt_service.core.broker import Broker, Event
+from vsrt_service.core.config import Settings, load_settings
+from vsrt_service.core.cues import Cue
+from vsrt_service.core.formats import FORMATS, cues_from_json, render
+from vsrt_service.core.options import conflicts, parse_options
+from vsrt_service.jobs.datadir import keep_tidy, lock_data_dir
+from vsrt_service.jobs.media import MediaError, check_media
+from vsrt_service.jobs.pipeline import JobContext, remove_job_files
+from vsrt_service.jobs.scheduler import Scheduler, Stop
+from vsrt_service.jobs.store import FINAL, Job, JobStatus, Store
+from vsrt_service.models.manager import ModelManager
+from vsrt_service.runners.pool import RunnerPool
 
 log = logging.getLogger("vsrt.service")
 

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import protocol as p
-from .broker import Broker
-from .catalog import TYPES, Catalog, CatalogEntry
-from .config import Settings
-from .integrity import ManifestFile, problems
-from .models import bundled_tiny_en
-from .pool import RunnerError, RunnerLost, RunnerPool, new_id
-from .store import Store
+from vsrt_service.core import protocol as p
+from vsrt_service.core.broker import Broker
+from vsrt_service.core.catalog import TYPES, Catalog, CatalogEntry
+from vsrt_service.core.config import Settings
+from vsrt_service.core.integrity import ManifestFile, problems
+from vsrt_service.jobs.store import Store
+from vsrt_service.models.bundled import bundled_tiny_en
+from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, new_id
 
 log = logging.getLogger("vsrt.models")
 

@@ -28,9 +28,9 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
-from .config import Settings
-from .files import PART_SUFFIX
-from .store import Job, Store
+from vsrt_service.core.config import Settings
+from vsrt_service.core.files import PART_SUFFIX
+from vsrt_service.jobs.store import Job, Store
 
 log = logging.getLogger("vsrt.datadir")
 

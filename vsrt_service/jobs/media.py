@@ -26,8 +26,8 @@ from pathlib import Path
 
 import ffmpeg
 
-from .config import MediaSettings
-from .files import replace_durably
+from vsrt_service.core.config import MediaSettings
+from vsrt_service.core.files import replace_durably
 
 SAMPLE_RATE = 16000
 

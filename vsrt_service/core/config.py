@@ -1,7 +1,7 @@
 """One typed, validated settings object, read from defaults, a TOML file and VSRT_* variables.
 
 The dataclass defaults are the embedded defaults (so an installed package runs with no
-file at all); `config/vsrt.toml` spells out the same values and a test keeps them equal.
+file at all); `vsrt_service/data/vsrt.toml` spells out the same values and a test keeps them equal.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Required, TypeAlias, TypedDict
 
-from . import bigjson
+from vsrt_service.core import bigjson
 
 PROTOCOL_VERSION = 1
 

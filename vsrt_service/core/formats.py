@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from vsrt_service.cues import Cue, round_ms
+from vsrt_service.core.cues import Cue, round_ms
 
 __all__ = [
     "FORMATS",

@@ -1,4 +1,4 @@
-"""The model catalog (config/models.toml): which models exist and where they come from."""
+"""The model catalog (vsrt_service/data/models.toml): which models exist and where they come from."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-CATALOG_FILE = Path(__file__).resolve().parent.parent / "config" / "models.toml"
+CATALOG_FILE = Path(__file__).resolve().parent.parent / "data" / "models.toml"
 TYPES = ("whisper", "align")
 
 

@@ -10,8 +10,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .config import Settings
-from .models import WHISPER_MODELS, english_only
+from vsrt_service.core.config import Settings
+from vsrt_service.models.bundled import WHISPER_MODELS, english_only
 
 #: Settings that change stored results; a resume keeps the checkpoint's values.
 LOCKED = ("model", "language", "task", "vad_onset", "vad_offset", "chunk_size")

@@ -19,8 +19,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from .broker import Broker, Event, sse_frame
-from .config import SseSettings
+from vsrt_service.core.broker import Broker, Event, sse_frame
+from vsrt_service.core.config import SseSettings
 
 Snapshot = Callable[[], Awaitable[tuple[str, dict[str, Any]]]]
 

@@ -6,12 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import sse
-from .appkeys import MODELS, SERVICE, SETTINGS, STREAMS
-from .broker import Event
-from .catalog import TYPES
-from .manager import CHANNEL
-from .service import ServiceError
+from vsrt_service.core.broker import Event
+from vsrt_service.core.catalog import TYPES
+from vsrt_service.models.manager import CHANNEL
+from vsrt_service.service import ServiceError
+from vsrt_service.web import sse
+from vsrt_service.web.keys import MODELS, SERVICE, SETTINGS, STREAMS
 
 routes = web.RouteTableDef()
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import aiosqlite
 
-from . import bigjson
-from .aio import settle
-from .protocol import AlignedSegment
+from vsrt_service.core import bigjson
+from vsrt_service.core.aio import settle
+from vsrt_service.core.protocol import AlignedSegment
 
 SCHEMA_VERSION = 3
 

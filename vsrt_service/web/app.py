@@ -15,17 +15,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .api_jobs import routes as job_routes
-from .api_models import routes as model_routes
-from .appkeys import BROKER, MODELS, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
-from .auth import Tickets, token_matches
-from .config import Settings, load_settings
-from .manager import CHANNEL as MODELS_CHANNEL
-from .manager import ModelError
-from .options import OptionError
-from .pipeline import JobContext
-from .security import Exposure, add_security_headers, error_response, public_text
-from .service import (
+from vsrt_service.core.config import Settings, load_settings
+from vsrt_service.core.options import OptionError
+from vsrt_service.jobs.pipeline import JobContext
+from vsrt_service.models.manager import CHANNEL as MODELS_CHANNEL
+from vsrt_service.models.manager import ModelError
+from vsrt_service.service import (
     Service,
     ServiceError,
     open_broker,
@@ -34,10 +29,15 @@ from .service import (
     open_scheduler,
     open_store,
 )
-from .sse import Streams
-from .uploads import UploadError
+from vsrt_service.web.api_jobs import routes as job_routes
+from vsrt_service.web.api_models import routes as model_routes
+from vsrt_service.web.auth import Tickets, token_matches
+from vsrt_service.web.keys import BROKER, MODELS, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
+from vsrt_service.web.security import Exposure, add_security_headers, error_response, public_text
+from vsrt_service.web.sse import Streams
+from vsrt_service.web.uploads import UploadError
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 #: Streams authenticate with a one-use ticket in the query, since EventSource sends no headers.
 STREAM_PREFIXES = ("/api/stream/", "/api/models/events/")

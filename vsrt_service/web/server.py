@@ -10,8 +10,8 @@ import logging
 
 from aiohttp import web
 
-from .app import create_app
-from .config import Settings
+from vsrt_service.core.config import Settings
+from vsrt_service.web.app import create_app
 
 log = logging.getLogger("vsrt.server")
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from .aio import settle
-from .options import OptionError
-from .pipeline import JobContext, JobFailed, JobRun, Requeue
-from .pool import PoolClosed
-from .security import public_text
-from .store import FINAL, Job, JobStatus
+from vsrt_service.core.aio import settle
+from vsrt_service.core.options import OptionError
+from vsrt_service.jobs.pipeline import JobContext, JobFailed, JobRun, Requeue
+from vsrt_service.jobs.store import FINAL, Job, JobStatus
+from vsrt_service.runners.pool import PoolClosed
+from vsrt_service.web.security import public_text
 
 log = logging.getLogger("vsrt.scheduler")
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .auth import Tickets
-from .broker import Broker
-from .config import Settings
-from .manager import ModelManager
-from .pool import RunnerPool
-from .scheduler import Scheduler
-from .service import Service
-from .sse import Streams
-from .store import Store
+from vsrt_service.core.broker import Broker
+from vsrt_service.core.config import Settings
+from vsrt_service.jobs.scheduler import Scheduler
+from vsrt_service.jobs.store import Store
+from vsrt_service.models.manager import ModelManager
+from vsrt_service.runners.pool import RunnerPool
+from vsrt_service.service import Service
+from vsrt_service.web.auth import Tickets
+from vsrt_service.web.sse import Streams
 
 SETTINGS = web.AppKey("vsrt_settings", Settings)
 STORE = web.AppKey("vsrt_store", Store)

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
-from .files import close_synced, replace_durably
+from vsrt_service.core.files import close_synced, replace_durably
 
 CHUNK = 1 << 20
 MAX_SETTINGS_BYTES = 64 * 1024

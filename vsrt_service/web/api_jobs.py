@@ -8,12 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
-from . import bigjson, sse
-from .appkeys import SERVICE, SETTINGS, STREAMS
-from .formats import MEDIA_TYPES
-from .service import Service, ServiceError
-from .store import Job
-from .uploads import receive
+from vsrt_service.core import bigjson
+from vsrt_service.core.formats import MEDIA_TYPES
+from vsrt_service.jobs.store import Job
+from vsrt_service.service import Service, ServiceError
+from vsrt_service.web import sse
+from vsrt_service.web.keys import SERVICE, SETTINGS, STREAMS
+from vsrt_service.web.uploads import receive
 
 routes = web.RouteTableDef()
 

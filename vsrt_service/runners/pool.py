@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import protocol as p
-from .config import RunnerSettings, Settings
+from vsrt_service.core import protocol as p
+from vsrt_service.core.config import RunnerSettings, Settings
 
 log = logging.getLogger("vsrt.pool")
 

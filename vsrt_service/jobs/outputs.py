@@ -3,7 +3,7 @@
 Cue building and rendering are pure-Python CPU: seconds for hours of speech. In a thread
 that work still shares the service's GIL, and whenever the busy thread is preempted while
 holding it the event loop waits too (0.1-0.2 s stalls on a loaded machine). A child
-process, `python -m vsrt_service.outputs JOB_DIR`, shares nothing: it reads
+process, `python -m vsrt_service.jobs.outputs JOB_DIR`, shares nothing: it reads
 `{"rules", "meta", "segments"}` as JSON on stdin, writes every format into JOB_DIR and
 answers `{"cues": N}` (or `{"error": "ExceptionName"}`) on stdout. Short transcripts, the
 common case, are done in a thread: starting an interpreter costs more than they do.
@@ -21,12 +21,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import bigjson
-from .config import CueSettings
-from .cues import Cue, build_cues
-from .files import write_atomic
-from .formats import FORMATS, render
-from .protocol import AlignedSegment
+from vsrt_service.core import bigjson
+from vsrt_service.core.config import CueSettings
+from vsrt_service.core.cues import Cue, build_cues
+from vsrt_service.core.files import write_atomic
+from vsrt_service.core.formats import FORMATS, render
+from vsrt_service.core.protocol import AlignedSegment
 
 log = logging.getLogger("vsrt.outputs")
 
@@ -63,7 +63,7 @@ async def write_job_outputs(job_dir: Path, segments: list[AlignedSegment], rules
         bigjson.dumps, {"rules": asdict(rules), "meta": meta, "segments": segments}, 2
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vsrt_service.outputs", str(job_dir), "--nice", str(nice),
+        sys.executable, "-m", "vsrt_service.jobs.outputs", str(job_dir), "--nice", str(nice),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -90,7 +90,7 @@ async def write_job_outputs(job_dir: Path, segments: list[AlignedSegment], rules
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m vsrt_service.outputs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vsrt_service.jobs.outputs", description=__doc__)
     parser.add_argument("job_dir", type=Path)
     parser.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority")
     args = parser.parse_args(argv)

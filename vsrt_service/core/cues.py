@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from vsrt_service.config import CueSettings
-from vsrt_service.protocol import AlignedSegment
+from vsrt_service.core.config import CueSettings
+from vsrt_service.core.protocol import AlignedSegment
 
 __all__ = ["PAUSE_SPLIT_SECONDS", "UNTIMED_SECONDS_PER_CHAR", "Cue", "build_cues", "round_ms"]
 
