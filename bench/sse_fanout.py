@@ -17,7 +17,7 @@ runner subprocess it starts, which is waited for to be ready before anything is 
    over loopback by client processes (aiohttp, `TCPConnector(limit=0)`, `--client-procs`
    processes sharing the N; each reads chunks and parses the SSE framing itself). Then a
    bench-only route of the launcher, `POST /bench/publish`, publishes `fragment` events
-   through the app's broker (`app[BROKER].publish("job:{id}", "fragment", ...)`) at
+   through the app's broker (`app[SERVICE].broker.publish(job_channel(id), "fragment", ...)`) at
    `--rate` per second for `--seconds` seconds, each carrying its `time.time()` send stamp.
    Every client records receive time minus send stamp (same machine clock) for each event.
    Per N: delivery latency p50/p99/max, events delivered / expected, clients told to
@@ -135,9 +135,10 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
     """The vsrt app as `vsrt serve` runs it, plus `POST /bench/publish` (bench only)."""
     from aiohttp import web
 
+    from vsrt_service.core.broker import job_channel
     from vsrt_service.core.config import load_settings
     from vsrt_service.web.app import create_app
-    from vsrt_service.web.keys import BROKER, STREAMS
+    from vsrt_service.web.keys import SERVICE, STREAMS
 
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -151,10 +152,10 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
 
     async def publish(request: web.Request) -> web.Response:
         """Publish `fragment` events at `rate`/s for `seconds` s; answers when done."""
-        channel = f"job:{request.query['job']}"
+        channel = job_channel(request.query['job'])
         rate, seconds = float(request.query["rate"]), float(request.query["seconds"])
         count = round(rate * seconds)
-        broker = request.app[BROKER]
+        broker = request.app[SERVICE].broker
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.01
         late: list[float] = []

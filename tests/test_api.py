@@ -19,9 +19,10 @@ from tests.conftest import ClientFactory, SettingsFactory, loop_lag
 from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech, word_error_rate
 from tests.sse_client import SseReader
+from vsrt_service.core.broker import job_channel
 from vsrt_service.core.formats import parse_srt
 from vsrt_service.web.app import create_app
-from vsrt_service.web.keys import BROKER, STREAMS
+from vsrt_service.web.keys import SERVICE, STREAMS
 
 
 @pytest.mark.slow
@@ -103,8 +104,8 @@ async def test_sse_bytes_on_the_wire(make_client: ClientFactory, speech: Speech)
         await other.next()
         other.resp.close()
     assert len({stream.retry, *(o.retry for o in others)}) > 1
-    broker = client.app[BROKER]
-    ev = broker.publish(f"job:{job['job_id']}", "fragment", {
+    broker = client.app[SERVICE].broker
+    ev = broker.publish(job_channel(job['job_id']), "fragment", {
         "segment_index": 0, "language": "en",
         "segments": [{"id": 0, "start": 1.5, "end": 2.0, "text": "héllo\nworld"}],
     })
@@ -124,7 +125,7 @@ async def watched_paused_job(
     job = await upload(client, speech.path, start=False)
     stream = await open_stream(client, job["job_id"])
     assert (await stream.next()).event == "connected"
-    return job, f"job:{job['job_id']}", stream
+    return job, job_channel(job['job_id']), stream
 
 
 async def test_reconnect_gets_exactly_the_missed_events(
@@ -132,7 +133,7 @@ async def test_reconnect_gets_exactly_the_missed_events(
 ) -> None:
     client = await make_client(sse={"replay_buffer": 50})
     job, channel, stream = await watched_paused_job(client, speech)
-    broker = client.app[BROKER]
+    broker = client.app[SERVICE].broker
     sent = [broker.publish(channel, "fragment", {"segment_index": i}) for i in range(10)]
     seen = [await stream.next() for _ in range(4)]
     assert [e.data["segment_index"] for e in seen] == [0, 1, 2, 3]
@@ -161,7 +162,7 @@ async def test_heartbeats_have_their_own_ids(make_client: ClientFactory, speech:
     """A ping moves the client's Last-Event-ID forward without repeating an event's id."""
     client = await make_client(sse={"heartbeat_interval": 0.2})
     job, channel, stream = await watched_paused_job(client, speech)
-    broker = client.app[BROKER]
+    broker = client.app[SERVICE].broker
     first = broker.publish(channel, "fragment", {"segment_index": 0})
     assert int((await stream.next()).id or 0) == first.id
     pings = [await stream.next() for _ in range(2)]
@@ -182,8 +183,8 @@ async def test_stalled_subscriber_does_not_slow_others_and_is_told_to_resync(
 ) -> None:
     client = await make_client(sse={"subscriber_queue": 64})
     job = await upload(client, speech.path, start=False)
-    channel = f"job:{job['job_id']}"
-    broker = client.app[BROKER]
+    channel = job_channel(job['job_id'])
+    broker = client.app[SERVICE].broker
     # A raw socket that asks for the stream and then never reads.
     host, port = client.server.host, client.server.port
     stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -210,7 +211,10 @@ async def test_stalled_subscriber_does_not_slow_others_and_is_told_to_resync(
                 received += 1
     elapsed = time.perf_counter() - started
     assert received == 1200
-    assert max(publish_times) < 0.01, "publish waited on a subscriber"
+    # A publish that waited on the stalled subscriber would take seconds (its send timeout);
+    # one preemption of this process on a loaded machine takes tens of milliseconds at most.
+    assert max(publish_times) < 0.2, "publish waited on a subscriber"
+    assert sorted(publish_times)[len(publish_times) * 99 // 100] < 0.005
     assert elapsed < 10
     # The stalled subscriber overflowed: it was dropped from the channel, told to resync.
     assert broker.subscribers(channel) == 1
@@ -229,18 +233,18 @@ async def test_stalled_subscriber_does_not_slow_others_and_is_told_to_resync(
 async def test_disconnect_is_noticed_and_cleaned_up(make_client: ClientFactory, speech: Speech) -> None:
     client = await make_client()
     job = await upload(client, speech.path, start=False)
-    broker = client.app[BROKER]
+    broker = client.app[SERVICE].broker
     streams = client.app[STREAMS]
     stream = await open_stream(client, job["job_id"])
     await stream.next()
-    assert broker.subscribers(f"job:{job['job_id']}") == 1
+    assert broker.subscribers(job_channel(job['job_id'])) == 1
     connection = stream.resp.connection
     assert connection is not None and connection.transport is not None
     connection.transport.close()
     deadline = time.monotonic() + 2
-    while broker.subscribers(f"job:{job['job_id']}") and time.monotonic() < deadline:  # noqa: ASYNC110
+    while broker.subscribers(job_channel(job['job_id'])) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
-    assert broker.subscribers(f"job:{job['job_id']}") == 0
+    assert broker.subscribers(job_channel(job['job_id'])) == 0
     assert streams.open_streams() == 0
 
 

@@ -23,7 +23,7 @@ from vsrt_service.models.manager import ModelManager
 from vsrt_service.runners.pool import RunnerPool
 from vsrt_service.service import open_broker, open_store
 from vsrt_service.web.app import create_app
-from vsrt_service.web.keys import STORE
+from vsrt_service.web.keys import SERVICE
 
 #: Longest the loop may stall while a 3-hour result is handled.
 MAX_LAG = 0.1
@@ -55,7 +55,7 @@ async def test_transcription_text_of_a_three_hour_job_leaves_the_loop_free(
     aiohttp_client: Any, make_settings: SettingsFactory
 ) -> None:
     client = await aiohttp_client(create_app(make_settings(models={"preload_on_start": False})))
-    store = client.app[STORE]
+    store = client.app[SERVICE].store
     segments = await asyncio.to_thread(aligned_result, 3.0)
     job = await store.create_job(source_name="three-hours.mp4", input_path="uploads/x.mp4",
                                  settings={}, status="completed")

@@ -23,7 +23,7 @@ from tests.sse_client import SseEvent, SseReader
 from vsrt_service.core.config import Settings
 from vsrt_service.models.bundled import bundled_tiny_en
 from vsrt_service.web.app import create_app
-from vsrt_service.web.keys import MODELS, POOL
+from vsrt_service.web.keys import SERVICE
 
 WHISPER_REPO = "Systran/faster-whisper-tiny"
 ALIGN_REPO = "facebook/wav2vec2-base-960h"
@@ -138,7 +138,7 @@ async def test_killed_download_runner_resumes_without_refetching(
     await client.post("/api/models/whisper/tiny/download")
     await events.until(lambda e: e.event == "model_progress" and e.data["model_id"] == "tiny"
                        and e.data["downloaded_bytes"] > 20e6, wait=60)
-    downloader = client.app[POOL].downloader
+    downloader = client.app[SERVICE].pool.downloader
     pid = downloader.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -166,7 +166,7 @@ async def test_corrupt_file_is_found_and_only_it_is_repaired(
     await client.close()
 
     client = await make_client(transcription={"default_language": None})  # a restart validates
-    models = client.app[MODELS]
+    models = client.app[SERVICE].models
     for _ in range(100):
         if models.state("align", "en").status == "incomplete":
             break
@@ -414,7 +414,7 @@ async def test_cancel_lets_its_callers_own_cancellation_through(
     await one.next()
     await client.post("/api/models/whisper/tiny/download")
     await one.until(lambda e: e.event == "model_progress" and e.data["downloaded_bytes"] > 0)
-    models = client.app[MODELS]
+    models = client.app[SERVICE].models
     download = models.state("whisper", "tiny").task
     assert download is not None
     canceling = asyncio.create_task(models.cancel("whisper", "tiny"))

@@ -22,8 +22,9 @@ from tests.media import (
     make_video_without_audio,
     word_error_rate,
 )
+from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.formats import parse_srt
-from vsrt_service.service import Service, ServiceError
+from vsrt_service.service import Service
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +119,7 @@ async def test_bad_input_is_refused_clearly(
     svc = await make_service()
     bad = await asyncio.to_thread(maker, tmp_path / "bad.mp4")
     good = await svc.submit(speech.path)
-    with pytest.raises(ServiceError) as refused:  # before a job exists
+    with pytest.raises(VsrtError) as refused:  # before a job exists
         await svc.submit(bad)
     assert refused.value.code == code and refused.value.field == "path"
     assert words in str(refused.value)
@@ -227,7 +228,7 @@ async def test_pause_then_resume_keeps_checkpoint_settings(
     before = segment_rows(svc.settings.database_path, job.id)
     assert any(t is None for _, t, _ in before) and any(t for _, t, _ in before)
 
-    conflicts = svc.resume_conflicts(paused, {"model": "base.en", "max_line_chars": 30})
+    _, conflicts = await svc.resume_conflicts(job.id, {"model": "base.en", "max_line_chars": 30})
     assert [c["field"] for c in conflicts] == ["model"]
     resumed = await svc.resume(job.id, {"model": "base.en", "max_line_chars": 30})
     assert resumed.settings["model"] == "tiny.en"  # locked: forced back

@@ -22,11 +22,12 @@ import pytest
 from tests.conftest import ServiceFactory
 from tests.http_helpers import upload
 from tests.media import Speech, make_speech
+from vsrt_service.core.errors import VsrtError
 from vsrt_service.jobs.scheduler import Scheduler
 from vsrt_service.jobs.store import Job, Store
-from vsrt_service.service import Service, ServiceError
+from vsrt_service.service import Service
 from vsrt_service.web.app import create_app
-from vsrt_service.web.keys import SCHEDULER, STORE
+from vsrt_service.web.keys import SERVICE
 
 STOPPED = ("paused", "canceled", "completed", "failed")
 
@@ -99,7 +100,7 @@ async def request(call: Awaitable[Any]) -> str:
     """A control request's answer: the status it reports, or the refusal's code."""
     try:
         result = await call
-    except ServiceError as exc:
+    except VsrtError as exc:
         return f"refused:{exc.code}"
     return result.status if isinstance(result, Job) else "deleted"
 
@@ -252,7 +253,7 @@ async def test_random_control_sequences_over_http_leave_a_consistent_service(
         await asyncio.wait_for(asyncio.gather(*burst), 120)
         await asyncio.sleep(rnd.choice([0, 0, 0.01, 0.05, 0.2]))
 
-    store, scheduler = app[STORE], app[SCHEDULER]
+    store, scheduler = app[SERVICE].store, app[SERVICE].scheduler
 
     async def drained() -> bool:
         rows = await store.list_jobs(limit=1000)

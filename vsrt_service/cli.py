@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import shutil
 import sys
@@ -22,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from vsrt_service.core.broker import Broker
+from vsrt_service.core.broker import MODELS_CHANNEL
 from vsrt_service.core.config import ConfigError, Settings, load_settings
+from vsrt_service.core.errors import NotFound, VsrtError
 from vsrt_service.core.files import write_atomic
 from vsrt_service.core.formats import FORMATS
 from vsrt_service.core.options import OptionError
 from vsrt_service.jobs.datadir import DataDirLocked
 from vsrt_service.models.bundled import WHISPER_MODELS
-from vsrt_service.models.manager import CHANNEL, ModelError, ModelManager
-from vsrt_service.runners.pool import RunnerPool
-from vsrt_service.service import Service, ServiceError, open_broker, open_models, open_store
+from vsrt_service.models.manager import ModelManager
+from vsrt_service.service import Service
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 
@@ -183,22 +182,19 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
 
     failures: list[str] = []
     progress = Progress([f.name for f in files], sys.stderr)
-    async with Service(settings) as svc:
-        svc.scheduler.only = set()
+    async with Service(settings, own_jobs_only=True) as svc:
         jobs: list[tuple[int, str]] = []
         for i, f in enumerate(files):
             try:
                 job = await svc.submit(f, job_settings)
             except OptionError as exc:
-                print(f"vsrt: invalid --{exc.field.replace('_', '-')}: {exc}", file=sys.stderr)
+                print(f"vsrt: invalid --{(exc.field or '').replace('_', '-')}: {exc}", file=sys.stderr)
                 return EXIT_USAGE
-            except ServiceError as exc:
+            except VsrtError as exc:
                 failures.append(f"{f}: {exc}")
                 progress.update(i, failed=True, done=True, message=str(exc))
                 continue
             jobs.append((i, job.id))
-            svc.scheduler.only.add(job.id)
-            svc.scheduler.wake()
 
         async def follow(i: int, job_id: str) -> None:
             async for ev in svc.events(job_id):
@@ -238,33 +234,27 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def models_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Model commands run the model manager in-process with only the download runner."""
-    async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings))
-        broker = await stack.enter_async_context(open_broker(settings))
-        pool = RunnerPool(settings, work_runners=False)
-        await pool.start()
-        stack.push_async_callback(pool.close)
-        models = await stack.enter_async_context(open_models(settings, store, broker, pool, validate=False))
+    """Model commands run the service with only the download runner, no jobs, and no
+    background hashing (the command's exit would wait for it)."""
+    async with Service(settings, work_runners=False, run_jobs=False, validate_models=False) as svc:
         if args.models_command == "list":
-            return models_list(models)
+            return models_list(svc.models)
         kind = "align" if args.align else "whisper"
         try:
             if args.models_command == "delete":
-                await models.delete(kind, args.model, in_use=set())
+                await svc.delete_model(kind, args.model)
                 print(f"deleted {kind} model {args.model}")
                 return EXIT_OK
-            return await models_download(models, broker, kind, args.model)
-        except ModelError as exc:
+            return await models_download(svc, kind, args.model)
+        except VsrtError as exc:
             print(f"vsrt: {exc}", file=sys.stderr)
-            return EXIT_USAGE if exc.status == 404 else EXIT_FAILED
-    return EXIT_OK
+            return EXIT_USAGE if isinstance(exc, NotFound) else EXIT_FAILED
 
 
-async def models_download(models: ModelManager, broker: Broker, kind: str, model_id: str) -> int:
-    sub, _ = broker.subscribe(CHANNEL)
+async def models_download(svc: Service, kind: str, model_id: str) -> int:
+    sub, _ = svc.broker.subscribe(MODELS_CHANNEL)
     try:
-        status = await models.request(kind, model_id, with_aligner=False)
+        status = await svc.models.request(kind, model_id, with_aligner=False)
         if status == "ready":
             print(f"{kind} model {model_id} is already downloaded")
             return EXIT_OK

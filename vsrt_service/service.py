@@ -1,7 +1,9 @@
-"""The embeddable service: `async with Service(settings) as svc:` submit jobs, follow events.
+"""The application: `Service` holds every use case, and the HTTP APIs, the CLI and library
+users only translate to and from it.
 
-It owns the resources in dependency order (store, broker, runner pool, scheduler) and
-releases them in reverse. The CLI uses it directly; the aiohttp app wraps the same parts.
+`async with Service(settings) as svc:` opens the resources in dependency order (store, broker,
+runner pool, model manager, scheduler) and closes them in reverse; a command that needs no
+work runners or no scheduler says so (`work_runners=False`, `run_jobs=False`).
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from vsrt_service.core.broker import Broker, Event
+from vsrt_service.core.broker import Broker, Event, job_channel
 from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.core.cues import Cue
+from vsrt_service.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from vsrt_service.core.formats import FORMATS, cues_from_json, render
 from vsrt_service.core.options import conflicts, parse_options
 from vsrt_service.jobs.datadir import keep_tidy, lock_data_dir
@@ -35,20 +39,22 @@ FINAL_SIGNALS = frozenset({"job_complete", "paused", "canceled"})
 CONTROL_ATTEMPTS = 5
 
 
-class ServiceError(Exception):
-    """A request the service refuses; `status` is the HTTP status that fits."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.field = status, code, field
-
-
 def is_final_event(ev: Event) -> bool:
     return ev.event == "error" or (ev.event == "signal" and ev.data.get("code") in FINAL_SIGNALS)
 
 
+@dataclass(frozen=True)
+class Transcript:
+    """A job's whole current text, best source first: the aligned result, else the
+    checkpoint's unaligned segments (`source` says which), and the user's edits if saved."""
+
+    job: Job
+    source: str  # "aligned", "checkpoint" or "none"
+    segments: list[dict[str, Any]]
+    edited_cues: list[dict[str, Any]] | None
+
+
 # --- resources, each opened and closed by one context manager ------------------------------
-# The Service enters them in this order; the aiohttp app wraps each in its own cleanup_ctx.
 
 
 @contextlib.asynccontextmanager
@@ -73,8 +79,9 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
 
 
 @contextlib.asynccontextmanager
-async def open_pool(settings: Settings, env: dict[str, str] | None = None) -> AsyncIterator[RunnerPool]:
-    pool = RunnerPool(settings, env)
+async def open_pool(settings: Settings, env: dict[str, str] | None = None,
+                    work_runners: bool = True) -> AsyncIterator[RunnerPool]:
+    pool = RunnerPool(settings, env, work_runners=work_runners)
     await pool.start()
     try:
         yield pool
@@ -96,9 +103,12 @@ async def open_models(settings: Settings, store: Store, broker: Broker, pool: Ru
 
 
 @contextlib.asynccontextmanager
-async def open_scheduler(ctx: JobContext) -> AsyncIterator[Scheduler]:
-    scheduler = Scheduler(ctx)
-    await scheduler.start()
+async def open_scheduler(ctx: JobContext, run: bool = True, restrict_to: set[str] | None = None
+                         ) -> AsyncIterator[Scheduler]:
+    """The scheduler; with `run` False it claims nothing (commands that run no jobs)."""
+    scheduler = Scheduler(ctx, restrict_to)
+    if run:
+        await scheduler.start()
     try:
         yield scheduler
     finally:
@@ -106,9 +116,26 @@ async def open_scheduler(ctx: JobContext) -> AsyncIterator[Scheduler]:
 
 
 class Service:
-    def __init__(self, settings: Settings | None = None, *, runner_env: dict[str, str] | None = None):
+    """Every use case of vsrt, over the resources it opens."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        runner_env: dict[str, str] | None = None,
+        work_runners: bool = True,
+        run_jobs: bool = True,
+        own_jobs_only: bool = False,
+        validate_models: bool = True,
+    ) -> None:
+        """`own_jobs_only`: run only the jobs this object submits, not the data directory's
+        queue (the CLI's files). `run_jobs=False`: claim nothing (the models commands)."""
         self.settings = settings or load_settings()
         self._runner_env = runner_env
+        self._work_runners = work_runners
+        self._run_jobs = run_jobs
+        self._own_jobs_only = own_jobs_only
+        self._validate_models = validate_models
         self._stack: contextlib.AsyncExitStack | None = None
         self.models: ModelManager
         self.store: Store
@@ -117,25 +144,18 @@ class Service:
         self.ctx: JobContext
         self.scheduler: Scheduler
 
-    @classmethod
-    def attach(cls, scheduler: Scheduler) -> Service:
-        """A Service over resources someone else opened and will close (the aiohttp app)."""
-        ctx = scheduler.ctx
-        svc = cls(ctx.settings)
-        svc.store, svc.broker, svc.pool, svc.models = ctx.store, ctx.broker, ctx.pool, ctx.models
-        svc.scheduler, svc.ctx = scheduler, ctx
-        return svc
-
     async def __aenter__(self) -> Service:
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
             self.store = await stack.enter_async_context(open_store(s))
             self.broker = await stack.enter_async_context(open_broker(s))
-            self.pool = await stack.enter_async_context(open_pool(s, self._runner_env))
+            self.pool = await stack.enter_async_context(
+                open_pool(s, self._runner_env, self._work_runners))
             self.models = await stack.enter_async_context(
-                open_models(s, self.store, self.broker, self.pool))
+                open_models(s, self.store, self.broker, self.pool, self._validate_models))
             self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models)
-            self.scheduler = await stack.enter_async_context(open_scheduler(self.ctx))
+            self.scheduler = await stack.enter_async_context(
+                open_scheduler(self.ctx, self._run_jobs, set() if self._own_jobs_only else None))
             self._stack = stack.pop_all()
         return self
 
@@ -166,12 +186,12 @@ class Service:
         file = Path(path)
         name = source_name or file.name
         if not await asyncio.to_thread(file.is_file):
-            raise ServiceError(400, "not_found", f"{name}: no such file", field)
+            raise InvalidInput(f"{name}: no such file", code="not_found", field=field)
         try:
             await check_media(file, name, self.settings.media)
         except MediaError as exc:  # a missing ffmpeg is the server's fault, not the file's
-            status = 503 if exc.code == "ffmpeg_missing" else 400
-            raise ServiceError(status, exc.code, str(exc), field) from None
+            kind = Unavailable if exc.code == "ffmpeg_missing" else InvalidInput
+            raise kind(str(exc), code=exc.code, field=field) from None
         resolved = await asyncio.to_thread(file.resolve)
         try:
             stored = str(resolved.relative_to(self.settings.data_dir))
@@ -183,6 +203,8 @@ class Service:
             settings=options.to_dict(),
             status="queued" if start else "paused",
         )
+        if self.scheduler.restrict_to is not None:
+            self.scheduler.restrict_to.add(job.id)
         if start:
             self.scheduler.wake()
         return job
@@ -190,20 +212,31 @@ class Service:
     async def get(self, job_id: str) -> Job:
         job = await self.store.get_job(job_id)
         if job is None:
-            raise ServiceError(404, "not_found", f"no job {job_id}")
+            raise NotFound(f"no job {job_id}")
         return job
+
+    async def list_jobs(self, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and how many there are in all."""
+        return await self.store.list_jobs(limit, offset), await self.store.count_jobs()
+
+    async def snapshot(self, job_id: str) -> dict[str, Any]:
+        """The job's state as a stream's `connected` event carries it."""
+        job = await self.get(job_id)
+        return {
+            "job_id": job.id, "status": job.status, "phase": job.phase,
+            "percent": round(job.percent, 2), "message": job.message,
+            "processed": job.processed, "total": job.total,
+        }
 
     async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events, a `connected` snapshot first, until it ends (or is paused)."""
-        sub, replayed = self.broker.subscribe(f"job:{job_id}", last_event_id)
+        channel = job_channel(job_id)
+        sub, replayed = self.broker.subscribe(channel, last_event_id)
         try:
-            job = await self.get(job_id)
+            snapshot = await self.snapshot(job_id)
             if not replayed:
-                yield Event(f"job:{job_id}", sub.opened_at, "connected", {
-                    "job_id": job.id, "status": job.status, "phase": job.phase,
-                    "percent": round(job.percent, 2), "message": job.message,
-                })
-                if job.status not in ("queued", "processing"):
+                yield Event(channel, sub.opened_at, "connected", snapshot)
+                if snapshot["status"] not in (JobStatus.QUEUED, JobStatus.PROCESSING):
                     return
             async for ev in sub:
                 yield ev
@@ -245,8 +278,8 @@ class Service:
                     continue  # it ended meanwhile: look again
                 job = await self.get(job_id)
                 if took is not reason or job.status != target:
-                    raise ServiceError(409, "conflict", f"the job was {job.status} instead "
-                                       f"(a stronger request or the job's end came first)")
+                    raise Conflict(f"the job was {job.status} instead (a stronger request or the "
+                                   "job's end came first)")
                 return job
             if job.status in from_states:
                 done = await self.store.set_status(job_id, target, target, expect=(JobStatus(job.status),))
@@ -255,19 +288,22 @@ class Service:
                 self.ctx.publish(job_id, "signal", {"code": target, "message": f"job {target}"})
                 return done
             if job.status in FINAL:
-                raise ServiceError(409, "finished", f"the job is already {job.status}")
-            raise ServiceError(409, "not_running", f"a {job.status} job cannot be {target}")
-        raise ServiceError(409, "busy", "the job kept changing state; try again")
+                raise Conflict(f"the job is already {job.status}", code="finished")
+            raise Conflict(f"a {job.status} job cannot be {target}", code="not_running")
+        raise Conflict("the job kept changing state; try again", code="busy")
 
     async def _refuse_if_elsewhere(self, job_id: str) -> None:
         """409 when another process runs the job (only it can stop it)."""
         job = await self.get(job_id)
         if job.status == JobStatus.PROCESSING and job.lease_owner != self.scheduler.owner:
-            raise ServiceError(409, "not_here", "the job is running in another process")
+            raise Conflict("the job is running in another process", code="not_here")
 
-    def resume_conflicts(self, job: Job, settings: dict[str, Any] | None) -> list[dict[str, Any]]:
+    async def resume_conflicts(self, job_id: str, settings: dict[str, Any] | None
+                               ) -> tuple[Job, list[dict[str, Any]]]:
+        """Which of these new settings a resume would force back to the checkpoint's."""
+        job = await self.get(job_id)
         options = parse_options(settings, self.settings, base=job.settings)
-        return conflicts(job.checkpoint_settings, options)
+        return job, conflicts(job.checkpoint_settings, options)
 
     async def resume(
         self, job_id: str, settings: dict[str, Any] | None = None, *, restart: bool = False
@@ -276,14 +312,14 @@ class Service:
         `restart`, which throws the checkpoint away and starts over with the new settings."""
         job = await self.get(job_id)
         if job.status == JobStatus.PROCESSING:
-            raise ServiceError(409, "running", "the job is already running")
+            raise Conflict("the job is already running", code="running")
         values = parse_options(settings, self.settings, base=job.settings).to_dict()
         if not restart and job.checkpoint_settings:
             values.update({k: v for k, v in job.checkpoint_settings.items() if k in values})
         queued = await self.store.requeue(job_id, values, restart=restart)
         if queued is None:
             await self.get(job_id)  # 404 when it was deleted meanwhile
-            raise ServiceError(409, "running", "the job is already running")
+            raise Conflict("the job is already running", code="running")
         self.scheduler.wake()
         return queued
 
@@ -298,38 +334,62 @@ class Service:
             if await self.store.delete_job(job_id):
                 break
         else:
-            raise ServiceError(409, "busy", "the job kept changing state; try again")
+            raise Conflict("the job kept changing state; try again", code="busy")
         await asyncio.to_thread(remove_job_files, self.ctx.job_dir(job_id))
         upload = self.ctx.input_file(job)
         if upload.is_relative_to(self.settings.uploads_dir):
             await asyncio.to_thread(upload.unlink, missing_ok=True)
-        self.broker.drop_channel(f"job:{job_id}")
+        self.broker.drop_channel(job_channel(job_id))
 
     # --- results -------------------------------------------------------------------------
 
     async def subtitles(self, job_id: str, fmt: str = "srt") -> str:
         """The subtitles in a format: the user's edited cues when saved, else the machine's."""
         if fmt not in FORMATS:
-            raise ServiceError(400, "bad_format", f"format must be one of {', '.join(FORMATS)}", "format")
+            raise InvalidInput(f"format must be one of {', '.join(FORMATS)}", code="bad_format",
+                               field="format")
         job = await self.get(job_id)
         edited = await self.store.edited_cues(job_id)
         if edited is not None:
             return render(fmt, cues_from_json(edited), {"job_id": job_id, "edited": True})
         path = self.ctx.job_dir(job_id) / f"subtitles.{fmt}"
         if job.status != "completed" or not await asyncio.to_thread(path.is_file):
-            raise ServiceError(409, "not_ready", "the subtitles are not ready yet")
+            raise Conflict("the subtitles are not ready yet", code="not_ready")
         return await asyncio.to_thread(path.read_text, encoding="utf-8")
 
+    async def transcript(self, job_id: str) -> Transcript:
+        job = await self.get(job_id)
+        aligned = await self.store.result(job.id)
+        if aligned is not None and job.alignment:
+            segments = [
+                {"id": i, "start": s["start"], "end": s["end"], "text": s["text"], "words": s["words"]}
+                for i, s in enumerate(aligned)
+            ]
+            source = "aligned"
+        else:
+            stored = [s for s in await self.store.segments(job.id) if s.text is not None]
+            segments = [{"id": s.index, "start": s.start, "end": s.end, "text": s.text} for s in stored]
+            source = "checkpoint" if stored else "none"
+        return Transcript(job, source, segments, await self.store.edited_cues(job.id))
+
     async def save_edited_cues(self, job_id: str, items: Any) -> list[Cue]:
+        """Keep the user's cues apart from the machine's; downloads serve them from now on."""
         await self.get(job_id)
         try:
             cues = cues_from_json(items)
         except ValueError as exc:
-            raise ServiceError(400, "bad_cues", str(exc), "cues") from None
+            raise InvalidInput(str(exc), code="bad_cues", field="cues") from None
         await self.store.save_edited_cues(
             job_id, [{"start": c.start, "end": c.end, "text": c.text} for c in cues]
         )
         return cues
+
+    async def discard_edits(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        await self.store.save_edited_cues(job.id, None)
+        return job
+
+    # --- models --------------------------------------------------------------------------
 
     def models_in_use(self) -> set[str]:
         """Model keys that running jobs depend on (their deletion is refused)."""
@@ -342,5 +402,18 @@ class Service:
                     keys.add(f"align:{settings['language']}")
         return keys
 
+    async def download_model(self, kind: str, model_id: str) -> tuple[str, dict[str, Any]]:
+        """Queue a download (idempotent): its answer and the model's state."""
+        answer = await self.models.request(kind, model_id)
+        return answer, self.models.info(self.models.state(kind, model_id))
+
+    async def delete_model(self, kind: str, model_id: str) -> dict[str, Any]:
+        """Delete a model's files and unload it; refused while a running job uses it."""
+        await self.models.delete(kind, model_id, self.models_in_use())
+        return self.models.info(self.models.state(kind, model_id))
+
+    # --- health --------------------------------------------------------------------------
+
     def health(self) -> dict[str, Any]:
+        """Each runner's state and the jobs running here."""
         return {"runners": self.pool.health(), "running_jobs": self.scheduler.running()}

@@ -21,6 +21,15 @@ from typing import Any
 COALESCE = frozenset({"progress", "model_progress", "ping", "heartbeat"})
 
 
+#: The app-wide channel of model downloads and states.
+MODELS_CHANNEL = "models"
+
+
+def job_channel(job_id: str) -> str:
+    """The channel of one job's events."""
+    return f"job:{job_id}"
+
+
 def sse_frame(event_id: int, event: str, data: dict[str, Any]) -> bytes:
     """One event in SSE wire form (the JSON has no raw newlines, so one data line)."""
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from vsrt_service.core.errors import InvalidInput
 
-class ConfigError(ValueError):
+
+class ConfigError(InvalidInput):
     """A setting with a bad value; the message names the setting and what is expected."""
+
+    code = "bad_config"
 
 
 @dataclass(frozen=True)

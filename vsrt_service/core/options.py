@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from vsrt_service.core.config import Settings
+from vsrt_service.core.errors import InvalidInput
 from vsrt_service.models.bundled import WHISPER_MODELS, english_only
 
 #: Settings that change stored results; a resume keeps the checkpoint's values.
@@ -20,12 +21,13 @@ TASKS = ("transcribe", "translate")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 
 
-class OptionError(ValueError):
+class OptionError(InvalidInput):
     """A bad setting; `field` names it for the API's error body."""
 
+    code = "bad_settings"
+
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from vsrt_service.core.config import Settings
+from vsrt_service.core.errors import Conflict
 from vsrt_service.core.files import PART_SUFFIX
 from vsrt_service.jobs.store import Job, Store
 
@@ -52,8 +53,10 @@ _AUDIO_RETENTION = {
 }
 
 
-class DataDirLocked(Exception):
+class DataDirLocked(Conflict):
     """The data directory is held by another process (or another service in this one)."""
+
+    code = "data_dir_locked"
 
     def __init__(self, data_dir: Path, pid: int | None, command: str) -> None:
         self.data_dir, self.pid, self.command = data_dir, pid, command

@@ -27,6 +27,7 @@ from pathlib import Path
 import ffmpeg
 
 from vsrt_service.core.config import MediaSettings
+from vsrt_service.core.errors import InvalidInput
 from vsrt_service.core.files import replace_durably
 
 SAMPLE_RATE = 16000
@@ -50,12 +51,11 @@ _REFUSED_FORMAT = re.compile(r"^\[([^\s@\]]+) @ 0x[0-9a-f]+\] Format not on whit
 _STDERR_TAIL = 64 * 1024
 
 
-class MediaError(Exception):
+class MediaError(InvalidInput):
     """Input the pipeline cannot use; `code` is stable, the message is for a person."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code=code)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 from vsrt_service.core import bigjson
 from vsrt_service.core.config import CueSettings
 from vsrt_service.core.cues import Cue, build_cues
+from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.files import write_atomic
 from vsrt_service.core.formats import FORMATS, render
 from vsrt_service.core.protocol import AlignedSegment
@@ -34,7 +35,7 @@ log = logging.getLogger("vsrt.outputs")
 CHILD_ABOVE_WORDS = 3000
 
 
-class OutputError(Exception):
+class OutputError(VsrtError):
     """The subtitle files could not be written; the message names no server path."""
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from vsrt_service.core import protocol as p
-from vsrt_service.core.broker import Broker
+from vsrt_service.core.broker import Broker, job_channel
 from vsrt_service.core.config import CueSettings, Settings
+from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.options import JobOptions, parse_options
 from vsrt_service.jobs.media import MediaError, audio_is_complete, extract_audio, probe, wav_seconds
 from vsrt_service.jobs.outputs import OutputError, write_job_outputs
@@ -39,12 +40,11 @@ PHASES: dict[str, tuple[float, float]] = {
 }
 
 
-class JobFailed(Exception):
+class JobFailed(VsrtError):
     """Ends a job as failed with a code and a message a user can act on."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code=code)
 
 
 class Requeue(Exception):
@@ -69,7 +69,7 @@ class JobContext:
         return path if path.is_absolute() else self.settings.data_dir / path
 
     def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
-        self.broker.publish(f"job:{job_id}", event, data)
+        self.broker.publish(job_channel(job_id), event, data)
 
 
 def percent(phase: str, fraction: float) -> float:

@@ -89,7 +89,7 @@ def _owner_alive(owner: str | None, me: str) -> bool:
 
 
 class Scheduler:
-    def __init__(self, ctx: JobContext) -> None:
+    def __init__(self, ctx: JobContext, restrict_to: set[str] | None = None) -> None:
         self.ctx = ctx
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[str, Running] = {}
@@ -100,7 +100,7 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
         #: When set, only these jobs are taken (the CLI runs its own files, not the queue).
-        self.only: set[str] | None = None
+        self.restrict_to = restrict_to
 
     @property
     def capacity(self) -> int:
@@ -149,7 +149,7 @@ class Scheduler:
             while len(self._running) < self.capacity:
                 async with self._claiming:
                     job = await self.ctx.store.claim_next(
-                        self.owner, lease, self.only, exclude=list(self._running))
+                        self.owner, lease, self.restrict_to, exclude=list(self._running))
                     if job is None:
                         break
                     self._launch(job)

@@ -26,6 +26,7 @@ import aiosqlite
 
 from vsrt_service.core import bigjson
 from vsrt_service.core.aio import settle
+from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.protocol import AlignedSegment
 
 SCHEMA_VERSION = 3
@@ -119,8 +120,8 @@ FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
 RESUMABLE = (JobStatus.QUEUED, JobStatus.PAUSED, *FINAL)
 
 
-class StoreError(Exception):
-    pass
+class StoreError(VsrtError):
+    code = "store"
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from vsrt_service.core import protocol as p
-from vsrt_service.core.broker import Broker
+from vsrt_service.core.broker import MODELS_CHANNEL, Broker
 from vsrt_service.core.catalog import TYPES, Catalog, CatalogEntry
 from vsrt_service.core.config import Settings
+from vsrt_service.core.errors import Conflict, NotFound
 from vsrt_service.core.integrity import ManifestFile, problems
 from vsrt_service.jobs.store import Store
 from vsrt_service.models.bundled import bundled_tiny_en
@@ -31,16 +32,10 @@ from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, new_i
 
 log = logging.getLogger("vsrt.models")
 
-CHANNEL = "models"
+CHANNEL = MODELS_CHANNEL
 #: Restarts of the download runner a download survives (it resumes each time).
 DOWNLOAD_ATTEMPTS = 3
 PREFER_WEIGHTS = ["model.safetensors", "pytorch_model.bin"]
-
-
-class ModelError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
 
 
 @dataclass(eq=False)  # identity: states live in sets and queues
@@ -138,7 +133,7 @@ class ModelManager:
     def state(self, kind: str, model_id: str) -> ModelState:
         st = self._states.get((kind, model_id))
         if st is None:
-            raise ModelError(404, "not_found", f"no {kind} model {model_id!r} in the catalog")
+            raise NotFound(f"no {kind} model {model_id!r} in the catalog")
         return st
 
     def ref(self, kind: str, model_id: str) -> p.ModelRef | None:
@@ -358,9 +353,9 @@ class ModelManager:
         """
         st = self.state(kind, model_id)
         if st.entry.key in in_use:
-            raise ModelError(409, "in_use", f"{st.entry.key} is used by a running job")
+            raise Conflict(f"{st.entry.key} is used by a running job", code="in_use")
         if st.bundled_path is not None and not await asyncio.to_thread(self.directory(st).is_dir):
-            raise ModelError(409, "bundled", "this model ships with the installed package")
+            raise Conflict("this model ships with the installed package", code="bundled")
         if st.deleting is None:
             st.deleting = asyncio.create_task(self._delete(st), name=f"delete-{st.entry.key}")
         await asyncio.shield(st.deleting)

@@ -21,6 +21,7 @@ from typing import Any
 
 from vsrt_service.core import protocol as p
 from vsrt_service.core.config import RunnerSettings, Settings
+from vsrt_service.core.errors import VsrtError
 
 log = logging.getLogger("vsrt.pool")
 
@@ -30,12 +31,11 @@ ReplyHandler = Callable[[p.Reply], Awaitable[None]]
 RUNNER_PROGRAM = (sys.executable, "-m", "gpu_runner")
 
 
-class RunnerError(Exception):
+class RunnerError(VsrtError):
     """The runner answered a request with an error."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code=code)
 
 
 class RunnerLost(Exception):

@@ -1,4 +1,7 @@
-"""Job routes under /api (SPEC section 3) and the job event stream (section 4)."""
+"""Job routes under /api (SPEC section 3) and the job event stream (section 4).
+
+Each handler reads the request, calls one `Service` use case and shapes the answer; the
+response shapes live here, the behaviour in the service."""
 
 from __future__ import annotations
 
@@ -9,9 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from vsrt_service.core import bigjson
+from vsrt_service.core.broker import job_channel
+from vsrt_service.core.errors import Forbidden, InvalidInput
 from vsrt_service.core.formats import MEDIA_TYPES
 from vsrt_service.jobs.store import Job
-from vsrt_service.service import Service, ServiceError
+from vsrt_service.service import Service, Transcript
 from vsrt_service.web import sse
 from vsrt_service.web.keys import SERVICE, SETTINGS, STREAMS
 from vsrt_service.web.uploads import receive
@@ -38,30 +43,30 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
-        raise ServiceError(400, "bad_json", "the request body must be JSON") from None
+        raise InvalidInput("the request body must be JSON", code="bad_json") from None
     if not isinstance(body, dict):
-        raise ServiceError(400, "bad_json", "the request body must be a JSON object")
+        raise InvalidInput("the request body must be a JSON object", code="bad_json")
     return body
 
 
 def _flag(value: Any, field: str) -> bool:
     if isinstance(value, bool):
         return value
-    raise ServiceError(400, "bad_request", f"{field} must be true or false", field)
+    raise InvalidInput(f"{field} must be true or false", field=field)
 
 
 def resolve_media_path(svc: Service, raw: Any) -> Path:
     """A file named by path must lie inside a configured media root (symlinks resolved)."""
     if not isinstance(raw, str) or not raw:
-        raise ServiceError(400, "bad_request", "path must be a non-empty string", "path")
+        raise InvalidInput("path must be a non-empty string", field="path")
     roots = svc.settings.media_root_paths()
     if not roots:
-        raise ServiceError(403, "forbidden", "naming server files is disabled (no media roots)", "path")
+        raise Forbidden("naming server files is disabled (no media roots)", field="path")
     for root in roots:
         candidate = (root / raw).resolve()
         if candidate.is_relative_to(root):
             return candidate
-    raise ServiceError(403, "forbidden", "the path is outside the configured media roots", "path")
+    raise Forbidden("the path is outside the configured media roots", field="path")
 
 
 @routes.post("/api/jobs")
@@ -82,7 +87,7 @@ async def create_job(request: web.Request) -> web.Response:
         unknown = set(body) - {"path", "settings", "start"}
         if unknown:
             field = sorted(unknown)[0]
-            raise ServiceError(400, "bad_request", f"unknown field {field!r}", field)
+            raise InvalidInput(f"unknown field {field!r}", field=field)
         path = await asyncio.to_thread(resolve_media_path, svc, body.get("path"))
         job = await svc.submit(path, body.get("settings"), start=_flag(body.get("start", True), "start"))
     return web.json_response({"job_id": job.id, **job_json(job)}, status=201)
@@ -95,9 +100,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit = min(200, max(1, int(request.query.get("limit", "50"))))
         offset = max(0, int(request.query.get("offset", "0")))
     except ValueError:
-        raise ServiceError(400, "bad_request", "limit and offset must be whole numbers") from None
-    jobs = await svc.store.list_jobs(limit, offset)
-    total = await svc.store.count_jobs()
+        raise InvalidInput("limit and offset must be whole numbers") from None
+    jobs, total = await svc.list_jobs(limit, offset)
     return web.json_response({
         "jobs": [job_json(j) for j in jobs], "total": total, "limit": limit, "offset": offset,
     })
@@ -114,23 +118,21 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(job.status_dict())
 
 
-async def job_request(request: web.Request) -> tuple[Service, Job, dict[str, Any]]:
-    """The service, the job named by the body's `job_id`, and the body."""
-    svc = request.app[SERVICE]
+async def job_request(request: web.Request) -> tuple[Service, str, dict[str, Any]]:
+    """The service, the body's `job_id` and the body."""
     body = await read_json(request)
     job_id = body.get("job_id")
     if not isinstance(job_id, str):
-        raise ServiceError(400, "bad_request", "job_id is required", "job_id")
-    return svc, await svc.get(job_id), body
+        raise InvalidInput("job_id is required", field="job_id")
+    return request.app[SERVICE], job_id, body
 
 
 @routes.post("/api/start")
 async def start(request: web.Request) -> web.Response:
-    svc, job, body = await job_request(request)
-    job_id = job.id
+    svc, job_id, body = await job_request(request)
     settings = body.get("settings")
     restart = _flag(body.get("restart", False), "restart")
-    forced = [] if restart else svc.resume_conflicts(job, settings)
+    forced = [] if restart else (await svc.resume_conflicts(job_id, settings))[1]
     job = await svc.resume(job_id, settings, restart=restart)
     return web.json_response({**job_json(job), "forced_settings": forced})
 
@@ -152,36 +154,27 @@ async def delete(request: web.Request) -> web.Response:
     return web.json_response({"job_id": job_id, "deleted": True})
 
 
-@routes.get("/api/transcription-text/{job_id}")
-async def transcription_text(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    job = await svc.get(request.match_info["job_id"])
-    segments: list[dict[str, Any]]
-    aligned = await svc.store.result(job.id)
-    if aligned is not None and job.alignment:
-        source = "aligned"
-        segments = [
-            {"id": i, "start": s["start"], "end": s["end"], "text": s["text"], "words": s["words"]}
-            for i, s in enumerate(aligned)
-        ]
-    else:
-        stored = [s for s in await svc.store.segments(job.id) if s.text is not None]
-        source = "checkpoint" if stored else "none"
-        segments = [{"id": s.index, "start": s.start, "end": s.end, "text": s.text} for s in stored]
-    body = {
+def transcript_json(t: Transcript) -> dict[str, Any]:
+    job = t.job
+    return {
         "job_id": job.id,
-        "source": source,
+        "source": t.source,
         "language": job.language,
         "alignment": job.alignment,
-        "text": " ".join(s["text"] for s in segments if s["text"]),
-        "segments": segments,
-        "edited_cues": await svc.store.edited_cues(job.id),
+        "text": " ".join(s["text"] for s in t.segments if s["text"]),
+        "segments": t.segments,
+        "edited_cues": t.edited_cues,
         "progress": {"processed": job.processed, "total": job.total, "percent": round(job.percent, 2),
                      "status": job.status, "phase": job.phase},
     }
-    # Megabytes for hours of speech: encoded in a thread, a segment at a time.
-    return web.Response(text=await asyncio.to_thread(bigjson.dumps, body, 2),
-                        content_type="application/json")
+
+
+@routes.get("/api/transcription-text/{job_id}")
+async def transcription_text(request: web.Request) -> web.Response:
+    transcript = await request.app[SERVICE].transcript(request.match_info["job_id"])
+    # Megabytes for hours of speech: shaped and encoded in a thread, a segment at a time.
+    text = await asyncio.to_thread(lambda: bigjson.dumps(transcript_json(transcript), 2))
+    return web.Response(text=text, content_type="application/json")
 
 
 @routes.get("/api/checkpoint-settings/{job_id}")
@@ -197,8 +190,8 @@ async def checkpoint_settings(request: web.Request) -> web.Response:
 
 @routes.post("/api/validate-resume-settings")
 async def validate_resume_settings(request: web.Request) -> web.Response:
-    svc, job, body = await job_request(request)
-    found = svc.resume_conflicts(job, body.get("settings"))
+    svc, job_id, body = await job_request(request)
+    job, found = await svc.resume_conflicts(job_id, body.get("settings"))
     return web.json_response({"job_id": job.id, "valid": not found, "conflicts": found,
                               "checkpoint_settings": job.checkpoint_settings})
 
@@ -224,7 +217,7 @@ async def save_subtitles(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
-        raise ServiceError(400, "bad_json", "the request body must be JSON") from None
+        raise InvalidInput("the request body must be JSON", code="bad_json") from None
     items = body.get("cues") if isinstance(body, dict) else body
     cues = await svc.save_edited_cues(request.match_info["job_id"], items)
     return web.json_response({"job_id": request.match_info["job_id"], "cues": len(cues), "edited": True})
@@ -232,9 +225,7 @@ async def save_subtitles(request: web.Request) -> web.Response:
 
 @routes.delete("/api/jobs/{job_id}/subtitles")
 async def discard_edits(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    job = await svc.get(request.match_info["job_id"])
-    await svc.store.save_edited_cues(job.id, None)
+    job = await request.app[SERVICE].discard_edits(request.match_info["job_id"])
     return web.json_response({"job_id": job.id, "edited": False})
 
 
@@ -243,22 +234,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICE]
     job_id = request.match_info["job_id"]
     await svc.get(job_id)  # 404 before the stream starts
-    channel = f"job:{job_id}"
 
     async def snapshot() -> tuple[str, dict[str, Any]]:
-        job = await svc.get(job_id)
-        return "connected", {
-            "job_id": job.id, "status": job.status, "phase": job.phase,
-            "percent": round(job.percent, 2), "message": job.message,
-            "processed": job.processed, "total": job.total,
-        }
+        return "connected", await svc.snapshot(job_id)
 
-    try:
-        with request.app[STREAMS].hold(channel, request) as gone:
-            return await sse.stream(
-                request, svc.broker, channel, snapshot, gone,
-                settings=request.app[SETTINGS].sse,
-            )
-    except sse.TooManyStreams as exc:
-        raise ServiceError(429, "too_many_streams", str(exc)) from None
-
+    return await sse.serve(request, request.app[STREAMS], svc.broker, job_channel(job_id), snapshot,
+                           settings=request.app[SETTINGS].sse)

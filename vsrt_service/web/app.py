@@ -1,9 +1,9 @@
-"""The aiohttp application: `create_app(settings)` only wires resources, middlewares, routes.
+"""The aiohttp application: `create_app(settings)` only wires the service, middlewares, routes.
 
-What the app lets in and out (Host, Origin, proxies, headers) is `security.py`'s business.
-
-Resources are opened in dependency order by one cleanup_ctx each (store, broker, runner
-pool, scheduler) and closed in reverse. The app works standalone or mounted as a sub-app.
+One `Service` is entered by one cleanup_ctx (it opens and closes its own resources in order);
+each API is a module of routes that calls it. What the app lets in and out (Host, Origin,
+proxies, headers) is `security.py`'s business, error bodies are `errors.py`'s. The app works
+standalone or mounted as a sub-app.
 """
 
 from __future__ import annotations
@@ -15,27 +15,17 @@ from pathlib import Path
 
 from aiohttp import web
 
+from vsrt_service.core.broker import MODELS_CHANNEL
 from vsrt_service.core.config import Settings, load_settings
-from vsrt_service.core.options import OptionError
-from vsrt_service.jobs.pipeline import JobContext
-from vsrt_service.models.manager import CHANNEL as MODELS_CHANNEL
-from vsrt_service.models.manager import ModelError
-from vsrt_service.service import (
-    Service,
-    ServiceError,
-    open_broker,
-    open_models,
-    open_pool,
-    open_scheduler,
-    open_store,
-)
+from vsrt_service.core.errors import VsrtError
+from vsrt_service.service import Service
 from vsrt_service.web.api_jobs import routes as job_routes
 from vsrt_service.web.api_models import routes as model_routes
 from vsrt_service.web.auth import Tickets, token_matches
-from vsrt_service.web.keys import BROKER, MODELS, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
-from vsrt_service.web.security import Exposure, add_security_headers, error_response, public_text
+from vsrt_service.web.errors import error_response, vsrt_error_response
+from vsrt_service.web.keys import SERVICE, SETTINGS, STREAMS, TICKETS
+from vsrt_service.web.security import Exposure, add_security_headers, public_text
 from vsrt_service.web.sse import Streams
-from vsrt_service.web.uploads import UploadError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -56,14 +46,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every /api failure as `{"error": {"code", "message", "field"?}}`."""
     try:
         return await handler(request)
-    except ServiceError as exc:
-        return error_response(exc.status, exc.code, str(exc), exc.field)
-    except OptionError as exc:
-        return error_response(400, "bad_settings", str(exc), exc.field)
-    except UploadError as exc:
-        return error_response(exc.status, exc.code, str(exc), exc.field)
-    except ModelError as exc:
-        return error_response(exc.status, exc.code, str(exc))
+    except VsrtError as exc:
+        return vsrt_error_response(exc)
     except web.HTTPException as exc:
         if _api_path(request) is None or exc.status < 400:
             raise
@@ -115,42 +99,16 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
-# --- resources: one cleanup_ctx each, in dependency order ------------------------------------
+# --- resources ---------------------------------------------------------------------------------
 
 
-async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_store(app[SETTINGS]) as store:
-        app[STORE] = store
-        yield
-
-
-async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_broker(app[SETTINGS]) as broker:
-        app[BROKER] = broker
-        yield
-
-
-def pool_ctx(env: dict[str, str] | None) -> Callable[[web.Application], AsyncIterator[None]]:
+def service_ctx(runner_env: dict[str, str] | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_pool(app[SETTINGS], env) as pool:
-            app[POOL] = pool
+        async with Service(app[SETTINGS], runner_env=runner_env) as svc:
+            app[SERVICE] = svc
             yield
 
     return ctx
-
-
-async def models_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_models(app[SETTINGS], app[STORE], app[BROKER], app[POOL]) as models:
-        app[MODELS] = models
-        yield
-
-
-async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    ctx = JobContext(app[SETTINGS], app[STORE], app[BROKER], app[POOL], app[MODELS])
-    async with open_scheduler(ctx) as scheduler:
-        app[SCHEDULER] = scheduler
-        app[SERVICE] = Service.attach(scheduler)
-        yield
 
 
 async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -163,7 +121,7 @@ async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def end_streams(app: web.Application) -> None:
     """On shutdown, end every open event stream so the server can stop at once."""
-    app[BROKER].close()
+    app[SERVICE].broker.close()
 
 
 # --- small routes ------------------------------------------------------------------------------
@@ -182,7 +140,8 @@ async def health(request: web.Request) -> web.Response:
         version = metadata.version("vsrt")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    runners = app[POOL].health()
+    state = app[SERVICE].health()
+    runners = state["runners"]
     token = settings.server.auth_token
     if token is None or not token_matches(request.headers.get("Authorization"), token):
         return web.json_response({
@@ -198,7 +157,7 @@ async def health(request: web.Request) -> web.Response:
         "version": version,
         "time": time.time(),
         "runners": runners,
-        "running_jobs": len(app[SCHEDULER].running()),
+        "running_jobs": len(state["running_jobs"]),
         "open_streams": app[STREAMS].open_streams(),
         "limits": {"max_upload_mb": settings.server.max_upload_mb},
         "auth": True,
@@ -225,9 +184,7 @@ def create_app(settings: Settings | None = None, *, runner_env: dict[str, str] |
     app.on_response_prepare.append(add_security_headers)
     app[SETTINGS] = settings
     app[TICKETS] = Tickets(settings.server.ticket_seconds)
-    app.cleanup_ctx.extend(
-        [store_ctx, broker_ctx, pool_ctx(runner_env), models_ctx, scheduler_ctx, streams_ctx]
-    )
+    app.cleanup_ctx.extend([service_ctx(runner_env), streams_ctx])
     app.on_shutdown.append(end_streams)
     app.router.add_get("/api/health", health)
     app.router.add_post("/api/auth/ticket", ticket)

@@ -24,6 +24,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 from vsrt_service.core.config import ServerSettings
+from vsrt_service.web.errors import error_response
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -52,13 +53,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-
-
-def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    body: dict[str, str] = {"code": code, "message": message}
-    if field:
-        body["field"] = field
-    return web.json_response({"error": body}, status=status)
 
 
 # --- addresses and names -----------------------------------------------------------------------

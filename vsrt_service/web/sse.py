@@ -21,12 +21,9 @@ from aiohttp_sse import EventSourceResponse
 
 from vsrt_service.core.broker import Broker, Event, sse_frame
 from vsrt_service.core.config import SseSettings
+from vsrt_service.core.errors import TooManyRequests
 
 Snapshot = Callable[[], Awaitable[tuple[str, dict[str, Any]]]]
-
-
-class TooManyStreams(Exception):
-    pass
 
 
 class Streams:
@@ -50,13 +47,14 @@ class Streams:
         self._watcher: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
-    def hold(self, channel: str, request: web.Request) -> Iterator[asyncio.Future[None]]:
-        """Count a stream against the limits; yields a future done when the client leaves."""
+    def admit(self, channel: str, request: web.Request) -> Iterator[asyncio.Future[None]]:
+        """Count a stream against the limits (TooManyRequests past them); yields a future
+        done when the client leaves."""
         client = request.remote or "?"
         if self.channels[channel] >= self.channel_limits.get(channel, self.per_channel):
-            raise TooManyStreams(f"too many streams open for {channel}")
+            raise TooManyRequests(f"too many streams open for {channel}", code="too_many_streams")
         if self.clients[client] >= self.per_client:
-            raise TooManyStreams("too many streams open from this address")
+            raise TooManyRequests("too many streams open from this address", code="too_many_streams")
         self.channels[channel] += 1
         self.clients[client] += 1
         gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -104,6 +102,23 @@ def last_event_id(request: web.Request) -> int | None:
         return int(raw) if raw else None
     except ValueError:
         return None
+
+
+async def serve(
+    request: web.Request,
+    streams: Streams,
+    broker: Broker,
+    channel: str,
+    snapshot: Snapshot,
+    *,
+    settings: SseSettings,
+    heartbeat_event: str = "ping",
+    accept: Callable[[Event], bool] = lambda ev: True,
+) -> EventSourceResponse:
+    """One subscriber of `channel`, admitted within the stream limits (429 past them)."""
+    with streams.admit(channel, request) as gone:
+        return await stream(request, broker, channel, snapshot, gone, settings=settings,
+                            heartbeat_event=heartbeat_event, accept=accept)
 
 
 async def stream(

@@ -19,17 +19,12 @@ from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
+from vsrt_service.core.errors import InvalidInput, TooLarge
 from vsrt_service.core.files import close_synced, replace_durably
 
 CHUNK = 1 << 20
 MAX_SETTINGS_BYTES = 64 * 1024
 _UNSAFE = re.compile(r"[^\w.\- ()\[\]]+")
-
-
-class UploadError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.field = status, code, field
 
 
 @dataclass(frozen=True)
@@ -62,17 +57,17 @@ def _parse_bool(value: str, field: str) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise UploadError(400, "bad_request", f"{field} must be true or false", field)
+    raise InvalidInput(f"{field} must be true or false", field=field)
 
 
 async def receive(request: web.Request, upload_dir: Path, max_bytes: int) -> Upload:
     """Read a multipart job upload: parts `file`, optional `settings` (JSON) and `start`."""
     if request.content_length is not None and request.content_length > max_bytes + MAX_SETTINGS_BYTES:
-        raise UploadError(413, "too_large", f"the upload is over the {max_bytes // 2**20} MB limit")
+        raise TooLarge(f"the upload is over the {max_bytes // 2**20} MB limit", code="too_large")
     try:
         reader = await request.multipart()
     except (AssertionError, ValueError, KeyError) as exc:
-        raise UploadError(400, "bad_request", f"expected multipart/form-data: {exc}") from None
+        raise InvalidInput(f"expected multipart/form-data: {exc}") from None
     settings: dict[str, Any] | None = None
     start = _parse_bool(request.query.get("start", "true"), "start")
     stored: Path | None = None
@@ -80,31 +75,32 @@ async def receive(request: web.Request, upload_dir: Path, max_bytes: int) -> Upl
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
-                raise UploadError(400, "bad_request", "nested multipart is not supported")
+                raise InvalidInput("nested multipart is not supported")
             if part.name == "file":
                 if stored is not None:
-                    raise UploadError(400, "bad_request", "one file per job", "file")
+                    raise InvalidInput("one file per job", field="file")
                 name = display_name(part.filename)
                 stored = upload_dir / stored_name(name)
                 await _save(part, stored, max_bytes)
             elif part.name == "settings":
                 raw = await part.read(decode=True)
                 if len(raw) > MAX_SETTINGS_BYTES:
-                    raise UploadError(400, "bad_settings", "settings are too large", "settings")
+                    raise InvalidInput("settings are too large", code="bad_settings", field="settings")
                 try:
                     settings = json.loads(raw or b"{}")
                 except ValueError:
-                    raise UploadError(400, "bad_settings", "settings must be JSON", "settings") from None
+                    raise InvalidInput("settings must be JSON", code="bad_settings",
+                                       field="settings") from None
             elif part.name == "start":
                 start = _parse_bool((await part.read(decode=True)).decode(errors="replace"), "start")
             else:
-                raise UploadError(400, "bad_request", f"unexpected form field {part.name!r}", part.name)
+                raise InvalidInput(f"unexpected form field {part.name!r}", field=part.name)
     except BaseException:
         if stored is not None:
             await asyncio.to_thread(_unlink, stored)
         raise
     if stored is None:
-        raise UploadError(400, "missing_file", "the form has no `file` part", "file")
+        raise InvalidInput("the form has no `file` part", code="missing_file", field="file")
     return Upload(stored, name, settings, start)
 
 
@@ -117,11 +113,11 @@ async def _save(part: BodyPartReader, target: Path, max_bytes: int) -> None:
         while chunk := await part.read_chunk(CHUNK):
             size += len(chunk)
             if size > max_bytes:
-                raise UploadError(413, "too_large", f"the upload is over the {max_bytes // 2**20} MB limit")
+                raise TooLarge(f"the upload is over the {max_bytes // 2**20} MB limit", code="too_large")
             await asyncio.to_thread(fh.write, chunk)
         await asyncio.to_thread(close_synced, fh)  # on disk before a job can point at it
         if size == 0:
-            raise UploadError(400, "empty_file", "the uploaded file is empty", "file")
+            raise InvalidInput("the uploaded file is empty", code="empty_file", field="file")
         await asyncio.to_thread(replace_durably, tmp, target)
     except BaseException:
         await asyncio.to_thread(fh.close)
