@@ -206,8 +206,12 @@ class ModelManager:
     async def request(self, kind: str, model_id: str, *, with_aligner: bool = True) -> str:
         """Queue a download (idempotent): started, already_downloading, queued or ready."""
         st = self.state(kind, model_id)
+        if not self.pool.enabled and st.status != "ready":  # no download runner would ever take it
+            raise ModelError(503, "runners_disabled", "this server runs no runners "
+                             "(runners.enabled is false), so it cannot download models")
         answer = self._enqueue(st)
-        if kind == "whisper" and with_aligner:  # its aligner follows, for the default language
+        # Its aligner follows, for the default language (not when there is no runner to fetch it).
+        if kind == "whisper" and with_aligner and self.pool.enabled:
             language = self.settings.transcription.default_language
             aligner = self._states.get(("align", language)) if language else None
             if aligner is not None:
