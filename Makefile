@@ -13,9 +13,19 @@ serve: setup
 test: setup-test
 	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=15 $(ARGS)
 
-lint: setup-test
-	.venv/bin/ruff check vsrt_service gpu_runner tests bench
+# `make lint` installs only the linters and what mypy needs to see the code's types: the
+# service's dependencies and the test tools (not whisperx and torch; mypy skips those).
+LINT_PACKAGES = "ruff>=0.5" "mypy>=1.10" "aiohttp>=3.14.5" "aiosqlite>=0.20" \
+	"huggingface_hub>=0.24,<1.0" "pytest>=8" "pytest-aiohttp>=1.0" "playwright>=1.45"
+LINTED = vsrt_service gpu_runner tests bench
+PYTHON ?= python3
+
+lint:
+	test -x .venv/bin/python || $(PYTHON) -m venv .venv
+	.venv/bin/pip install -q --disable-pip-version-check $(LINT_PACKAGES)
+	.venv/bin/ruff check $(LINTED)
 	.venv/bin/mypy
+	.venv/bin/ruff format --check $(LINTED)
 
 bench: setup-test
 	.venv/bin/python -m bench.pipeline

@@ -313,7 +313,7 @@ async def resample_audio(source: Path, target: Path) -> None:
 
 
 def test_messages_lose_server_paths() -> None:
-    from vsrt_service.web.security import public_text
+    from vsrt_service.core.redact import public_text
 
     data = Path("/srv/vsrt/data")
     assert public_text("split failed: /srv/vsrt/data/jobs/ab12/audio.wav: expected 16 kHz mono audio",

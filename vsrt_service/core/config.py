@@ -47,6 +47,7 @@ class PathSettings:
 
 @dataclass(frozen=True)
 class RunnerSettings:
+    enabled: bool = True
     devices: tuple[str, ...] = ("cpu",)
     compute_type: str = "auto"
     cpu_threads: int = 0

@@ -23,10 +23,10 @@ from typing import Any
 
 from vsrt_service.core.aio import settle
 from vsrt_service.core.options import OptionError
+from vsrt_service.core.redact import public_text
 from vsrt_service.jobs.pipeline import JobContext, JobFailed, JobRun, Requeue
 from vsrt_service.jobs.store import FINAL, Job, JobStatus
 from vsrt_service.runners.pool import PoolClosed
-from vsrt_service.web.security import public_text
 
 log = logging.getLogger("vsrt.scheduler")
 

@@ -24,7 +24,7 @@ from vsrt_service.core import protocol as p
 from vsrt_service.core.broker import MODELS_CHANNEL, Broker
 from vsrt_service.core.catalog import TYPES, Catalog, CatalogEntry
 from vsrt_service.core.config import Settings
-from vsrt_service.core.errors import Conflict, NotFound
+from vsrt_service.core.errors import Conflict, NotFound, Unavailable
 from vsrt_service.core.integrity import ManifestFile, problems
 from vsrt_service.jobs.store import Store
 from vsrt_service.models.bundled import bundled_tiny_en
@@ -201,8 +201,12 @@ class ModelManager:
     async def request(self, kind: str, model_id: str, *, with_aligner: bool = True) -> str:
         """Queue a download (idempotent): started, already_downloading, queued or ready."""
         st = self.state(kind, model_id)
+        if not self.pool.enabled and st.status != "ready":  # no download runner would ever take it
+            raise Unavailable("this server runs no runners (runners.enabled is false), so it "
+                              "cannot download models", code="runners_disabled")
         answer = self._enqueue(st)
-        if kind == "whisper" and with_aligner:  # its aligner follows, for the default language
+        # Its aligner follows, for the default language (not when there is no runner to fetch it).
+        if kind == "whisper" and with_aligner and self.pool.enabled:
             language = self.settings.transcription.default_language
             aligner = self._states.get(("align", language)) if language else None
             if aligner is not None:

@@ -417,24 +417,33 @@ async def _reap(proc: asyncio.subprocess.Process, grace: float) -> None:
 
 
 class RunnerPool:
-    """The configured runners, and exclusive leases on them for jobs."""
+    """The configured runners, and exclusive leases on them for jobs.
+
+    With `runners.enabled` false it has no work slot and never starts its download runner:
+    no subprocess at all (callers check `enabled` before waiting for the downloader).
+    """
 
     def __init__(self, settings: Settings, env: dict[str, str] | None = None,
                  work_runners: bool = True) -> None:
         base_env = dict(os.environ if env is None else env)
         base_env.setdefault("PYTHONUNBUFFERED", "1")
         self._wake = asyncio.Event()
+        self.enabled = settings.runners.enabled
+        devices = settings.runners.devices if work_runners and self.enabled else ()
         self.slots = [
-            RunnerSlot(i, device, settings, base_env, self._wake)
-            for i, device in enumerate(settings.runners.devices if work_runners else ())
+            RunnerSlot(i, device, settings, base_env, self._wake) for i, device in enumerate(devices)
         ]
         #: Fetches models only: never leased to jobs, so a download never waits for them.
         self.downloader = RunnerSlot(len(self.slots), "cpu", settings, base_env, self._wake, "download")
         self._closing = False
 
+    def _all(self) -> list[RunnerSlot]:
+        """The slots this pool runs: none when runners are disabled."""
+        return [*self.slots, self.downloader] if self.enabled else []
+
     async def start(self) -> None:
         """Spawn the runners without waiting for them (start-up stays fast)."""
-        for slot in [*self.slots, self.downloader]:
+        for slot in self._all():
             slot.start()
 
     async def wait_ready(self, within: float | None = None) -> None:
@@ -443,10 +452,10 @@ class RunnerPool:
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        await asyncio.gather(*(slot.close() for slot in [*self.slots, self.downloader]))
+        await asyncio.gather(*(slot.close() for slot in self._all()))
 
     def health(self) -> list[dict[str, Any]]:
-        return [slot.health() for slot in [*self.slots, self.downloader]]
+        return [slot.health() for slot in self._all()]
 
     def _free_slot(self) -> RunnerSlot | None:
         for slot in self.slots:

@@ -18,13 +18,14 @@ from aiohttp import web
 from vsrt_service.core.broker import MODELS_CHANNEL
 from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.core.errors import VsrtError
+from vsrt_service.core.redact import public_text
 from vsrt_service.service import Service
 from vsrt_service.web.api_jobs import routes as job_routes
 from vsrt_service.web.api_models import routes as model_routes
 from vsrt_service.web.auth import Tickets, token_matches
 from vsrt_service.web.errors import error_response, vsrt_error_response
 from vsrt_service.web.keys import SERVICE, SETTINGS, STREAMS, TICKETS
-from vsrt_service.web.security import Exposure, add_security_headers, public_text
+from vsrt_service.web.security import Exposure, add_security_headers
 from vsrt_service.web.sse import Streams
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

@@ -8,16 +8,14 @@
   bodies are JSON or multipart. Scripts send neither header and are not affected.
 - The client's address is the peer's, or behind `server.trusted_proxies` the right-most
   `X-Forwarded-For` hop no trusted proxy vouches for; handlers see it as `request.remote`.
-- Security headers on every response, and server paths cut out of messages for clients.
+- Security headers on every response (server paths in messages: core/redact.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
@@ -200,16 +198,3 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
 
-
-# --- messages ----------------------------------------------------------------------------------
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"`:,;()<>\[\]]+/)+([^\s/'\"`:,;()<>\[\]]*)")
-
-
-def public_text(text: str, data_dir: Path) -> str:
-    """A message fit for clients: files under the data directory by their relative name
-    (`jobs/<id>/audio.wav`), any other absolute path cut to its last part."""
-    root = str(data_dir).rstrip("/")
-    if root:
-        text = text.replace(f"{root}/", "")
-    return _ABSOLUTE_PATH.sub(lambda m: m.group(1), text)
