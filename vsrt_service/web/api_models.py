@@ -7,7 +7,6 @@ from typing import Any
 from aiohttp import web
 
 from vsrt_service.core.broker import Event
-from vsrt_service.core.catalog import TYPES
 from vsrt_service.models.manager import CHANNEL
 from vsrt_service.service import ServiceError
 from vsrt_service.web import sse
@@ -17,20 +16,10 @@ routes = web.RouteTableDef()
 
 
 def _kind(request: web.Request) -> str:
-    kind = request.match_info["type"]
-    if kind not in TYPES:
-        raise ServiceError(404, "not_found", f"model type must be one of {', '.join(TYPES)}")
+    kind, types = request.match_info["type"], request.app[MODELS].catalog.types
+    if kind not in types:
+        raise ServiceError(404, "not_found", f"model type must be one of {', '.join(types)}")
     return kind
-
-
-@routes.get("/api/models/whisper")
-async def whisper_catalog(request: web.Request) -> web.Response:
-    return web.json_response({"type": "whisper", "models": request.app[MODELS].catalog_state("whisper")})
-
-
-@routes.get("/api/models/align")
-async def align_catalog(request: web.Request) -> web.Response:
-    return web.json_response({"type": "align", "models": request.app[MODELS].catalog_state("align")})
 
 
 @routes.get("/api/models/progress")
@@ -124,3 +113,11 @@ async def events_one(request: web.Request) -> web.StreamResponse:
         return ev.data.get("type") == kind and ev.data.get("model_id") == model_id
 
     return await _stream(request, accept, (kind, model_id))
+
+
+# Last: the fixed routes above (`/api/models/progress`) match first.
+@routes.get("/api/models/{type}")
+async def catalog(request: web.Request) -> web.Response:
+    """`/api/models/whisper`, `/api/models/align`: one route for each catalog type."""
+    kind = _kind(request)
+    return web.json_response({"type": kind, "models": request.app[MODELS].catalog_state(kind)})
