@@ -30,6 +30,7 @@ from vsrt_service.service import (
     open_store,
 )
 from vsrt_service.web.api_jobs import routes as job_routes
+from vsrt_service.web.api_meta import routes as meta_routes
 from vsrt_service.web.api_models import routes as model_routes
 from vsrt_service.web.auth import Tickets, token_matches
 from vsrt_service.web.keys import BROKER, MODELS, POOL, SCHEDULER, SERVICE, SETTINGS, STORE, STREAMS, TICKETS
@@ -233,6 +234,7 @@ def create_app(settings: Settings | None = None, *, runner_env: dict[str, str] |
     app.router.add_post("/api/auth/ticket", ticket)
     app.router.add_routes(job_routes)
     app.router.add_routes(model_routes)
+    app.router.add_routes(meta_routes)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=True)
