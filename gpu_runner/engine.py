@@ -20,6 +20,8 @@ import numpy as np
 
 from vsrt_service.core.protocol import AlignedSegment, ModelRef, SegmentSpan, TextSegment, Word
 
+from . import vad as vads
+
 log = logging.getLogger("gpu_runner.engine")
 
 SAMPLE_RATE = 16000
@@ -59,6 +61,13 @@ def load_wav(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
 
 
+def _vad_factory(name: str) -> vads.Factory:
+    try:
+        return vads.factory(name)
+    except vads.UnknownVad as exc:
+        raise EngineError("bad_request", str(exc)) from None
+
+
 class Engine:
     """Loaded models (an LRU cache) and the operations the protocol exposes."""
 
@@ -73,7 +82,7 @@ class Engine:
         self.cpu_threads = cpu_threads
         self.cache_size = cache_size
         self._models: OrderedDict[str, Loaded] = OrderedDict()
-        self._vad: dict[tuple[float, float], Any] = {}
+        self._vad: dict[tuple[str, float, float], Any] = {}
         self.load_count = 0
         #: Guards the cache: `unload` comes from the main thread while the worker uses it.
         self._lock = threading.Lock()
@@ -183,16 +192,12 @@ class Engine:
 
             torch.cuda.empty_cache()
 
-    def vad(self, onset: float, offset: float) -> Any:
-        """whisperx's bundled pyannote VAD (shipped in the wheel, no download)."""
-        key = (onset, offset)
+    def vad(self, onset: float, offset: float, name: str = vads.DEFAULT) -> Any:
+        """A VAD backend by name (gpu_runner/vad.py), loaded once per name and thresholds."""
+        make = _vad_factory(name)
+        key = (name, onset, offset)
         if key not in self._vad:
-            import torch
-            from whisperx.vads import Pyannote
-
-            self._vad[key] = Pyannote(
-                torch.device(self.torch_device), token=None, vad_onset=onset, vad_offset=offset
-            )
+            self._vad[key] = make(self.torch_device, onset, offset)
         return self._vad[key]
 
     def whisper(self, ref: ModelRef, language: str | None) -> tuple[Any, bool]:
@@ -250,18 +255,20 @@ class Engine:
 
     # --- operations ------------------------------------------------------------------
 
-    def split(self, audio_path: str, onset: float, offset: float, chunk: float) -> list[dict[str, float]]:
+    def split(
+        self, audio_path: str, onset: float, offset: float, chunk: float, vad_name: str = vads.DEFAULT
+    ) -> list[dict[str, float]]:
         """Voice-activity segments merged into chunks of at most `chunk` seconds."""
         import torch
-        from whisperx.vads import Pyannote
 
+        _vad_factory(vad_name)  # an unknown name is refused before any work
         audio = load_wav(audio_path)
         if audio.size == 0:
             return []
-        vad = self.vad(onset, offset)
+        vad = self.vad(onset, offset, vad_name)
         waveform = torch.from_numpy(audio).unsqueeze(0)
         raw = vad({"waveform": waveform, "sample_rate": SAMPLE_RATE})
-        merged = Pyannote.merge_chunks(raw, chunk, onset=onset, offset=offset)
+        merged = vad.merge_chunks(raw, chunk, onset=onset, offset=offset)
         return [{"start": round(float(s["start"]), 3), "end": round(float(s["end"]), 3)} for s in merged]
 
     def transcribe(

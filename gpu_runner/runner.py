@@ -206,7 +206,7 @@ class Runner:
         }
 
     def _do_split(self, req: p.Split, canceled: threading.Event) -> dict[str, Any]:
-        segments = self.engine.split(req.audio_path, req.vad_onset, req.vad_offset, req.chunk_size)
+        segments = self.engine.split(req.audio_path, req.vad_onset, req.vad_offset, req.chunk_size, req.vad)
         return {"segments": segments}
 
     def _do_transcribe(self, req: p.Transcribe, canceled: threading.Event) -> dict[str, Any]:

@@ -155,3 +155,25 @@ async def test_shutdown_exits_cleanly(runner: RawRunner) -> None:
     (msg,) = await runner.until_done("bye", wait=30)
     assert isinstance(msg, p.Result)
     assert await asyncio.wait_for(runner.proc.wait(), 15) == 0
+
+
+@pytest.mark.slow
+async def test_split_names_its_vad_backend(runner: RawRunner, tmp_path: Path) -> None:
+    speech = await asyncio.to_thread(make_speech, tmp_path / "short.wav", LONG_SENTENCES[:2], video=False)
+    audio = tmp_path / "audio.wav"
+    await extract_audio(speech.path, audio)
+
+    # An unknown backend is a clear error naming it and the ones there are; the runner lives on.
+    await runner.send(p.Split(id="s1", audio_path=str(audio), vad="no-such-vad"))
+    (msg,) = await runner.until_done("s1")
+    assert isinstance(msg, p.Error) and msg.code == "bad_request", msg
+    assert "no-such-vad" in msg.message and "pyannote" in msg.message, msg.message
+
+    # The default is today's backend, by its name, and still finds the speech.
+    assert p.Split(id="").vad == "pyannote"
+    await runner.send(p.Split(id="s2", audio_path=str(audio), chunk_size=5))
+    (done,) = await runner.until_done("s2")
+    assert isinstance(done, p.Result), done
+    spans = done.data["segments"]
+    assert spans and spans[0]["start"] < speech.sentences[0].end
+    assert spans[-1]["end"] > speech.sentences[-1].start

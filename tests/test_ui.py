@@ -438,3 +438,71 @@ async def test_model_manager_download_close_reopen_ready(tmp_path: Path, tiny_al
             assert hub.downloads(WHISPER_REPO, "model.bin") == 1
     finally:
         await stop_hub()
+
+
+async def test_phases_and_model_tabs_come_from_the_server_and_preload_state_shows(
+    speech: Speech, tmp_path: Path
+) -> None:
+    import aiohttp
+
+    async with running_server(tmp_path / "data") as server:
+        async with aiohttp.ClientSession() as http:
+            form = aiohttp.FormData()
+            form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="talk.mp4")
+            async with http.post(f"{server.url}api/jobs?start=false", data=form) as resp:
+                assert resp.status == 201, await resp.text()
+                job = (await resp.json())["job_id"]
+        meta = await get_json(f"{server.url}api/meta")
+        async with browser() as ctx:
+            page = await ctx.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(f"{server.url}#job={job}")
+            await page.wait_for_selector("#job-view:not([hidden])")
+            steps = page.locator("#phases li")
+            count = len(meta["phases"])
+            await wait_for_js(page, f"document.querySelectorAll('#phases li').length === {count}", ms=10_000)
+            assert [await li.get_attribute("data-phase") for li in await steps.all()] == [
+                ph["name"] for ph in meta["phases"]]
+            assert await steps.all_text_contents() == [ph["label"] for ph in meta["phases"]]
+
+            # A server with a phase this page has never heard of (the SPEC's coming `diarize`):
+            # the steps shown are the server's, not a list of the page's own.
+            async def with_diarize(route: Any) -> None:
+                response = await route.fetch()
+                body = await response.json() if response.status == 200 else None
+                if body is not None:
+                    body["phases"].insert(-1, {"name": "diarize", "label": "Speakers", "share": 0,
+                                               "start": 90, "end": 90})
+                await route.fulfill(response=response, json=body)
+
+            await page.route("**/api/meta", with_diarize)
+            await page.reload()
+            await page.wait_for_selector("#job-view:not([hidden])")
+            await wait_for_js(page, "document.querySelectorAll('#phases li').length === 6", ms=10_000)
+            assert await steps.all_text_contents() == [
+                *[ph["label"] for ph in meta["phases"][:-1]], "Speakers", meta["phases"][-1]["label"]]
+            await page.unroute("**/api/meta")
+            await page.reload()
+
+            # The model manager's tabs are the catalog's types (and the runners' cache).
+            await page.click("#open-models")
+            tabs = page.locator('#models-dialog [role="tab"]')
+            await wait_for_js(page, "document.querySelectorAll('#models-dialog [role=tab]').length === "
+                              f"{len(meta['model_types']) + 1}", ms=10_000)
+            assert [await t.get_attribute("data-tab") for t in await tabs.all()] == [
+                *meta["model_types"], "cache"]
+
+            # The preload state is the server's, per runner, in words.
+            await page.click("#tab-cache")
+            await page.click("#preload-start")
+            await wait_for_js(page, "document.querySelector('#preload li[data-status=\"loaded\"]') !== null",
+                              ms=60_000)
+            status = await get_json(f"{server.url}api/models/preload/status")
+            shown = page.locator("#preload li")
+            assert {await li.get_attribute("data-runner"): await li.get_attribute("data-status")
+                    for li in await shown.all()} == {
+                name: state["status"] for name, state in status["runners"].items()}
+            assert status["model"] in (await page.text_content("#preload") or "")
+            await screenshot(page, "models-cache-desktop")
+            assert not errors, errors

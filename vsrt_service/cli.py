@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vsrt_service.core.broker import MODELS_CHANNEL
+from vsrt_service.core.catalog import Catalog
 from vsrt_service.core.config import ConfigError, Settings, load_settings
 from vsrt_service.core.errors import NotFound, VsrtError
 from vsrt_service.core.files import write_atomic
 from vsrt_service.core.formats import FORMATS
 from vsrt_service.core.options import OptionError
 from vsrt_service.jobs.datadir import DataDirLocked
-from vsrt_service.models.bundled import WHISPER_MODELS
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.service import Service
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("files", nargs="+", metavar="FILE")
     tr.add_argument("-o", "--output-dir", default=".", help="where to write <stem>.<format>")
     tr.add_argument("--format", default="srt", help=f"comma-separated: {','.join(FORMATS)}")
-    tr.add_argument("--model", help=f"Whisper model ({', '.join(WHISPER_MODELS)})")
+    tr.add_argument("--model", help=f"Whisper model ({', '.join(Catalog.load().ids('whisper'))})")
     tr.add_argument("--language", help="language code, or 'auto' to detect")
     tr.add_argument("--task", choices=("transcribe", "translate"))
     tr.add_argument("--no-align", action="store_true", help="use Whisper's word timings only")
@@ -280,8 +280,8 @@ async def models_download(svc: Service, kind: str, model_id: str) -> int:
 
 
 def models_list(models: ModelManager) -> int:
-    for kind, title in (("whisper", "Whisper models"), ("align", "Alignment models")):
-        print(f"{title}:")
+    for kind in models.catalog.types:
+        print("Alignment models:" if kind == "align" else f"{kind.capitalize()} models:")
         for info in models.catalog_state(kind):
             size = f"{info['size_bytes'] / 1e6:,.0f} MB"
             where = f"  {info['path']}" if info["path"] else ""

@@ -182,7 +182,7 @@ class Service:
         What is not self-contained media with sound is refused here, before a job exists,
         whether it came as an upload (`field` "file"), a `path` job or from the CLI.
         """
-        options = parse_options(settings, self.settings)
+        options = parse_options(settings, self.settings, catalog=self.models.catalog)
         file = Path(path)
         name = source_name or file.name
         if not await asyncio.to_thread(file.is_file):
@@ -302,7 +302,7 @@ class Service:
                                ) -> tuple[Job, list[dict[str, Any]]]:
         """Which of these new settings a resume would force back to the checkpoint's."""
         job = await self.get(job_id)
-        options = parse_options(settings, self.settings, base=job.settings)
+        options = parse_options(settings, self.settings, base=job.settings, catalog=self.models.catalog)
         return job, conflicts(job.checkpoint_settings, options)
 
     async def resume(
@@ -313,7 +313,8 @@ class Service:
         job = await self.get(job_id)
         if job.status == JobStatus.PROCESSING:
             raise Conflict("the job is already running", code="running")
-        values = parse_options(settings, self.settings, base=job.settings).to_dict()
+        values = parse_options(settings, self.settings, base=job.settings,
+                               catalog=self.models.catalog).to_dict()
         if not restart and job.checkpoint_settings:
             values.update({k: v for k, v in job.checkpoint_settings.items() if k in values})
         queued = await self.store.requeue(job_id, values, restart=restart)

@@ -10,9 +10,9 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from vsrt_service.core.catalog import Catalog
 from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import InvalidInput
-from vsrt_service.models.bundled import WHISPER_MODELS, english_only
 
 #: Settings that change stored results; a resume keeps the checkpoint's values.
 LOCKED = ("model", "language", "task", "vad_onset", "vad_offset", "chunk_size")
@@ -78,8 +78,11 @@ def _number(name: str, value: Any, lo: float, hi: float, integer: bool = False) 
     return int(value) if integer else float(value)
 
 
-def parse_options(raw: Any, settings: Settings, base: dict[str, Any] | None = None) -> JobOptions:
-    """Validate user settings over `base` (or the configured defaults)."""
+def parse_options(
+    raw: Any, settings: Settings, base: dict[str, Any] | None = None, catalog: Catalog | None = None
+) -> JobOptions:
+    """Validate user settings over `base` (or the configured defaults); model ids are the
+    catalog's (the packaged one unless given), so a model added there is accepted."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -90,22 +93,24 @@ def parse_options(raw: Any, settings: Settings, base: dict[str, Any] | None = No
             raise OptionError(key, f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
     merged = {**(base or defaults(settings)), **raw}
 
+    catalog = catalog or Catalog.load()
     model = merged["model"]
-    if not isinstance(model, str) or model not in WHISPER_MODELS:
-        raise OptionError("model", f"unknown model {model!r}; known: {', '.join(WHISPER_MODELS)}")
+    entry = catalog.get("whisper", model) if isinstance(model, str) else None
+    if entry is None:
+        raise OptionError("model", f"unknown model {model!r}; known: {', '.join(catalog.ids('whisper'))}")
     language = merged["language"]
     if language in ("", "auto"):
         language = None
     if language is not None and (not isinstance(language, str) or not _LANGUAGE.match(language)):
         raise OptionError("language", f"language must be a code such as 'en' or null, not {language!r}")
-    if english_only(model):
+    if entry.english_only:
         if language not in (None, "en"):
             raise OptionError("language", f"{model} is English-only; use a multilingual model")
         language = "en"
     task = merged["task"]
     if task not in TASKS:
         raise OptionError("task", "task must be 'transcribe' or 'translate'")
-    if task == "translate" and english_only(model):
+    if task == "translate" and entry.english_only:
         raise OptionError("task", f"{model} cannot translate; use a multilingual model")
     align = merged["align"]
     if not isinstance(align, bool):

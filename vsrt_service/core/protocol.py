@@ -116,6 +116,7 @@ class Split(Request):
 
     type: ClassVar[str] = "split"
     audio_path: str = ""
+    vad: str = "pyannote"  # a VAD backend the runner has by this name (gpu_runner/vad.py)
     vad_onset: float = 0.5
     vad_offset: float = 0.363
     chunk_size: float = 30.0

@@ -22,6 +22,7 @@ from vsrt_service.core.config import CueSettings, Settings
 from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.options import JobOptions, parse_options
 from vsrt_service.core.redact import public_text
+from vsrt_service.core.vocab import STEPS, Phase, Signal
 from vsrt_service.jobs.media import MediaError, audio_is_complete, extract_audio, probe, wav_seconds
 from vsrt_service.jobs.outputs import OutputError, write_job_outputs
 from vsrt_service.jobs.store import Job, Store
@@ -30,14 +31,8 @@ from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, Runne
 
 log = logging.getLogger("vsrt.pipeline")
 
-#: phase -> (start percent, end percent); the SPEC's shares.
-PHASES: dict[str, tuple[float, float]] = {
-    "extract": (0.0, 5.0),
-    "split": (5.0, 10.0),
-    "transcribe": (10.0, 80.0),
-    "align": (80.0, 90.0),
-    "srt": (90.0, 100.0),
-}
+#: phase -> (start percent, end percent); the SPEC's shares, from core/vocab.py.
+PHASES: dict[Phase, tuple[float, float]] = {s.phase: (s.start, s.end) for s in STEPS}
 
 
 class JobFailed(VsrtError):
@@ -72,7 +67,7 @@ class JobContext:
         self.broker.publish(job_channel(job_id), event, data)
 
 
-def percent(phase: str, fraction: float) -> float:
+def percent(phase: Phase, fraction: float) -> float:
     lo, hi = PHASES[phase]
     return lo + (hi - lo) * max(0.0, min(1.0, fraction))
 
@@ -94,13 +89,13 @@ class JobRun:
     def __init__(self, ctx: JobContext, job: Job) -> None:
         self.ctx = ctx
         self.job = job
-        self.options = parse_options(job.settings, ctx.settings, base=None)
+        self.options = parse_options(job.settings, ctx.settings, base=None, catalog=ctx.models.catalog)
         self.dir = ctx.job_dir(job.id)
         self.audio = self.dir / "audio.wav"
         self.language: str | None = job.language or self.options.language
 
     async def progress(
-        self, phase: str, fraction: float, message: str, processed: int | None = None,
+        self, phase: Phase, fraction: float, message: str, processed: int | None = None,
         total: int | None = None,
     ) -> None:
         job = await self.ctx.store.update_progress(
@@ -144,21 +139,21 @@ class JobRun:
                 return
             log.warning("job %s: audio.wav holds %s s of %.1f s; extracting again", self.job.id,
                         "unreadable" if seconds is None else f"{seconds:.1f}", info.audio_seconds)
-        await self.progress("extract", 0, "extracting audio")
+        await self.progress(Phase.EXTRACT, 0, "extracting audio")
 
         async def on_progress(fraction: float) -> None:
-            await self.progress("extract", fraction, "extracting audio")
+            await self.progress(Phase.EXTRACT, fraction, "extracting audio")
 
         try:
             await extract_audio(src, self.audio, on_progress, name=self.job.source_name, limits=limits)
         except MediaError as exc:
             raise JobFailed(exc.code, str(exc)) from None
-        await self.progress("extract", 1, "audio extracted")
+        await self.progress(Phase.EXTRACT, 1, "audio extracted")
 
     async def split(self) -> int:
         if self.job.checkpoint_settings is not None:
             return self.job.total
-        await self.progress("split", 0, "finding speech")
+        await self.progress(Phase.SPLIT, 0, "finding speech")
         async with self.ctx.pool.lease() as runner:
             data = await self._call(runner, p.Split(
                 id=new_id(), audio_path=str(self.audio), vad_onset=self.options.vad_onset,
@@ -170,7 +165,7 @@ class JobRun:
             self.job.id, spans, self.options.locked(), duration
         )
         message = f"{count} speech segments" if count else "no speech found"
-        await self.progress("split", 1, message, processed=0, total=count)
+        await self.progress(Phase.SPLIT, 1, message, processed=0, total=count)
         return count
 
     async def transcribe(self) -> None:
@@ -182,7 +177,7 @@ class JobRun:
         if not pending:
             return
         ref = self._whisper_ref()
-        await self.progress("transcribe", done / total, f"transcribing {done}/{total}", done, total)
+        await self.progress(Phase.TRANSCRIBE, done / total, f"transcribing {done}/{total}", done, total)
         in_flight = {s.index for s in pending}
 
         async def on_reply(msg: p.Reply) -> None:
@@ -199,7 +194,7 @@ class JobRun:
                 "language": msg.language,
                 "segments": [{"id": msg.index, "start": msg.start, "end": msg.end, "text": msg.text}],
             })
-            await self.progress("transcribe", done / total, f"transcribing {done}/{total}", done, total)
+            await self.progress(Phase.TRANSCRIBE, done / total, f"transcribing {done}/{total}", done, total)
 
         request = p.Transcribe(
             id=new_id(), audio_path=str(self.audio), model=ref,
@@ -246,11 +241,11 @@ class JobRun:
         message = "aligning words (wav2vec2)" if align_ref else "word timings from Whisper"
         if self.options.align and align_ref is None:
             message = f"no alignment model for '{language}': using Whisper's word timings"
-        await self.progress("align", 0, message)
+        await self.progress(Phase.ALIGN, 0, message)
 
         async def on_reply(msg: p.Reply) -> None:
             if isinstance(msg, p.Progress) and msg.total:
-                await self.progress("align", msg.done / msg.total, message)
+                await self.progress(Phase.ALIGN, msg.done / msg.total, message)
 
         request = p.Align(
             id=new_id(), audio_path=str(self.audio), language=language, segments=texts,
@@ -269,23 +264,23 @@ class JobRun:
         aligned: list[p.AlignedSegment] = data["segments"]
         alignment = str(data["alignment"])
         await self.ctx.store.save_result(self.job.id, aligned, alignment, self.language)
-        await self.progress("align", 1, f"aligned ({alignment})")
+        await self.progress(Phase.ALIGN, 1, f"aligned ({alignment})")
         self.ctx.publish(self.job.id, "signal", {
-            "code": "alignment_ready",
+            "code": Signal.ALIGNMENT_READY,
             "message": f"word timings ready ({alignment})",
             "alignment": alignment,
         })
         return aligned, alignment
 
     async def write_outputs(self, aligned: list[p.AlignedSegment], alignment: str) -> None:
-        await self.progress("srt", 0, "building subtitles")
+        await self.progress(Phase.SRT, 0, "building subtitles")
         meta = {k: v for k, v in self.metadata(alignment, aligned).items() if k != "segments"}
         try:  # seconds of CPU for hours of speech: off the event loop, in a child if long
             count = await write_job_outputs(self.dir, aligned, cue_rules(self.ctx.settings, self.options),
                                             meta, nice=self.ctx.settings.runners.nice)
         except OutputError as exc:
             raise JobFailed("subtitles", str(exc)) from None
-        await self.progress("srt", 1, f"{count} cues written")
+        await self.progress(Phase.SRT, 1, f"{count} cues written")
 
     def metadata(self, alignment: str, aligned: list[p.AlignedSegment]) -> dict[str, Any]:
         return {
@@ -309,10 +304,10 @@ class JobRun:
         wait = self.ctx.settings.jobs.align_wait_seconds
 
         async def on_progress(info: dict[str, Any]) -> None:
-            await self.progress("align", 0, f"waiting for the '{language}' alignment model: "
+            await self.progress(Phase.ALIGN, 0, f"waiting for the '{language}' alignment model: "
                                 f"{info['status']} {info['progress']:.0f}%")
 
-        await self.progress("align", 0, f"downloading the '{language}' alignment model")
+        await self.progress(Phase.ALIGN, 0, f"downloading the '{language}' alignment model")
         ref = await models.ensure("align", language, wait, on_progress)
         if ref is None:
             log.warning("job %s: no '%s' aligner (download failed or took over %.0f s)",

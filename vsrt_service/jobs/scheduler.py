@@ -24,6 +24,7 @@ from typing import Any
 from vsrt_service.core.aio import settle
 from vsrt_service.core.options import OptionError
 from vsrt_service.core.redact import public_text
+from vsrt_service.core.vocab import Phase, Signal
 from vsrt_service.jobs.pipeline import JobContext, JobFailed, JobRun, Requeue
 from vsrt_service.jobs.store import FINAL, Job, JobStatus
 from vsrt_service.runners.pool import PoolClosed
@@ -264,7 +265,7 @@ class Scheduler:
             job = await ctx.store.set_status(
                 job_id, status, outcome.message, expect=(JobStatus.PROCESSING,), claim=run.job.claim,
                 error_code=outcome.code, error=outcome.message if status is JobStatus.FAILED else None,
-                phase="srt" if completed else None, percent=100.0 if completed else None,
+                phase=Phase.SRT if completed else None, percent=100.0 if completed else None,
             )
         except Exception:
             log.exception("job %s: could not record its final state %s", job_id, status)
@@ -275,16 +276,16 @@ class Scheduler:
             return
         if completed:
             ctx.publish(job_id, "progress", {
-                "phase": "srt", "percent": 100.0, "message": "done",
+                "phase": Phase.SRT, "percent": 100.0, "message": "done",
                 "processed": job.processed, "total": job.total,
             })
-            ctx.publish(job_id, "signal", {"code": "job_complete", "message": "subtitles ready"})
+            ctx.publish(job_id, "signal", {"code": Signal.JOB_COMPLETE, "message": "subtitles ready"})
         elif status is JobStatus.FAILED:
             ctx.publish(job_id, "error", {"code": outcome.code or "failed", "message": outcome.message})
         elif status in (JobStatus.PAUSED, JobStatus.CANCELED):
-            ctx.publish(job_id, "signal", {"code": status, "message": f"job {status}"})
+            ctx.publish(job_id, "signal", {"code": Signal(status), "message": f"job {status}"})
         else:
-            ctx.publish(job_id, "signal", {"code": "requeued", "message": outcome.message})
+            ctx.publish(job_id, "signal", {"code": Signal.REQUEUED, "message": outcome.message})
 
 
 def is_final(status: str) -> bool:

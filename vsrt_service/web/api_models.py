@@ -10,7 +10,6 @@ from typing import Any
 from aiohttp import web
 
 from vsrt_service.core.broker import MODELS_CHANNEL, Event
-from vsrt_service.core.catalog import TYPES
 from vsrt_service.core.errors import NotFound
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.web import sse
@@ -24,20 +23,10 @@ def _models(request: web.Request) -> ModelManager:
 
 
 def _kind(request: web.Request) -> str:
-    kind = request.match_info["type"]
-    if kind not in TYPES:
-        raise NotFound(f"model type must be one of {', '.join(TYPES)}")
+    kind, types = request.match_info["type"], _models(request).catalog.types
+    if kind not in types:
+        raise NotFound(f"model type must be one of {', '.join(types)}")
     return kind
-
-
-@routes.get("/api/models/whisper")
-async def whisper_catalog(request: web.Request) -> web.Response:
-    return web.json_response({"type": "whisper", "models": _models(request).catalog_state("whisper")})
-
-
-@routes.get("/api/models/align")
-async def align_catalog(request: web.Request) -> web.Response:
-    return web.json_response({"type": "align", "models": _models(request).catalog_state("align")})
 
 
 @routes.get("/api/models/progress")
@@ -120,3 +109,11 @@ async def events_one(request: web.Request) -> web.StreamResponse:
         return ev.data.get("type") == kind and ev.data.get("model_id") == model_id
 
     return await _stream(request, accept, (kind, model_id))
+
+
+# Last: the fixed routes above (`/api/models/progress`) match first.
+@routes.get("/api/models/{type}")
+async def catalog(request: web.Request) -> web.Response:
+    """`/api/models/whisper`, `/api/models/align`: one route for each catalog type."""
+    kind = _kind(request)
+    return web.json_response({"type": kind, "models": _models(request).catalog_state(kind)})

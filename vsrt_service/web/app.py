@@ -21,6 +21,7 @@ from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.redact import public_text
 from vsrt_service.service import Service
 from vsrt_service.web.api_jobs import routes as job_routes
+from vsrt_service.web.api_meta import routes as meta_routes
 from vsrt_service.web.api_models import routes as model_routes
 from vsrt_service.web.auth import Tickets, token_matches
 from vsrt_service.web.errors import error_response, vsrt_error_response
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None, *, runner_env: dict[str, str] |
     app.router.add_post("/api/auth/ticket", ticket)
     app.router.add_routes(job_routes)
     app.router.add_routes(model_routes)
+    app.router.add_routes(meta_routes)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=True)

@@ -22,16 +22,23 @@ function authHeaders(extra = {}) {
   return t ? { ...extra, Authorization: `Bearer ${t}` } : extra;
 }
 
-async function errorFrom(resp) {
-  let body = null;
+function parseJson(text) {
   try {
-    body = await resp.json();
+    return JSON.parse(text);
   } catch {
-    /* not JSON: a proxy's error page */
+    return null; // not JSON: a proxy's error page
   }
+}
+
+/** The one reading of an error answer: the server's {"error": {code, message, field}}, or for
+ * any other body a sentence for the status. */
+function apiError(status, body) {
   const e = body && body.error;
-  const message = e ? e.message : describeStatus(resp.status);
-  return new ApiError(resp.status, e ? e.code : `http_${resp.status}`, message, e && e.field);
+  return new ApiError(status, e ? e.code : `http_${status}`, e ? e.message : describeStatus(status), e && e.field);
+}
+
+async function errorFrom(resp) {
+  return apiError(resp.status, parseJson(await resp.text()));
 }
 
 export function describeStatus(status) {
@@ -76,15 +83,9 @@ export function uploadJob(file, settings, onProgress) {
     for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
     xhr.onload = () => {
-      let body = null;
-      try {
-        body = JSON.parse(xhr.responseText);
-      } catch {
-        /* a proxy's HTML error page */
-      }
+      const body = parseJson(xhr.responseText);
       if (xhr.status >= 200 && xhr.status < 300) return resolve(body);
-      const e = body && body.error;
-      reject(new ApiError(xhr.status, e ? e.code : `http_${xhr.status}`, e ? e.message : describeStatus(xhr.status), e && e.field));
+      reject(apiError(xhr.status, body));
     };
     // A server refusing a too-large body may close the connection before answering.
     xhr.onerror = () =>

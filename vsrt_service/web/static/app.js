@@ -7,7 +7,6 @@ import { openStream } from "./sse.js";
 import { el, rafThrottle } from "./store.js";
 
 const $ = (sel) => document.querySelector(sel);
-const PHASES = ["extract", "split", "transcribe", "align", "srt"];
 const JOB_EVENTS = ["connected", "progress", "fragment", "signal", "error", "ping", "resync"];
 const FINAL = new Set(["completed", "failed", "canceled"]);
 
@@ -16,6 +15,7 @@ const FINAL = new Set(["completed", "failed", "canceled"]);
 let jobs = []; // the list, newest first
 let current = null; // { id, job, lines, stream, dirty, aligned }
 let listOnline = true;
+let phases = []; // the server's phase names, in order (GET /api/meta)
 
 const editor = new CueEditor($("#cues"), {
   onEdit: () => {
@@ -208,21 +208,25 @@ function mergeText(body) {
     current.lines = [...aligned, ...mine].sort((a, b) => a.start - b.start);
     current.aligned = true;
   } else if (!current.aligned) {
-    for (const seg of body.segments) addFragmentLine(seg);
-    current.lines.sort((a, b) => a.start - b.start);
+    addFragments(body.segments);
   }
   editor.setLines(current.lines);
   updateEditorHead();
 }
 
-function addFragmentLine(seg) {
-  const key = `c${seg.id}`;
-  const found = current.lines.find((l) => l.key === key);
-  if (found) {
-    if (!found.modified) Object.assign(found, lineFrom(seg, "checkpoint"));
-  } else {
-    current.lines.push(lineFrom(seg, "checkpoint"));
+/** Unaligned lines (a `fragment` event, or the checkpoint's text) into the lines, in time
+ * order; a line the user edited keeps the user's text and times. */
+function addFragments(segments) {
+  for (const seg of segments) {
+    const key = `c${seg.id}`;
+    const found = current.lines.find((l) => l.key === key);
+    if (found) {
+      if (!found.modified) Object.assign(found, lineFrom(seg, "checkpoint"));
+    } else {
+      current.lines.push(lineFrom(seg, "checkpoint"));
+    }
   }
+  current.lines.sort((a, b) => a.start - b.start);
 }
 
 async function loadText() {
@@ -253,9 +257,9 @@ function applyStatus(patch) {
   const status = $("#job-status");
   status.textContent = job.status || "";
   status.className = `badge badge-${job.status}`;
-  const at = PHASES.indexOf(job.phase);
+  const at = phases.indexOf(job.phase);
   for (const li of $("#phases").children) {
-    const i = PHASES.indexOf(li.dataset.phase);
+    const i = phases.indexOf(li.dataset.phase);
     const done = job.status === "completed" || i < at;
     li.className = done ? "done" : i === at ? "active" : "";
     li.setAttribute("aria-current", i === at && !done ? "step" : "false");
@@ -287,8 +291,7 @@ const jobHandlers = {
   progress: (d) => applyStatus({ ...d, status: current.job.status === "queued" ? "processing" : current.job.status }),
   fragment: (d) => {
     if (current.aligned) return;
-    for (const seg of d.segments) addFragmentLine(seg);
-    current.lines.sort((a, b) => a.start - b.start);
+    addFragments(d.segments);
     renderLines();
   },
   signal: (d) => {
@@ -517,8 +520,25 @@ tokenDialog.addEventListener("close", () => {
 
 // --- start -----------------------------------------------------------------------------------
 
-setupModelDialog($("#models-dialog"), $("#open-models"));
-startModels();
+/** The server's vocabularies (phases, model types): the page keeps no copy of its own. */
+async function loadMeta() {
+  for (let wait = 1000; ; wait = Math.min(wait * 2, 10000)) {
+    try {
+      return await api("meta");
+    } catch (err) {
+      if (err.status === 401) openToken();
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+}
+
+loadMeta().then((meta) => {
+  phases = meta.phases.map((p) => p.name);
+  $("#phases").replaceChildren(...meta.phases.map((p) => el("li", { "data-phase": p.name, text: p.label })));
+  if (current) applyStatus({});
+  setupModelDialog($("#models-dialog"), $("#open-models"), meta.model_types);
+  startModels(meta.model_types);
+});
 pollJobs();
 // For the console and the browser tests: the lines as the editor holds them.
 window.vsrt = { lines: () => (current ? current.lines.map((l) => ({ ...l })) : []) };

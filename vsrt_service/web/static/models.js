@@ -9,8 +9,8 @@ const EVENTS = ["initial_state", "model_progress", "model_complete", "model_erro
 
 export const modelStore = createStore({
   available: null, // null: not known yet; false: this server has no model management
+  types: [], // the catalog's model types (GET /api/meta); each has its list under its name
   whisper: [],
-  align: [],
   pending: new Set(), // "type/id" of downloads clicked and not yet answered
   stream: "connecting",
 });
@@ -36,9 +36,10 @@ function patchModel(type, id, patch) {
 
 /** Fetch the catalogs; marks model management unavailable on 404. */
 export async function refreshModels() {
+  const { types } = modelStore.get();
   try {
-    const [whisper, align] = await Promise.all([api("models/whisper"), api("models/align")]);
-    modelStore.set({ available: true, whisper: listOf(whisper), align: listOf(align) });
+    const lists = await Promise.all(types.map((t) => api(`models/${t}`)));
+    modelStore.set({ available: true, ...Object.fromEntries(types.map((t, i) => [t, listOf(lists[i])])) });
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) modelStore.set({ available: false });
     else throw err;
@@ -48,7 +49,7 @@ export async function refreshModels() {
 const listOf = (body) => (Array.isArray(body) ? body : body.models || []);
 
 const handlers = {
-  initial_state: (d) => modelStore.set({ available: true, whisper: d.whisper || [], align: d.align || [] }),
+  initial_state: (d) => modelStore.set((s) => ({ available: true, ...Object.fromEntries(s.types.map((t) => [t, d[t] || []])) })),
   model_progress: (d) => patchModel(d.type, d.model_id, pick(d)),
   model_complete: (d) => patchModel(d.type, d.model_id, { status: "ready", progress: 100, eta_s: 0, error: null, ...pick(d) }),
   model_error: (d) => patchModel(d.type, d.model_id, { status: "error", error: d.error, ...pick(d) }),
@@ -64,8 +65,9 @@ function pick(d) {
   return out;
 }
 
-/** Start the app-wide model store: a snapshot, then the one event stream. */
-export async function startModels() {
+/** Start the app-wide model store for the catalog's types: a snapshot, then the one event stream. */
+export async function startModels(types) {
+  modelStore.set({ types });
   try {
     await refreshModels();
   } catch {
@@ -105,12 +107,33 @@ export async function remove(type, id) {
 
 // --- the dialog ----------------------------------------------------------------------------
 
-export function setupModelDialog(dialog, openButton) {
+/** GET /api/models/preload/status ({model, running, runners: {name: {status, error, ...}}}) in words. */
+function preloadView(p) {
+  const runners = Object.entries(p.runners || {});
+  const says = (name, r) => {
+    if (r.status === "loaded") return `${name}: loaded${r.seconds != null ? ` in ${r.seconds} s` : ""}`;
+    if (r.status === "failed") return `${name}: failed${r.error ? ` — ${r.error}` : ""}${r.failures > 1 ? ` (${r.failures} failures)` : ""}`;
+    return `${name}: ${r.status === "loading" ? "loading…" : r.status || "not preloaded"}`;
+  };
+  return el("section", { id: "preload", class: "preload" },
+    el("h3", { text: `Preload of ${p.model}${p.running ? " (running)" : ""}` }),
+    runners.length
+      ? el("ul", {}, ...runners.map(([name, r]) => el("li", { "data-runner": name, "data-status": r.status || "", text: says(name, r) })))
+      : el("p", { class: "hint", text: p.running ? "starting…" : "not preloaded yet" }));
+}
+
+const title = (name) => name.charAt(0).toUpperCase() + name.slice(1);
+
+/** The manager: one tab per catalog type (from the server), then the runners' cache. */
+export function setupModelDialog(dialog, openButton, types) {
   const panel = dialog.querySelector("#panel");
   const queue = dialog.querySelector("#queue");
   const errorBox = dialog.querySelector("#models-error");
-  const tabs = [...dialog.querySelectorAll('[role="tab"]')];
-  let tab = "whisper";
+  const tabs = [...types, "cache"].map((name, i) =>
+    el("button", { type: "button", role: "tab", id: `tab-${name}`, "aria-controls": "panel", "data-tab": name,
+      "aria-selected": String(i === 0), tabindex: i === 0 ? "0" : "-1", text: title(name) }));
+  dialog.querySelector("#model-tabs").replaceChildren(...tabs);
+  let tab = types[0];
   let cache = null;
   let preload = null;
 
@@ -127,11 +150,15 @@ export function setupModelDialog(dialog, openButton) {
     }
   };
 
+  let preloadPoll = null;
   async function loadCache() {
     const [c, p] = await Promise.allSettled([api("models/cache/status"), api("models/preload/status")]);
     cache = c.status === "fulfilled" ? c.value : { error: c.reason.message };
     preload = p.status === "fulfilled" ? p.value : null;
     render();
+    // While a preload runs, follow it (it has no events of its own).
+    clearTimeout(preloadPoll);
+    if (preload && preload.running && dialog.open && tab === "cache") preloadPoll = setTimeout(() => act(loadCache), 1000);
   }
 
   function selectTab(name, focus = false) {
@@ -201,9 +228,9 @@ export function setupModelDialog(dialog, openButton) {
         (r.loaded || []).length
           ? el("ul", {}, ...(r.loaded || []).map((m) => el("li", { text: m.key })))
           : el("p", { class: "hint", text: "no models loaded" }))),
-      preload ? el("p", { class: "hint", text: `Preload: ${preload.status || preload.state || JSON.stringify(preload)}` }) : null,
+      preload ? preloadView(preload) : null,
       el("div", { class: "job-actions" },
-        el("button", { type: "button", class: "btn", text: "Preload default model", onclick: () => act(async () => { await api("models/preload/start", { method: "POST" }); await loadCache(); }) }),
+        el("button", { type: "button", class: "btn", id: "preload-start", text: "Preload default model", onclick: () => act(async () => { await api("models/preload/start", { method: "POST" }); await loadCache(); }) }),
         el("button", { type: "button", class: "btn", text: "Reset preload", onclick: () => act(async () => { await api("models/preload/reset", { method: "POST" }); await loadCache(); }) }),
         el("button", { type: "button", class: "btn btn-danger", text: "Clear cache", onclick: () => confirm("Unload all models from every runner?") && act(async () => { await api("models/cache/clear", { method: "POST" }); await loadCache(); }) })));
   }
@@ -219,7 +246,7 @@ export function setupModelDialog(dialog, openButton) {
       panel.replaceChildren(el("p", { class: "hint", text: "Model management is unavailable on this server. Jobs use the models it already has (tiny.en is built in)." }));
       return;
     }
-    const waiting = [...s.whisper, ...s.align].filter(busy);
+    const waiting = s.types.flatMap((t) => s[t] || []).filter(busy);
     queue.replaceChildren(...(waiting.length ? [el("strong", { text: "Download queue: " }),
       el("span", { text: waiting.map((m) => `${m.id} (${m.status === "waiting" ? "waiting" : `${percentOf(m).toFixed(0)}%`})`).join(", ") })] : []));
     panel.replaceChildren(tab === "cache" ? cacheView() : el("ul", { class: "models" }, ...(s[tab] || []).map((m) => modelRow(tab, m))));
