@@ -31,7 +31,7 @@ from vsrt_service.jobs.datadir import DataDirLocked
 from vsrt_service.models.bundled import WHISPER_MODELS
 from vsrt_service.models.manager import CHANNEL, ModelError, ModelManager
 from vsrt_service.runners.pool import RunnerPool
-from vsrt_service.service import Service, ServiceError, open_broker, open_models, open_store
+from vsrt_service.service import Service, ServiceError, open_broker, open_model_state, open_models, open_store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 
@@ -240,12 +240,13 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
 async def models_command(args: argparse.Namespace, settings: Settings) -> int:
     """Model commands run the model manager in-process with only the download runner."""
     async with contextlib.AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings))
+        await stack.enter_async_context(open_store(settings))  # the data directory, locked
         broker = await stack.enter_async_context(open_broker(settings))
         pool = RunnerPool(settings, work_runners=False)
         await pool.start()
         stack.push_async_callback(pool.close)
-        models = await stack.enter_async_context(open_models(settings, store, broker, pool, validate=False))
+        state = await stack.enter_async_context(open_model_state(settings))
+        models = await stack.enter_async_context(open_models(settings, state, broker, pool, validate=False))
         if args.models_command == "list":
             return models_list(models)
         kind = "align" if args.align else "whisper"

@@ -24,6 +24,7 @@ from vsrt_service.service import (
     Service,
     ServiceError,
     open_broker,
+    open_model_state,
     open_models,
     open_pool,
     open_scheduler,
@@ -140,7 +141,8 @@ def pool_ctx(env: dict[str, str] | None) -> Callable[[web.Application], AsyncIte
 
 
 async def models_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_models(app[SETTINGS], app[STORE], app[BROKER], app[POOL]) as models:
+    async with open_model_state(app[SETTINGS]) as state, \
+            open_models(app[SETTINGS], state, app[BROKER], app[POOL]) as models:
         app[MODELS] = models
         yield
 

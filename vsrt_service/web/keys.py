@@ -7,7 +7,7 @@ from aiohttp import web
 from vsrt_service.core.broker import Broker
 from vsrt_service.core.config import Settings
 from vsrt_service.jobs.scheduler import Scheduler
-from vsrt_service.jobs.store import Store
+from vsrt_service.jobs.store import JobStore
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.runners.pool import RunnerPool
 from vsrt_service.service import Service
@@ -15,7 +15,7 @@ from vsrt_service.web.auth import Tickets
 from vsrt_service.web.sse import Streams
 
 SETTINGS = web.AppKey("vsrt_settings", Settings)
-STORE = web.AppKey("vsrt_store", Store)
+STORE: web.AppKey[JobStore] = web.AppKey("vsrt_store")
 BROKER = web.AppKey("vsrt_broker", Broker)
 POOL = web.AppKey("vsrt_pool", RunnerPool)
 MODELS = web.AppKey("vsrt_models", ModelManager)
