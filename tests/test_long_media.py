@@ -21,7 +21,7 @@ from vsrt_service.core.formats import parse_srt
 from vsrt_service.jobs.pipeline import JobContext, JobRun
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.runners.pool import RunnerPool
-from vsrt_service.service import open_broker, open_store
+from vsrt_service.service import open_broker, open_model_state, open_store
 from vsrt_service.web.app import create_app
 from vsrt_service.web.keys import SERVICE
 
@@ -34,9 +34,10 @@ async def test_storing_and_writing_a_three_hour_result_leaves_the_loop_free(
 ) -> None:
     settings = make_settings()
     segments = await asyncio.to_thread(aligned_result, 3.0)
-    async with open_store(settings) as store, open_broker(settings) as broker:
+    async with open_store(settings) as store, open_broker(settings) as broker, \
+            open_model_state(settings) as state:
         pool = RunnerPool(settings)  # never started: no model work here
-        ctx = JobContext(settings, store, broker, pool, ModelManager(settings, store, broker, pool))
+        ctx = JobContext(settings, store, broker, pool, ModelManager(settings, state, broker, pool))
         job = await store.create_job(source_name="three-hours.mp4", input_path="uploads/x.mp4",
                                      settings={}, status="paused")
         run = JobRun(ctx, job)

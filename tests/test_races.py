@@ -24,7 +24,8 @@ from tests.http_helpers import upload
 from tests.media import Speech, make_speech
 from vsrt_service.core.errors import VsrtError
 from vsrt_service.jobs.scheduler import Scheduler
-from vsrt_service.jobs.store import Job, Store
+from vsrt_service.jobs.sqlite_store import SqliteJobStore
+from vsrt_service.jobs.store import Job, JobStore
 from vsrt_service.service import Service
 from vsrt_service.web.app import create_app
 from vsrt_service.web.keys import SERVICE
@@ -86,7 +87,7 @@ async def check_consistent(svc: Service) -> None:
     await check_consistent_store(svc.store, svc.scheduler)
 
 
-async def check_consistent_store(store: Store, scheduler: Scheduler) -> None:
+async def check_consistent_store(store: JobStore, scheduler: Scheduler) -> None:
     """The scheduler runs exactly the jobs the database says it processes."""
     rows = await store.list_jobs(limit=1000)
     processing = {j.id for j in rows if j.status == "processing"}
@@ -107,7 +108,7 @@ async def request(call: Awaitable[Any]) -> str:
 
 async def test_a_cancelled_write_never_poisons_the_store(tmp_path: Path) -> None:
     """A write cancelled at any point (its BEGIN included) leaves the connection usable."""
-    async with Store.open(tmp_path / "db") as store:
+    async with SqliteJobStore.open(tmp_path / "db") as store:
         job = await store.create_job(source_name="a.mp4", input_path="a.mp4", settings={})
         for yields in range(12):
             for _ in range(8):

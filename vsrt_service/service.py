@@ -27,8 +27,10 @@ from vsrt_service.jobs.datadir import keep_tidy, lock_data_dir
 from vsrt_service.jobs.media import MediaError, check_media
 from vsrt_service.jobs.pipeline import JobContext, remove_job_files
 from vsrt_service.jobs.scheduler import Scheduler, Stop
-from vsrt_service.jobs.store import FINAL, Job, JobStatus, Store
+from vsrt_service.jobs.sqlite_store import SqliteJobStore
+from vsrt_service.jobs.store import FINAL, Job, JobStatus, JobStore
 from vsrt_service.models.manager import ModelManager
+from vsrt_service.models.state_store import ModelStateStore
 from vsrt_service.runners.pool import RunnerPool
 
 log = logging.getLogger("vsrt.service")
@@ -58,14 +60,21 @@ class Transcript:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
+async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
     """The data directory, locked for this process first (DataDirLocked if another holds it),
     and kept tidy (leftovers, expired audio) while open."""
     async with lock_data_dir(settings.data_dir):
         for d in (settings.jobs_dir, settings.uploads_dir, settings.models_dir):
             await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-        async with Store.open(settings.database_path) as store, keep_tidy(settings, store):
+        async with SqliteJobStore.open(settings.database_path) as store, keep_tidy(settings, store):
             yield store
+
+
+@contextlib.asynccontextmanager
+async def open_model_state(settings: Settings) -> AsyncIterator[ModelStateStore]:
+    """This host's model state; opened inside `open_store`, which holds the data directory's lock."""
+    async with ModelStateStore.open(settings.database_path) as state:
+        yield state
 
 
 @contextlib.asynccontextmanager
@@ -90,9 +99,9 @@ async def open_pool(settings: Settings, env: dict[str, str] | None = None,
 
 
 @contextlib.asynccontextmanager
-async def open_models(settings: Settings, store: Store, broker: Broker, pool: RunnerPool,
+async def open_models(settings: Settings, state: ModelStateStore, broker: Broker, pool: RunnerPool,
                       validate: bool = True) -> AsyncIterator[ModelManager]:
-    manager = ModelManager(settings, store, broker, pool)
+    manager = ModelManager(settings, state, broker, pool)
     await manager.start(validate)
     try:
         if settings.models.preload_on_start and pool.slots:
@@ -138,7 +147,7 @@ class Service:
         self._validate_models = validate_models
         self._stack: contextlib.AsyncExitStack | None = None
         self.models: ModelManager
-        self.store: Store
+        self.store: JobStore
         self.broker: Broker
         self.pool: RunnerPool
         self.ctx: JobContext
@@ -151,8 +160,9 @@ class Service:
             self.broker = await stack.enter_async_context(open_broker(s))
             self.pool = await stack.enter_async_context(
                 open_pool(s, self._runner_env, self._work_runners))
+            state = await stack.enter_async_context(open_model_state(s))
             self.models = await stack.enter_async_context(
-                open_models(s, self.store, self.broker, self.pool, self._validate_models))
+                open_models(s, state, self.broker, self.pool, self._validate_models))
             self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models)
             self.scheduler = await stack.enter_async_context(
                 open_scheduler(self.ctx, self._run_jobs, set() if self._own_jobs_only else None))

@@ -31,7 +31,7 @@ from pathlib import Path
 from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import Conflict
 from vsrt_service.core.files import PART_SUFFIX
-from vsrt_service.jobs.store import Job, Store
+from vsrt_service.jobs.store import Job, JobStore
 
 log = logging.getLogger("vsrt.datadir")
 
@@ -124,7 +124,7 @@ async def lock_data_dir(data_dir: Path) -> AsyncIterator[None]:
 # --- leftovers and retention ----------------------------------------------------------------
 
 
-async def all_jobs(store: Store, page: int = 500) -> list[Job]:
+async def all_jobs(store: JobStore, page: int = 500) -> list[Job]:
     """Every job, a page at a time (the store has no unbounded listing)."""
     jobs: list[Job] = []
     while True:
@@ -180,7 +180,7 @@ def remove_paths(paths: Iterable[Path]) -> None:
                 path.unlink()
 
 
-async def expire_audio(settings: Settings, store: Store, now: float | None = None) -> list[str]:
+async def expire_audio(settings: Settings, store: JobStore, now: float | None = None) -> list[str]:
     """Remove the audio of jobs past its retention; the ids of the jobs whose audio went.
 
     A job that changed since the list was read (a resume) is left alone: only the state the
@@ -208,7 +208,7 @@ async def expire_audio(settings: Settings, store: Store, now: float | None = Non
 
 
 @contextlib.asynccontextmanager
-async def keep_tidy(settings: Settings, store: Store) -> AsyncIterator[None]:
+async def keep_tidy(settings: Settings, store: JobStore) -> AsyncIterator[None]:
     """Clean up at start, and sweep expired audio every SWEEP_SECONDS while open.
 
     `.part` files go before the block starts (a resumed job may write the same name next);

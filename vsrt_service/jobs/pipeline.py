@@ -25,7 +25,7 @@ from vsrt_service.core.redact import public_text
 from vsrt_service.core.vocab import STEPS, Phase, Signal
 from vsrt_service.jobs.media import MediaError, audio_is_complete, extract_audio, probe, wav_seconds
 from vsrt_service.jobs.outputs import OutputError, write_job_outputs
-from vsrt_service.jobs.store import Job, Store
+from vsrt_service.jobs.store import Job, JobStore
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
 
@@ -51,7 +51,7 @@ class JobContext:
     """What a running job needs; built once by the scheduler."""
 
     settings: Settings
-    store: Store
+    store: JobStore
     broker: Broker
     pool: RunnerPool
     models: ModelManager

@@ -1,9 +1,8 @@
-"""The job store: SQLite (WAL) through aiosqlite, the single source of truth for jobs.
+"""The job store's interface and records: what the rest of vsrt may ask of any store of jobs.
 
-One writer connection serialised by a lock, every write transaction `BEGIN IMMEDIATE` (a
-deferred read-then-write transaction fails with SQLITE_BUSY whatever the timeout), and a
-separate reader connection so status reads never queue behind a write. Commits are synchronous
-(`synchronous=FULL`): a write the API acknowledged survives a power loss.
+`JobStore` is the contract (tests/store_contract.py checks it against every implementation);
+`vsrt_service.jobs.sqlite_store.SqliteJobStore` is the first implementation. A store is the
+single source of truth for jobs, their checkpoints and their status history.
 
 Status changes are compare-and-set: each names the statuses it may leave (and, for the
 scheduler, its claim), so a request that lost a race changes nothing and learns so.
@@ -11,98 +10,13 @@ scheduler, its claim), so a request that lost a race changes nothing and learns 
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-import uuid
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import aiosqlite
-
-from vsrt_service.core import bigjson
-from vsrt_service.core.aio import settle
 from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.protocol import AlignedSegment
-
-SCHEMA_VERSION = 3
-
-SCHEMA_V1 = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id            TEXT PRIMARY KEY,
-    created_at    REAL NOT NULL,
-    updated_at    REAL NOT NULL,
-    status        TEXT NOT NULL,
-    phase         TEXT NOT NULL DEFAULT 'queued',
-    percent       REAL NOT NULL DEFAULT 0,
-    message       TEXT NOT NULL DEFAULT '',
-    processed     INTEGER NOT NULL DEFAULT 0,
-    total         INTEGER NOT NULL DEFAULT 0,
-    error_code    TEXT,
-    error         TEXT,
-    source_name   TEXT NOT NULL,
-    input_path    TEXT NOT NULL,
-    settings      TEXT NOT NULL,
-    checkpoint_settings TEXT,
-    language      TEXT,
-    duration      REAL,
-    alignment     TEXT,
-    result        TEXT,
-    edited_cues   TEXT,
-    lease_owner   TEXT,
-    lease_expires REAL,
-    attempts      INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
-CREATE TABLE IF NOT EXISTS segments (
-    job_id     TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    idx        INTEGER NOT NULL,
-    start      REAL NOT NULL,
-    end        REAL NOT NULL,
-    text       TEXT,
-    language   TEXT,
-    transcribed_at REAL,
-    transcribe_count INTEGER NOT NULL DEFAULT 0,
-    crashes    INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (job_id, idx)
-);
-CREATE TABLE IF NOT EXISTS transitions (
-    id       INTEGER PRIMARY KEY,
-    job_id   TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    at       REAL NOT NULL,
-    status   TEXT NOT NULL,
-    phase    TEXT NOT NULL,
-    message  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transitions_by_job ON transitions (job_id, id);
-"""
-
-SCHEMA_V2 = """
-CREATE TABLE IF NOT EXISTS models (
-    type       TEXT NOT NULL,
-    id         TEXT NOT NULL,
-    status     TEXT NOT NULL,
-    endpoint   TEXT,
-    commit_sha TEXT,
-    manifest   TEXT,
-    error      TEXT,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (type, id)
-);
-"""
-
-# Each claim of a job gets its own token: a lease, a renewal and a final state belong to one
-# claim, so a run that lost its job can neither renew nor overwrite the next run's state.
-SCHEMA_V3 = """
-ALTER TABLE jobs ADD COLUMN claim TEXT;
-"""
-
-#: version -> the script that brings the schema from version-1 to it.
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
 
 
 class JobStatus(StrEnum):
@@ -174,59 +88,15 @@ class Segment:
     crashes: int
 
 
-_JOB_COLUMNS = (
-    "id, created_at, updated_at, status, phase, percent, message, processed, total, error_code,"
-    " error, source_name, input_path, settings, checkpoint_settings, language, duration,"
-    " alignment, lease_owner, lease_expires, attempts, claim"
-)
+class JobStore(Protocol):
+    """Jobs, their checkpoints and their transitions, shared by every process on the database.
 
+    Every method is atomic. Writes are durable once they return. A job's claim token
+    (`Job.claim`) names one run of it: leases, progress and final states given with a claim
+    apply only while that claim is the job's, so a run that lost its job changes nothing.
+    """
 
-def _job(row: Sequence[Any]) -> Job:
-    values = list(row)
-    values[13] = json.loads(values[13])
-    values[14] = json.loads(values[14]) if values[14] else None
-    return Job(*values)
-
-
-class Store:
-    """Open with `async with Store.open(path) as store:`; both connections close on exit."""
-
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
-        self._w = writer
-        self._r = reader
-        self._lock = asyncio.Lock()
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, path: Path) -> AsyncIterator[Store]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
-        try:
-            await _migrate(writer)
-            reader = await _connect(path)
-            try:
-                yield cls(writer, reader)
-            finally:
-                await reader.close()
-        finally:
-            await writer.close()
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction. Whatever interrupts it, the connection leaves it: a cancelled
-        `BEGIN` still runs in aiosqlite's thread, and the rollback queued behind it ends it."""
-        async with self._lock:
-            committed = False
-            try:
-                await self._w.execute("BEGIN IMMEDIATE")
-                yield self._w
-                await settle(self._w.commit())
-                committed = True
-            finally:
-                if not committed:
-                    await settle(self._w.rollback())  # a no-op outside a transaction
-
-    # --- jobs --------------------------------------------------------------------------
+    # --- jobs ----------------------------------------------------------------------------
 
     async def create_job(
         self,
@@ -237,36 +107,23 @@ class Store:
         status: str = "queued",
         job_id: str | None = None,
     ) -> Job:
-        job_id = job_id or uuid.uuid4().hex
-        now = time.time()
-        message = "queued" if status == "queued" else "created"
-        async with self._write() as db:
-            await db.execute(
-                "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
-                " input_path, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, now, now, status, message, source_name, input_path, json.dumps(settings)),
-            )
-            await _transition(db, job_id, now, status, "queued", message)
-        job = await self.get_job(job_id)
-        assert job is not None
-        return job
+        """Add a job (`queued`, or `paused` to start later) with phase `queued` and one
+        transition; a new random id unless `job_id` is given (an existing id is an error)."""
+        ...
 
     async def get_job(self, job_id: str) -> Job | None:
-        async with self._r.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cur:
-            row = await cur.fetchone()
-        return _job(row) if row else None
+        """The job as last committed; None if there is none."""
+        ...
 
     async def list_jobs(self, limit: int = 50, offset: int = 0) -> list[Job]:
-        async with self._r.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
-            (limit, offset),
-        ) as cur:
-            return [_job(row) for row in await cur.fetchall()]
+        """A page of jobs, newest first (ties by id)."""
+        ...
 
-    async def count_jobs(self) -> int:
-        async with self._r.execute("SELECT count(*) FROM jobs") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+    async def count_jobs(self) -> int: ...
+
+    async def interrupted_jobs(self) -> list[Job]:
+        """Every `processing` job, whoever holds it and whether or not its lease ran out."""
+        ...
 
     async def claim_next(
         self,
@@ -275,42 +132,18 @@ class Store:
         only: Collection[str] | None = None,
         exclude: Collection[str] = (),
     ) -> Job | None:
-        """Take the oldest queued job, or a processing one whose owner's lease ran out, under a
-        new claim token (`Job.claim`). `exclude`: jobs the caller still runs itself."""
-        now = time.time()
-        if only is not None and not only:
-            return None
-        among = f" AND id IN ({','.join('?' * len(only))})" if only else ""
-        besides = f" AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
-        claim = uuid.uuid4().hex
-        async with self._write() as db:
-            async with db.execute(
-                "SELECT id FROM jobs WHERE (status = 'queued'"
-                " OR (status = 'processing' AND (lease_expires IS NULL OR lease_expires < ?)))"
-                f"{among}{besides} ORDER BY created_at, id LIMIT 1",
-                (now, *(only or ()), *exclude),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                return None
-            await db.execute(
-                "UPDATE jobs SET status = 'processing', lease_owner = ?, lease_expires = ?,"
-                " claim = ?, attempts = attempts + 1, updated_at = ?, error = NULL,"
-                " error_code = NULL WHERE id = ?",
-                (owner, now + lease_seconds, claim, now, row[0]),
-            )
-            await _transition(db, row[0], now, "processing", "claimed", f"claimed by {owner}")
-        return await self.get_job(row[0])
+        """Take the oldest job (by creation, then id) that is `queued`, or `processing` with its
+        lease run out, for `owner`: status `processing`, a lease of `lease_seconds`, a new claim
+        token, attempts + 1, the error cleared, a `claimed` transition. Among `only` when given
+        (an empty `only` claims nothing), never one in `exclude` (jobs the caller still runs).
+        No two callers, in this process or any other, ever get the same claim. None if no job
+        is claimable."""
+        ...
 
     async def renew_lease(self, job_id: str, claim: str, lease_seconds: float) -> bool:
-        """False when the claim is no longer the job's (the run must stop working on it)."""
-        async with self._write() as db:
-            cur = await db.execute(
-                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND claim = ?"
-                " AND status = 'processing'",
-                (time.time() + lease_seconds, job_id, claim),
-            )
-            return cur.rowcount == 1
+        """Extend the lease to `lease_seconds` from now, only while the job is `processing`
+        under `claim`; False otherwise (the run must stop working on it)."""
+        ...
 
     async def update_progress(
         self,
@@ -323,25 +156,10 @@ class Store:
         total: int | None = None,
         claim: str | None = None,
     ) -> Job:
-        """Record progress; percent never goes down. With `claim`, only while the job is still
-        that claim's (a run that lost its job changes nothing; StoreError tells it)."""
-        now = time.time()
-        async with self._write() as db:
-            async with db.execute("SELECT phase, claim FROM jobs WHERE id = ?", (job_id,)) as cur:
-                row = await cur.fetchone()
-            if row is None or (claim is not None and row[1] != claim):
-                raise StoreError(f"job {job_id} is not this run's any more")
-            await db.execute(
-                "UPDATE jobs SET phase = ?, percent = max(percent, ?), message = ?,"
-                " processed = coalesce(?, processed), total = coalesce(?, total), updated_at = ?"
-                " WHERE id = ?",
-                (phase, percent, message, processed, total, now, job_id),
-            )
-            if row[0] != phase:
-                await _transition(db, job_id, now, "processing", phase, message)
-        job = await self.get_job(job_id)
-        assert job is not None
-        return job
+        """Record progress: percent never goes down, `processed`/`total` change only when given,
+        a phase change adds a transition. With `claim`, only while the job is that claim's;
+        StoreError when it is not (or the job is gone)."""
+        ...
 
     async def set_status(
         self,
@@ -357,69 +175,31 @@ class Store:
         phase: str | None = None,
         percent: float | None = None,
     ) -> Job | None:
-        """Move a job to `status` and release its lease, only if its status is one of `expect`
-        (and, when given, its claim is `claim` and its lease holder `lease_owner`): a
-        compare-and-set. None when the job was not in such a state (or is gone)."""
-        if status not in STATUSES:
-            raise StoreError(f"unknown status {status!r}")
-        now = time.time()
-        async with self._write() as db:
-            if not await _cas(db, job_id, expect, claim, lease_owner):
-                return None
-            await db.execute(
-                "UPDATE jobs SET status = ?, message = ?, error_code = ?, error = ?,"
-                " phase = coalesce(?, phase), percent = max(percent, coalesce(?, 0)),"
-                " lease_owner = NULL, lease_expires = NULL, claim = NULL, updated_at = ?"
-                " WHERE id = ?",
-                (status, message, error_code, error, phase, percent, now, job_id),
-            )
-            await _transition(db, job_id, now, status, await _phase(db, job_id), message)
-        return await self.get_job(job_id)
+        """Compare-and-set: move the job to `status` only if its status is one of `expect` (and,
+        when given, its claim is `claim` and its lease holder `lease_owner`). The lease and claim
+        are released, the error set to the given one (or cleared), phase and percent (never
+        lower) changed when given, a transition added. None, with nothing changed, when the
+        job was not in such a state or is gone."""
+        ...
 
     async def requeue(self, job_id: str, settings: dict[str, Any], *, restart: bool) -> Job | None:
-        """Queue a job that is not running, with these settings; `restart` forgets every
-        result first. One transaction: None (and nothing changed) if the job runs meanwhile."""
-        now = time.time()
-        async with self._write() as db:
-            if not await _cas(db, job_id, RESUMABLE, None, None):
-                return None
-            if restart:
-                await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
-                await db.execute(
-                    "UPDATE jobs SET checkpoint_settings = NULL, language = NULL, alignment = NULL,"
-                    " result = NULL, percent = 0, phase = 'queued', processed = 0, total = 0,"
-                    " duration = NULL WHERE id = ?",
-                    (job_id,),
-                )
-            await db.execute(
-                "UPDATE jobs SET status = 'queued', message = 'queued', settings = ?, error = NULL,"
-                " error_code = NULL, attempts = 0, updated_at = ? WHERE id = ?",
-                (json.dumps(settings), now, job_id),
-            )
-            await _transition(db, job_id, now, JobStatus.QUEUED, await _phase(db, job_id), "queued")
-        return await self.get_job(job_id)
+        """Compare-and-set to `queued` from any status but `processing` (RESUMABLE), with these
+        settings, the error cleared, attempts 0 and a transition. `restart` forgets every result
+        first (segments, checkpoint settings, language, duration, alignment, result, progress).
+        None, with nothing changed, when the job runs or is gone."""
+        ...
 
     async def delete_job(self, job_id: str) -> bool:
-        """Delete a job that is not running; False if it is gone or runs (stop it first)."""
-        async with self._write() as db:
-            cur = await db.execute(
-                "DELETE FROM jobs WHERE id = ? AND status != 'processing'", (job_id,)
-            )
-            if cur.rowcount != 1:
-                return False
-            await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
-            await db.execute("DELETE FROM transitions WHERE job_id = ?", (job_id,))
-            return True
+        """Delete a job that is not `processing`, with its segments and transitions; False
+        (nothing changed) when it is gone or runs (stop it first)."""
+        ...
 
     async def transitions(self, job_id: str) -> list[dict[str, Any]]:
-        async with self._r.execute(
-            "SELECT at, status, phase, message FROM transitions WHERE job_id = ? ORDER BY id",
-            (job_id,),
-        ) as cur:
-            rows = await cur.fetchall()
-        return [{"at": r[0], "status": r[1], "phase": r[2], "message": r[3]} for r in rows]
+        """The job's status history (`at`, `status`, `phase`, `message`), oldest first: one
+        entry at creation, each claim, each phase change and each status change."""
+        ...
 
-    # --- checkpoint --------------------------------------------------------------------
+    # --- checkpoint ------------------------------------------------------------------------
 
     async def save_segments(
         self,
@@ -428,194 +208,36 @@ class Store:
         checkpoint_settings: dict[str, Any],
         duration: float,
     ) -> int:
-        """Store the split (once) with the settings it was made with; that locks them."""
-        rows = [(job_id, i, s, e) for i, (s, e) in enumerate(spans)]
-        async with self._write() as db:
-            await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
-            await db.executemany(
-                "INSERT INTO segments (job_id, idx, start, end) VALUES (?, ?, ?, ?)", rows
-            )
-            await db.execute(
-                "UPDATE jobs SET checkpoint_settings = ?, duration = ?, total = ?, processed = 0,"
-                " updated_at = ? WHERE id = ?",
-                (json.dumps(checkpoint_settings), duration, len(rows), time.time(), job_id),
-            )
-        return len(rows)
+        """Store the split, replacing any earlier one, with the settings it was made with (that
+        locks them), the duration, total = the number of spans and processed 0; returns it."""
+        ...
 
     async def segments(self, job_id: str) -> list[Segment]:
-        async with self._r.execute(
-            "SELECT idx, start, end, text, language, transcribe_count, crashes FROM segments"
-            " WHERE job_id = ? ORDER BY idx",
-            (job_id,),
-        ) as cur:
-            return [Segment(*row) for row in await cur.fetchall()]
+        """The job's segments by index."""
+        ...
 
     async def save_transcript(self, job_id: str, index: int, text: str, language: str) -> bool:
-        """Checkpoint one segment's text; False if it already had one (never overwritten)."""
-        now = time.time()
-        async with self._write() as db:
-            cur = await db.execute(
-                "UPDATE segments SET text = ?, language = ?, transcribed_at = ?,"
-                " transcribe_count = transcribe_count + 1 WHERE job_id = ? AND idx = ?"
-                " AND text IS NULL",
-                (text, language, now, job_id, index),
-            )
-            if cur.rowcount != 1:
-                return False
-            await db.execute(
-                "UPDATE jobs SET processed = (SELECT count(*) FROM segments WHERE job_id = ?"
-                " AND text IS NOT NULL), language = coalesce(language, ?), updated_at = ?"
-                " WHERE id = ?",
-                (job_id, language, now, job_id),
-            )
-        return True
+        """Checkpoint one segment's text once: False, with nothing changed, if it already has
+        one. Updates `processed` and sets the job's language if it had none."""
+        ...
 
     async def record_crash(self, job_id: str, indexes: Sequence[int]) -> int:
-        """Count a runner crash against the segments in flight; returns the worst count."""
-        if not indexes:
-            return 0
-        async with self._write() as db:
-            await db.executemany(
-                "UPDATE segments SET crashes = crashes + 1 WHERE job_id = ? AND idx = ?",
-                [(job_id, i) for i in indexes],
-            )
-            marks = ",".join("?" * len(indexes))
-            async with db.execute(
-                f"SELECT max(crashes) FROM segments WHERE job_id = ? AND idx IN ({marks})",
-                (job_id, *indexes),
-            ) as cur:
-                row = await cur.fetchone()
-        return int(row[0] or 0) if row else 0
+        """Count a runner crash against each segment in flight; the highest count among them
+        (0 for none)."""
+        ...
 
     async def save_result(
         self, job_id: str, segments: list[AlignedSegment], alignment: str, language: str | None
     ) -> None:
-        # Megabytes for hours of speech: encoded in a thread, a segment at a time.
-        text = await asyncio.to_thread(bigjson.dumps, segments, 1)
-        async with self._write() as db:
-            await db.execute(
-                "UPDATE jobs SET result = ?, alignment = ?, language = coalesce(?, language),"
-                " updated_at = ? WHERE id = ?",
-                (text, alignment, language, time.time(), job_id),
-            )
+        """Store the aligned result (megabytes for hours of speech: never encoded on the loop)."""
+        ...
 
     async def result(self, job_id: str) -> list[AlignedSegment] | None:
-        async with self._r.execute("SELECT result FROM jobs WHERE id = ?", (job_id,)) as cur:
-            row = await cur.fetchone()
-        if not row or not row[0]:
-            return None
-        segments: list[AlignedSegment] = await asyncio.to_thread(bigjson.loads, row[0], 1)
-        return segments
+        """The stored result exactly as saved; None when there is none."""
+        ...
 
     async def save_edited_cues(self, job_id: str, cues: list[dict[str, Any]] | None) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "UPDATE jobs SET edited_cues = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(cues) if cues is not None else None, time.time(), job_id),
-            )
+        """Store the user's cues as given (None removes them)."""
+        ...
 
-    async def edited_cues(self, job_id: str) -> list[dict[str, Any]] | None:
-        async with self._r.execute("SELECT edited_cues FROM jobs WHERE id = ?", (job_id,)) as cur:
-            row = await cur.fetchone()
-        return json.loads(row[0]) if row and row[0] else None
-
-    # --- models ------------------------------------------------------------------------
-
-    async def model_rows(self) -> list[dict[str, Any]]:
-        async with self._r.execute(
-            "SELECT type, id, status, endpoint, commit_sha, manifest, error, updated_at FROM models"
-        ) as cur:
-            rows = await cur.fetchall()
-        keys = ("type", "id", "status", "endpoint", "commit_sha", "manifest", "error", "updated_at")
-        out = [dict(zip(keys, row, strict=True)) for row in rows]
-        for row in out:
-            row["manifest"] = json.loads(row["manifest"]) if row["manifest"] else None
-        return out
-
-    async def save_model(
-        self, kind: str, model_id: str, status: str, *, error: str | None = None,
-        endpoint: str | None = None, commit_sha: str | None = None,
-        manifest: list[dict[str, Any]] | None = None, keep_manifest: bool = True,
-    ) -> None:
-        """Record a model's state; its manifest stays unless a new one (or none) is given."""
-        async with self._write() as db:
-            await db.execute(
-                "INSERT INTO models (type, id, status, endpoint, commit_sha, manifest, error, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (type, id) DO UPDATE SET"
-                " status = excluded.status, error = excluded.error, updated_at = excluded.updated_at,"
-                " endpoint = coalesce(excluded.endpoint, endpoint),"
-                " commit_sha = coalesce(excluded.commit_sha, commit_sha),"
-                " manifest = CASE WHEN ? AND excluded.manifest IS NULL THEN manifest"
-                " ELSE excluded.manifest END",
-                (kind, model_id, status, endpoint, commit_sha,
-                 json.dumps(manifest) if manifest is not None else None, error, time.time(),
-                 keep_manifest),
-            )
-
-    async def interrupted_jobs(self) -> list[Job]:
-        async with self._r.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'processing'"
-        ) as cur:
-            return [_job(r) for r in await cur.fetchall()]
-
-
-async def _connect(path: Path) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=None)
-    try:
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = FULL")
-        await db.execute("PRAGMA busy_timeout = 10000")
-        await db.execute("PRAGMA foreign_keys = ON")
-    except BaseException:
-        await db.close()
-        raise
-    return db
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    version = int(row[0]) if row else 0
-    if version == SCHEMA_VERSION:
-        return
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"the database has schema version {version}, newer than this vsrt ({SCHEMA_VERSION})"
-        )
-    # One script, one transaction; IF NOT EXISTS makes a concurrent first start harmless.
-    steps = " ".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
-    await db.executescript(f"BEGIN IMMEDIATE; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-
-
-async def _cas(
-    db: aiosqlite.Connection,
-    job_id: str,
-    expect: Collection[str],
-    claim: str | None,
-    lease_owner: str | None,
-) -> bool:
-    """Whether the job is in one of the `expect` statuses (and holds `claim`/`lease_owner`
-    when given); inside a `BEGIN IMMEDIATE` transaction, so nobody changes it before we do."""
-    async with db.execute("SELECT status, claim, lease_owner FROM jobs WHERE id = ?", (job_id,)) as cur:
-        row = await cur.fetchone()
-    return (
-        row is not None
-        and row[0] in expect
-        and (claim is None or row[1] == claim)
-        and (lease_owner is None or row[2] == lease_owner)
-    )
-
-
-async def _phase(db: aiosqlite.Connection, job_id: str) -> str:
-    async with db.execute("SELECT phase FROM jobs WHERE id = ?", (job_id,)) as cur:
-        row = await cur.fetchone()
-    return str(row[0]) if row else ""
-
-
-async def _transition(
-    db: aiosqlite.Connection, job_id: str, at: float, status: str, phase: str, message: str
-) -> None:
-    await db.execute(
-        "INSERT INTO transitions (job_id, at, status, phase, message) VALUES (?, ?, ?, ?, ?)",
-        (job_id, at, status, phase, message),
-    )
+    async def edited_cues(self, job_id: str) -> list[dict[str, Any]] | None: ...

@@ -27,8 +27,8 @@ from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import Conflict, NotFound, Unavailable
 from vsrt_service.core.integrity import ManifestFile, problems
 from vsrt_service.core.vocab import ModelStatus
-from vsrt_service.jobs.store import Store
 from vsrt_service.models.bundled import bundled_tiny_en
+from vsrt_service.models.state_store import ModelStateStore
 from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, new_id
 
 log = logging.getLogger("vsrt.models")
@@ -63,9 +63,9 @@ def official_endpoint() -> str:
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, store: Store, broker: Broker, pool: RunnerPool,
+    def __init__(self, settings: Settings, state: ModelStateStore, broker: Broker, pool: RunnerPool,
                  catalog: Catalog | None = None) -> None:
-        self.settings, self.store, self.broker, self.pool = settings, store, broker, pool
+        self.settings, self.model_state, self.broker, self.pool = settings, state, broker, pool
         self.catalog = catalog or Catalog.load()
         self.root = settings.models_dir
         self._states = {(e.type, e.id): ModelState(e) for t in self.catalog.types
@@ -81,7 +81,7 @@ class ModelManager:
     async def start(self, validate: bool = True) -> None:
         """Quick state from the database and the disk; hashing continues in the background
         (not for a short-lived CLI command, whose exit would wait for the hashing thread)."""
-        rows = {(r["type"], r["id"]): r for r in await self.store.model_rows()}
+        rows = {(r["type"], r["id"]): r for r in await self.model_state.rows()}
         bundled = await asyncio.to_thread(bundled_tiny_en)
         for key, st in self._states.items():
             row = rows.get(key)
@@ -247,7 +247,7 @@ class ModelManager:
         st.status, st.message, st.started_at = ModelStatus.DOWNLOADING, "starting", time.monotonic()
         st.downloaded_bytes = st.total_bytes = 0
         self._publish("model_progress", st)
-        await self.store.save_model(e.type, e.id, ModelStatus.DOWNLOADING)
+        await self.model_state.save(e.type, e.id, ModelStatus.DOWNLOADING)
         rate = _Rate()
 
         async def on_reply(msg: p.Reply) -> None:
@@ -278,7 +278,7 @@ class ModelManager:
             st.status = await asyncio.to_thread(self._disk_status, st, False)
             if st.status != ModelStatus.READY:
                 raise RunnerError("checksum", "downloaded files do not match the hub's manifest")
-            await self.store.save_model(e.type, e.id, ModelStatus.READY, endpoint=data["endpoint"],
+            await self.model_state.save(e.type, e.id, ModelStatus.READY, endpoint=data["endpoint"],
                                         commit_sha=data["commit"], manifest=data["files"],
                                         keep_manifest=False)
             st.message = f"downloaded from {data['endpoint']}"
@@ -291,7 +291,7 @@ class ModelManager:
                 log.exception("download of %s failed", e.key)
             st.error = None if canceled else str(exc)
             st.status = await self._settle_status(st) if canceled else ModelStatus.ERROR
-            await self.store.save_model(e.type, e.id, st.status, error=st.error)
+            await self.model_state.save(e.type, e.id, st.status, error=st.error)
             if canceled:
                 self._publish("model_progress", st, message="download canceled")
             else:
@@ -382,7 +382,7 @@ class ModelManager:
             st.manifest = None
             st.downloaded_bytes = st.total_bytes = 0
             status = await self._settle_status(st)  # `ready` again if the package bundles it
-            await self.store.save_model(e.type, e.id, status, keep_manifest=False)
+            await self.model_state.save(e.type, e.id, status, keep_manifest=False)
             if st not in self._queue and st not in self._active:  # else: downloading anew
                 st.status, st.message = status, ""
             self._publish("model_deleted", st, deleted_at=time.time())

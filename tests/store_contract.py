@@ -1,0 +1,282 @@
+"""The JobStore contract: what any implementation must do, whatever keeps its rows.
+
+`JobStoreContract` holds the tests; a test module subclasses it (tests/test_store.py does) and
+pytest runs them once per implementation in `BACKENDS`. A new implementation (PostgreSQL)
+adds one opener there and must pass the same suite unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+
+from vsrt_service.core.protocol import AlignedSegment
+from vsrt_service.jobs.sqlite_store import SqliteJobStore
+from vsrt_service.jobs.store import FINAL, JobStatus, JobStore, StoreError
+
+#: Opens a store on the one database a test uses; each call is another client of it.
+Opener = Callable[[], AbstractAsyncContextManager[JobStore]]
+
+
+@contextlib.asynccontextmanager
+async def sqlite_backend(tmp_path: Path) -> AsyncIterator[Opener]:
+    """A fresh database file per test; pytest's tmp_path removes it."""
+    db = tmp_path / "jobs.sqlite3"
+    yield lambda: SqliteJobStore.open(db)
+
+
+#: name -> a context manager giving an opener on a fresh, empty database (cleaned up on exit).
+BACKENDS: dict[str, Callable[[Path], AbstractAsyncContextManager[Opener]]] = {"sqlite": sqlite_backend}
+
+
+async def make_jobs(store: JobStore, n: int) -> list[str]:
+    return [
+        (await store.create_job(source_name=f"f{i}.mp4", input_path=f"f{i}.mp4", settings={"i": i})).id
+        for i in range(n)
+    ]
+
+
+class JobStoreContract:
+    @pytest.fixture(params=sorted(BACKENDS))
+    async def opener(self, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+        async with BACKENDS[request.param](tmp_path) as opener:
+            yield opener
+
+    @pytest.fixture
+    async def store(self, opener: Opener) -> AsyncIterator[JobStore]:
+        async with opener() as store:
+            yield store
+
+    # --- records -------------------------------------------------------------------------
+
+    async def test_create_get_list_count(self, store: JobStore) -> None:
+        assert await store.count_jobs() == 0 and await store.list_jobs() == []
+        assert await store.get_job("nope") is None
+        job = await store.create_job(source_name="a.mp4", input_path="uploads/a.mp4",
+                                     settings={"model": "tiny.en"})
+        assert (job.status, job.phase, job.percent, job.attempts) == ("queued", "queued", 0, 0)
+        assert job.settings == {"model": "tiny.en"} and job.claim is None and job.lease_owner is None
+        paused = await store.create_job(source_name="b.mp4", input_path="b.mp4", settings={},
+                                        status="paused", job_id="my-id")
+        assert paused.id == "my-id" and paused.status == "paused"
+        assert await store.get_job(job.id) == job
+        assert await store.count_jobs() == 2
+        # Newest first, paged.
+        assert [j.id for j in await store.list_jobs()] == ["my-id", job.id]
+        assert [j.id for j in await store.list_jobs(limit=1, offset=1)] == [job.id]
+
+    # --- claims and leases ---------------------------------------------------------------
+
+    async def test_claims_take_the_oldest_queued_job_first(self, store: JobStore) -> None:
+        ids = await make_jobs(store, 3)
+        await store.set_status(ids[0], JobStatus.PAUSED, "p", expect=[JobStatus.QUEUED])
+        first = await store.claim_next("me", 60)
+        assert first is not None and first.id == ids[1]
+        assert first.status == "processing" and first.lease_owner == "me" and first.attempts == 1
+        assert first.claim and first.lease_expires is not None
+        second = await store.claim_next("me", 60)
+        assert second is not None and second.id == ids[2] and second.claim != first.claim
+        assert await store.claim_next("me", 60) is None  # a paused job is not claimed
+
+    async def test_claim_can_be_restricted_to_some_jobs_or_exclude_some(self, store: JobStore) -> None:
+        first, second, third = await make_jobs(store, 3)
+        assert await store.claim_next("me", 60, only=set()) is None
+        job = await store.claim_next("me", 60, only={second})
+        assert job is not None and job.id == second
+        job = await store.claim_next("me", 60, exclude={first})
+        assert job is not None and job.id == third
+
+    async def test_expired_lease_is_taken_over_and_the_old_claim_is_dead(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        first = await store.claim_next("old", 0.3)
+        assert first is not None and first.id == job_id and first.claim
+        assert await store.claim_next("new", 60) is None  # lease still valid
+        assert [j.id for j in await store.interrupted_jobs()] == [job_id]
+        await asyncio.sleep(0.4)  # the lease runs out (it is a time, not an ordering)
+        second = await store.claim_next("new", 60)
+        assert second is not None and second.lease_owner == "new" and second.attempts == 2
+        assert second.claim and first.claim != second.claim
+        # The lease belongs to the claim: the old run can neither renew, progress nor finish.
+        assert await store.renew_lease(job_id, first.claim, 60) is False
+        assert await store.renew_lease(job_id, second.claim, 60) is True
+        assert await store.set_status(job_id, JobStatus.FAILED, "x", expect=[JobStatus.PROCESSING],
+                                      claim=first.claim) is None
+        with pytest.raises(StoreError):
+            await store.update_progress(job_id, phase="x", percent=1, message="x", claim=first.claim)
+        moved = await store.update_progress(job_id, phase="split", percent=5, message="s",
+                                            claim=second.claim)
+        assert moved.phase == "split"
+        done = await store.set_status(job_id, JobStatus.COMPLETED, "done", expect=[JobStatus.PROCESSING],
+                                      claim=second.claim)
+        assert done is not None and done.status == "completed"
+        assert (done.claim, done.lease_owner, done.lease_expires) == (None, None, None)
+        # A finished claim renews nothing either.
+        assert await store.renew_lease(job_id, second.claim, 60) is False
+
+    async def test_a_renewed_lease_is_not_taken_over(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        job = await store.claim_next("me", 0.05)
+        assert job is not None and job.claim
+        assert await store.renew_lease(job_id, job.claim, 60) is True
+        await asyncio.sleep(0.1)  # past the first lease, well inside the renewed one
+        assert await store.claim_next("other", 60) is None
+
+    async def test_two_stores_never_claim_the_same_job(self, opener: Opener) -> None:
+        """Two clients of one database (as two processes would be): every job is claimed once."""
+        async with opener() as a, opener() as b:
+            ids = await make_jobs(a, 30)
+            claimed: dict[str, list[str]] = {"a": [], "b": []}
+
+            async def claimer(store: JobStore, name: str) -> None:
+                while (job := await store.claim_next(name, 60)) is not None:
+                    claimed[name].append(job.id)
+
+            await asyncio.gather(claimer(a, "a"), claimer(b, "b"), claimer(a, "a"), claimer(b, "b"))
+            together = claimed["a"] + claimed["b"]
+            assert sorted(together) == sorted(ids)
+            assert len(set(together)) == len(together)
+            job = await b.get_job(ids[0])
+            assert job is not None and job.status == "processing" and job.attempts == 1
+
+    # --- compare-and-set status changes --------------------------------------------------
+
+    async def test_status_changes_are_compare_and_set(self, store: JobStore) -> None:
+        """A change that expects another state changes nothing: a pause that lost the race to a
+        claim cannot overwrite `processing`, nor a start re-queue a running job, nor a delete
+        remove one."""
+        (job_id,) = await make_jobs(store, 1)
+        claimed = await store.claim_next("me", 60)
+        assert claimed is not None
+        assert await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.QUEUED]) is None
+        assert await store.requeue(job_id, {"a": 1}, restart=False) is None
+        assert await store.delete_job(job_id) is False
+        job = await store.get_job(job_id)
+        assert job is not None and job.status == "processing" and job.settings == {"i": 0}
+        # The right status but another holder changes nothing either.
+        assert await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING],
+                                      lease_owner="someone else") is None
+        assert await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING],
+                                      claim="another claim") is None
+        paused = await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING],
+                                        claim=claimed.claim, lease_owner="me")
+        assert paused is not None and paused.status == "paused" and paused.lease_owner is None
+        assert await store.set_status("gone", JobStatus.PAUSED, "p", expect=[JobStatus.QUEUED]) is None
+
+    async def test_a_failure_records_its_error_and_a_new_claim_clears_it(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        job = await store.claim_next("me", 60)
+        assert job is not None
+        failed = await store.set_status(job_id, JobStatus.FAILED, "boom", expect=[JobStatus.PROCESSING],
+                                        claim=job.claim, error_code="runner_crashed", error="it crashed",
+                                        phase="transcribe", percent=40)
+        assert failed is not None and failed.status == "failed" and failed.status in FINAL
+        assert (failed.error_code, failed.error, failed.phase, failed.percent) == (
+            "runner_crashed", "it crashed", "transcribe", 40)
+        assert failed.status_dict()["error"] == {"code": "runner_crashed", "message": "it crashed"}
+        queued = await store.requeue(job_id, {"i": 0}, restart=False)
+        assert queued is not None and queued.error is None and queued.error_code is None
+        assert queued.attempts == 0 and queued.percent == 40  # resumed, not restarted
+
+    async def test_requeue_restart_forgets_every_result(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        job = await store.claim_next("me", 60)
+        assert job is not None
+        await store.save_segments(job_id, [(0.0, 1.0)], {"model": "m"}, 1.0)
+        await store.save_transcript(job_id, 0, "hello", "en")
+        await store.save_result(job_id, [aligned(0.0, 1.0, "hello")], "wav2vec2", "en")
+        await store.update_progress(job_id, phase="align", percent=80, message="a", claim=job.claim)
+        await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING])
+        kept = await store.requeue(job_id, {"a": 1}, restart=False)
+        assert kept is not None and kept.status == "queued" and kept.settings == {"a": 1}
+        assert kept.checkpoint_settings == {"model": "m"} and kept.percent == 80
+        assert len(await store.segments(job_id)) == 1 and await store.result(job_id) is not None
+        queued = await store.requeue(job_id, {"a": 2}, restart=True)
+        assert queued is not None and queued.status == "queued" and queued.settings == {"a": 2}
+        assert queued.checkpoint_settings is None and await store.segments(job_id) == []
+        assert (queued.percent, queued.phase, queued.processed, queued.total) == (0, "queued", 0, 0)
+        assert (queued.language, queued.duration, queued.alignment) == (None, None, None)
+        assert await store.result(job_id) is None
+
+    async def test_delete_refuses_a_running_job(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        job = await store.claim_next("me", 60)
+        assert job is not None
+        assert await store.delete_job(job_id) is False
+        await store.set_status(job_id, JobStatus.CANCELED, "c", expect=[JobStatus.PROCESSING])
+        await store.save_edited_cues(job_id, [{"start": 0.0, "end": 1.0, "text": "x"}])
+        assert await store.delete_job(job_id) is True
+        assert await store.get_job(job_id) is None and await store.transitions(job_id) == []
+        assert await store.segments(job_id) == [] and await store.edited_cues(job_id) is None
+        assert await store.delete_job(job_id) is False  # gone
+
+    # --- progress and events -------------------------------------------------------------
+
+    async def test_percent_never_goes_down_and_transitions_are_recorded(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        job = await store.claim_next("me", 60)
+        assert job is not None
+        await store.update_progress(job_id, phase="transcribe", percent=40, message="a",
+                                    processed=1, total=4)
+        job = await store.update_progress(job_id, phase="transcribe", percent=30, message="b")
+        assert job.percent == 40 and job.message == "b" and (job.processed, job.total) == (1, 4)
+        await store.update_progress(job_id, phase="align", percent=85, message="c")
+        await store.set_status(job_id, JobStatus.COMPLETED, "done", expect=[JobStatus.PROCESSING],
+                               phase="done", percent=100)
+        history = await store.transitions(job_id)
+        # One entry per status or phase change, oldest first; a repeated phase adds none.
+        assert [(t["status"], t["phase"]) for t in history] == [
+            ("queued", "queued"), ("processing", "claimed"), ("processing", "transcribe"),
+            ("processing", "align"), ("completed", "done"),
+        ]
+        assert [t["message"] for t in history][-1] == "done"
+        times = [t["at"] for t in history]
+        assert times == sorted(times)
+        assert await store.transitions("nope") == []
+
+    # --- checkpoint and results ----------------------------------------------------------
+
+    async def test_a_segment_checkpoint_is_written_once(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        assert await store.save_segments(job_id, [(0.0, 1.0), (1.5, 3.0)], {"model": "tiny.en"}, 3.0) == 2
+        assert await store.save_transcript(job_id, 0, "hello", "en") is True
+        assert await store.save_transcript(job_id, 0, "again", "de") is False
+        segments = await store.segments(job_id)
+        assert [(s.index, s.start, s.end) for s in segments] == [(0, 0.0, 1.0), (1, 1.5, 3.0)]
+        assert [(s.text, s.language, s.transcribe_count) for s in segments] == [
+            ("hello", "en", 1), (None, None, 0)]
+        job = await store.get_job(job_id)
+        assert job is not None and job.processed == 1 and job.total == 2
+        assert job.checkpoint_settings == {"model": "tiny.en"}
+        assert job.duration == 3.0 and job.language == "en"
+
+    async def test_crashes_are_counted_per_segment(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        await store.save_segments(job_id, [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)], {}, 3.0)
+        assert await store.record_crash(job_id, []) == 0
+        assert await store.record_crash(job_id, [1]) == 1
+        assert await store.record_crash(job_id, [1, 2]) == 2  # the worst of those in flight
+        assert [s.crashes for s in await store.segments(job_id)] == [0, 2, 1]
+
+    async def test_results_and_edited_cues_round_trip(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        assert await store.result(job_id) is None and await store.edited_cues(job_id) is None
+        result = [aligned(0.0, 1.2, "Hello there."), aligned(1.5, 2.0, "Ünïcode ✓")]
+        await store.save_result(job_id, result, "wav2vec2", "en")
+        assert await store.result(job_id) == result
+        job = await store.get_job(job_id)
+        assert job is not None and job.alignment == "wav2vec2" and job.language == "en"
+        cues = [{"start": 0.0, "end": 1.0, "text": "edited"}]
+        await store.save_edited_cues(job_id, cues)
+        assert await store.edited_cues(job_id) == cues
+        await store.save_edited_cues(job_id, None)
+        assert await store.edited_cues(job_id) is None
+
+
+def aligned(start: float, end: float, text: str) -> AlignedSegment:
+    return {"start": start, "end": end, "text": text,
+            "words": [{"word": text, "start": start, "end": end, "score": 0.9}]}
