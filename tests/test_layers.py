@@ -13,8 +13,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import vsrt_service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,11 +99,6 @@ def test_the_walker_sees_imports_of_every_kind() -> None:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known violations, fixed at the merge of issue 9: "
-    "core/options.py:14 imports models.bundled (WHISPER_MODELS, english_only); "
-    "models/manager.py:28 imports jobs.store (Store)"
-))
 def test_no_module_imports_a_higher_layer() -> None:
     found = violations()
     assert not found, "layer violations:\n" + "\n".join(found)
