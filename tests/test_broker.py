@@ -13,7 +13,7 @@ from vsrt_service.core.broker import Broker
 def test_ids_grow_per_channel_and_pings_take_their_own() -> None:
     broker = Broker()
     a = [broker.publish("a", "fragment", {"i": i}).id for i in range(3)]
-    ping = broker.tick("a")
+    ping = broker.heartbeat_id("a")
     later = broker.publish("a", "fragment", {"i": 3}).id
     assert a == sorted(a) and len(set(a)) == 3
     assert a[-1] < ping < later
@@ -32,7 +32,7 @@ def test_snapshot_position_precedes_everything_queued_after_it() -> None:
 def test_replay_after_a_ping_id_and_snapshot_once_events_are_gone() -> None:
     broker = Broker(replay_buffer=4, subscriber_queue=10)
     first = broker.publish("a", "fragment", {"i": 0})
-    ping = broker.tick("a")
+    ping = broker.heartbeat_id("a")
     after = [broker.publish("a", "fragment", {"i": i}) for i in (1, 2)]
 
     sub, replayed = broker.subscribe("a", ping)
@@ -46,7 +46,7 @@ def test_replay_after_a_ping_id_and_snapshot_once_events_are_gone() -> None:
     assert not replayed
     # Ids from before this channel's life, or ids it never issued, get a snapshot too.
     assert not broker.subscribe("a", 1)[1]
-    assert not broker.subscribe("a", broker.tick("a") + 1000)[1]
+    assert not broker.subscribe("a", broker.heartbeat_id("a") + 1000)[1]
 
 
 def test_progress_coalesces_but_fragments_are_kept() -> None:
@@ -90,5 +90,5 @@ async def test_idle_channels_are_forgotten_and_ids_keep_growing() -> None:
     watched.close()
     sub.close()
     await asyncio.sleep(0.1)
-    broker.tick("other")
+    broker.heartbeat_id("other")
     assert broker.channels() == 1  # only the channel just used

@@ -22,7 +22,6 @@ REPLIES = [
     p.Fragment(id="1", index=2, start=1.5, end=3.25, text="line\nwith newline", language="en"),
     p.Result(id="1", data={"nested": {"a": [1, 2]}}),
     p.Error(id="1", code="canceled", message="canceled"),
-    p.Log(id="1", level="info", message="loading"),
 ]
 
 

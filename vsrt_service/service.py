@@ -131,7 +131,6 @@ class Service:
         self,
         settings: Settings | None = None,
         *,
-        runner_env: dict[str, str] | None = None,
         work_runners: bool = True,
         run_jobs: bool = True,
         own_jobs_only: bool = False,
@@ -140,7 +139,6 @@ class Service:
         """`own_jobs_only`: run only the jobs this object submits, not the data directory's
         queue (the CLI's files). `run_jobs=False`: claim nothing (the models commands)."""
         self.settings = settings or load_settings()
-        self._runner_env = runner_env
         self._work_runners = work_runners
         self._run_jobs = run_jobs
         self._own_jobs_only = own_jobs_only
@@ -159,7 +157,7 @@ class Service:
             self.store = await stack.enter_async_context(open_store(s))
             self.broker = await stack.enter_async_context(open_broker(s))
             self.pool = await stack.enter_async_context(
-                open_pool(s, self._runner_env, self._work_runners))
+                open_pool(s, work_runners=self._work_runners))
             state = await stack.enter_async_context(open_model_state(s))
             self.models = await stack.enter_async_context(
                 open_models(s, state, self.broker, self.pool, self._validate_models))
@@ -232,11 +230,7 @@ class Service:
     async def snapshot(self, job_id: str) -> dict[str, Any]:
         """The job's state as a stream's `connected` event carries it."""
         job = await self.get(job_id)
-        return {
-            "job_id": job.id, "status": job.status, "phase": job.phase,
-            "percent": round(job.percent, 2), "message": job.message,
-            "processed": job.processed, "total": job.total,
-        }
+        return {"job_id": job.id, "status": job.status, **job.progress_dict()}
 
     async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events, a `connected` snapshot first, until it ends (or is paused)."""

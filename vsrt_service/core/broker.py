@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -92,7 +92,6 @@ class Subscription:
         self._queue: deque[Event] = deque()
         self._wakeup = asyncio.Event()
         self.closed = False
-        self.overflowed = False
 
     def _offer(self, event: Event) -> None:
         if self.closed:
@@ -107,7 +106,6 @@ class Subscription:
             self._queue.append(Event(self.channel, event.id, "resync", {
                 "reason": "subscriber fell too far behind", "last_event_id": event.id,
             }))
-            self.overflowed = True
             self._close()
             return
         self._queue.append(event)
@@ -121,9 +119,6 @@ class Subscription:
     def close(self) -> None:
         if not self.closed:
             self._close()
-
-    def pending(self) -> int:
-        return len(self._queue)
 
     def drain(self) -> list[Event]:
         """Everything queued now, oldest first (a stream sends it in one write)."""
@@ -153,13 +148,6 @@ class Subscription:
             self._wakeup.clear()
             await self._wakeup.wait()
         return self._queue.popleft()
-
-    async def get(self, wait: float | None = None) -> Event | None:
-        """The next event, or None after `wait` seconds or once closed and drained."""
-        try:
-            return await asyncio.wait_for(self.__anext__(), wait)
-        except (StopAsyncIteration, TimeoutError):
-            return None
 
 
 class Broker:
@@ -216,7 +204,7 @@ class Broker:
             sub._offer(ev)
         return ev
 
-    def tick(self, channel: str) -> int:
+    def heartbeat_id(self, channel: str) -> int:
         """A fresh id for an event sent to one subscriber only (a heartbeat), so that every
         event on the wire has its own id and a reconnect from it replays only what follows."""
         return self._channel(channel).next_id()
@@ -256,8 +244,8 @@ class Broker:
             for sub in list(ch.subscribers):
                 sub.close()
 
-    def close(self, channels: Iterable[str] | None = None) -> None:
-        for name in list(self._channels if channels is None else channels):
-            ch = self._channels.get(name)
-            for sub in list(ch.subscribers if ch else ()):
+    def close(self) -> None:
+        """End every subscription (shutdown)."""
+        for ch in list(self._channels.values()):
+            for sub in list(ch.subscribers):
                 sub.close()

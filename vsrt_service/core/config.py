@@ -154,6 +154,16 @@ class Settings:
         return [(self.data_dir / root).resolve() for root in self.server.media_roots]
 
 
+def parse_flag(text: str) -> bool | None:
+    """A yes/no word as environment variables and form fields spell it; None if it is not one."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    return None
+
+
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     """Turn a TOML or environment value into the field's type, or say what is wrong."""
     origin, args = get_origin(hint), get_args(hint)
@@ -171,14 +181,10 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return tuple(_coerce(v, args[0], name) for v in value)
     if hint is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        flag = value if isinstance(value, bool) else parse_flag(value) if isinstance(value, str) else None
+        if flag is None:
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return flag
     if hint in (int, float):
         if isinstance(value, bool):
             raise ConfigError(f"{name}: expected a number, got {value!r}")

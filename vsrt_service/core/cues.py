@@ -121,14 +121,13 @@ def round_ms(seconds: float) -> int:
 # --- text helpers ------------------------------------------------------------------------
 
 
-def _is_cjk(char: str) -> bool:
+def is_cjk(char: str) -> bool:
     """Chinese/Japanese script characters, which are written without spaces between words."""
-    code = ord(char)
-    return any(lo <= code <= hi for lo, hi in _CJK_RANGES)
+    return bool(char) and any(lo <= ord(char) <= hi for lo, hi in _CJK_RANGES)
 
 
 def _has_cjk(text: str) -> bool:
-    return any(_is_cjk(c) for c in text)
+    return any(is_cjk(c) for c in text)
 
 
 def _clean(text: str) -> str:

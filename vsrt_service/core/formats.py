@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from vsrt_service.core.cues import Cue, round_ms
+from vsrt_service.core.cues import Cue, is_cjk, round_ms
 
 __all__ = [
     "FORMATS",
@@ -93,17 +93,10 @@ def _join_lines(lines: Sequence[str]) -> str:
     out = ""
     for line in lines:
         line = line.strip()
-        if out and not (_is_cjk(out[-1]) and _is_cjk(line[:1])):
+        if out and not (is_cjk(out[-1]) and is_cjk(line[:1])):
             out += " "
         out += line
     return out
-
-
-def _is_cjk(char: str) -> bool:
-    """Chinese/Japanese characters, written without spaces (so lines join without one)."""
-    return bool(char) and (
-        "\u3000" <= char <= "\u9fff" or "\uf900" <= char <= "\ufaff" or "\uff00" <= char <= "\uffef"
-    )
 
 
 def to_txt(cues: Sequence[Cue]) -> str:

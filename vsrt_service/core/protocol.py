@@ -223,15 +223,6 @@ class Error(Reply):
     message: str = ""
 
 
-@dataclass
-class Log(Reply):
-    """A note about a request worth showing a user (e.g. 'loading model'); debug goes to stderr."""
-
-    type: ClassVar[str] = "log"
-    level: str = "info"
-    message: str = ""
-
-
 Message: TypeAlias = Request | Reply
 
 REQUEST_TYPES: dict[str, type[Request]] = {
@@ -239,7 +230,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     for cls in (Hello, Ping, LoadModel, Unload, Split, Transcribe, Align, Download, Cancel, Shutdown)
 }
 REPLY_TYPES: dict[str, type[Reply]] = {
-    cls.type: cls for cls in (Progress, Fragment, Result, Error, Log)
+    cls.type: cls for cls in (Progress, Fragment, Result, Error)
 }
 
 

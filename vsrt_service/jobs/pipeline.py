@@ -102,10 +102,7 @@ class JobRun:
             self.job.id, phase=phase, percent=percent(phase, fraction), message=message,
             processed=processed, total=total, claim=self.job.claim,
         )
-        self.ctx.publish(self.job.id, "progress", {
-            "phase": job.phase, "percent": round(job.percent, 2), "message": job.message,
-            "processed": job.processed, "total": job.total,
-        })
+        self.ctx.publish(self.job.id, "progress", job.progress_dict())
 
     async def run(self) -> None:
         await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)

@@ -275,10 +275,7 @@ class Scheduler:
                      job_id, status)
             return
         if completed:
-            ctx.publish(job_id, "progress", {
-                "phase": Phase.SRT, "percent": 100.0, "message": "done",
-                "processed": job.processed, "total": job.total,
-            })
+            ctx.publish(job_id, "progress", job.progress_dict())
             ctx.publish(job_id, "signal", {"code": Signal.JOB_COMPLETE, "message": "subtitles ready"})
         elif status is JobStatus.FAILED:
             ctx.publish(job_id, "error", {"code": outcome.code or "failed", "message": outcome.message})

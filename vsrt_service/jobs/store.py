@@ -63,6 +63,13 @@ class Job:
     attempts: int
     claim: str | None
 
+    def progress_dict(self) -> dict[str, Any]:
+        """The data of a `progress` event about this job."""
+        return {
+            "phase": self.phase, "percent": round(self.percent, 2), "message": self.message,
+            "processed": self.processed, "total": self.total,
+        }
+
     def status_dict(self) -> dict[str, Any]:
         """The `GET /api/status` shape."""
         return {

@@ -81,7 +81,6 @@ class RunnerSlot:
         self, index: int, device: str, settings: Settings, env: dict[str, str], wake: asyncio.Event,
         role: str = "work", program: Sequence[str] = RUNNER_PROGRAM,
     ) -> None:
-        self.index = index
         self.program = tuple(program)
         self._wake = wake
         self.role = role

@@ -104,13 +104,10 @@ async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
 # --- resources ---------------------------------------------------------------------------------
 
 
-def service_ctx(runner_env: dict[str, str] | None) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with Service(app[SETTINGS], runner_env=runner_env) as svc:
-            app[SERVICE] = svc
-            yield
-
-    return ctx
+async def service_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with Service(app[SETTINGS]) as svc:
+        app[SERVICE] = svc
+        yield
 
 
 async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -178,15 +175,14 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
-def create_app(settings: Settings | None = None, *, runner_env: dict[str, str] | None = None
-               ) -> web.Application:
+def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or load_settings()
     guard = Exposure.of(settings.server).middleware()
     app = web.Application(middlewares=[guard, cors, errors, auth], client_max_size=1 << 20)
     app.on_response_prepare.append(add_security_headers)
     app[SETTINGS] = settings
     app[TICKETS] = Tickets(settings.server.ticket_seconds)
-    app.cleanup_ctx.extend([service_ctx(runner_env), streams_ctx])
+    app.cleanup_ctx.extend([service_ctx, streams_ctx])
     app.on_shutdown.append(end_streams)
     app.router.add_get("/api/health", health)
     app.router.add_post("/api/auth/ticket", ticket)

@@ -157,7 +157,8 @@ async def stream(
         while not disconnected.done():
             if not await sub.wait(settings.heartbeat_interval):
                 key = "timestamp" if heartbeat_event == "heartbeat" else "ts"
-                await _write(resp, sse_frame(broker.tick(channel), heartbeat_event, {key: time.time()}))
+                ping = sse_frame(broker.heartbeat_id(channel), heartbeat_event, {key: time.time()})
+                await _write(resp, ping)
                 continue
             batch = sub.drain()
             if not batch:  # closed: shutdown, channel dropped, or the client left

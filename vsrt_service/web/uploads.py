@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
+from vsrt_service.core.config import parse_flag
 from vsrt_service.core.errors import InvalidInput, TooLarge
 from vsrt_service.core.files import close_synced, replace_durably
 
@@ -52,12 +53,10 @@ def stored_name(name: str) -> str:
 
 
 def _parse_bool(value: str, field: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise InvalidInput(f"{field} must be true or false", field=field)
+    flag = parse_flag(value)
+    if flag is None:
+        raise InvalidInput(f"{field} must be true or false", field=field)
+    return flag
 
 
 async def receive(request: web.Request, upload_dir: Path, max_bytes: int) -> Upload:
