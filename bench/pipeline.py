@@ -173,9 +173,14 @@ def cached_speech(out: Path, make: Callable[[Path], Speech]) -> Speech:
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     speech = make(out)
-    meta.write_text(json.dumps({
-        "duration": speech.duration, "sentences": [asdict(s) for s in speech.sentences],
-    }))
+    meta.write_text(
+        json.dumps(
+            {
+                "duration": speech.duration,
+                "sentences": [asdict(s) for s in speech.sentences],
+            }
+        )
+    )
     return speech
 
 
@@ -218,8 +223,12 @@ class PlainWhisperX:
         self.whisperx: Any = whisperx
         self.batch_size = batch_size
         self.model: Any = whisperx.load_model(
-            str(whisper_dir), "cpu", compute_type=COMPUTE_TYPE, language=LANGUAGE,
-            threads=CPU_THREADS, local_files_only=True,
+            str(whisper_dir),
+            "cpu",
+            compute_type=COMPUTE_TYPE,
+            language=LANGUAGE,
+            threads=CPU_THREADS,
+            local_files_only=True,
         )
         self.align_model, self.align_metadata = whisperx.load_align_model(
             language_code=LANGUAGE, device="cpu", model_name=str(align_dir), model_cache_only=True
@@ -235,14 +244,21 @@ class PlainWhisperX:
             result = self.model.transcribe(audio, batch_size=self.batch_size, language=LANGUAGE)
             t2 = time.perf_counter()
             aligned = wx.align(
-                result["segments"], self.align_model, self.align_metadata, audio, "cpu",
+                result["segments"],
+                self.align_model,
+                self.align_metadata,
+                audio,
+                "cpu",
                 return_char_alignments=False,
             )
             t3 = time.perf_counter()
         text = " ".join(str(s["text"]).strip() for s in aligned["segments"])
         return Run(
-            side="a", seconds=round(t3 - t0, 3), segments=len(result["segments"]),
-            wer=round(word_error_rate(speech.text, text), 4), alignment="wav2vec2",
+            side="a",
+            seconds=round(t3 - t0, 3),
+            segments=len(result["segments"]),
+            wer=round(word_error_rate(speech.text, text), 4),
+            alignment="wav2vec2",
             phases={
                 "load_audio": round(t1 - t0, 3),
                 "transcribe (VAD + ASR)": round(t2 - t1, 3),
@@ -263,9 +279,7 @@ class PlainWhisperX:
 # --- (b) a vsrt job ----------------------------------------------------------------------
 
 
-def phase_split(
-    transitions: list[dict[str, Any]], submitted: float, returned: float
-) -> dict[str, float]:
+def phase_split(transitions: list[dict[str, Any]], submitted: float, returned: float) -> dict[str, float]:
     """Seconds between the job's recorded state changes, named after the state entered."""
     out: dict[str, float] = {}
     if not transitions:
@@ -280,6 +294,7 @@ def phase_split(
 
 async def run_vsrt(svc: Any, speech: Speech) -> Run:
     """One job on the file, from submit to wait returning; fails loudly if the job did."""
+
     def runner_pids() -> list[int | None]:
         return [h["pid"] for h in svc.pool.health()]
 
@@ -297,9 +312,13 @@ async def run_vsrt(svc: Any, speech: Speech) -> Run:
     text = " ".join(str(s["text"]).strip() for s in segments)
     transitions = await svc.store.transitions(job.id)
     return Run(
-        side="b", seconds=round(t1 - t0, 3), segments=job.total,
-        wer=round(word_error_rate(speech.text, text), 4), alignment=str(job.alignment),
-        phases=phase_split(transitions, submitted, returned), cpu=cpu,
+        side="b",
+        seconds=round(t1 - t0, 3),
+        segments=job.total,
+        wer=round(word_error_rate(speech.text, text), 4),
+        alignment=str(job.alignment),
+        phases=phase_split(transitions, submitted, returned),
+        cpu=cpu,
         extra={"job_id": job.id, "runner_restarts": sum(h["restarts"] for h in svc.pool.health())},
     )
 
@@ -327,12 +346,16 @@ def print_report(report: dict[str, Any]) -> None:
     a, b = report["a"], report["b"]
     dur = report["audio"]["duration"]
     print()
-    print(f"audio: {report['audio']['file']}  {dur:.1f} s ({dur / 60:.2f} min), "
-          f"{report['audio']['sentences']} sentences, {report['audio']['words']} words")
-    print(f"model: tiny.en {COMPUTE_TYPE} cpu, {CPU_THREADS} CTranslate2 threads, torch "
-          f"{report['config']['torch_threads']} threads, batch {report['config']['batch_size']}, "
-          f"aligner: tiny random wav2vec2; repeat {report['config']['repeat']}"
-          f" (medians), {report['machine']['cpus']} CPUs")
+    print(
+        f"audio: {report['audio']['file']}  {dur:.1f} s ({dur / 60:.2f} min), "
+        f"{report['audio']['sentences']} sentences, {report['audio']['words']} words"
+    )
+    print(
+        f"model: tiny.en {COMPUTE_TYPE} cpu, {CPU_THREADS} CTranslate2 threads, torch "
+        f"{report['config']['torch_threads']} threads, batch {report['config']['batch_size']}, "
+        f"aligner: tiny random wav2vec2; repeat {report['config']['repeat']}"
+        f" (medians), {report['machine']['cpus']} CPUs"
+    )
     print()
     print(f"{'':28}{'(a) whisperx':>14}{'(b) vsrt':>14}")
     print(f"{'wall time (s)':28}{a['seconds']:>14.2f}{b['seconds']:>14.2f}")
@@ -356,8 +379,10 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"    {name:30}{seconds:>8.2f}  {100 * seconds / b['seconds']:5.1f} %")
     m = report["machine"]
     print()
-    print(f"machine: other pytest runs at start {m['pytest_at_start']}, at end {m['pytest_at_end']}; "
-          f"load average {m['loadavg_start']} -> {m['loadavg_end']}")
+    print(
+        f"machine: other pytest runs at start {m['pytest_at_start']}, at end {m['pytest_at_end']}; "
+        f"load average {m['loadavg_start']} -> {m['loadavg_end']}"
+    )
     print(f"figures written to {RESULT_FILE.relative_to(ROOT)}")
 
 
@@ -376,7 +401,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from vsrt_service.service import Service
 
     settings = load_settings(
-        env={}, data_dir=data_dir,
+        env={},
+        data_dir=data_dir,
         transcription={"default_model": "tiny.en", "default_language": LANGUAGE},
         runners={"devices": ["cpu"], "compute_type": COMPUTE_TYPE, "cpu_threads": 0},
     )
@@ -410,14 +436,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         vad = await asyncio.to_thread(plain.vad_seconds, speech)
         for i in range(args.repeat):
             for side in ("a", "b") if i % 2 == 0 else ("b", "a"):
-                print(f"run {i + 1}/{args.repeat}: ({side}) on {speech.duration:.0f} s of audio ...",
-                      flush=True)
+                print(
+                    f"run {i + 1}/{args.repeat}: ({side}) on {speech.duration:.0f} s of audio ...", flush=True
+                )
                 if side == "a":
                     run = await asyncio.to_thread(plain.run, speech)
                 else:
                     run = await run_vsrt(svc, speech)
-                print(f"    {run.seconds:.2f} s, {run.segments} segments, WER {run.wer:.3f}, "
-                      f"CPU {run.cpu.own:.1f} s (others {run.cpu.foreign:.1f} s)", flush=True)
+                print(
+                    f"    {run.seconds:.2f} s, {run.segments} segments, WER {run.wer:.3f}, "
+                    f"CPU {run.cpu.own:.1f} s (others {run.cpu.foreign:.1f} s)",
+                    flush=True,
+                )
                 runs.append(run)
         machine["pytest_at_end"] = other_test_runs()
         machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -433,9 +463,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "words": len(speech.text.split()),
         },
         "config": {
-            "model": "tiny.en", "compute_type": COMPUTE_TYPE, "ctranslate2_threads": CPU_THREADS,
-            "torch_threads": torch.get_num_threads(), "batch_size": batch_size,
-            "repeat": args.repeat, "python": platform.python_version(),
+            "model": "tiny.en",
+            "compute_type": COMPUTE_TYPE,
+            "ctranslate2_threads": CPU_THREADS,
+            "torch_threads": torch.get_num_threads(),
+            "batch_size": batch_size,
+            "repeat": args.repeat,
+            "python": platform.python_version(),
         },
         "a": a,
         "b": b,
@@ -452,8 +486,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def save_and_print(report: dict[str, Any], path: Path,
-                   printer: Callable[[dict[str, Any]], None]) -> None:
+def save_and_print(report: dict[str, Any], path: Path, printer: Callable[[dict[str, Any]], None]) -> None:
     """Write a bench's figures as JSON under bench/out/, then print them for people."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -461,13 +494,21 @@ def save_and_print(report: dict[str, Any], path: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the speech (default 5)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each side, alternating")
     parser.add_argument("--wav", action="store_true", help="measure on a WAV file instead of an mp4")
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="before measuring, wait up to S seconds for other pytest runs to end")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before measuring, wait up to S seconds for other pytest runs to end",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.minutes <= 0:
         parser.error("--repeat must be at least 1 and --minutes positive")

@@ -143,7 +143,8 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
     raise_fd_limit()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings(
-        env={}, data_dir=data_dir,
+        env={},
+        data_dir=data_dir,
         server={"host": "127.0.0.1", "port": port},
         sse={"max_connections_per_job": max_streams, "max_connections_per_client": max_streams},
         runners={"devices": ["cpu"]},
@@ -152,7 +153,7 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
 
     async def publish(request: web.Request) -> web.Response:
         """Publish `fragment` events at `rate`/s for `seconds` s; answers when done."""
-        channel = job_channel(request.query['job'])
+        channel = job_channel(request.query["job"])
         rate, seconds = float(request.query["rate"]), float(request.query["seconds"])
         count = round(rate * seconds)
         broker = request.app[SERVICE].broker
@@ -166,15 +167,24 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
             if delay > 0:
                 await asyncio.sleep(delay)
             late.append(loop.time() - due)
-            broker.publish(channel, "fragment", {
-                "segment_index": i, "language": "en",
-                "segments": [{"id": i, "start": 2.0 * i, "end": 2.0 * i + 1.8, "text": TEXT}],
-                "sent": time.time(),
-            })
-        return web.json_response({
-            "published": count, "subscribers_at_start": subscribers,
-            "seconds": round(loop.time() - start, 3), "publisher_late": percentiles(late),
-        })
+            broker.publish(
+                channel,
+                "fragment",
+                {
+                    "segment_index": i,
+                    "language": "en",
+                    "segments": [{"id": i, "start": 2.0 * i, "end": 2.0 * i + 1.8, "text": TEXT}],
+                    "sent": time.time(),
+                },
+            )
+        return web.json_response(
+            {
+                "published": count,
+                "subscribers_at_start": subscribers,
+                "seconds": round(loop.time() - start, 3),
+                "publisher_late": percentiles(late),
+            }
+        )
 
     async def streams(request: web.Request) -> web.Response:
         """Open event streams (health tells them only with a token)."""
@@ -182,8 +192,7 @@ def serve(port: int, data_dir: Path, max_streams: int) -> None:
 
     app.router.add_post("/bench/publish", publish)
     app.router.add_get("/bench/streams", streams)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, shutdown_timeout=5.0,
-                print=None)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, shutdown_timeout=5.0, print=None)
 
 
 class Server:
@@ -196,9 +205,20 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.sse_fanout", "--serve", str(self.port),
-             "--data-dir", str(data_dir), "--max-streams", str(max_streams)],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "bench.sse_fanout",
+                "--serve",
+                str(self.port),
+                "--data-dir",
+                str(data_dir),
+                "--max-streams",
+                str(max_streams),
+            ],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def cpu_seconds(self) -> float:
@@ -262,8 +282,7 @@ class Server:
         for p in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-        return {"stopped_by": how, "returncode": self.proc.returncode,
-                "runners_left_and_killed": left}
+        return {"stopped_by": how, "returncode": self.proc.returncode, "runners_left_and_killed": left}
 
 
 # --- client processes --------------------------------------------------------------------
@@ -414,8 +433,15 @@ async def open_streams(session: aiohttp.ClientSession, server: Server) -> int:
         return count
 
 
-async def fan_out(session: aiohttp.ClientSession, server: Server, job_id: str, n: int, procs: int,
-                  rate: float, seconds: float) -> dict[str, Any]:
+async def fan_out(
+    session: aiohttp.ClientSession,
+    server: Server,
+    job_id: str,
+    n: int,
+    procs: int,
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
     expected = round(rate * seconds)
     url = f"{server.url}/api/stream/{job_id}"
     ctx = multiprocessing.get_context("spawn")
@@ -442,8 +468,9 @@ async def fan_out(session: aiohttp.ClientSession, server: Server, job_id: str, n
         t0 = time.perf_counter()
         for _, conn in workers:
             conn.send(seconds + GRACE_SECONDS)
-        async with session.post(f"{server.url}/bench/publish",
-                                params={"job": job_id, "rate": str(rate), "seconds": str(seconds)}) as resp:
+        async with session.post(
+            f"{server.url}/bench/publish", params={"job": job_id, "rate": str(rate), "seconds": str(seconds)}
+        ) as resp:
             published = await resp.json()
         t_pub = time.perf_counter()
         server_pub = server.cpu_seconds()
@@ -513,8 +540,20 @@ async def fan_out(session: aiohttp.ClientSession, server: Server, job_id: str, n
         "bench_main_cpu_pct": round(100 * (main_end - main0) / window, 1),
         "runner_cpu_pct": round(100 * runner_cpu / window, 1),
         "irq_softirq_cpu_pct": round(100 * irq / window, 1),
-        "other_cpu_pct": round(100 * max(0.0, (busy_end - busy0) - (server_end - server0) - client_cpu
-                                          - (main_end - main0) - runner_cpu - irq) / window, 1),
+        "other_cpu_pct": round(
+            100
+            * max(
+                0.0,
+                (busy_end - busy0)
+                - (server_end - server0)
+                - client_cpu
+                - (main_end - main0)
+                - runner_cpu
+                - irq,
+            )
+            / window,
+            1,
+        ),
         "streams_left_open_after_close": left,
         "stream_cleanup_seconds": round(cleanup, 2),
     }
@@ -525,10 +564,15 @@ async def fan_out(session: aiohttp.ClientSession, server: Server, job_id: str, n
 
 async def upload(session: aiohttp.ClientSession, server: Server, path: Path, start: bool) -> str:
     form = aiohttp.FormData()
-    form.add_field("file", await asyncio.to_thread(path.read_bytes), filename=path.name,
-                   content_type="application/octet-stream")
-    async with session.post(f"{server.url}/api/jobs", params={"start": "true" if start else "false"},
-                            data=form) as resp:
+    form.add_field(
+        "file",
+        await asyncio.to_thread(path.read_bytes),
+        filename=path.name,
+        content_type="application/octet-stream",
+    )
+    async with session.post(
+        f"{server.url}/api/jobs", params={"start": "true" if start else "false"}, data=form
+    ) as resp:
         body = await resp.json()
         if resp.status != 201:
             raise RuntimeError(f"upload failed: {resp.status} {body}")
@@ -553,8 +597,9 @@ async def wait_final(session: aiohttp.ClientSession, server: Server, job_id: str
     raise TimeoutError(f"job {job_id} did not finish in {limit_s} s")
 
 
-async def status_latency(session: aiohttp.ClientSession, server: Server, warm_job: str,
-                         long_path: Path, long_duration: float) -> dict[str, Any]:
+async def status_latency(
+    session: aiohttp.ClientSession, server: Server, warm_job: str, long_path: Path, long_duration: float
+) -> dict[str, Any]:
     # warm the runner (models loaded) with the short job, so "during" is a steady job
     async with session.post(f"{server.url}/api/start", json={"job_id": warm_job}) as resp:
         if resp.status != 200:
@@ -596,8 +641,12 @@ async def status_latency(session: aiohttp.ClientSession, server: Server, warm_jo
         "interval_ms": 1000 * STATUS_INTERVAL,
         "idle": {"samples": len(idle), **idle_p, "server_cpu_pct": round(idle_cpu, 1)},
         "during": {
-            "samples": len(during), **during_p, "statuses_seen": statuses,
-            "job_id": job_id, "job_status": status, "job_seconds": round(job_seconds, 2),
+            "samples": len(during),
+            **during_p,
+            "statuses_seen": statuses,
+            "job_id": job_id,
+            "job_status": status,
+            "job_seconds": round(job_seconds, 2),
             "audio_seconds": long_duration,
             "server_cpu_pct": round(100 * server_cpu / job_seconds, 1),
             "machine_cpu_pct": round(100 * busy / job_seconds, 1),
@@ -612,8 +661,10 @@ async def status_latency(session: aiohttp.ClientSession, server: Server, warm_jo
 def print_report(report: dict[str, Any]) -> None:
     cfg = report["config"]
     print()
-    print(f"SSE fan-out: {cfg['rate']:g} fragment events/s for {cfg['seconds']:g} s into one job "
-          f"channel, {report['machine']['cpus']} CPUs")
+    print(
+        f"SSE fan-out: {cfg['rate']:g} fragment events/s for {cfg['seconds']:g} s into one job "
+        f"channel, {report['machine']['cpus']} CPUs"
+    )
     runs = report["fanout"]
     cols = [str(r["subscribers"]) for r in runs]
     rows: list[tuple[str, list[str]]] = [
@@ -626,9 +677,13 @@ def print_report(report: dict[str, Any]) -> None:
         ("subscribers complete", [f"{r['subscribers_complete']}/{r['subscribers']}" for r in runs]),
         ("resync / ended early", [f"{r['resyncs']} / {r['ended_early']}" for r in runs]),
         ("dup / out of order", [f"{r['duplicates']} / {r['out_of_order']}" for r in runs]),
-        ("publisher late p99/max", [
-            f"{r['publish']['publisher_late']['p99_ms']}/{r['publish']['publisher_late']['max_ms']}"
-            for r in runs]),
+        (
+            "publisher late p99/max",
+            [
+                f"{r['publish']['publisher_late']['p99_ms']}/{r['publish']['publisher_late']['max_ms']}"
+                for r in runs
+            ],
+        ),
         ("publish took (s)", [f"{r['publish']['seconds']:.2f}" for r in runs]),
         ("drain after publish (s)", [f"{r['drain_seconds_after_publish']:.2f}" for r in runs]),
         ("server CPU % publishing", [f"{r['server_cpu_pct_publishing']}" for r in runs]),
@@ -654,15 +709,21 @@ def print_report(report: dict[str, Any]) -> None:
         r = s["ratio_during_over_idle"]
         d = s["during"]
         print(f"  ratio during/idle: p50 {r['p50']}, p99 {r['p99']}, max {r['max']}")
-        print(f"  job: {d['job_status']} in {d['job_seconds']:.1f} s ({d['audio_seconds']:.0f} s audio); "
-              f"server CPU {d['server_cpu_pct']} % (idle {s['idle']['server_cpu_pct']} %), "
-              f"machine {d['machine_cpu_pct']} %")
+        print(
+            f"  job: {d['job_status']} in {d['job_seconds']:.1f} s ({d['audio_seconds']:.0f} s audio); "
+            f"server CPU {d['server_cpu_pct']} % (idle {s['idle']['server_cpu_pct']} %), "
+            f"machine {d['machine_cpu_pct']} %"
+        )
     m = report["machine"]
     print()
-    print(f"machine: pytest runs at start {m['start']['pytest']}, at end {m['end']['pytest']}; "
-          f"load average {m['start']['loadavg']} -> {m['end']['loadavg']}")
-    print(f"server: stopped by {report['shutdown']['stopped_by']}, runners left "
-          f"{report['shutdown']['runners_left_and_killed']}")
+    print(
+        f"machine: pytest runs at start {m['start']['pytest']}, at end {m['end']['pytest']}; "
+        f"load average {m['start']['loadavg']} -> {m['end']['loadavg']}"
+    )
+    print(
+        f"server: stopped by {report['shutdown']['stopped_by']}, runners left "
+        f"{report['shutdown']['runners_left_and_killed']}"
+    )
     print(f"figures written to {RESULT_FILE.relative_to(ROOT)}")
 
 
@@ -672,12 +733,18 @@ def print_report(report: dict[str, Any]) -> None:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     media = OUT / "media"
     short = cached_speech(media / "warmup.mp4", lambda p: make_speech(p))
-    long = cached_speech(media / f"long-{args.job_minutes:g}m.mp4",
-                         lambda p: make_long_speech(p, args.job_minutes))
+    long = cached_speech(
+        media / f"long-{args.job_minutes:g}m.mp4", lambda p: make_long_speech(p, args.job_minutes)
+    )
     idle = await wait_until_idle(args.wait_idle)
     report: dict[str, Any] = {
-        "config": {"subscribers": args.subscribers, "rate": args.rate, "seconds": args.seconds,
-                   "client_procs": args.client_procs, "job_minutes": args.job_minutes},
+        "config": {
+            "subscribers": args.subscribers,
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "client_procs": args.client_procs,
+            "job_minutes": args.job_minutes,
+        },
         "machine": {"cpus": os.cpu_count(), "idle_at_start": idle, "start": machine_state()},
         "fanout": [],
     }
@@ -688,23 +755,33 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 health = await server.wait_ready(session)
                 quiet_after = await server.wait_runner_quiet()
-                report["server"] = {"pid": server.proc.pid, "runners": health["runners"],
-                                    "runner_quiet_after_s": quiet_after}
+                report["server"] = {
+                    "pid": server.proc.pid,
+                    "runners": health["runners"],
+                    "runner_quiet_after_s": quiet_after,
+                }
                 job_id = await upload(session, server, short.path, start=False)
                 for n in args.subscribers:
                     procs = args.client_procs or (1 if n <= 200 else 2)
-                    print(f"fan-out: {n} subscribers in {procs} client process(es), "
-                          f"{args.rate:g}/s for {args.seconds:g} s ...", flush=True)
+                    print(
+                        f"fan-out: {n} subscribers in {procs} client process(es), "
+                        f"{args.rate:g}/s for {args.seconds:g} s ...",
+                        flush=True,
+                    )
                     result = await fan_out(session, server, job_id, n, procs, args.rate, args.seconds)
                     report["fanout"].append(result)
-                    print(f"    p50 {result['latency']['p50_ms']} ms, p99 {result['latency']['p99_ms']} ms, "
-                          f"delivered {result['delivered_total']}/{result['expected_total']}, "
-                          f"server CPU {result['server_cpu_pct_publishing']} %", flush=True)
+                    print(
+                        f"    p50 {result['latency']['p50_ms']} ms, p99 {result['latency']['p99_ms']} ms, "
+                        f"delivered {result['delivered_total']}/{result['expected_total']}, "
+                        f"server CPU {result['server_cpu_pct_publishing']} %",
+                        flush=True,
+                    )
                 if not args.no_status:
-                    print(f"status latency: idle, then during a job on {long.duration:.0f} s of audio ...",
-                          flush=True)
-                    report["status"] = await status_latency(session, server, job_id, long.path,
-                                                            long.duration)
+                    print(
+                        f"status latency: idle, then during a job on {long.duration:.0f} s of audio ...",
+                        flush=True,
+                    )
+                    report["status"] = await status_latency(session, server, job_id, long.path, long.duration)
         finally:
             report["shutdown"] = server.stop()
             report["server_log_tail"] = server.log_tail()[-2000:]
@@ -717,19 +794,39 @@ def int_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sse_fanout", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subscribers", type=int_list, default=[200, 1000],
-                        help="comma-separated subscriber counts (default 200,1000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sse_fanout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--subscribers",
+        type=int_list,
+        default=[200, 1000],
+        help="comma-separated subscriber counts (default 200,1000)",
+    )
     parser.add_argument("--rate", type=float, default=100.0, help="events per second (default 100)")
     parser.add_argument("--seconds", type=float, default=10.0, help="publishing time (default 10)")
-    parser.add_argument("--client-procs", type=int, default=0,
-                        help="client processes sharing the subscribers (default: 1 up to 200, else 2)")
-    parser.add_argument("--job-minutes", type=float, default=2.0,
-                        help="length of the real job's speech for the status part (default 2)")
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=0,
+        help="client processes sharing the subscribers (default: 1 up to 200, else 2)",
+    )
+    parser.add_argument(
+        "--job-minutes",
+        type=float,
+        default=2.0,
+        help="length of the real job's speech for the status part (default 2)",
+    )
     parser.add_argument("--no-status", action="store_true", help="skip the status-latency part")
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="before measuring, wait up to S seconds for other pytest runs to end")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before measuring, wait up to S seconds for other pytest runs to end",
+    )
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--max-streams", type=int, default=5000, help=argparse.SUPPRESS)

@@ -122,8 +122,9 @@ def _manifest(siblings: list[Any], patterns: list[str], prefer: list[str]) -> li
 class _Tally:
     """Bytes done across a repository's files, reported at most five times a second."""
 
-    def __init__(self, total: int, progress: Callable[[int, int, str], None],
-                 canceled: threading.Event) -> None:
+    def __init__(
+        self, total: int, progress: Callable[[int, int, str], None], canceled: threading.Event
+    ) -> None:
         self.total, self.done = total, 0
         self._progress, self._canceled = progress, canceled
         self._last = 0.0
@@ -181,8 +182,9 @@ def download(
                     path.unlink()  # wrong bytes: fetch this one again, from the start
                 _current.hook = tally.file_hook(file_start, item["name"])
                 try:
-                    hf_hub_download(req.repo, item["name"], revision=info.sha, local_dir=target,
-                                    endpoint=endpoint)
+                    hf_hub_download(
+                        req.repo, item["name"], revision=info.sha, local_dir=target, endpoint=endpoint
+                    )
                 finally:
                     _current.hook = None
                 problem = file_problem(path, item)
@@ -201,7 +203,10 @@ def download(
             continue
         _clean_cache(target)
         return {
-            "endpoint": endpoint, "commit": info.sha, "files": manifest, "fetched": fetched,
+            "endpoint": endpoint,
+            "commit": info.sha,
+            "files": manifest,
+            "fetched": fetched,
             "total_bytes": tally.total,
         }
     raise EngineError("download", "; ".join(failures) or "no endpoint configured")

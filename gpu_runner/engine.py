@@ -113,8 +113,7 @@ class Engine:
         """Cache contents, least recently used first."""
         with self._lock:
             return [
-                {"key": key, "kind": m.ref["kind"], "path": m.ref["path"]}
-                for key, m in self._models.items()
+                {"key": key, "kind": m.ref["kind"], "path": m.ref["path"]} for key, m in self._models.items()
             ]
 
     def memory(self) -> dict[str, int | None]:

@@ -104,9 +104,16 @@ class Runner:
 
     def _dispatch(self, req: p.Request) -> None:
         if isinstance(req, p.Ping):
-            self.send(p.Result(id=req.id, data={
-                "ts": time.time(), "busy": self._busy(), "warm": self._ready.is_set(),
-            }))
+            self.send(
+                p.Result(
+                    id=req.id,
+                    data={
+                        "ts": time.time(),
+                        "busy": self._busy(),
+                        "warm": self._ready.is_set(),
+                    },
+                )
+            )
         elif isinstance(req, p.Hello):
             self.send(p.Result(id=req.id, data=self.hello(req)))
         elif isinstance(req, p.Cancel):
@@ -215,14 +222,27 @@ class Runner:
         def emit(seg: p.SegmentSpan, text: str, language: str) -> None:
             nonlocal count
             count += 1
-            self.send(p.Fragment(
-                id=req.id, index=seg["index"], start=seg["start"], end=seg["end"],
-                text=text, language=language,
-            ))
+            self.send(
+                p.Fragment(
+                    id=req.id,
+                    index=seg["index"],
+                    start=seg["start"],
+                    end=seg["end"],
+                    text=text,
+                    language=language,
+                )
+            )
 
         language = self.engine.transcribe(
-            req.audio_path, req.model, req.segments, req.language, req.task,
-            req.batch_size, req.beam_size, canceled, emit,
+            req.audio_path,
+            req.model,
+            req.segments,
+            req.language,
+            req.task,
+            req.batch_size,
+            req.beam_size,
+            canceled,
+            emit,
         )
         return {"language": language, "count": count, "load_count": self.engine.load_count}
 
@@ -261,8 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--nltk-data", default=None, help="directory for NLTK's punkt_tab")
     parser.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority")
-    parser.add_argument("--role", choices=("work", "download"), default="work",
-                        help="download: only fetch models (no whisperx import)")
+    parser.add_argument(
+        "--role",
+        choices=("work", "download"),
+        default="work",
+        help="download: only fetch models (no whisperx import)",
+    )
     args = parser.parse_args(argv)
 
     # Keep the protocol channel private: libraries that print() must not corrupt it.

@@ -124,8 +124,10 @@ async def loop_not_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None
     finally:
         logger.removeHandler(handler)
         gc.callbacks.remove(gc_pauses)
-    assert not handler.records, "event loop blocked:\n" + "\n".join(handler.records) + (
-        f"\n(longest garbage collection during the test: {gc_pauses.longest * 1000:.0f} ms)"
+    assert not handler.records, (
+        "event loop blocked:\n"
+        + "\n".join(handler.records)
+        + (f"\n(longest garbage collection during the test: {gc_pauses.longest * 1000:.0f} ms)")
     )
 
 

@@ -13,23 +13,35 @@ from aiohttp.test_utils import TestClient
 from tests.sse_client import SseEvent, SseReader
 
 
-async def post_upload(client: TestClient[Any, Any], path: Path,
-                      settings: dict[str, Any] | None = None, name: str | None = None,
-                      start: bool = True, headers: dict[str, str] | None = None
-                      ) -> aiohttp.ClientResponse:
+async def post_upload(
+    client: TestClient[Any, Any],
+    path: Path,
+    settings: dict[str, Any] | None = None,
+    name: str | None = None,
+    start: bool = True,
+    headers: dict[str, str] | None = None,
+) -> aiohttp.ClientResponse:
     """POST /api/jobs with `path` as the `file` part; the response, whatever its status."""
     form = aiohttp.FormData()
     if settings is not None:
         form.add_field("settings", json.dumps(settings), content_type="application/json")
-    form.add_field("file", await asyncio.to_thread(path.read_bytes), filename=name or path.name,
-                   content_type="application/octet-stream")
-    return await client.post(f"/api/jobs?start={'true' if start else 'false'}", data=form,
-                             headers=headers)
+    form.add_field(
+        "file",
+        await asyncio.to_thread(path.read_bytes),
+        filename=name or path.name,
+        content_type="application/octet-stream",
+    )
+    return await client.post(f"/api/jobs?start={'true' if start else 'false'}", data=form, headers=headers)
 
 
-async def upload(client: TestClient[Any, Any], path: Path, settings: dict[str, Any] | None = None,
-                 name: str | None = None, start: bool = True,
-                 headers: dict[str, str] | None = None) -> dict[str, Any]:
+async def upload(
+    client: TestClient[Any, Any],
+    path: Path,
+    settings: dict[str, Any] | None = None,
+    name: str | None = None,
+    start: bool = True,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     resp = await post_upload(client, path, settings, name, start, headers)
     body = await resp.json()
     assert resp.status == 201, body

@@ -33,10 +33,19 @@ def aligned_result(hours: float = 3.0, words_per_segment: int = 15, seed: int = 
             if rng.random() < 0.01:
                 words.append(Word(word=str(rng.randint(2, 1999)), score=None))  # not placed
             else:
-                words.append(Word(word=text, start=round(t, 3), end=round(t + length, 3),
-                                  score=round(rng.uniform(0.3, 1.0), 3)))
+                words.append(
+                    Word(
+                        word=text,
+                        start=round(t, 3),
+                        end=round(t + length, 3),
+                        score=round(rng.uniform(0.3, 1.0), 3),
+                    )
+                )
             t += length + rng.uniform(0.01, 0.12)
-        segments.append(AlignedSegment(start=round(start, 3), end=round(t, 3),
-                                       text=" ".join(w["word"] for w in words), words=words))
+        segments.append(
+            AlignedSegment(
+                start=round(start, 3), end=round(t, 3), text=" ".join(w["word"] for w in words), words=words
+            )
+        )
         t += rng.uniform(0.2, 1.2)
     return segments

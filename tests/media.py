@@ -150,8 +150,7 @@ def _video_codec() -> list[str]:
     """libx264 when this ffmpeg has it, else the built-in mpeg4 encoder."""
     out = _run(["ffmpeg", "-hide_banner", "-encoders"]).stdout.decode("utf-8", "replace")
     if re.search(r"^\s*V\S*\s+libx264\s", out, re.MULTILINE):
-        return ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage",
-                "-pix_fmt", "yuv420p"]
+        return ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage", "-pix_fmt", "yuv420p"]
     return ["-c:v", "mpeg4", "-q:v", "10", "-pix_fmt", "yuv420p"]
 
 
@@ -171,17 +170,27 @@ def _color_input(seconds: float, color: str = "0x3060a0") -> list[str]:
 
 def ffprobe(path: Path) -> dict[str, object]:
     """``ffprobe -show_format -show_streams`` as a dict."""
-    proc = _run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format",
-                 "-show_streams", path])
+    proc = _run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", path])
     data: dict[str, object] = json.loads(proc.stdout)
     return data
 
 
 def media_duration(path: Path, stream: str = "a") -> float:
     """Duration (s) of the first stream of the given type ('a' or 'v') per ffprobe."""
-    proc = _run(["ffprobe", "-v", "error", "-select_streams", f"{stream}:0",
-                 "-show_entries", "stream=duration:format=duration",
-                 "-of", "json", path])
+    proc = _run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            f"{stream}:0",
+            "-show_entries",
+            "stream=duration:format=duration",
+            "-of",
+            "json",
+            path,
+        ]
+    )
     data = json.loads(proc.stdout)
     streams = data.get("streams") or []
     if not streams:
@@ -236,11 +245,15 @@ def _trim(samples: array.array[int]) -> array.array[int] | None:
         return None
     last = _last_above(samples, _TRIM_THRESHOLD, first, len(samples))
     assert last is not None
-    return samples[first:last + 1]
+    return samples[first : last + 1]
 
 
-def _synth_all(texts: Sequence[str], tmp: Path, voice: str, speed: int,
-               ) -> tuple[dict[str, array.array[int]], int]:
+def _synth_all(
+    texts: Sequence[str],
+    tmp: Path,
+    voice: str,
+    speed: int,
+) -> tuple[dict[str, array.array[int]], int]:
     """Each distinct text through espeak-ng (in parallel, a few at a time), trimmed of
     its own leading/trailing silence.  Returns ``{text: samples}`` and the rate."""
     distinct = list(dict.fromkeys(texts))
@@ -249,16 +262,16 @@ def _synth_all(texts: Sequence[str], tmp: Path, voice: str, speed: int,
     batch = 8
     for base in range(0, len(distinct), batch):
         procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
-        for i, text in enumerate(distinct[base:base + batch], base):
+        for i, text in enumerate(distinct[base : base + batch], base):
             wav = tmp / f"s{i:04d}.wav"
             cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text]
-            procs.append((text, wav, subprocess.Popen(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            procs.append(
+                (text, wav, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            )
         for text, wav, proc in procs:
             _, err = proc.communicate()
             if proc.returncode != 0:
-                raise RuntimeError(f"espeak-ng failed for {text!r}: "
-                                   f"{err.decode('utf-8', 'replace')[-500:]}")
+                raise RuntimeError(f"espeak-ng failed for {text!r}: {err.decode('utf-8', 'replace')[-500:]}")
             samples, rate = _read_pcm(wav)
             wav.unlink()
             trimmed = _trim(samples)
@@ -270,18 +283,44 @@ def _synth_all(texts: Sequence[str], tmp: Path, voice: str, speed: int,
 
 def _decode_pcm(path: Path, rate: int) -> array.array[int]:
     """The first audio stream of ``path`` as mono s16 samples at ``rate``."""
-    proc = _run(["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-i", path,
-                 "-map", "0:a:0", "-ac", "1", "-ar", str(rate), "-f", "s16le", "-"])
+    proc = _run(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            path,
+            "-map",
+            "0:a:0",
+            "-ac",
+            "1",
+            "-ar",
+            str(rate),
+            "-f",
+            "s16le",
+            "-",
+        ]
+    )
     samples = array.array("h", proc.stdout)
     if sys.byteorder == "big":
         samples.byteswap()
     return samples
 
 
-def _build(out: Path, texts: Sequence[str] | Callable[[dict[str, float]], Sequence[str]],
-           pauses: Sequence[float], *, lead: float,
-           video: bool, voice: str, speed: int, sample_rate: int,
-           pool: Sequence[str] = ()) -> Speech:
+def _build(
+    out: Path,
+    texts: Sequence[str] | Callable[[dict[str, float]], Sequence[str]],
+    pauses: Sequence[float],
+    *,
+    lead: float,
+    video: bool,
+    voice: str,
+    speed: int,
+    sample_rate: int,
+    pool: Sequence[str] = (),
+) -> Speech:
     """Synthesise ``texts`` separated by ``pauses[i]`` (at least len(texts) - 1 of
     them) into ``out``.  ``texts`` may instead be a planner, called with the spoken
     length (s) of each text of ``pool`` once those are synthesised."""
@@ -313,12 +352,28 @@ def _build(out: Path, texts: Sequence[str] | Callable[[dict[str, float]], Sequen
 
         target = tmp / f"out{out.suffix}"
         if video:
-            _ffmpeg(*_color_input(seconds), "-i", wav, "-map", "0:v", "-map", "1:a",
-                    *_video_codec(), *_AUDIO_CODECS[".m4a"], "-ar", str(sample_rate),
-                    "-ac", "1", "-movflags", "+faststart", target)
+            _ffmpeg(
+                *_color_input(seconds),
+                "-i",
+                wav,
+                "-map",
+                "0:v",
+                "-map",
+                "1:a",
+                *_video_codec(),
+                *_AUDIO_CODECS[".m4a"],
+                "-ar",
+                str(sample_rate),
+                "-ac",
+                "1",
+                "-movflags",
+                "+faststart",
+                target,
+            )
         else:
-            _ffmpeg("-i", wav, "-ar", str(sample_rate), "-ac", "1",
-                    *_AUDIO_CODECS[out.suffix.lower()], target)
+            _ffmpeg(
+                "-i", wav, "-ar", str(sample_rate), "-ac", "1", *_AUDIO_CODECS[out.suffix.lower()], target
+            )
 
         # Re-measure each onset/offset on what a decoder actually gets back.
         decoded = _decode_pcm(target, sample_rate)
@@ -340,20 +395,44 @@ def _build(out: Path, texts: Sequence[str] | Callable[[dict[str, float]], Sequen
     return Speech(path=out, sentences=sentences, duration=round(seconds, 4))
 
 
-def make_speech(out: Path, sentences: Sequence[str] = DEFAULT_SENTENCES, *,
-                pause: float = 1.5, lead: float = 0.7, video: bool = True,
-                voice: str = "en-us", speed: int = 150, sample_rate: int = 16000) -> Speech:
+def make_speech(
+    out: Path,
+    sentences: Sequence[str] = DEFAULT_SENTENCES,
+    *,
+    pause: float = 1.5,
+    lead: float = 0.7,
+    video: bool = True,
+    voice: str = "en-us",
+    speed: int = 150,
+    sample_rate: int = 16000,
+) -> Speech:
     """Spoken ``sentences`` (espeak-ng) with ``lead`` s of silence before and after and
     ``pause`` s between them, as an mp4 (``video=True``: 160x90 colour at 5 fps, AAC
     mono) or an audio file whose format follows ``out``'s extension."""
     out = Path(out)
-    return _build(out, list(sentences), [pause] * (len(sentences) - 1), lead=lead,
-                  video=video, voice=voice, speed=speed, sample_rate=sample_rate)
+    return _build(
+        out,
+        list(sentences),
+        [pause] * (len(sentences) - 1),
+        lead=lead,
+        video=video,
+        voice=voice,
+        speed=speed,
+        sample_rate=sample_rate,
+    )
 
 
-def make_long_speech(out: Path, minutes: float = 5.0, *, pause: float = 1.5,
-                     lead: float = 0.7, video: bool = True, voice: str = "en-us",
-                     speed: int = 150, sample_rate: int = 16000) -> Speech:
+def make_long_speech(
+    out: Path,
+    minutes: float = 5.0,
+    *,
+    pause: float = 1.5,
+    lead: float = 0.7,
+    video: bool = True,
+    voice: str = "en-us",
+    speed: int = 150,
+    sample_rate: int = 16000,
+) -> Speech:
     """About ``minutes`` of speech for benchmarks: ``LONG_SENTENCES`` cycled, with
     pauses that vary deterministically around ``pause`` (0.6x to 1.6x).  Other
     keywords as for make_speech.  Each distinct sentence is synthesised once."""
@@ -372,8 +451,17 @@ def make_long_speech(out: Path, minutes: float = 5.0, *, pause: float = 1.5,
             total += lengths[text]
         return texts
 
-    return _build(out, plan, pauses, lead=lead, video=video, voice=voice, speed=speed,
-                  sample_rate=sample_rate, pool=LONG_SENTENCES)
+    return _build(
+        out,
+        plan,
+        pauses,
+        lead=lead,
+        video=video,
+        voice=voice,
+        speed=speed,
+        sample_rate=sample_rate,
+        pool=LONG_SENTENCES,
+    )
 
 
 # --------------------------------------------------------------------------- odd media
@@ -383,9 +471,22 @@ def make_silent_video(out: Path, seconds: float = 4.0) -> Path:
     """An mp4 (160x90, 5 fps) with a silent AAC audio track (anullsrc)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _ffmpeg(*_color_input(seconds, "0x208040"), "-f", "lavfi", "-i",
-            f"anullsrc=r=16000:cl=mono:d={seconds:.3f}", "-map", "0:v", "-map", "1:a",
-            *_video_codec(), *_AUDIO_CODECS[".m4a"], "-movflags", "+faststart", out)
+    _ffmpeg(
+        *_color_input(seconds, "0x208040"),
+        "-f",
+        "lavfi",
+        "-i",
+        f"anullsrc=r=16000:cl=mono:d={seconds:.3f}",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        *_video_codec(),
+        *_AUDIO_CODECS[".m4a"],
+        "-movflags",
+        "+faststart",
+        out,
+    )
     return out
 
 
@@ -393,8 +494,7 @@ def make_video_without_audio(out: Path, seconds: float = 2.0) -> Path:
     """An mp4 with a video stream only (no audio stream at all)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _ffmpeg(*_color_input(seconds, "0x802020"), *_video_codec(), "-an",
-            "-movflags", "+faststart", out)
+    _ffmpeg(*_color_input(seconds, "0x802020"), *_video_codec(), "-an", "-movflags", "+faststart", out)
     return out
 
 
@@ -419,8 +519,7 @@ def make_text_file(out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        "This is not a media file.\nIt only contains plain text, a few lines of it.\n"
-        * 20,
+        "This is not a media file.\nIt only contains plain text, a few lines of it.\n" * 20,
         encoding="utf-8",
     )
     return out
@@ -429,16 +528,13 @@ def make_text_file(out: Path) -> Path:
 # --------------------------------------------------------------------------- hostile media
 
 
-def make_hls_playlist(out: Path, segment: str | Path, *, endlist: bool = True,
-                      seconds: float = 40.0) -> Path:
+def make_hls_playlist(out: Path, segment: str | Path, *, endlist: bool = True, seconds: float = 40.0) -> Path:
     """An HLS playlist (text, whatever ``out``'s extension) naming ``segment``, a path or
     URL. Without ``endlist`` it is a live playlist, which a reader reloads forever."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["#EXTM3U", f"#EXT-X-TARGETDURATION:{round(seconds)}", f"#EXTINF:{seconds:.1f},",
-             str(segment)]
-    out.write_text("\n".join([*lines, *(["#EXT-X-ENDLIST"] if endlist else [])]) + "\n",
-                   encoding="utf-8")
+    lines = ["#EXTM3U", f"#EXT-X-TARGETDURATION:{round(seconds)}", f"#EXTINF:{seconds:.1f},", str(segment)]
+    out.write_text("\n".join([*lines, *(["#EXT-X-ENDLIST"] if endlist else [])]) + "\n", encoding="utf-8")
     return out
 
 
@@ -465,8 +561,7 @@ class Tripwire:
         self.opened = threading.Event()
         self.error: OSError | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f"tripwire {self.path.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._watch, name=f"tripwire {self.path.name}", daemon=True)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -509,11 +604,29 @@ def fifo_tripwire(path: Path) -> Iterator[Tripwire]:
 
 # --------------------------------------------------------------------------- WER
 
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-         "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
-         "seventeen", "eighteen", "nineteen"]
-_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty",
-         "ninety"]
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _SCALES = [(10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand")]
 
 
@@ -536,8 +649,7 @@ def _spell_int(n: int) -> str:
 def _spell_number(match: re.Match[str]) -> str:
     token = match.group(0).replace(",", "")
     whole, _, frac = token.partition(".")
-    words = _spell_int(int(whole)) if len(whole) <= 15 else " ".join(
-        _ONES[int(d)] for d in whole)
+    words = _spell_int(int(whole)) if len(whole) <= 15 else " ".join(_ONES[int(d)] for d in whole)
     if frac:
         words += " point " + " ".join(_ONES[int(d)] for d in frac)
     return f" {words} "

@@ -44,7 +44,11 @@ def tool_pids(tool: str, mentioning: str, parent: int | None = None) -> list[int
         except OSError:
             continue
         state, ppid = fields[0], int(fields[1])
-        if (state != "Z" and ppid == parent and Path(args[0].decode(errors="replace")).name == tool
-                and any(mentioning.encode() in a for a in args)):
+        if (
+            state != "Z"
+            and ppid == parent
+            and Path(args[0].decode(errors="replace")).name == tool
+            and any(mentioning.encode() in a for a in args)
+        ):
             found.append(int(entry.name))
     return found

@@ -33,10 +33,21 @@ def main() -> int:
     for line in sys.stdin.buffer:
         req = p.decode_request(line)
         if isinstance(req, p.Hello):
-            send(p.Result(id=req.id, data={
-                "protocol_version": p.PROTOCOL_VERSION, "compatible": True, "pid": os.getpid(),
-                "device": "cpu", "warm": True, "versions": {}, "loaded_models": [], "load_count": 0,
-            }))
+            send(
+                p.Result(
+                    id=req.id,
+                    data={
+                        "protocol_version": p.PROTOCOL_VERSION,
+                        "compatible": True,
+                        "pid": os.getpid(),
+                        "device": "cpu",
+                        "warm": True,
+                        "versions": {},
+                        "loaded_models": [],
+                        "load_count": 0,
+                    },
+                )
+            )
         elif isinstance(req, p.Ping):
             send(p.Result(id=req.id, data={"ts": time.time(), "busy": working is not None, "warm": True}))
         elif isinstance(req, p.Cancel):

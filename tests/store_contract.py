@@ -57,12 +57,14 @@ class JobStoreContract:
     async def test_create_get_list_count(self, store: JobStore) -> None:
         assert await store.count_jobs() == 0 and await store.list_jobs() == []
         assert await store.get_job("nope") is None
-        job = await store.create_job(source_name="a.mp4", input_path="uploads/a.mp4",
-                                     settings={"model": "tiny.en"})
+        job = await store.create_job(
+            source_name="a.mp4", input_path="uploads/a.mp4", settings={"model": "tiny.en"}
+        )
         assert (job.status, job.phase, job.percent, job.attempts) == ("queued", "queued", 0, 0)
         assert job.settings == {"model": "tiny.en"} and job.claim is None and job.lease_owner is None
-        paused = await store.create_job(source_name="b.mp4", input_path="b.mp4", settings={},
-                                        status="paused", job_id="my-id")
+        paused = await store.create_job(
+            source_name="b.mp4", input_path="b.mp4", settings={}, status="paused", job_id="my-id"
+        )
         assert paused.id == "my-id" and paused.status == "paused"
         assert await store.get_job(job.id) == job
         assert await store.count_jobs() == 2
@@ -104,15 +106,19 @@ class JobStoreContract:
         # The lease belongs to the claim: the old run can neither renew, progress nor finish.
         assert await store.renew_lease(job_id, first.claim, 60) is False
         assert await store.renew_lease(job_id, second.claim, 60) is True
-        assert await store.set_status(job_id, JobStatus.FAILED, "x", expect=[JobStatus.PROCESSING],
-                                      claim=first.claim) is None
+        assert (
+            await store.set_status(
+                job_id, JobStatus.FAILED, "x", expect=[JobStatus.PROCESSING], claim=first.claim
+            )
+            is None
+        )
         with pytest.raises(StoreError):
             await store.update_progress(job_id, phase="x", percent=1, message="x", claim=first.claim)
-        moved = await store.update_progress(job_id, phase="split", percent=5, message="s",
-                                            claim=second.claim)
+        moved = await store.update_progress(job_id, phase="split", percent=5, message="s", claim=second.claim)
         assert moved.phase == "split"
-        done = await store.set_status(job_id, JobStatus.COMPLETED, "done", expect=[JobStatus.PROCESSING],
-                                      claim=second.claim)
+        done = await store.set_status(
+            job_id, JobStatus.COMPLETED, "done", expect=[JobStatus.PROCESSING], claim=second.claim
+        )
         assert done is not None and done.status == "completed"
         assert (done.claim, done.lease_owner, done.lease_expires) == (None, None, None)
         # A finished claim renews nothing either.
@@ -158,12 +164,26 @@ class JobStoreContract:
         job = await store.get_job(job_id)
         assert job is not None and job.status == "processing" and job.settings == {"i": 0}
         # The right status but another holder changes nothing either.
-        assert await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING],
-                                      lease_owner="someone else") is None
-        assert await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING],
-                                      claim="another claim") is None
-        paused = await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING],
-                                        claim=claimed.claim, lease_owner="me")
+        assert (
+            await store.set_status(
+                job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING], lease_owner="someone else"
+            )
+            is None
+        )
+        assert (
+            await store.set_status(
+                job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING], claim="another claim"
+            )
+            is None
+        )
+        paused = await store.set_status(
+            job_id,
+            JobStatus.PAUSED,
+            "p",
+            expect=[JobStatus.PROCESSING],
+            claim=claimed.claim,
+            lease_owner="me",
+        )
         assert paused is not None and paused.status == "paused" and paused.lease_owner is None
         assert await store.set_status("gone", JobStatus.PAUSED, "p", expect=[JobStatus.QUEUED]) is None
 
@@ -171,12 +191,24 @@ class JobStoreContract:
         (job_id,) = await make_jobs(store, 1)
         job = await store.claim_next("me", 60)
         assert job is not None
-        failed = await store.set_status(job_id, JobStatus.FAILED, "boom", expect=[JobStatus.PROCESSING],
-                                        claim=job.claim, error_code="runner_crashed", error="it crashed",
-                                        phase="transcribe", percent=40)
+        failed = await store.set_status(
+            job_id,
+            JobStatus.FAILED,
+            "boom",
+            expect=[JobStatus.PROCESSING],
+            claim=job.claim,
+            error_code="runner_crashed",
+            error="it crashed",
+            phase="transcribe",
+            percent=40,
+        )
         assert failed is not None and failed.status == "failed" and failed.status in FINAL
         assert (failed.error_code, failed.error, failed.phase, failed.percent) == (
-            "runner_crashed", "it crashed", "transcribe", 40)
+            "runner_crashed",
+            "it crashed",
+            "transcribe",
+            40,
+        )
         assert failed.status_dict()["error"] == {"code": "runner_crashed", "message": "it crashed"}
         queued = await store.requeue(job_id, {"i": 0}, restart=False)
         assert queued is not None and queued.error is None and queued.error_code is None
@@ -220,18 +252,21 @@ class JobStoreContract:
         (job_id,) = await make_jobs(store, 1)
         job = await store.claim_next("me", 60)
         assert job is not None
-        await store.update_progress(job_id, phase="transcribe", percent=40, message="a",
-                                    processed=1, total=4)
+        await store.update_progress(job_id, phase="transcribe", percent=40, message="a", processed=1, total=4)
         job = await store.update_progress(job_id, phase="transcribe", percent=30, message="b")
         assert job.percent == 40 and job.message == "b" and (job.processed, job.total) == (1, 4)
         await store.update_progress(job_id, phase="align", percent=85, message="c")
-        await store.set_status(job_id, JobStatus.COMPLETED, "done", expect=[JobStatus.PROCESSING],
-                               phase="done", percent=100)
+        await store.set_status(
+            job_id, JobStatus.COMPLETED, "done", expect=[JobStatus.PROCESSING], phase="done", percent=100
+        )
         history = await store.transitions(job_id)
         # One entry per status or phase change, oldest first; a repeated phase adds none.
         assert [(t["status"], t["phase"]) for t in history] == [
-            ("queued", "queued"), ("processing", "claimed"), ("processing", "transcribe"),
-            ("processing", "align"), ("completed", "done"),
+            ("queued", "queued"),
+            ("processing", "claimed"),
+            ("processing", "transcribe"),
+            ("processing", "align"),
+            ("completed", "done"),
         ]
         assert [t["message"] for t in history][-1] == "done"
         times = [t["at"] for t in history]
@@ -248,7 +283,9 @@ class JobStoreContract:
         segments = await store.segments(job_id)
         assert [(s.index, s.start, s.end) for s in segments] == [(0, 0.0, 1.0), (1, 1.5, 3.0)]
         assert [(s.text, s.language, s.transcribe_count) for s in segments] == [
-            ("hello", "en", 1), (None, None, 0)]
+            ("hello", "en", 1),
+            (None, None, 0),
+        ]
         job = await store.get_job(job_id)
         assert job is not None and job.processed == 1 and job.total == 2
         assert job.checkpoint_settings == {"model": "tiny.en"}
@@ -278,5 +315,9 @@ class JobStoreContract:
 
 
 def aligned(start: float, end: float, text: str) -> AlignedSegment:
-    return {"start": start, "end": end, "text": text,
-            "words": [{"word": text, "start": start, "end": end, "score": 0.9}]}
+    return {
+        "start": start,
+        "end": end,
+        "text": text,
+        "words": [{"word": text, "start": start, "end": end, "score": 0.9}],
+    }

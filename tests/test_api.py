@@ -26,9 +26,7 @@ from vsrt_service.web.keys import SERVICE, STREAMS
 
 
 @pytest.mark.slow
-async def test_real_job_over_http_and_sse(
-    make_client: ClientFactory, speech: Speech, tmp_path: Path
-) -> None:
+async def test_real_job_over_http_and_sse(make_client: ClientFactory, speech: Speech, tmp_path: Path) -> None:
     client = await make_client()
     status_times: list[float] = []
 
@@ -56,7 +54,11 @@ async def test_real_job_over_http_and_sse(
     assert percents == sorted(percents) and percents[-1] == 100
     phases = [p["phase"] for p in progress]
     assert [ph for i, ph in enumerate(phases) if i == 0 or phases[i - 1] != ph] == [
-        "extract", "split", "transcribe", "align", "srt",
+        "extract",
+        "split",
+        "transcribe",
+        "align",
+        "srt",
     ]
     fragments = [e.data for e in events if e.event == "fragment"]
     status = await (await client.get(f"/api/status/{job['job_id']}")).json()
@@ -78,9 +80,17 @@ async def test_real_job_over_http_and_sse(
     assert 'filename="speech.srt"' in resp.headers["Content-Disposition"]
     srt = await resp.text()
     cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vsrt_service.cli", "transcribe", str(speech.path), "-o",
-        str(tmp_path / "cli"), "--data-dir", str(tmp_path / "cli-data"),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "vsrt_service.cli",
+        "transcribe",
+        str(speech.path),
+        "-o",
+        str(tmp_path / "cli"),
+        "--data-dir",
+        str(tmp_path / "cli-data"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(cli.communicate(), 300)
     assert cli.returncode == 0, err.decode()
@@ -105,16 +115,24 @@ async def test_sse_bytes_on_the_wire(make_client: ClientFactory, speech: Speech)
         other.resp.close()
     assert len({stream.retry, *(o.retry for o in others)}) > 1
     broker = client.app[SERVICE].broker
-    ev = broker.publish(job_channel(job['job_id']), "fragment", {
-        "segment_index": 0, "language": "en",
-        "segments": [{"id": 0, "start": 1.5, "end": 2.0, "text": "héllo\nworld"}],
-    })
+    ev = broker.publish(
+        job_channel(job["job_id"]),
+        "fragment",
+        {
+            "segment_index": 0,
+            "language": "en",
+            "segments": [{"id": 0, "start": 1.5, "end": 2.0, "text": "héllo\nworld"}],
+        },
+    )
     got = await stream.next()
-    assert got.raw == (
-        f"id: {ev.id}\nevent: fragment\n"
-        'data: {"segment_index":0,"language":"en","segments":[{"id":0,"start":1.5,"end":2.0,'
-        '"text":"héllo\\nworld"}]}\n\n'
-    ).encode()
+    assert (
+        got.raw
+        == (
+            f"id: {ev.id}\nevent: fragment\n"
+            'data: {"segment_index":0,"language":"en","segments":[{"id":0,"start":1.5,"end":2.0,'
+            '"text":"héllo\\nworld"}]}\n\n'
+        ).encode()
+    )
 
 
 async def watched_paused_job(
@@ -125,12 +143,10 @@ async def watched_paused_job(
     job = await upload(client, speech.path, start=False)
     stream = await open_stream(client, job["job_id"])
     assert (await stream.next()).event == "connected"
-    return job, job_channel(job['job_id']), stream
+    return job, job_channel(job["job_id"]), stream
 
 
-async def test_reconnect_gets_exactly_the_missed_events(
-    make_client: ClientFactory, speech: Speech
-) -> None:
+async def test_reconnect_gets_exactly_the_missed_events(make_client: ClientFactory, speech: Speech) -> None:
     client = await make_client(sse={"replay_buffer": 50})
     job, channel, stream = await watched_paused_job(client, speech)
     broker = client.app[SERVICE].broker
@@ -183,7 +199,7 @@ async def test_stalled_subscriber_does_not_slow_others_and_is_told_to_resync(
 ) -> None:
     client = await make_client(sse={"subscriber_queue": 64})
     job = await upload(client, speech.path, start=False)
-    channel = job_channel(job['job_id'])
+    channel = job_channel(job["job_id"])
     broker = client.app[SERVICE].broker
     # A raw socket that asks for the stream and then never reads.
     host, port = client.server.host, client.server.port
@@ -237,14 +253,14 @@ async def test_disconnect_is_noticed_and_cleaned_up(make_client: ClientFactory, 
     streams = client.app[STREAMS]
     stream = await open_stream(client, job["job_id"])
     await stream.next()
-    assert broker.subscribers(job_channel(job['job_id'])) == 1
+    assert broker.subscribers(job_channel(job["job_id"])) == 1
     connection = stream.resp.connection
     assert connection is not None and connection.transport is not None
     connection.transport.close()
     deadline = time.monotonic() + 2
-    while broker.subscribers(job_channel(job['job_id'])) and time.monotonic() < deadline:  # noqa: ASYNC110
+    while broker.subscribers(job_channel(job["job_id"])) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
-    assert broker.subscribers(job_channel(job['job_id'])) == 0
+    assert broker.subscribers(job_channel(job["job_id"])) == 0
     assert streams.open_streams() == 0
 
 
@@ -348,9 +364,14 @@ async def test_bad_settings_are_400_naming_the_field(
 async def test_unknown_jobs_are_404_everywhere(make_client: ClientFactory) -> None:
     client = await make_client()
     for method, path in [
-        ("GET", "/api/status/nope"), ("GET", "/api/jobs/nope"), ("POST", "/api/pause/nope"),
-        ("POST", "/api/cancel/nope"), ("DELETE", "/api/jobs/nope"), ("GET", "/api/stream/nope"),
-        ("GET", "/api/transcription-text/nope"), ("GET", "/api/checkpoint-settings/nope"),
+        ("GET", "/api/status/nope"),
+        ("GET", "/api/jobs/nope"),
+        ("POST", "/api/pause/nope"),
+        ("POST", "/api/cancel/nope"),
+        ("DELETE", "/api/jobs/nope"),
+        ("GET", "/api/stream/nope"),
+        ("GET", "/api/transcription-text/nope"),
+        ("GET", "/api/checkpoint-settings/nope"),
         ("GET", "/api/jobs/nope/subtitles"),
     ]:
         resp = await client.request(method, path)
@@ -380,8 +401,9 @@ async def test_pause_conflicts_and_resume_with_original_settings(
 
     cp = await (await client.get(f"/api/checkpoint-settings/{job['job_id']}")).json()
     assert cp["settings"]["model"] == "tiny.en" and "model" in cp["locked"]
-    check = await client.post("/api/validate-resume-settings",
-                              json={"job_id": job["job_id"], "settings": {"model": "base.en"}})
+    check = await client.post(
+        "/api/validate-resume-settings", json={"job_id": job["job_id"], "settings": {"model": "base.en"}}
+    )
     body = await check.json()
     assert body["valid"] is False
     assert body["conflicts"] == [{"field": "model", "checkpoint": "tiny.en", "requested": "base.en"}]
@@ -399,8 +421,9 @@ async def test_pause_conflicts_and_resume_with_original_settings(
 async def test_edited_cues_are_kept_apart_and_served(make_client: ClientFactory, speech: Speech) -> None:
     client = await make_client()
     job = await upload(client, speech.path, start=False)
-    resp = await client.put(f"/api/jobs/{job['job_id']}/subtitles",
-                            json={"cues": [{"start": 0.5, "end": 0.2, "text": "x"}]})
+    resp = await client.put(
+        f"/api/jobs/{job['job_id']}/subtitles", json={"cues": [{"start": 0.5, "end": 0.2, "text": "x"}]}
+    )
     assert resp.status == 400 and "end" in (await resp.json())["error"]["message"]
     cues = [{"start": 0.5, "end": 2.0, "text": "Edited line"}, {"start": 2.5, "end": 4.0, "text": "Two"}]
     resp = await client.put(f"/api/jobs/{job['job_id']}/subtitles", json={"cues": cues})
@@ -457,8 +480,9 @@ async def test_cors_echoes_configured_origins(make_client: ClientFactory) -> Non
     assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert resp.headers["Access-Control-Allow-Credentials"] == "true"
     assert "Origin" in resp.headers.getall("Vary")
-    pre = await client.options("/api/jobs", headers={
-        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    pre = await client.options(
+        "/api/jobs", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
     assert pre.status == 204 and "POST" in pre.headers["Access-Control-Allow-Methods"]
     other = await client.get("/api/jobs", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in other.headers

@@ -56,7 +56,8 @@ def test_progress_coalesces_but_fragments_are_kept() -> None:
     broker.publish("a", "fragment", {"i": 0})
     broker.publish("a", "progress", {"percent": 2})
     assert [(e.event, e.data) for e in sub.drain()] == [
-        ("fragment", {"i": 0}), ("progress", {"percent": 2}),
+        ("fragment", {"i": 0}),
+        ("progress", {"percent": 2}),
     ]
 
 

@@ -31,8 +31,9 @@ def vsrt(*args: str | Path, data_dir: Path, timeout: float = 300) -> subprocess.
 
 def test_transcribe_writes_subtitles_that_match_the_speech(tmp_path: Path, speech: Speech) -> None:
     out = tmp_path / "out"
-    result = vsrt("transcribe", speech.path, "-o", out, "--format", "srt,vtt,json,txt",
-                  data_dir=tmp_path / "data")
+    result = vsrt(
+        "transcribe", speech.path, "-o", out, "--format", "srt,vtt,json,txt", data_dir=tmp_path / "data"
+    )
     assert result.returncode == 0, result.stderr
     stem = speech.path.stem
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -105,9 +106,19 @@ def test_models_list_shows_the_bundled_model(tmp_path: Path) -> None:
 
 def test_ctrl_c_leaves_no_runner_behind(tmp_path: Path, speech: Speech) -> None:
     proc = subprocess.Popen(
-        [*VSRT, "transcribe", str(speech.path), "-o", str(tmp_path / "out"),
-         "--data-dir", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        [
+            *VSRT,
+            "transcribe",
+            str(speech.path),
+            "-o",
+            str(tmp_path / "out"),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 60
@@ -149,8 +160,13 @@ async def _vsrt_async(*args: str | Path, data_dir: Path) -> tuple[int, str, floa
     """Run `vsrt ARGS --data-dir DIR` without blocking the loop: exit status, stderr, seconds."""
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        *VSRT, *map(str, args), "--data-dir", str(data_dir),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *VSRT,
+        *map(str, args),
+        "--data-dir",
+        str(data_dir),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
@@ -165,7 +181,8 @@ async def test_a_running_server_owns_its_data_dir(tmp_path: Path, speech: Speech
         assert server.proc is not None
         pid = server.proc.pid
         commands: list[list[str | Path]] = [
-            ["transcribe", speech.path, "-o", tmp_path / "out"], ["serve", "--port", str(free_port())],
+            ["transcribe", speech.path, "-o", tmp_path / "out"],
+            ["serve", "--port", str(free_port())],
             ["models", "list"],
         ]
         for args in commands:

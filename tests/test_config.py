@@ -21,9 +21,7 @@ def test_config_file_states_exactly_the_embedded_defaults() -> None:
     for section, values in data.items():
         # TOML has no null: settings that default to None are left out (commented) there.
         expected = {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in defaults[section].items()
-            if v is not None
+            k: list(v) if isinstance(v, tuple) else v for k, v in defaults[section].items() if v is not None
         }
         assert values == expected, section
 
@@ -31,8 +29,11 @@ def test_config_file_states_exactly_the_embedded_defaults() -> None:
 def test_layers_apply_in_order(tmp_path: Path) -> None:
     cfg = tmp_path / "vsrt.toml"
     cfg.write_text('[server]\nport = 9000\nhost = "0.0.0.0"\n[runners]\ndevices = ["cuda:0", "cuda:1"]\n')
-    env = {"VSRT_SERVER_PORT": "9100", "VSRT_DATA_DIR": str(tmp_path / "d"),
-           "VSRT_TRANSCRIPTION_DEFAULT_LANGUAGE": "null"}
+    env = {
+        "VSRT_SERVER_PORT": "9100",
+        "VSRT_DATA_DIR": str(tmp_path / "d"),
+        "VSRT_TRANSCRIPTION_DEFAULT_LANGUAGE": "null",
+    }
     s = load_settings(cfg, env=env, server={"host": "127.0.0.2"})
     assert s.server.port == 9100 and s.server.host == "127.0.0.2"
     assert s.runners.devices == ("cuda:0", "cuda:1")

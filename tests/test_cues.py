@@ -28,15 +28,12 @@ def build(segments: Sequence[dict[str, Any]], rules: CueSettings = RULES) -> lis
     return build_cues(cast(Sequence[AlignedSegment], segments), rules)
 
 
-def segment(
-    text: str, start: float = 0.0, word_s: float = 0.25, gap_s: float = 0.05
-) -> dict[str, Any]:
+def segment(text: str, start: float = 0.0, word_s: float = 0.25, gap_s: float = 0.05) -> dict[str, Any]:
     """An aligned segment with evenly timed words, as whisperx returns it."""
     words = []
     t = start
     for w in text.split():
-        words.append({"word": " " + w, "start": round(t, 3), "end": round(t + word_s, 3),
-                      "score": 0.9})
+        words.append({"word": " " + w, "start": round(t, 3), "end": round(t + word_s, 3), "score": 0.9})
         t += word_s + gap_s
     return {"start": start, "end": round(t - gap_s, 3), "text": " " + text, "words": words}
 
@@ -66,8 +63,12 @@ def check_invariants(cues: Sequence[Cue], rules: CueSettings) -> None:
 
 Stream = list[tuple[str, int, int]]  # (word, start ms, end ms), monotonic, non-overlapping
 
-CJK_CHARS = [*"我们今天去公园散步天气很好人跑小朋友放风筝觉得周末愉快",
-             "\u3002", "\uff0c", "\u3001"]  # full stop, full-width comma, enumeration comma
+CJK_CHARS = [
+    *"我们今天去公园散步天气很好人跑小朋友放风筝觉得周末愉快",
+    "\u3002",
+    "\uff0c",
+    "\u3001",
+]  # full stop, full-width comma, enumeration comma
 
 
 def to_segments(words: Stream, cuts: Sequence[int]) -> list[dict[str, Any]]:
@@ -78,13 +79,16 @@ def to_segments(words: Stream, cuts: Sequence[int]) -> list[dict[str, Any]]:
         if a == b:
             continue
         part = words[a:b]
-        segments.append({
-            "start": part[0][1] / 1000,
-            "end": part[-1][2] / 1000,
-            "text": " " + " ".join(w for w, _, _ in part),
-            "words": [{"word": " " + w, "start": s / 1000, "end": e / 1000, "score": 0.5}
-                      for w, s, e in part],
-        })
+        segments.append(
+            {
+                "start": part[0][1] / 1000,
+                "end": part[-1][2] / 1000,
+                "text": " " + " ".join(w for w, _, _ in part),
+                "words": [
+                    {"word": " " + w, "start": s / 1000, "end": e / 1000, "score": 0.5} for w, s, e in part
+                ],
+            }
+        )
     return segments
 
 
@@ -94,7 +98,7 @@ def assign_words(cues: Sequence[Cue], words: Stream) -> list[Stream]:
     k = 0
     for cue in cues:
         n = len(cue.text.split())
-        groups.append(words[k:k + n])
+        groups.append(words[k : k + n])
         k += n
     return groups
 
@@ -137,10 +141,11 @@ def check_stream(words: Stream, cuts: Sequence[int], rules: CueSettings) -> None
 def check_cjk_stream(chars: Sequence[str], step_ms: int, rules: CueSettings) -> None:
     """Chinese text, one character per word: nothing lost, no spaces, lines within limits."""
     text = "".join(chars)
-    words = [{"word": c, "start": i * step_ms / 1000, "end": (i * step_ms + step_ms - 30) / 1000,
-              "score": 0.9} for i, c in enumerate(chars)]
-    cues = build([{"start": 0.0, "end": len(chars) * step_ms / 1000, "text": text,
-                   "words": words}], rules)
+    words = [
+        {"word": c, "start": i * step_ms / 1000, "end": (i * step_ms + step_ms - 30) / 1000, "score": 0.9}
+        for i, c in enumerate(chars)
+    ]
+    cues = build([{"start": 0.0, "end": len(chars) * step_ms / 1000, "text": text, "words": words}], rules)
     check_invariants(cues, rules)
     assert "".join(c.text.replace("\n", "") for c in cues) == text
     for cue in cues:
@@ -201,10 +206,8 @@ except ImportError:  # pragma: no cover - the seeded tests above still run
 else:
     # Strings from sampled characters rather than st.text: no charmap cache on disk.
     word_text = st.one_of(
-        st.lists(st.sampled_from("abcdefghijklmnopqrstuvwxyzABC'"), min_size=1, max_size=12)
-        .map("".join),
-        st.lists(st.sampled_from("xyz"), min_size=45, max_size=60)  # longer than any line
-        .map("".join),
+        st.lists(st.sampled_from("abcdefghijklmnopqrstuvwxyzABC'"), min_size=1, max_size=12).map("".join),
+        st.lists(st.sampled_from("xyz"), min_size=45, max_size=60).map("".join),  # longer than any line
     ).flatmap(lambda w: st.sampled_from([w, w + ",", w + ".", w + "?", w + ";"]))
 
     @st.composite
@@ -219,28 +222,30 @@ else:
             t += dur + draw(st.one_of(st.integers(0, 200), st.integers(0, 3000)))
         return out
 
-    rules_strategy = st.one_of(st.just(RULES), st.builds(
-        CueSettings,
-        max_line_chars=st.integers(10, 50),
-        max_lines=st.integers(1, 3),
-        min_cue_seconds=st.sampled_from([0.5, 0.83, 1.2]),
-        max_cue_seconds=st.sampled_from([3.0, 5.0, 7.0]),
-        min_gap_seconds=st.sampled_from([0.0, 0.042, 0.083, 0.2]),
-        max_chars_per_second=st.sampled_from([12.0, 17.0, 20.0, 25.0]),
-    ))
+    rules_strategy = st.one_of(
+        st.just(RULES),
+        st.builds(
+            CueSettings,
+            max_line_chars=st.integers(10, 50),
+            max_lines=st.integers(1, 3),
+            min_cue_seconds=st.sampled_from([0.5, 0.83, 1.2]),
+            max_cue_seconds=st.sampled_from([3.0, 5.0, 7.0]),
+            min_gap_seconds=st.sampled_from([0.0, 0.042, 0.083, 0.2]),
+            max_chars_per_second=st.sampled_from([12.0, 17.0, 20.0, 25.0]),
+        ),
+    )
 
-    @settings(max_examples=300, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
-    @given(words=word_streams(), cuts=st.lists(st.integers(0, 100), max_size=4),
-           rules=rules_strategy)
-    def test_random_streams_obey_the_rules(
-        words: Stream, cuts: list[int], rules: CueSettings
-    ) -> None:
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(words=word_streams(), cuts=st.lists(st.integers(0, 100), max_size=4), rules=rules_strategy)
+    def test_random_streams_obey_the_rules(words: Stream, cuts: list[int], rules: CueSettings) -> None:
         check_stream(words, cuts, rules)
 
     @settings(max_examples=150, deadline=None, database=None)
-    @given(chars=st.lists(st.sampled_from(CJK_CHARS), min_size=1, max_size=200),
-           step=st.integers(80, 400), rules=rules_strategy)
+    @given(
+        chars=st.lists(st.sampled_from(CJK_CHARS), min_size=1, max_size=200),
+        step=st.integers(80, 400),
+        rules=rules_strategy,
+    )
     def test_random_cjk_streams(chars: list[str], step: int, rules: CueSettings) -> None:
         check_cjk_stream(chars, step, rules)
 
@@ -262,9 +267,7 @@ def test_short_sentence_is_one_line_cue_starting_at_first_word() -> None:
 def test_line_break_prefers_punctuation() -> None:
     with_comma = build([segment("When we got there, the place was packed with people.")])
     without = build([segment("When we got there the place was packed with people.")])
-    assert [c.text for c in with_comma] == [
-        "When we got there,\nthe place was packed with people."
-    ]
+    assert [c.text for c in with_comma] == ["When we got there,\nthe place was packed with people."]
     assert len(without) == 1 and without[0].text.count("\n") == 1
     assert not without[0].text.startswith("When we got there\n")
 
@@ -286,9 +289,7 @@ def test_single_line_when_it_fits() -> None:
 
 
 def test_sentence_end_starts_a_new_cue() -> None:
-    cues = build([segment(
-        "This is the first sentence here. And this is the second one that follows."
-    )])
+    cues = build([segment("This is the first sentence here. And this is the second one that follows.")])
     assert [c.text for c in cues] == [
         "This is the first sentence here.",
         "And this is the second one that follows.",
@@ -296,15 +297,16 @@ def test_sentence_end_starts_a_new_cue() -> None:
 
 
 def test_cue_prefers_ending_at_a_clause_to_mid_phrase() -> None:
-    text = ("I asked the man at the stall and he just shrugged, said something about the "
-            "weather and the trucks, and went back to counting his coins.")
+    text = (
+        "I asked the man at the stall and he just shrugged, said something about the "
+        "weather and the trucks, and went back to counting his coins."
+    )
     cues = build([segment(text)])
     assert all(c.text.endswith((",", ".")) for c in cues), cues
 
 
 def test_flash_cue_is_extended_into_silence() -> None:
-    cues = build([segment("Yes.", start=10.0, word_s=0.2),
-                       segment("Okay then, let us go.", start=13.0)])
+    cues = build([segment("Yes.", start=10.0, word_s=0.2), segment("Okay then, let us go.", start=13.0)])
     assert [c.text for c in cues] == ["Yes.", "Okay then, let us go."]
     assert cues[0].start == 10.0
     assert math.isclose(cues[0].end, 10.83)
@@ -313,8 +315,12 @@ def test_flash_cue_is_extended_into_silence() -> None:
 def test_flash_cue_stops_short_of_the_next_cue() -> None:
     # A sentence end, then the next words 0.5 s later: "No." can't last 0.83 s alone,
     # so it either shares a cue or ends a minimum gap before the next one.
-    cues = build([segment("No.", start=1.0, word_s=0.2), segment(
-        "I will not do that for you today, whatever you say.", start=1.7)])
+    cues = build(
+        [
+            segment("No.", start=1.0, word_s=0.2),
+            segment("I will not do that for you today, whatever you say.", start=1.7),
+        ]
+    )
     check_invariants(cues, RULES)
     assert cue_words(cues)[0] == "No."
     for a, b in itertools.pairwise(cues):
@@ -334,8 +340,9 @@ def test_reading_speed_extends_into_the_following_silence() -> None:
 def test_reading_speed_accepted_when_no_pause_allows_it() -> None:
     # Fast speech directly followed by more speech: the cue ends a minimum gap before the
     # next one even if that is too fast to read, rather than overlapping it.
-    first = segment("Everything happened so quickly that nobody saw it coming.",
-                    start=0.0, word_s=0.1, gap_s=0.02)
+    first = segment(
+        "Everything happened so quickly that nobody saw it coming.", start=0.0, word_s=0.1, gap_s=0.02
+    )
     second = segment("Then the lights went out and we all ran outside.", start=1.35)
     cues = build([first, second])
     check_invariants(cues, RULES)
@@ -343,22 +350,32 @@ def test_reading_speed_accepted_when_no_pause_allows_it() -> None:
 
 
 def test_small_gap_between_cues_is_closed_to_the_minimum() -> None:
-    cues = build([segment("This is the first sentence here."),
-                       segment("And this is the second one that follows.", start=2.25)])
+    cues = build(
+        [
+            segment("This is the first sentence here."),
+            segment("And this is the second one that follows.", start=2.25),
+        ]
+    )
     assert len(cues) == 2
     assert ms(cues[1].start) - ms(cues[0].end) == 83
 
 
 def test_long_pause_ends_a_cue() -> None:
-    cues = build([{
-        "start": 0.0, "end": 4.0, "text": " wait for it now",
-        "words": [
-            {"word": " wait", "start": 0.0, "end": 0.3, "score": 0.9},
-            {"word": " for", "start": 0.35, "end": 0.5, "score": 0.9},
-            {"word": " it", "start": 2.2, "end": 2.4, "score": 0.9},
-            {"word": " now", "start": 2.45, "end": 2.7, "score": 0.9},
-        ],
-    }])
+    cues = build(
+        [
+            {
+                "start": 0.0,
+                "end": 4.0,
+                "text": " wait for it now",
+                "words": [
+                    {"word": " wait", "start": 0.0, "end": 0.3, "score": 0.9},
+                    {"word": " for", "start": 0.35, "end": 0.5, "score": 0.9},
+                    {"word": " it", "start": 2.2, "end": 2.4, "score": 0.9},
+                    {"word": " now", "start": 2.45, "end": 2.7, "score": 0.9},
+                ],
+            }
+        ]
+    )
     assert [c.text for c in cues] == ["wait for", "it now"]
     assert cues[1].start == 2.2
 
@@ -388,21 +405,27 @@ def test_words_are_stripped_and_never_split() -> None:
 
 
 def test_missing_word_times_are_interpolated_from_neighbours() -> None:
-    cues = build([{
-        "start": 5.0, "end": 9.0, "text": " 2024 was a good year. In 1999 it was not.",
-        "words": [
-            {"word": " 2024"},  # no times: wav2vec2 could not align digits
-            {"word": " was", "start": 6.0, "end": 6.2, "score": 0.9},
-            {"word": " a", "start": 6.25, "end": 6.3, "score": 0.9},
-            {"word": " good", "start": 6.35, "end": 6.6, "score": 0.9},
-            {"word": " year.", "start": 6.65, "end": 6.9, "score": 0.9},
-            {"word": " In", "start": 7.0, "end": 7.1, "score": 0.9},
-            {"word": " 1999", "score": None},
-            {"word": " it", "start": 8.0, "end": 8.1, "score": 0.9},
-            {"word": " was", "start": 8.15, "end": 8.3, "score": 0.9},
-            {"word": " not.", "start": 8.35, "end": 8.6, "score": 0.9},
-        ],
-    }])
+    cues = build(
+        [
+            {
+                "start": 5.0,
+                "end": 9.0,
+                "text": " 2024 was a good year. In 1999 it was not.",
+                "words": [
+                    {"word": " 2024"},  # no times: wav2vec2 could not align digits
+                    {"word": " was", "start": 6.0, "end": 6.2, "score": 0.9},
+                    {"word": " a", "start": 6.25, "end": 6.3, "score": 0.9},
+                    {"word": " good", "start": 6.35, "end": 6.6, "score": 0.9},
+                    {"word": " year.", "start": 6.65, "end": 6.9, "score": 0.9},
+                    {"word": " In", "start": 7.0, "end": 7.1, "score": 0.9},
+                    {"word": " 1999", "score": None},
+                    {"word": " it", "start": 8.0, "end": 8.1, "score": 0.9},
+                    {"word": " was", "start": 8.15, "end": 8.3, "score": 0.9},
+                    {"word": " not.", "start": 8.35, "end": 8.6, "score": 0.9},
+                ],
+            }
+        ]
+    )
     assert cue_words(cues) == "2024 was a good year. In 1999 it was not.".split()
     # "2024" is placed just before "was" (at most 0.25 s a character), not at 5.0.
     assert math.isclose(cues[0].start, 6.0 - 4 * 0.25)
@@ -410,15 +433,21 @@ def test_missing_word_times_are_interpolated_from_neighbours() -> None:
 
 
 def test_missing_times_follow_the_previous_word_not_the_silence() -> None:
-    cues = build([{
-        "start": 0.0, "end": 12.0, "text": " wait 1999 and then",
-        "words": [
-            {"word": " wait", "start": 0.0, "end": 0.5, "score": 0.9},
-            {"word": " 1999"},  # untimed, in a 9.5 s silence
-            {"word": " and", "start": 10.0, "end": 10.2, "score": 0.9},
-            {"word": " then", "start": 10.3, "end": 10.6, "score": 0.9},
-        ],
-    }])
+    cues = build(
+        [
+            {
+                "start": 0.0,
+                "end": 12.0,
+                "text": " wait 1999 and then",
+                "words": [
+                    {"word": " wait", "start": 0.0, "end": 0.5, "score": 0.9},
+                    {"word": " 1999"},  # untimed, in a 9.5 s silence
+                    {"word": " and", "start": 10.0, "end": 10.2, "score": 0.9},
+                    {"word": " then", "start": 10.3, "end": 10.6, "score": 0.9},
+                ],
+            }
+        ]
+    )
     # "1999" follows "wait" (0.5 .. 1.5 s), not stretched over the whole silence,
     # and the long pause after it still ends the cue.
     assert [c.text for c in cues] == ["wait 1999", "and then"]
@@ -428,23 +457,32 @@ def test_missing_times_follow_the_previous_word_not_the_silence() -> None:
 
 
 def test_nan_and_non_monotonic_times_are_clamped() -> None:
-    cues = build([{
-        "start": 1.0, "end": 3.0, "text": " one two three four",
-        "words": [
-            {"word": " one", "start": 1.0, "end": 1.4, "score": 0.9},
-            {"word": " two", "start": 0.9, "end": 1.6, "score": 0.9},  # starts earlier
-            {"word": " three", "start": float("nan"), "end": 2.0, "score": 0.9},
-            {"word": " four", "start": 2.1, "end": 2.05, "score": 0.9},  # ends before start
-        ],
-    }, segment("five six", start=1.5)])  # a segment overlapping the previous one
+    cues = build(
+        [
+            {
+                "start": 1.0,
+                "end": 3.0,
+                "text": " one two three four",
+                "words": [
+                    {"word": " one", "start": 1.0, "end": 1.4, "score": 0.9},
+                    {"word": " two", "start": 0.9, "end": 1.6, "score": 0.9},  # starts earlier
+                    {"word": " three", "start": float("nan"), "end": 2.0, "score": 0.9},
+                    {"word": " four", "start": 2.1, "end": 2.05, "score": 0.9},  # ends before start
+                ],
+            },
+            segment("five six", start=1.5),
+        ]
+    )  # a segment overlapping the previous one
     check_invariants(cues, RULES)
     assert cue_words(cues) == ["one", "two", "three", "four", "five", "six"]
     assert all(a.start <= b.start for a, b in itertools.pairwise(cues))
 
 
 def test_empty_words_list_spreads_text_over_segment() -> None:
-    text = ("This segment came back without any word timings so its text is spread over "
-            "the span by character count, which is the best guess we have about it all.")
+    text = (
+        "This segment came back without any word timings so its text is spread over "
+        "the span by character count, which is the best guess we have about it all."
+    )
     cues = build([{"start": 10.0, "end": 20.0, "text": " " + text, "words": []}])
     assert cue_words(cues) == text.split()
     assert cues[0].start == 10.0
@@ -458,8 +496,10 @@ def test_empty_words_list_spreads_text_over_segment() -> None:
         offset += len(cue.text) + 1
 
 
-CHINESE_60 = ("今天天气很好\uff0c我们一起去公园散步吧。公园里有很多人在跑步、打太极拳\uff0c"
-              "还有小朋友在放风筝。我觉得这样的周末真的非常愉快呢。")
+CHINESE_60 = (
+    "今天天气很好\uff0c我们一起去公园散步吧。公园里有很多人在跑步、打太极拳\uff0c"
+    "还有小朋友在放风筝。我觉得这样的周末真的非常愉快呢。"
+)
 
 
 def test_chinese_text_breaks_between_characters_within_line_limits() -> None:
@@ -492,11 +532,13 @@ def test_chinese_segment_without_words_is_split_by_character() -> None:
 
 def test_chinese_multi_character_words_and_latin_runs() -> None:
     text = "我们用GPU训练了3.5个小时的模型\uff0c效果很好。"
-    words = [{"word": w, "start": 0.3 * i, "end": 0.3 * i + 0.25, "score": 0.9}
-             for i, w in enumerate(["我们", "用", "GPU", "训练", "了", "3.5", "个", "小时",
-                                    "的", "模型\uff0c", "效果", "很好。"])]
-    cues = build([{"start": 0.0, "end": 3.6, "text": text, "words": words}],
-                      CueSettings(max_line_chars=10))
+    words = [
+        {"word": w, "start": 0.3 * i, "end": 0.3 * i + 0.25, "score": 0.9}
+        for i, w in enumerate(
+            ["我们", "用", "GPU", "训练", "了", "3.5", "个", "小时", "的", "模型\uff0c", "效果", "很好。"]
+        )
+    ]
+    cues = build([{"start": 0.0, "end": 3.6, "text": text, "words": words}], CueSettings(max_line_chars=10))
     joined = "".join(c.text.replace("\n", "") for c in cues)
     assert joined == text
     lines = [line for c in cues for line in c.text.split("\n")]
@@ -506,10 +548,12 @@ def test_chinese_multi_character_words_and_latin_runs() -> None:
 
 
 def test_segments_join_with_spaces_only_between_non_cjk() -> None:
-    cues = build([
-        {"start": 0.0, "end": 0.5, "text": "你好。", "words": []},
-        {"start": 0.6, "end": 1.0, "text": "世界。", "words": []},
-    ])
+    cues = build(
+        [
+            {"start": 0.0, "end": 0.5, "text": "你好。", "words": []},
+            {"start": 0.6, "end": 1.0, "text": "世界。", "words": []},
+        ]
+    )
     assert [c.text for c in cues] == ["你好。世界。"]
     cues = build([segment("Hello."), segment("World.", start=0.4)])
     assert cue_words(cues) == ["Hello.", "World."]
@@ -517,8 +561,9 @@ def test_segments_join_with_spaces_only_between_non_cjk() -> None:
 
 
 def test_custom_rules_are_respected() -> None:
-    rules = CueSettings(max_line_chars=20, max_lines=1, max_cue_seconds=3.0,
-                        min_cue_seconds=1.0, min_gap_seconds=0.1)
+    rules = CueSettings(
+        max_line_chars=20, max_lines=1, max_cue_seconds=3.0, min_cue_seconds=1.0, min_gap_seconds=0.1
+    )
     text = "a fairly long sentence that will need several short single line cues to show"
     cues = build([segment(text)], rules)
     check_invariants(cues, rules)

@@ -149,8 +149,11 @@ def test_render_dispatches_and_rejects_unknown_formats() -> None:
 
 def test_srt_round_trip() -> None:
     parsed = parse_srt(to_srt(CUES))
-    assert parsed == [Cue(1.0, 2.5, CUES[0].text), Cue(3.2, 7.049, CUES[1].text),
-                      Cue(3661.235, 3662.0, CUES[2].text)]
+    assert parsed == [
+        Cue(1.0, 2.5, CUES[0].text),
+        Cue(3.2, 7.049, CUES[1].text),
+        Cue(3661.235, 3662.0, CUES[2].text),
+    ]
 
 
 def test_vtt_round_trip_unescapes_text() -> None:
@@ -255,8 +258,10 @@ def test_cues_from_json_accepts_valid_cues() -> None:
         ([{"end": 1.0, "text": "a"}], r"cues\[0\]: missing field 'start'"),
         ([{"start": 0.0, "text": "a"}], r"cues\[0\]: missing field 'end'"),
         ([{"start": 0.0, "end": 1.0}], r"cues\[0\]: missing field 'text'"),
-        ([{"start": 0, "end": 1, "text": "a"}, {"start": 2.0, "end": 2.0, "text": "b"}],
-         r"cues\[1\]\.end: must be after start"),
+        (
+            [{"start": 0, "end": 1, "text": "a"}, {"start": 2.0, "end": 2.0, "text": "b"}],
+            r"cues\[1\]\.end: must be after start",
+        ),
         ([{"start": 3.0, "end": 2.0, "text": "a"}], r"cues\[0\]\.end: must be after start"),
         ([{"start": -1.0, "end": 2.0, "text": "a"}], r"cues\[0\]\.start: must not be negative"),
         ([{"start": 0.0, "end": 2.0, "text": 5}], r"cues\[0\]\.text: expected a string"),

@@ -72,8 +72,26 @@ def _image_pattern(folder: Path, outside: Path, url: str) -> Path:
     """A real PNG whose name is an image2 sequence pattern matching its sibling img001.png."""
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "img%03d.png"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=s=16x16",
-                    "-frames:v", "1", "-f", "image2", "-update", "1", str(out)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=s=16x16",
+            "-frames:v",
+            "1",
+            "-f",
+            "image2",
+            "-update",
+            "1",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
@@ -151,8 +169,9 @@ async def _answer(request: Awaitable[Any]) -> Any:
         return None
 
 
-async def _check_refused(resp: Any, field: str, name: str, client: TestClient[Any, Any],
-                         tmp_path: Path) -> None:
+async def _check_refused(
+    resp: Any, field: str, name: str, client: TestClient[Any, Any], tmp_path: Path
+) -> None:
     assert resp is not None, f"no answer within {ANSWER_WITHIN:.0f} s: the probe hung"
     body = await resp.json()
     assert resp.status == 400, body
@@ -164,8 +183,14 @@ async def _check_refused(resp: Any, field: str, name: str, client: TestClient[An
     assert jobs["total"] == 0, jobs
 
 
-async def _refuse_one(client: TestClient[Any, Any], settings: Settings, case: Hostile, way: str,
-                      listener: Listener, tmp_path: Path) -> None:
+async def _refuse_one(
+    client: TestClient[Any, Any],
+    settings: Settings,
+    case: Hostile,
+    way: str,
+    listener: Listener,
+    tmp_path: Path,
+) -> None:
     """Send one hostile file as an upload or name it as a `path` job; it must be refused
     without anything else being read."""
     folder = tmp_path / ("media" if way == "path" else "client") / case.id
@@ -205,8 +230,7 @@ async def test_hostile_media_is_refused_and_nothing_else_is_read(
 @pytest.fixture(scope="module")
 def private_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
     """Speech no job may ever transcribe, as an MPEG-TS segment (what HLS playlists name)."""
-    return make_speech(tmp_path_factory.mktemp("private") / "interview.ts",
-                       LONG_SENTENCES[6:8], video=False)
+    return make_speech(tmp_path_factory.mktemp("private") / "interview.ts", LONG_SENTENCES[6:8], video=False)
 
 
 async def test_playlist_naming_real_private_speech_never_yields_its_words(
@@ -220,8 +244,12 @@ async def test_playlist_naming_real_private_speech_never_yields_its_words(
     for job in (await (await client.get("/api/jobs")).json())["jobs"]:
         stream = await open_stream(client, job["job_id"])
         async with asyncio.timeout(300):
-            await stream.until(lambda e: e.event == "error" or (
-                e.event == "signal" and e.data["code"] in ("job_complete", "paused", "canceled")))
+            await stream.until(
+                lambda e: (
+                    e.event == "error"
+                    or (e.event == "signal" and e.data["code"] in ("job_complete", "paused", "canceled"))
+                )
+            )
         text = (await (await client.get(f"/api/transcription-text/{job['job_id']}")).json())["text"]
         assert word_error_rate(private_speech.text, text) > 0.9, f"private speech leaked: {text!r}"
     await _check_refused(resp, "file", "talk.mp4", client, tmp_path)
@@ -279,9 +307,7 @@ async def test_hung_extraction_fails_the_job_within_its_timeout(
     assert not await _alive(pid), "the hung ffmpeg was not killed and reaped"
 
 
-async def test_canceling_a_hung_extraction_kills_ffmpeg(
-    make_client: ClientFactory, speech: Speech
-) -> None:
+async def test_canceling_a_hung_extraction_kills_ffmpeg(make_client: ClientFactory, speech: Speech) -> None:
     client, settings = await make_client()
     job = await upload(client, speech.path, start=False)
     await asyncio.to_thread(_hang_extraction, settings, job["job_id"])
@@ -302,8 +328,12 @@ async def test_a_hung_probe_is_killed_at_its_timeout(tmp_path: Path) -> None:
     assert ffprobe is not None
     started = time.monotonic()
     with pytest.raises(MediaError) as info:
-        await run_tool([ffprobe, "-v", "error", "-show_format", f"file:{fifo}"], seconds=0.5,
-                       what="probing", name="stalled.mp4")
+        await run_tool(
+            [ffprobe, "-v", "error", "-show_format", f"file:{fifo}"],
+            seconds=0.5,
+            what="probing",
+            name="stalled.mp4",
+        )
     assert time.monotonic() - started < 5
     assert info.value.code == "media_timeout"
     assert "stalled.mp4" in str(info.value) and str(tmp_path) not in str(info.value)
@@ -336,4 +366,3 @@ async def test_truncated_audio_is_extracted_again_on_resume(
     assert word_error_rate(speech.text, text) < 0.25, text
     cues = parse_srt(srt)
     assert cues[-1].end >= speech.sentences[-1].start, "the end of the speech is missing"
-

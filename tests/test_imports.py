@@ -44,8 +44,12 @@ def test_the_runners_protocol_loads_only_core() -> None:
     """`vsrt_service.core.protocol` (what the runner speaks) loads nothing above core and
     none of the service's third-party libraries."""
     loaded = _loaded_after("import vsrt_service.core.protocol")
-    above_core = [m for m in loaded if m.startswith("vsrt_service.")
-                  and not (m == "vsrt_service.core" or m.startswith("vsrt_service.core."))]
+    above_core = [
+        m
+        for m in loaded
+        if m.startswith("vsrt_service.")
+        and not (m == "vsrt_service.core" or m.startswith("vsrt_service.core."))
+    ]
     service_libraries = [m for m in loaded if m.split(".")[0] in ("aiohttp", "aiosqlite", "ffmpeg")]
     assert not above_core, above_core
     assert not service_libraries, service_libraries
@@ -54,8 +58,11 @@ def test_the_runners_protocol_loads_only_core() -> None:
 def test_the_runner_program_loads_no_service_layer() -> None:
     loaded = _loaded_after("import gpu_runner.runner")
     layers = ("jobs", "models", "runners", "web", "service", "cli")
-    above_core = [m for m in loaded if m.split(".")[0] == "vsrt_service"
-                  and m.count(".") >= 1 and m.split(".")[1] in layers]
+    above_core = [
+        m
+        for m in loaded
+        if m.split(".")[0] == "vsrt_service" and m.count(".") >= 1 and m.split(".")[1] in layers
+    ]
     assert not above_core, above_core
     assert "vsrt_service.core.protocol" in loaded
 

@@ -79,8 +79,9 @@ def violations() -> list[str]:
                 if top == "gpu_runner":
                     if wanted not in RUNNER_MAY_USE:
                         found.append(f"{where}:{line}: the runner imports {target} (only core allowed)")
-                elif source is not None and (wanted is None or wanted not in RANKS
-                                             or RANKS[wanted] > RANKS[source]):
+                elif source is not None and (
+                    wanted is None or wanted not in RANKS or RANKS[wanted] > RANKS[source]
+                ):
                     found.append(f"{where}:{line}: {source} imports {target} ({wanted or 'the package'})")
     return found
 
@@ -94,7 +95,9 @@ def test_the_walker_sees_imports_of_every_kind() -> None:
         "def f():\n    from vsrt_service import Service\n"
     )
     assert list(imported(tree, "vsrt_service.runners.pool", False)) == [
-        (1, "vsrt_service.jobs.store"), (2, "vsrt_service.web.app"), (3, "vsrt_service.runners.pool"),
+        (1, "vsrt_service.jobs.store"),
+        (2, "vsrt_service.web.app"),
+        (3, "vsrt_service.runners.pool"),
         (5, "vsrt_service.service"),
     ]
 

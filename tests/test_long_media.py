@@ -30,16 +30,20 @@ MAX_LAG = 0.1
 
 
 async def test_storing_and_writing_a_three_hour_result_leaves_the_loop_free(
-    make_settings: SettingsFactory
+    make_settings: SettingsFactory,
 ) -> None:
     settings = make_settings()
     segments = await asyncio.to_thread(aligned_result, 3.0)
-    async with open_store(settings) as store, open_broker(settings) as broker, \
-            open_model_state(settings) as state:
+    async with (
+        open_store(settings) as store,
+        open_broker(settings) as broker,
+        open_model_state(settings) as state,
+    ):
         pool = RunnerPool(settings)  # never started: no model work here
         ctx = JobContext(settings, store, broker, pool, ModelManager(settings, state, broker, pool))
-        job = await store.create_job(source_name="three-hours.mp4", input_path="uploads/x.mp4",
-                                     settings={}, status="paused")
+        job = await store.create_job(
+            source_name="three-hours.mp4", input_path="uploads/x.mp4", settings={}, status="paused"
+        )
         run = JobRun(ctx, job)
         async with loop_lag() as lags:
             await store.save_result(job.id, segments, "wav2vec2", "en")
@@ -58,8 +62,9 @@ async def test_transcription_text_of_a_three_hour_job_leaves_the_loop_free(
     client = await aiohttp_client(create_app(make_settings(models={"preload_on_start": False})))
     store = client.app[SERVICE].store
     segments = await asyncio.to_thread(aligned_result, 3.0)
-    job = await store.create_job(source_name="three-hours.mp4", input_path="uploads/x.mp4",
-                                 settings={}, status="completed")
+    job = await store.create_job(
+        source_name="three-hours.mp4", input_path="uploads/x.mp4", settings={}, status="completed"
+    )
     await store.save_result(job.id, segments, "wav2vec2", "en")
     async with loop_lag() as lags:
         resp = await client.get(f"/api/transcription-text/{job.id}")
@@ -75,9 +80,16 @@ async def test_transcription_text_of_a_three_hour_job_leaves_the_loop_free(
 def test_big_json_gives_what_the_json_module_gives() -> None:
     """bigjson walks the top levels itself; its text and values are the json module's."""
     samples: list[Any] = [
-        aligned_result(0.2), {"data": {"segments": aligned_result(0.05)}, "id": "r1"},
-        [], {}, [[], {}], {"a": [1, 2.5, None, True, "é\u2028\\\"", {"b": []}]}, "text", 3,
-        {"nan": float("nan"), "deep": [[[[[1]]]]], "tuple": (1, 2)}, [{"x": {"y": [1, {"z": 2}]}}],
+        aligned_result(0.2),
+        {"data": {"segments": aligned_result(0.05)}, "id": "r1"},
+        [],
+        {},
+        [[], {}],
+        {"a": [1, 2.5, None, True, 'é\u2028\\"', {"b": []}]},
+        "text",
+        3,
+        {"nan": float("nan"), "deep": [[[[[1]]]]], "tuple": (1, 2)},
+        [{"x": {"y": [1, {"z": 2}]}}],
     ]
     for obj in samples:
         for depth in range(5):
@@ -87,7 +99,7 @@ def test_big_json_gives_what_the_json_module_gives() -> None:
             spaced = json.dumps(obj, indent=1, separators=(" ,", " : "))
             assert repr(bigjson.loads(f" \n{spaced}\t", depth)) == repr(json.loads(spaced))
             assert repr(bigjson.loads(spaced.encode(), depth)) == repr(json.loads(spaced))
-    for bad in ['[1,]', '{"a" 1}', '{"a": 1,}', '[1] 2', '{1: 2}', '[1 2]', '', '["\x01"]', '{"a": [}']:
+    for bad in ["[1,]", '{"a" 1}', '{"a": 1,}', "[1] 2", "{1: 2}", "[1 2]", "", '["\x01"]', '{"a": [}']:
         with pytest.raises(json.JSONDecodeError):
             json.loads(bad)
         for depth in range(4):

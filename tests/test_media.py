@@ -66,8 +66,7 @@ def test_make_speech_mp4(speech_mp4: Speech) -> None:
 
 @pytest.mark.parametrize("ext", [".wav", ".mp3", ".flac", ".m4a"])
 def test_make_speech_audio_only(tmp_path: Path, ext: str, speech_mp4: Speech) -> None:
-    speech = make_speech(tmp_path / f"a{ext}", DEFAULT_SENTENCES[:2], video=False,
-                         pause=0.8, lead=0.3)
+    speech = make_speech(tmp_path / f"a{ext}", DEFAULT_SENTENCES[:2], video=False, pause=0.8, lead=0.3)
     assert _stream_types(speech.path) == ["audio"]
     assert media_duration(speech.path) == pytest.approx(speech.duration, abs=0.1)
     _check_sentences(speech)
@@ -75,7 +74,8 @@ def test_make_speech_audio_only(tmp_path: Path, ext: str, speech_mp4: Speech) ->
     # the same sentence lasts the same whatever the container and codec
     first = speech_mp4.sentences[0]
     assert speech.sentences[0].end - speech.sentences[0].start == pytest.approx(
-        first.end - first.start, abs=0.05)
+        first.end - first.start, abs=0.05
+    )
 
 
 def test_make_long_speech(tmp_path: Path) -> None:
@@ -92,7 +92,9 @@ def test_make_silent_video(tmp_path: Path) -> None:
     assert media_duration(path) == pytest.approx(3.0, abs=0.1)
     raw = subprocess.run(
         ["ffmpeg", "-v", "error", "-i", str(path), "-ac", "1", "-f", "s16le", "-"],
-        capture_output=True, check=True).stdout
+        capture_output=True,
+        check=True,
+    ).stdout
     assert raw and not any(raw)  # all-zero samples
 
 
@@ -106,8 +108,9 @@ def test_make_video_without_audio(tmp_path: Path) -> None:
 def test_make_corrupt_media(tmp_path: Path) -> None:
     path = make_corrupt_media(tmp_path / "corrupt.mp4")
     assert path.stat().st_size > 1000
-    proc = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
-                          capture_output=True, check=False)
+    proc = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True, check=False
+    )
     assert proc.returncode != 0
     assert list(tmp_path.iterdir()) == [path]
 
@@ -115,8 +118,7 @@ def test_make_corrupt_media(tmp_path: Path) -> None:
 def test_make_text_file(tmp_path: Path) -> None:
     path = make_text_file(tmp_path / "video.mp4")
     assert path.read_text(encoding="utf-8").startswith("This is not a media file.")
-    proc = subprocess.run(["ffprobe", "-v", "error", str(path)],
-                          capture_output=True, check=False)
+    proc = subprocess.run(["ffprobe", "-v", "error", str(path)], capture_output=True, check=False)
     assert proc.returncode != 0
 
 
@@ -149,11 +151,21 @@ def test_word_error_rate(reference: str, hypothesis: str, expected: float) -> No
 
 def test_normalize_text() -> None:
     assert normalize_text("It's 1,250 km, O.K.?") == [
-        "its", "one", "thousand", "two", "hundred", "fifty", "km", "o", "k"]
+        "its",
+        "one",
+        "thousand",
+        "two",
+        "hundred",
+        "fifty",
+        "km",
+        "o",
+        "k",
+    ]
 
 
-@pytest.mark.skipif(not (HAS_TRANSFORMERS and HAS_TORCH),
-                    reason="torch/transformers not installed: no tiny wav2vec2")
+@pytest.mark.skipif(
+    not (HAS_TRANSFORMERS and HAS_TORCH), reason="torch/transformers not installed: no tiny wav2vec2"
+)
 def test_tiny_wav2vec2(tmp_path: Path) -> None:
     from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
@@ -161,8 +173,7 @@ def test_tiny_wav2vec2(tmp_path: Path) -> None:
 
     out = make_tiny_wav2vec2(tmp_path / "w2v")
     files = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json",
-            "vocab.json"} <= files
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.json"} <= files
     assert sum(p.stat().st_size for p in out.iterdir()) < 2 * 1024 * 1024
     assert [p.name for p in tmp_path.iterdir()] == ["w2v"]
 
@@ -181,8 +192,7 @@ def test_tiny_wav2vec2(tmp_path: Path) -> None:
     assert 45 <= logits.shape[1] <= 50  # ~one frame per 20 ms
 
 
-@pytest.mark.skipif(importlib.util.find_spec("whisperx") is None,
-                    reason="whisperx not installed")
+@pytest.mark.skipif(importlib.util.find_spec("whisperx") is None, reason="whisperx not installed")
 def test_tiny_wav2vec2_aligns_with_offline_punkt(tmp_path: Path) -> None:
     """The tiny model and the generated punkt_tab are enough for whisperx.align."""
     import nltk
@@ -198,8 +208,8 @@ def test_tiny_wav2vec2_aligns_with_offline_punkt(tmp_path: Path) -> None:
     nltk.data.path[:] = [str(root)]
     try:
         model, meta = whisperx.load_align_model(
-            language_code="en", device="cpu", model_name=str(make_tiny_wav2vec2(
-                tmp_path / "w2v")))
+            language_code="en", device="cpu", model_name=str(make_tiny_wav2vec2(tmp_path / "w2v"))
+        )
         audio = whisperx.load_audio(str(speech.path))
         segment = {"start": 0.0, "end": speech.duration, "text": " " + speech.text}
         result = whisperx.align([segment], model, meta, audio, "cpu")
@@ -232,13 +242,10 @@ def test_tiny_wav2vec2_aligns_with_offline_punkt(tmp_path: Path) -> None:
         ("talk.ts", False, "mpegts"),
     ],
 )
-async def test_ordinary_media_still_extracts(
-    tmp_path: Path, name: str, video: bool, demuxer: str
-) -> None:
+async def test_ordinary_media_still_extracts(tmp_path: Path, name: str, video: bool, demuxer: str) -> None:
     # A folder whose name ffmpeg would otherwise read as a protocol and a sequence pattern.
     folder = tmp_path / "odd: name %03d"
-    speech = await asyncio.to_thread(make_speech, folder / name, LONG_SENTENCES[:1], video=video,
-                                     lead=0.3)
+    speech = await asyncio.to_thread(make_speech, folder / name, LONG_SENTENCES[:1], video=video, lead=0.3)
     out = folder / "audio.wav"
     info = await extract_audio(speech.path, out)
     assert info.has_audio and info.demuxer == demuxer and demuxer in ALLOWED_FORMATS

@@ -67,8 +67,11 @@ async def model_events(client: TestClient[Any, Any]) -> SseReader:
 
 def done_for(kind: str, model_id: str) -> Callable[[SseEvent], bool]:
     def check(ev: SseEvent) -> bool:
-        return (ev.event in ("model_complete", "model_error") and ev.data["type"] == kind
-                and ev.data["model_id"] == model_id)
+        return (
+            ev.event in ("model_complete", "model_error")
+            and ev.data["type"] == kind
+            and ev.data["model_id"] == model_id
+        )
 
     return check
 
@@ -116,7 +119,8 @@ async def test_two_requests_download_once(make_client: ClientFactory, hub: FakeH
     client = await make_client(transcription={"default_language": None})
     events = await model_events(client)
     first, second = await asyncio.gather(
-        client.post("/api/models/align/en/download"), client.post("/api/models/align/en/download"),
+        client.post("/api/models/align/en/download"),
+        client.post("/api/models/align/en/download"),
     )
     statuses = sorted([(await first.json())["status"], (await second.json())["status"]])
     assert statuses == ["already_downloading", "started"]
@@ -132,12 +136,17 @@ async def test_killed_download_runner_resumes_without_refetching(
     make_client: ClientFactory, hub: FakeHub
 ) -> None:
     hub.throttle_bytes_per_s = 15e6
-    client = await make_client(transcription={"default_language": None},
-                               runners={"restart_backoff_initial": 0.1})
+    client = await make_client(
+        transcription={"default_language": None}, runners={"restart_backoff_initial": 0.1}
+    )
     events = await model_events(client)
     await client.post("/api/models/whisper/tiny/download")
-    await events.until(lambda e: e.event == "model_progress" and e.data["model_id"] == "tiny"
-                       and e.data["downloaded_bytes"] > 20e6, wait=60)
+    await events.until(
+        lambda e: (
+            e.event == "model_progress" and e.data["model_id"] == "tiny" and e.data["downloaded_bytes"] > 20e6
+        ),
+        wait=60,
+    )
     downloader = client.app[SERVICE].pool.downloader
     pid = downloader.pid
     assert pid is not None
@@ -189,8 +198,7 @@ async def test_mirror_down_falls_back_then_both_down_is_a_clear_error(
     down.down = True
     down_url, stop = await start_fake_hub(down)
     try:
-        client = await make_client(transcription={"default_language": None},
-                                   models={"mirrors": [down_url]})
+        client = await make_client(transcription={"default_language": None}, models={"mirrors": [down_url]})
         events = await model_events(client)
         await client.post("/api/models/align/en/download")
         seen = await events.until(done_for("align", "en"), wait=60)
@@ -199,8 +207,7 @@ async def test_mirror_down_falls_back_then_both_down_is_a_clear_error(
         await client.close()
 
         hub.down = True
-        client = await make_client(transcription={"default_language": None},
-                                   models={"mirrors": [down_url]})
+        client = await make_client(transcription={"default_language": None}, models={"mirrors": [down_url]})
         events = await model_events(client)
         await client.post("/api/models/align/de/download")
         seen = await events.until(done_for("align", "de"), wait=60)
@@ -303,8 +310,9 @@ async def test_preload_loads_the_default_model_once(make_client: ClientFactory, 
     assert reset["runners"]["runner-0"]["failures"] == 0
 
 
-async def test_offline_mode_is_honoured(make_client: ClientFactory, hub: FakeHub,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_offline_mode_is_honoured(
+    make_client: ClientFactory, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     client = await make_client(transcription={"default_language": None})
     events = await model_events(client)
@@ -316,11 +324,13 @@ async def test_offline_mode_is_honoured(make_client: ClientFactory, hub: FakeHub
 
 async def test_unknown_models_are_404(make_client: ClientFactory) -> None:
     client = await make_client()
-    for method, path in [("POST", "/api/models/whisper/huge/download"),
-                         ("POST", "/api/models/align/xx/download"),
-                         ("DELETE", "/api/models/whisper/huge"),
-                         ("POST", "/api/models/other/x/download"),
-                         ("GET", "/api/models/events/whisper/huge")]:
+    for method, path in [
+        ("POST", "/api/models/whisper/huge/download"),
+        ("POST", "/api/models/align/xx/download"),
+        ("DELETE", "/api/models/whisper/huge"),
+        ("POST", "/api/models/other/x/download"),
+        ("GET", "/api/models/events/whisper/huge"),
+    ]:
         resp = await client.request(method, path)
         assert resp.status == 404, path
         assert (await resp.json())["error"]["code"] == "not_found", path
@@ -383,8 +393,15 @@ async def test_cancel_a_download_then_resume_it(make_client: ClientFactory, hub:
 async def test_cli_models_download_and_delete(hub: FakeHub, tmp_path: Path) -> None:
     async def vsrt(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vsrt_service.cli", "models", *args, "--data-dir", str(tmp_path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "vsrt_service.cli",
+            "models",
+            *args,
+            "--data-dir",
+            str(tmp_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         return proc.returncode or 0, out.decode(), err.decode()
@@ -453,8 +470,9 @@ async def busy_runner(client: TestClient[Any, Any], speech: Speech) -> tuple[str
     """A job on the bundled tiny.en, once its runner is inside a long call: one-second
     segments, one at a time (the client's batch_size is 1). Returns its id and stream."""
     assert (await catalog_entry(client, "whisper", "tiny"))["status"] == "ready"
-    job = await upload(client, speech.path,
-                       {"model": "tiny.en", "language": "en", "align": False, "chunk_size": 1})
+    job = await upload(
+        client, speech.path, {"model": "tiny.en", "language": "en", "align": False, "chunk_size": 1}
+    )
     stream = await open_stream(client, job["job_id"])
     await stream.until(lambda e: e.event == "fragment", wait=180)
     return job["job_id"], stream

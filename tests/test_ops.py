@@ -130,13 +130,17 @@ async def test_leftovers_are_removed_at_start_and_nothing_else(make_settings: Se
     async with open_store(settings) as store:
         used = uploads / f"{'a' * 32}.mp4"
         used.write_bytes(b"media")
-        job = await store.create_job(source_name="a.mp4", input_path=str(used.relative_to(data)),
-                                     settings={}, status="paused")
+        job = await store.create_job(
+            source_name="a.mp4", input_path=str(used.relative_to(data)), settings={}, status="paused"
+        )
     job_dir = jobs / job.id
     job_dir.mkdir()
     keep = [used, job_dir / "audio.wav", uploads / "notes.txt", jobs / "mine" / "x.part"]
-    parts = [uploads / f"{'c' * 32}.mp4.part", job_dir / "audio.wav.part",
-             job_dir / ".subtitles.srt.0badf00d.part"]
+    parts = [
+        uploads / f"{'c' * 32}.mp4.part",
+        job_dir / "audio.wav.part",
+        job_dir / ".subtitles.srt.0badf00d.part",
+    ]
     orphans = [uploads / f"{'b' * 32}.mkv", jobs / ("d" * 32) / "audio.wav"]
     for path in keep + parts + orphans:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,10 +264,15 @@ async def test_refused_uploads_leave_nothing_behind(
     assert not list(uploads.iterdir())
 
     # A client that goes away while its upload is being probed.
-    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.mp4\"\r\n\r\n"
-            + media + b"\r\n--b--\r\n")
-    head = (f"POST /api/jobs HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nContent-Length: {len(body)}\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode()
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="s.mp4"\r\n\r\n'
+        + media
+        + b"\r\n--b--\r\n"
+    )
+    head = (
+        f"POST /api/jobs HTTP/1.1\r\nHost: {client.host}:{client.port}\r\nContent-Length: {len(body)}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    ).encode()
     _, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(head + body)
     deadline = time.monotonic() + 30

@@ -29,8 +29,12 @@ from tests.test_server import free_port
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGED = ("vsrt_service/data/models.toml", "vsrt_service/data/vsrt.toml",
-            "vsrt_service/web/static/index.html", "vsrt_service/web/static/app.js")
+PACKAGED = (
+    "vsrt_service/data/models.toml",
+    "vsrt_service/data/vsrt.toml",
+    "vsrt_service/web/static/index.html",
+    "vsrt_service/web/static/app.js",
+)
 
 
 def _env() -> dict[str, str]:
@@ -39,8 +43,9 @@ def _env() -> dict[str, str]:
 
 
 def _run(*args: str | Path, cwd: Path, timeout: float = 300) -> str:
-    out = subprocess.run([str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert out.returncode == 0, f"{args}: {out.stdout}\n{out.stderr}"
     return out.stdout
 
@@ -50,15 +55,30 @@ def build_wheel(tmp: Path) -> Path:
     an earlier in-tree build/ never leaks stale files into the wheel. Build isolation: pip
     fetches the build backend (setuptools) from the package index."""
     src, dist = tmp / "src", tmp / "dist"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True, timeout=60).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = ROOT / name
         if source.is_file():  # a deleted but still tracked file is absent
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             (src / name).write_bytes(source.read_bytes())
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check",
-         "-w", dist, src, cwd=tmp)
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-w",
+        dist,
+        src,
+        cwd=tmp,
+    )
     (wheel,) = dist.glob("vsrt-*.whl")
     return wheel
 
@@ -68,8 +88,9 @@ def fresh_venv(tmp: Path) -> Path:
     venv = tmp / "venv"
     _run(sys.executable, "-m", "venv", venv, cwd=tmp)
     python = venv / "bin" / "python"
-    purelib = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-                        cwd=tmp).strip())
+    purelib = Path(
+        _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp).strip()
+    )
     (purelib / "project-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return venv
 
@@ -89,24 +110,50 @@ def test_a_wheel_installed_in_a_fresh_venv_serves_the_ui_and_the_catalog(tmp_pat
     python = venv / "bin" / "python"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = ("import importlib.util as u; print(u.find_spec('vsrt_service') is None, "
-             "u.find_spec('aiohttp') is not None)")
+    probe = (
+        "import importlib.util as u; print(u.find_spec('vsrt_service') is None, "
+        "u.find_spec('aiohttp') is not None)"
+    )
     # Dependencies visible, the editable vsrt not: its finder's .pth was not processed.
     assert _run(python, "-c", probe, cwd=elsewhere).split() == ["True", "True"]
 
-    _run(python, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check",
-         wheel, cwd=elsewhere)
-    where = _run(python, "-c", "import vsrt_service, gpu_runner; print(vsrt_service.__file__); "
-                 "print(gpu_runner.__file__)", cwd=elsewhere).split()
+    _run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--no-index",
+        "--disable-pip-version-check",
+        wheel,
+        cwd=elsewhere,
+    )
+    where = _run(
+        python,
+        "-c",
+        "import vsrt_service, gpu_runner; print(vsrt_service.__file__); print(gpu_runner.__file__)",
+        cwd=elsewhere,
+    ).split()
     assert all(Path(w).is_relative_to(venv) for w in where), where
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [str(venv / "bin" / "vsrt"), "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--data-dir", str(tmp_path / "data")],
-        cwd=elsewhere, env={**_env(), "VSRT_RUNNERS_ENABLED": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            str(venv / "bin" / "vsrt"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=elsewhere,
+        env={**_env(), "VSRT_RUNNERS_ENABLED": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60

@@ -45,9 +45,7 @@ def transcript(srt: str) -> str:
     return " ".join(c.text.replace("\n", " ") for c in parse_srt(srt))
 
 
-async def test_job_end_to_end_with_whisper_word_timings(
-    make_service: ServiceFactory, speech: Speech
-) -> None:
+async def test_job_end_to_end_with_whisper_word_timings(make_service: ServiceFactory, speech: Speech) -> None:
     svc = await make_service()
     job = await svc.submit(speech.path)
     events = [ev async for ev in svc.events(job.id)]
@@ -60,7 +58,11 @@ async def test_job_end_to_end_with_whisper_word_timings(
     assert percents == sorted(percents) and percents[-1] == 100.0
     phases = [ev.data["phase"] for ev in events if ev.event == "progress"]
     assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
-        "extract", "split", "transcribe", "align", "srt",
+        "extract",
+        "split",
+        "transcribe",
+        "align",
+        "srt",
     ]
     fragments = [ev.data for ev in events if ev.event == "fragment"]
     assert len(fragments) == done.total > 0
@@ -80,7 +82,9 @@ async def test_job_end_to_end_with_whisper_word_timings(
 
 
 async def test_wav2vec2_alignment_from_local_model_unless_align_is_off(
-    make_settings: SettingsFactory, make_service: ServiceFactory, speech: Speech,
+    make_settings: SettingsFactory,
+    make_service: ServiceFactory,
+    speech: Speech,
     tiny_align_model: Path,
 ) -> None:
     settings = make_settings()
@@ -192,9 +196,7 @@ async def test_runner_killed_mid_transcribe_resumes_from_checkpoint(
 async def test_segment_that_keeps_crashing_the_runner_fails_the_job(
     make_service: ServiceFactory, speech: Speech
 ) -> None:
-    svc = await make_service(
-        jobs={"max_segment_crashes": 2}, runners={"restart_backoff_initial": 0.1}
-    )
+    svc = await make_service(jobs={"max_segment_crashes": 2}, runners={"restart_backoff_initial": 0.1})
     job = await svc.submit(speech.path)
     kills = 0
     while kills < 2:

@@ -124,8 +124,14 @@ async def peer_slot(make_settings: SettingsFactory) -> AsyncIterator[RunnerSlot]
     """A supervised slot whose runner is tests/protocol_peer.py (answers on demand what a real
     runner cannot be made to: three hours of alignment, lines over the limit)."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    slot = RunnerSlot(0, "cpu", make_settings(), dict(os.environ, PYTHONPATH=path), asyncio.Event(),
-                      program=(sys.executable, "-m", "tests.protocol_peer"))
+    slot = RunnerSlot(
+        0,
+        "cpu",
+        make_settings(),
+        dict(os.environ, PYTHONPATH=path),
+        asyncio.Event(),
+        program=(sys.executable, "-m", "tests.protocol_peer"),
+    )
     slot.start()
     try:
         await asyncio.wait_for(slot.ready.wait(), 30)
@@ -135,7 +141,7 @@ async def peer_slot(make_settings: SettingsFactory) -> AsyncIterator[RunnerSlot]
 
 
 async def test_a_three_hour_alignment_reply_is_decoded_off_the_event_loop(
-    make_settings: SettingsFactory
+    make_settings: SettingsFactory,
 ) -> None:
     expected = await asyncio.to_thread(aligned_result, 3.0)
     async with peer_slot(make_settings) as slot:
@@ -147,7 +153,7 @@ async def test_a_three_hour_alignment_reply_is_decoded_off_the_event_loop(
 
 
 async def test_a_reply_over_the_line_limit_fails_its_call_and_the_slot_carries_on(
-    make_settings: SettingsFactory
+    make_settings: SettingsFactory,
 ) -> None:
     async with peer_slot(make_settings) as slot:
         pid = slot.pid
@@ -170,7 +176,7 @@ async def test_a_reply_over_the_line_limit_fails_its_call_and_the_slot_carries_o
 
 
 async def test_the_runner_sends_an_error_instead_of_a_line_over_the_limit(
-    make_settings: SettingsFactory
+    make_settings: SettingsFactory,
 ) -> None:
     pool = await started_pool(make_settings)
     try:
@@ -179,8 +185,12 @@ async def test_the_runner_sends_an_error_instead_of_a_line_over_the_limit(
         # The runner's error names the audio path twice ("cannot read audio PATH: [Errno 36]
         # File name too long: 'PATH'"): a request of 8 MiB gets an error of over 16 MiB.
         path = "/" + "x" * (p.MAX_LINE_BYTES // 2 + (64 << 10))
-        request = p.Align(id=new_id(), audio_path=path, language="en",
-                          segments=[p.TextSegment(index=0, start=0.0, end=1.0, text="hello")])
+        request = p.Align(
+            id=new_id(),
+            audio_path=path,
+            language="en",
+            segments=[p.TextSegment(index=0, start=0.0, end=1.0, text="hello")],
+        )
         with pytest.raises(RunnerError) as refused:
             await asyncio.wait_for(slot.call(request), 90)
         assert refused.value.code == "reply_too_large"

@@ -112,8 +112,9 @@ async def test_a_cancelled_write_never_poisons_the_store(tmp_path: Path) -> None
         job = await store.create_job(source_name="a.mp4", input_path="a.mp4", settings={})
         for yields in range(12):
             for _ in range(8):
-                task = asyncio.create_task(store.update_progress(
-                    job.id, phase="extract", percent=1.0, message="x"))
+                task = asyncio.create_task(
+                    store.update_progress(job.id, phase="extract", percent=1.0, message="x")
+                )
                 for _ in range(yields):
                     await asyncio.sleep(0)
                 task.cancel()
@@ -124,8 +125,13 @@ async def test_a_cancelled_write_never_poisons_the_store(tmp_path: Path) -> None
 
 
 STOP_PAIRS = [
-    ("pause", "cancel"), ("pause", "pause"), ("pause", "delete"), ("cancel", "pause"),
-    ("cancel", "delete"), ("pause", "resume"), ("cancel", "cancel"),
+    ("pause", "cancel"),
+    ("pause", "pause"),
+    ("pause", "delete"),
+    ("cancel", "pause"),
+    ("cancel", "delete"),
+    ("pause", "resume"),
+    ("cancel", "cancel"),
 ]
 
 
@@ -139,7 +145,10 @@ async def test_stop_requests_close_together_keep_the_scheduler_whole(
     svc = await make_service()
     rnd = random.Random(8)
     ops: dict[str, Callable[[str], Awaitable[Any]]] = {
-        "pause": svc.pause, "cancel": svc.cancel, "delete": svc.delete, "resume": svc.resume,
+        "pause": svc.pause,
+        "cancel": svc.cancel,
+        "delete": svc.delete,
+        "resume": svc.resume,
     }
     for round_ in range(3):
         for first, second in STOP_PAIRS:

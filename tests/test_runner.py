@@ -55,8 +55,15 @@ class RawRunner:
 @pytest.fixture
 async def runner(tmp_path: Path) -> AsyncIterator[RawRunner]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gpu_runner", "--device", "cpu", "--nltk-data", str(tmp_path / "nltk"),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "gpu_runner",
+        "--device",
+        "cpu",
+        "--nltk-data",
+        str(tmp_path / "nltk"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
@@ -108,21 +115,23 @@ async def test_malformed_line_is_answered_and_survived(runner: RawRunner, line: 
     assert isinstance(pong, p.Result)
 
 
-async def test_ping_and_cancel_are_answered_during_transcription(
-    runner: RawRunner, tmp_path: Path
-) -> None:
+async def test_ping_and_cancel_are_answered_during_transcription(runner: RawRunner, tmp_path: Path) -> None:
     speech = await asyncio.to_thread(make_speech, tmp_path / "long.wav", LONG_SENTENCES[:12], video=False)
     audio = tmp_path / "audio.wav"
     await extract_audio(speech.path, audio)
     model_dir = bundled_tiny_en()
     assert model_dir is not None
-    spans = [
-        p.SegmentSpan(index=i, start=s.start, end=s.end) for i, s in enumerate(speech.sentences)
-    ]
-    await runner.send(p.Transcribe(
-        id="t1", audio_path=str(audio), segments=spans, language="en", batch_size=1,
-        model=p.ModelRef(kind="whisper", key="whisper:tiny.en", path=str(model_dir)),
-    ))
+    spans = [p.SegmentSpan(index=i, start=s.start, end=s.end) for i, s in enumerate(speech.sentences)]
+    await runner.send(
+        p.Transcribe(
+            id="t1",
+            audio_path=str(audio),
+            segments=spans,
+            language="en",
+            batch_size=1,
+            model=p.ModelRef(kind="whisper", key="whisper:tiny.en", path=str(model_dir)),
+        )
+    )
     first = await runner.reply()
     assert isinstance(first, p.Fragment) and first.id == "t1" and first.index == 0
 

@@ -35,8 +35,12 @@ def own_origin(client: TestClient[Any, Any]) -> str:
 
 async def media_form(speech: Speech) -> aiohttp.FormData:
     form = aiohttp.FormData()
-    form.add_field("file", await asyncio.to_thread(speech.path.read_bytes), filename="talk.mp4",
-                   content_type="application/octet-stream")
+    form.add_field(
+        "file",
+        await asyncio.to_thread(speech.path.read_bytes),
+        filename="talk.mp4",
+        content_type="application/octet-stream",
+    )
     return form
 
 
@@ -54,8 +58,12 @@ async def test_cross_site_upload_is_refused_same_site_and_scripts_are_not(
     make_client: ClientFactory, make_settings: SettingsFactory, speech: Speech
 ) -> None:
     client = await make_client(server={"cors_origins": [FRIEND]})
-    for headers in ({"Origin": EVIL}, {"Origin": EVIL, "Sec-Fetch-Site": "cross-site"},
-                    {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+    for headers in (
+        {"Origin": EVIL},
+        {"Origin": EVIL, "Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+    ):
         resp = await client.post("/api/jobs?start=false", data=await media_form(speech), headers=headers)
         assert resp.status == 403, headers
         error = await error_of(resp)
@@ -65,17 +73,25 @@ async def test_cross_site_upload_is_refused_same_site_and_scripts_are_not(
     assert not uploads.exists() or not any(uploads.iterdir())
     assert (await (await client.get("/api/jobs")).json())["total"] == 0
     # The UI's own page, an allowed CORS origin, and scripts (no Origin at all) may upload.
-    same = await upload(client, speech.path, start=False,
-                        headers={"Origin": own_origin(client), "Sec-Fetch-Site": "same-origin"})
-    friend = await upload(client, speech.path, start=False,
-                          headers={"Origin": FRIEND, "Sec-Fetch-Site": "cross-site"})
+    same = await upload(
+        client,
+        speech.path,
+        start=False,
+        headers={"Origin": own_origin(client), "Sec-Fetch-Site": "same-origin"},
+    )
+    friend = await upload(
+        client, speech.path, start=False, headers={"Origin": FRIEND, "Sec-Fetch-Site": "cross-site"}
+    )
     script = await upload(client, speech.path, start=False)
     assert len({same["job_id"], friend["job_id"], script["job_id"]}) == 3
     # Other state-changing requests are refused from another site too; reads are not.
     job = same["job_id"]
-    for method, path in [("POST", f"/api/cancel/{job}"), ("DELETE", f"/api/jobs/{job}"),
-                         ("POST", "/api/models/cache/clear"),
-                         ("POST", "/api/models/whisper/large-v3/download")]:
+    for method, path in [
+        ("POST", f"/api/cancel/{job}"),
+        ("DELETE", f"/api/jobs/{job}"),
+        ("POST", "/api/models/cache/clear"),
+        ("POST", "/api/models/whisper/large-v3/download"),
+    ]:
         resp = await client.request(method, path, headers={"Origin": EVIL})
         assert resp.status == 403, path
     assert (await client.get(f"/api/status/{job}", headers={"Origin": EVIL})).status == 200
@@ -97,8 +113,9 @@ async def test_json_bodies_need_the_json_content_type(make_client: ClientFactory
         ("POST", "/api/start", f"job_id={job}", "application/x-www-form-urlencoded"),
     ]:
         headers = {"Content-Type": kind} if kind else {}
-        resp = await client.request(method, path, data=data.encode(), headers=headers,
-                                    skip_auto_headers=["Content-Type"])
+        resp = await client.request(
+            method, path, data=data.encode(), headers=headers, skip_auto_headers=["Content-Type"]
+        )
         assert resp.status == 415, (path, kind)
         error = await error_of(resp)
         assert error["code"] == "unsupported_media_type" and "application/json" in error["message"]
@@ -122,8 +139,15 @@ async def test_rebinding_host_is_refused_everywhere(make_client: ClientFactory) 
             assert resp.status == 421, (host, path)
             error = await error_of(resp)
             assert error["code"] == "host_not_allowed" and "server.allowed_hosts" in error["message"]
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "vsrt.example",
-                 f"VSRT.example.:{port}", "box.lan.example", "lan.example"):
+    for host in (
+        f"127.0.0.1:{port}",
+        f"localhost:{port}",
+        f"[::1]:{port}",
+        "vsrt.example",
+        f"VSRT.example.:{port}",
+        "box.lan.example",
+        "lan.example",
+    ):
         resp = await client.get("/api/jobs", headers={"Host": host})
         assert resp.status == 200, host
 
@@ -149,8 +173,11 @@ def check_security_headers(resp: aiohttp.ClientResponse, what: str) -> None:
     assert headers.get("X-Content-Type-Options") == "nosniff", what
     assert headers.get("X-Frame-Options") == "DENY", what
     assert headers.get("Referrer-Policy") == "no-referrer", what
-    csp = {d.split()[0]: d.split()[1:] for d in headers.get("Content-Security-Policy", "").split(";")
-           if d.strip()}
+    csp = {
+        d.split()[0]: d.split()[1:]
+        for d in headers.get("Content-Security-Policy", "").split(";")
+        if d.strip()
+    }
     assert csp.get("default-src") == ["'self'"], (what, csp)
     assert csp.get("frame-ancestors") == ["'none'"], (what, csp)
     assert "'unsafe-inline'" not in str(csp) and "'unsafe-eval'" not in str(csp), (what, csp)
@@ -202,8 +229,9 @@ def test_client_address_rules() -> None:
 async def test_forwarded_for_counts_clients_behind_a_trusted_proxy_only(
     make_client: ClientFactory, speech: Speech
 ) -> None:
-    client = await make_client(server={"trusted_proxies": ["127.0.0.1"]},
-                               sse={"max_connections_per_client": 2})
+    client = await make_client(
+        server={"trusted_proxies": ["127.0.0.1"]}, sse={"max_connections_per_client": 2}
+    )
     job = (await upload(client, speech.path, start=False))["job_id"]
     a = "203.0.113.5"
     b = "203.0.113.6"
@@ -228,8 +256,9 @@ async def test_forwarded_for_counts_clients_behind_a_trusted_proxy_only(
 
 
 async def test_models_streams_have_their_own_limit(make_client: ClientFactory, speech: Speech) -> None:
-    client = await make_client(sse={"max_connections_per_job": 2, "max_connections_models": 5,
-                                    "max_connections_per_client": 20})
+    client = await make_client(
+        sse={"max_connections_per_job": 2, "max_connections_models": 5, "max_connections_per_client": 20}
+    )
     opened = [await client.get("/api/models/events/progress") for _ in range(4)]
     opened.append(await client.get("/api/models/events/whisper/tiny.en"))
     assert [r.status for r in opened] == [200] * 5  # more than the per-job limit
@@ -306,8 +335,20 @@ async def resample_audio(source: Path, target: Path) -> None:
     """A readable WAV of the same speech that is not the 16 kHz mono the runner expects."""
     await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
     proc = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-v", "error", "-y", "-i", str(source), "-ar", "44100", "-ac", "2", str(target),
-        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-i",
+        str(source),
+        "-ar",
+        "44100",
+        "-ac",
+        "2",
+        str(target),
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
 
@@ -316,8 +357,10 @@ def test_messages_lose_server_paths() -> None:
     from vsrt_service.core.redact import public_text
 
     data = Path("/srv/vsrt/data")
-    assert public_text("split failed: /srv/vsrt/data/jobs/ab12/audio.wav: expected 16 kHz mono audio",
-                       data) == "split failed: jobs/ab12/audio.wav: expected 16 kHz mono audio"
+    assert (
+        public_text("split failed: /srv/vsrt/data/jobs/ab12/audio.wav: expected 16 kHz mono audio", data)
+        == "split failed: jobs/ab12/audio.wav: expected 16 kHz mono audio"
+    )
     assert public_text('File "/usr/lib/python3.11/wave.py", line 5', data) == 'File "wave.py", line 5'
     assert public_text("cannot load /opt/venv/lib/pkg/model (bad)", data) == "cannot load model (bad)"
     kept = "see https://huggingface.co/org/repo/tree/main, 16/9 and/or N/A"
@@ -348,8 +391,16 @@ async def test_no_server_path_in_any_answer(
     status = await (await client.get(f"/api/status/{failed['job_id']}", headers=auth)).json()
     assert status["status"] == "failed" and "audio.wav" in status["error"]["message"], status
 
-    forbidden = {str(settings.data_dir), str(tmp_path), tempfile.gettempdir(), sys.prefix,
-                 str(ROOT), "/home", "/root", "/tmp"}
+    forbidden = {
+        str(settings.data_dir),
+        str(tmp_path),
+        tempfile.gettempdir(),
+        sys.prefix,
+        str(ROOT),
+        "/home",
+        "/root",
+        "/tmp",
+    }
     values = {
         "job_id": [done["job_id"], failed["job_id"]],
         "type/model_id": [("whisper", "tiny.en"), ("align", "en")],
@@ -386,6 +437,8 @@ def fill(pattern: str, values: dict[str, Any]) -> list[str]:
     if names == ["job_id"]:
         return [pattern.replace("{job_id}", job) for job in values["job_id"]]
     if names == ["type", "model_id"]:
-        return [pattern.replace("{type}", kind).replace("{model_id}", model)
-                for kind, model in values["type/model_id"]]
+        return [
+            pattern.replace("{type}", kind).replace("{model_id}", model)
+            for kind, model in values["type/model_id"]
+        ]
     raise AssertionError(f"no test values for the parameters of {pattern}")

@@ -81,14 +81,19 @@ async def test_model_state_is_saved_and_read_back(tmp_path: Path) -> None:
     async with SqliteJobStore.open(db), ModelStateStore.open(db) as models:
         assert await models.rows() == []
         manifest = [{"path": "model.bin", "size": 3, "sha256": "ab"}]
-        await models.save("whisper", "tiny.en", "ready", endpoint="https://hub", commit_sha="c1",
-                          manifest=manifest)
+        await models.save(
+            "whisper", "tiny.en", "ready", endpoint="https://hub", commit_sha="c1", manifest=manifest
+        )
         await models.save("whisper", "tiny.en", "error", error="disk full")  # keeps the manifest
         await models.save("align", "en", "downloading")
         rows = {(r["type"], r["id"]): r for r in await models.rows()}
         tiny = rows["whisper", "tiny.en"]
         assert (tiny["status"], tiny["error"], tiny["endpoint"], tiny["commit_sha"]) == (
-            "error", "disk full", "https://hub", "c1")
+            "error",
+            "disk full",
+            "https://hub",
+            "c1",
+        )
         assert tiny["manifest"] == manifest
         assert rows["align", "en"]["status"] == "downloading" and rows["align", "en"]["manifest"] is None
         await models.save("whisper", "tiny.en", "not_downloaded", keep_manifest=False)
@@ -107,7 +112,8 @@ async def test_an_existing_database_keeps_its_model_rows(tmp_path: Path) -> None
     conn.close()
     async with SqliteJobStore.open(db) as jobs, ModelStateStore.open(db) as models:
         assert [(r["id"], r["status"], r["error"], r["manifest"]) for r in await models.rows()] == [
-            ("base", "error", "x", [])]
+            ("base", "error", "x", [])
+        ]
         await make_jobs(jobs, 1)
 
 
@@ -146,7 +152,12 @@ def test_the_models_layer_does_not_import_jobs() -> None:
     found = []
     for module in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             found += [f"{module.name}: {n}" for n in names if n.startswith(above)]
     assert found == []

@@ -94,7 +94,8 @@ async def refused_upload(page: Any, url: str, media: Path) -> str:
 
 async def wait_status(page: Any, status: str, seconds: float = 120) -> None:
     await wait_for_js(
-        page, f"document.querySelector('#job-status').textContent === {status!r}", ms=seconds * 1000)
+        page, f"document.querySelector('#job-status').textContent === {status!r}", ms=seconds * 1000
+    )
 
 
 async def lines(page: Any) -> list[dict[str, Any]]:
@@ -154,7 +155,7 @@ async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_
         assert others and all(line["source"] == "aligned" for line in others)
         old = {(round(b["start"], 2), round(b["end"], 2)) for b in before[1:]}
         assert any((round(o["start"], 2), round(o["end"], 2)) not in old for o in others)
-        assert EDIT in await page.input_value('.cue-row.modified .cue-text')
+        assert EDIT in await page.input_value(".cue-row.modified .cue-text")
 
         # Keyboard: Enter moves to the next line's text, ArrowUp at the start goes back;
         # an end before the start is refused in place.
@@ -236,8 +237,13 @@ async def test_oversize_refused_then_pause_and_resume_with_locked_settings(
             await page.click("#resume")
         await page.wait_for_selector("#resume-panel:not([hidden])")
         await page.wait_for_selector("#locked dt")
-        locked = dict(zip(await page.locator("#locked dt").all_text_contents(),
-                          await page.locator("#locked dd").all_text_contents(), strict=True))
+        locked = dict(
+            zip(
+                await page.locator("#locked dt").all_text_contents(),
+                await page.locator("#locked dd").all_text_contents(),
+                strict=True,
+            )
+        )
         assert locked["model"] == '"tiny.en"' and locked["chunk_size"] == "5", locked
         assert await page.locator("#conflicts li").count() == 0
         await page.select_option("#r-model", "base.en")
@@ -270,13 +276,11 @@ async def test_server_killed_mid_job_page_catches_up(speech12: Speech, data_dir:
             await wait_for_js(page, "window.vsrt.lines().length >= 2", ms=90_000)
             assert await page.text_content("#job-status") == "processing"
             await server.kill()
-            await wait_for_js(page, "document.querySelector('#conn').dataset.state !== 'open'",
-                              ms=15_000)
+            await wait_for_js(page, "document.querySelector('#conn').dataset.state !== 'open'", ms=15_000)
             assert "econnect" in (await page.text_content("#conn") or "")
             await server.start()
             await wait_status(page, "completed", 120)
-            await wait_for_js(page, "document.querySelector('#conn').dataset.state === 'open'",
-                              ms=20_000)
+            await wait_for_js(page, "document.querySelector('#conn').dataset.state === 'open'", ms=20_000)
             assert await page.evaluate("window.__noReload") is True
             shown = await lines(page)
             final = await get_json(f"{server.url}api/transcription-text/{await job_id(page)}")
@@ -321,13 +325,16 @@ async def test_thousands_of_lines_render_only_what_is_visible(speech: Speech, tm
               }
               return times;
             }""")
-            print(f"scrolling {count} lines: frame pair p50 {sorted(frames)[50]:.1f} ms, "
-                  f"max {max(frames):.1f} ms")
+            print(
+                f"scrolling {count} lines: frame pair p50 {sorted(frames)[50]:.1f} ms, "
+                f"max {max(frames):.1f} ms"
+            )
             last = page.locator(f'#cues .cue-row[data-key="e{count - 1}"] .cue-text')
             assert await last.input_value() == f"line number {count}"
             assert await rows.count() <= 60
-            await page.evaluate(f"(r => r.scrollTop = r.scrollHeight * 2500 / {count})"
-                                "(document.querySelector('#cues'))")
+            await page.evaluate(
+                f"(r => r.scrollTop = r.scrollHeight * 2500 / {count})(document.querySelector('#cues'))"
+            )
             middle = page.locator('#cues .cue-row[data-key="e2500"] .cue-text')
             await middle.wait_for()
             assert await middle.input_value() == "line number 2501"
@@ -412,8 +419,11 @@ async def test_model_manager_download_close_reopen_ready(tmp_path: Path, tiny_al
             # A double click starts one download; the button is disabled from the first click.
             await row.locator("button.dl").dblclick()
             await wait_for_js(
-                page, "document.querySelector('#panel [data-model=\"tiny\"] [role=progressbar]')"
-                "?.getAttribute('aria-valuenow') > 5", ms=30_000)
+                page,
+                "document.querySelector('#panel [data-model=\"tiny\"] [role=progressbar]')"
+                "?.getAttribute('aria-valuenow') > 5",
+                ms=30_000,
+            )
             assert await row.locator("button.dl").is_disabled()
             stats = await row.locator(".model-stats").text_content() or ""
             assert "MB/s" in stats, stats
@@ -463,7 +473,8 @@ async def test_phases_and_model_tabs_come_from_the_server_and_preload_state_show
             count = len(meta["phases"])
             await wait_for_js(page, f"document.querySelectorAll('#phases li').length === {count}", ms=10_000)
             assert [await li.get_attribute("data-phase") for li in await steps.all()] == [
-                ph["name"] for ph in meta["phases"]]
+                ph["name"] for ph in meta["phases"]
+            ]
             assert await steps.all_text_contents() == [ph["label"] for ph in meta["phases"]]
 
             # A server with a phase this page has never heard of (the SPEC's coming `diarize`):
@@ -472,8 +483,9 @@ async def test_phases_and_model_tabs_come_from_the_server_and_preload_state_show
                 response = await route.fetch()
                 body = await response.json() if response.status == 200 else None
                 if body is not None:
-                    body["phases"].insert(-1, {"name": "diarize", "label": "Speakers", "share": 0,
-                                               "start": 90, "end": 90})
+                    body["phases"].insert(
+                        -1, {"name": "diarize", "label": "Speakers", "share": 0, "start": 90, "end": 90}
+                    )
                 await route.fulfill(response=response, json=body)
 
             await page.route("**/api/meta", with_diarize)
@@ -481,28 +493,39 @@ async def test_phases_and_model_tabs_come_from_the_server_and_preload_state_show
             await page.wait_for_selector("#job-view:not([hidden])")
             await wait_for_js(page, "document.querySelectorAll('#phases li').length === 6", ms=10_000)
             assert await steps.all_text_contents() == [
-                *[ph["label"] for ph in meta["phases"][:-1]], "Speakers", meta["phases"][-1]["label"]]
+                *[ph["label"] for ph in meta["phases"][:-1]],
+                "Speakers",
+                meta["phases"][-1]["label"],
+            ]
             await page.unroute("**/api/meta")
             await page.reload()
 
             # The model manager's tabs are the catalog's types (and the runners' cache).
             await page.click("#open-models")
             tabs = page.locator('#models-dialog [role="tab"]')
-            await wait_for_js(page, "document.querySelectorAll('#models-dialog [role=tab]').length === "
-                              f"{len(meta['model_types']) + 1}", ms=10_000)
+            await wait_for_js(
+                page,
+                "document.querySelectorAll('#models-dialog [role=tab]').length === "
+                f"{len(meta['model_types']) + 1}",
+                ms=10_000,
+            )
             assert [await t.get_attribute("data-tab") for t in await tabs.all()] == [
-                *meta["model_types"], "cache"]
+                *meta["model_types"],
+                "cache",
+            ]
 
             # The preload state is the server's, per runner, in words.
             await page.click("#tab-cache")
             await page.click("#preload-start")
-            await wait_for_js(page, "document.querySelector('#preload li[data-status=\"loaded\"]') !== null",
-                              ms=60_000)
+            await wait_for_js(
+                page, "document.querySelector('#preload li[data-status=\"loaded\"]') !== null", ms=60_000
+            )
             status = await get_json(f"{server.url}api/models/preload/status")
             shown = page.locator("#preload li")
-            assert {await li.get_attribute("data-runner"): await li.get_attribute("data-status")
-                    for li in await shown.all()} == {
-                name: state["status"] for name, state in status["runners"].items()}
+            assert {
+                await li.get_attribute("data-runner"): await li.get_attribute("data-status")
+                for li in await shown.all()
+            } == {name: state["status"] for name, state in status["runners"].items()}
             assert status["model"] in (await page.text_content("#preload") or "")
             await screenshot(page, "models-cache-desktop")
             assert not errors, errors

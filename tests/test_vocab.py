@@ -21,7 +21,11 @@ from vsrt_service.jobs.store import JobStatus
 def test_phase_shares_are_the_specs_and_cover_0_to_100_without_gaps() -> None:
     assert [s.phase for s in STEPS] == list(Phase)
     assert {s.phase: s.share for s in STEPS} == {
-        "extract": 5, "split": 5, "transcribe": 70, "align": 10, "srt": 10,
+        "extract": 5,
+        "split": 5,
+        "transcribe": 70,
+        "align": 10,
+        "srt": 10,
     }
     assert sum(s.share for s in STEPS) == 100
     assert STEPS[0].start == 0 and STEPS[-1].end == 100
@@ -37,7 +41,12 @@ def test_vocabularies_are_the_plain_strings_on_the_wire() -> None:
     assert json.dumps(payload) == '{"code": "job_complete", "phase": "srt", "status": "not_downloaded"}'
     assert {str(s) for s in Signal} >= {"alignment_ready", "job_complete", "paused", "canceled", "requeued"}
     assert [str(s) for s in ModelStatus] == [
-        "not_downloaded", "waiting", "downloading", "ready", "incomplete", "error",
+        "not_downloaded",
+        "waiting",
+        "downloading",
+        "ready",
+        "incomplete",
+        "error",
     ]
 
 
@@ -57,11 +66,14 @@ def test_model_types_come_from_the_catalog_in_file_order(tmp_path: Path) -> None
 
 
 def test_options_accept_a_model_added_to_the_catalog(make_settings: SettingsFactory, tmp_path: Path) -> None:
-    catalog = custom_catalog(tmp_path, (
-        '\n[whisper."distil-small.en"]\nrepo = "Systran/faster-distil-whisper-small.en"\n'
-        'english_only = true\n'
-        '\n[whisper."my-finetune"]\nrepo = "me/my-finetune"\n'
-    ))
+    catalog = custom_catalog(
+        tmp_path,
+        (
+            '\n[whisper."distil-small.en"]\nrepo = "Systran/faster-distil-whisper-small.en"\n'
+            "english_only = true\n"
+            '\n[whisper."my-finetune"]\nrepo = "me/my-finetune"\n'
+        ),
+    )
     settings = make_settings()
     options = parse_options({"model": "my-finetune", "language": "de"}, settings, catalog=catalog)
     assert (options.model, options.language) == ("my-finetune", "de")
@@ -85,7 +97,10 @@ def test_english_only_is_explicit_in_the_packaged_catalog() -> None:
         assert entry is not None
         assert entry.english_only is raw["whisper"][model_id].get("english_only", False)
     assert [e.id for e in catalog.of_type("whisper") if e.english_only] == [
-        "tiny.en", "base.en", "small.en", "medium.en",
+        "tiny.en",
+        "base.en",
+        "small.en",
+        "medium.en",
     ]
 
 

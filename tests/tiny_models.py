@@ -15,8 +15,7 @@ __all__ = ["CHAR_VOCAB", "make_tiny_wav2vec2"]
 
 # Character vocabulary for the CTC head: the ids of the special tokens follow the
 # usual wav2vec2 layout (<pad> = 0 is the CTC blank, which whisperx looks up by name).
-CHAR_VOCAB: list[str] = ["<pad>", "<s>", "</s>", "<unk>", "|",
-                         *"abcdefghijklmnopqrstuvwxyz", "'"]
+CHAR_VOCAB: list[str] = ["<pad>", "<s>", "</s>", "<unk>", "|", *"abcdefghijklmnopqrstuvwxyz", "'"]
 
 
 def make_tiny_wav2vec2(out_dir: Path, language: str = "en") -> Path:
@@ -45,18 +44,24 @@ def make_tiny_wav2vec2(out_dir: Path, language: str = "en") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         vocab_file = tmp / "vocab.json"
-        vocab_file.write_text(json.dumps({c: i for i, c in enumerate(CHAR_VOCAB)}),
-                              encoding="utf-8")
+        vocab_file.write_text(json.dumps({c: i for i, c in enumerate(CHAR_VOCAB)}), encoding="utf-8")
         tokenizer = Wav2Vec2CTCTokenizer(
-            str(vocab_file), unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-            eos_token="</s>", word_delimiter_token="|", do_lower_case=False,
+            str(vocab_file),
+            unk_token="<unk>",
+            pad_token="<pad>",
+            bos_token="<s>",
+            eos_token="</s>",
+            word_delimiter_token="|",
+            do_lower_case=False,
         )
         feature_extractor = Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+            feature_size=1,
+            sampling_rate=16000,
+            padding_value=0.0,
+            do_normalize=True,
             return_attention_mask=False,
         )
-        processor = Wav2Vec2Processor(feature_extractor=feature_extractor,
-                                      tokenizer=tokenizer)
+        processor = Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
 
         config = Wav2Vec2Config(
             vocab_size=len(CHAR_VOCAB),

@@ -29,8 +29,14 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 DESKTOP: Any = {"width": 1280, "height": 800}
 PHONE: Any = {"width": 390, "height": 844}
@@ -73,8 +79,16 @@ class Server:
         return f"http://127.0.0.1:{self.port}/"
 
     async def start(self, seconds: float = 60.0) -> None:
-        cmd = [str(Path(sys.executable).parent / "vsrt"), "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd = [
+            str(Path(sys.executable).parent / "vsrt"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         # Its own session, so kill() can take its runners down with it, as a crash would.
         self.proc = await asyncio.to_thread(self._spawn, cmd)
         deadline = time.monotonic() + seconds
@@ -89,8 +103,9 @@ class Server:
 
     def _spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as log:
-            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
 
     def _tail(self) -> str:
         return self.log.read_text()[-3000:]
@@ -152,8 +167,9 @@ http {{
 
 def _spawn_nginx(prefix: Path, conf: Path) -> subprocess.Popen[bytes]:
     with (prefix / "stderr.log").open("wb") as err:
-        return subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf)],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [NGINX, "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err
+        )
 
 
 @contextlib.asynccontextmanager
@@ -204,8 +220,12 @@ async def browser() -> AsyncIterator[Any]:
     try:
         async with async_playwright() as pw:
             ctx = await pw.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                viewport=DESKTOP, accept_downloads=True,
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport=DESKTOP,
+                accept_downloads=True,
             )
             ctx.on("console", on_console)
             try:

@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list, download or delete models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     _common(msub.add_parser("list", help="the catalog and what is installed"))
-    for action, text in (("download", "download a model (with a progress bar)"),
-                         ("delete", "delete a downloaded model")):
+    for action, text in (
+        ("download", "download a model (with a progress bar)"),
+        ("delete", "delete a downloaded model"),
+    ):
         cmd = msub.add_parser(action, help=text)
         _common(cmd)
         cmd.add_argument("model", metavar="ID", help="a Whisper model id, or a language code with --align")
@@ -166,8 +168,7 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
     files = [Path(f) for f in args.files]
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
-        print("vsrt: two input files share a name; their outputs would overwrite each other",
-              file=sys.stderr)
+        print("vsrt: two input files share a name; their outputs would overwrite each other", file=sys.stderr)
         return EXIT_USAGE
     out_dir = Path(args.output_dir)
     job_settings: dict[str, Any] = {}
@@ -200,7 +201,9 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
             async for ev in svc.events(job_id):
                 if ev.event in ("progress", "connected"):
                     progress.update(
-                        i, phase=ev.data.get("phase", ""), percent=ev.data.get("percent", 0.0),
+                        i,
+                        phase=ev.data.get("phase", ""),
+                        percent=ev.data.get("percent", 0.0),
                         message=ev.data.get("message", ""),
                     )
             job = await svc.get(job_id)
@@ -221,8 +224,13 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
                 failures.append(f"{files[i]}: {msg}")
                 progress.update(i, failed=True, done=True, message=msg)
                 return
-            progress.update(i, phase="done", percent=100.0, done=True,
-                            message=", ".join(f"{files[i].stem}.{f}" for f in formats))
+            progress.update(
+                i,
+                phase="done",
+                percent=100.0,
+                done=True,
+                message=", ".join(f"{files[i].stem}.{f}" for f in formats),
+            )
 
         await asyncio.gather(*(follow(i, job_id) for i, job_id in jobs))
     for line in failures:
@@ -265,9 +273,13 @@ async def models_download(svc: Service, kind: str, model_id: str) -> int:
             if ev.event == "model_progress":
                 mb = ev.data["downloaded_bytes"] / 1e6
                 eta = ev.data.get("eta_s")
-                bar.update(0, phase="download", percent=ev.data["progress"],
-                           message=f"{mb:.1f} MB, {ev.data['speed_mbps']:.1f} MB/s"
-                           + (f", {eta:.0f} s left" if eta else ""))
+                bar.update(
+                    0,
+                    phase="download",
+                    percent=ev.data["progress"],
+                    message=f"{mb:.1f} MB, {ev.data['speed_mbps']:.1f} MB/s"
+                    + (f", {eta:.0f} s left" if eta else ""),
+                )
             elif ev.event == "model_complete":
                 bar.update(0, phase="ready", percent=100.0, done=True, message="ready")
                 return EXIT_OK

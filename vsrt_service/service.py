@@ -79,8 +79,9 @@ async def open_model_state(settings: Settings) -> AsyncIterator[ModelStateStore]
 
 @contextlib.asynccontextmanager
 async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
-    broker = Broker(settings.sse.replay_buffer, settings.sse.subscriber_queue,
-                    settings.sse.idle_channel_seconds)
+    broker = Broker(
+        settings.sse.replay_buffer, settings.sse.subscriber_queue, settings.sse.idle_channel_seconds
+    )
     try:
         yield broker
     finally:
@@ -88,8 +89,9 @@ async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
 
 
 @contextlib.asynccontextmanager
-async def open_pool(settings: Settings, env: dict[str, str] | None = None,
-                    work_runners: bool = True) -> AsyncIterator[RunnerPool]:
+async def open_pool(
+    settings: Settings, env: dict[str, str] | None = None, work_runners: bool = True
+) -> AsyncIterator[RunnerPool]:
     pool = RunnerPool(settings, env, work_runners=work_runners)
     await pool.start()
     try:
@@ -99,8 +101,9 @@ async def open_pool(settings: Settings, env: dict[str, str] | None = None,
 
 
 @contextlib.asynccontextmanager
-async def open_models(settings: Settings, state: ModelStateStore, broker: Broker, pool: RunnerPool,
-                      validate: bool = True) -> AsyncIterator[ModelManager]:
+async def open_models(
+    settings: Settings, state: ModelStateStore, broker: Broker, pool: RunnerPool, validate: bool = True
+) -> AsyncIterator[ModelManager]:
     manager = ModelManager(settings, state, broker, pool)
     await manager.start(validate)
     try:
@@ -112,8 +115,9 @@ async def open_models(settings: Settings, state: ModelStateStore, broker: Broker
 
 
 @contextlib.asynccontextmanager
-async def open_scheduler(ctx: JobContext, run: bool = True, restrict_to: set[str] | None = None
-                         ) -> AsyncIterator[Scheduler]:
+async def open_scheduler(
+    ctx: JobContext, run: bool = True, restrict_to: set[str] | None = None
+) -> AsyncIterator[Scheduler]:
     """The scheduler; with `run` False it claims nothing (commands that run no jobs)."""
     scheduler = Scheduler(ctx, restrict_to)
     if run:
@@ -156,14 +160,15 @@ class Service:
         async with contextlib.AsyncExitStack() as stack:
             self.store = await stack.enter_async_context(open_store(s))
             self.broker = await stack.enter_async_context(open_broker(s))
-            self.pool = await stack.enter_async_context(
-                open_pool(s, work_runners=self._work_runners))
+            self.pool = await stack.enter_async_context(open_pool(s, work_runners=self._work_runners))
             state = await stack.enter_async_context(open_model_state(s))
             self.models = await stack.enter_async_context(
-                open_models(s, state, self.broker, self.pool, self._validate_models))
+                open_models(s, state, self.broker, self.pool, self._validate_models)
+            )
             self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models)
             self.scheduler = await stack.enter_async_context(
-                open_scheduler(self.ctx, self._run_jobs, set() if self._own_jobs_only else None))
+                open_scheduler(self.ctx, self._run_jobs, set() if self._own_jobs_only else None)
+            )
             self._stack = stack.pop_all()
         return self
 
@@ -282,8 +287,9 @@ class Service:
                     continue  # it ended meanwhile: look again
                 job = await self.get(job_id)
                 if took is not reason or job.status != target:
-                    raise Conflict(f"the job was {job.status} instead (a stronger request or the "
-                                   "job's end came first)")
+                    raise Conflict(
+                        f"the job was {job.status} instead (a stronger request or the job's end came first)"
+                    )
                 return job
             if job.status in from_states:
                 done = await self.store.set_status(job_id, target, target, expect=(JobStatus(job.status),))
@@ -302,8 +308,9 @@ class Service:
         if job.status == JobStatus.PROCESSING and job.lease_owner != self.scheduler.owner:
             raise Conflict("the job is running in another process", code="not_here")
 
-    async def resume_conflicts(self, job_id: str, settings: dict[str, Any] | None
-                               ) -> tuple[Job, list[dict[str, Any]]]:
+    async def resume_conflicts(
+        self, job_id: str, settings: dict[str, Any] | None
+    ) -> tuple[Job, list[dict[str, Any]]]:
         """Which of these new settings a resume would force back to the checkpoint's."""
         job = await self.get(job_id)
         options = parse_options(settings, self.settings, base=job.settings, catalog=self.models.catalog)
@@ -317,8 +324,9 @@ class Service:
         job = await self.get(job_id)
         if job.status == JobStatus.PROCESSING:
             raise Conflict("the job is already running", code="running")
-        values = parse_options(settings, self.settings, base=job.settings,
-                               catalog=self.models.catalog).to_dict()
+        values = parse_options(
+            settings, self.settings, base=job.settings, catalog=self.models.catalog
+        ).to_dict()
         if not restart and job.checkpoint_settings:
             values.update({k: v for k, v in job.checkpoint_settings.items() if k in values})
         queued = await self.store.requeue(job_id, values, restart=restart)
@@ -351,8 +359,9 @@ class Service:
     async def subtitles(self, job_id: str, fmt: str = "srt") -> str:
         """The subtitles in a format: the user's edited cues when saved, else the machine's."""
         if fmt not in FORMATS:
-            raise InvalidInput(f"format must be one of {', '.join(FORMATS)}", code="bad_format",
-                               field="format")
+            raise InvalidInput(
+                f"format must be one of {', '.join(FORMATS)}", code="bad_format", field="format"
+            )
         job = await self.get(job_id)
         edited = await self.store.edited_cues(job_id)
         if edited is not None:

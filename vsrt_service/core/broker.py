@@ -103,9 +103,17 @@ class Subscription:
                     break
         if len(self._queue) >= self._limit:
             self._queue.clear()
-            self._queue.append(Event(self.channel, event.id, "resync", {
-                "reason": "subscriber fell too far behind", "last_event_id": event.id,
-            }))
+            self._queue.append(
+                Event(
+                    self.channel,
+                    event.id,
+                    "resync",
+                    {
+                        "reason": "subscriber fell too far behind",
+                        "last_event_id": event.id,
+                    },
+                )
+            )
             self._close()
             return
         self._queue.append(event)
@@ -155,8 +163,9 @@ class Broker:
     published for `idle_channel_seconds`): a finished job's replay buffer does not stay in
     memory for the life of the service; a client reconnecting later gets a fresh snapshot."""
 
-    def __init__(self, replay_buffer: int = 512, subscriber_queue: int = 256,
-                 idle_channel_seconds: float = 600.0) -> None:
+    def __init__(
+        self, replay_buffer: int = 512, subscriber_queue: int = 256, idle_channel_seconds: float = 600.0
+    ) -> None:
         self._channels: dict[str, _Channel] = {}
         self._replay = replay_buffer
         self._queue = subscriber_queue

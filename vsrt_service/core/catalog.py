@@ -72,14 +72,16 @@ def _load(path: Path) -> Catalog:
         for model_id, spec in table.items():
             if "repo" not in spec:
                 raise CatalogError(f"{path.name}: [{kind}.{model_id!r}] has no repo")
-            entries.append(CatalogEntry(
-                type=kind,
-                id=model_id,
-                repo=spec["repo"],
-                size_mb=float(spec.get("size_mb", 0)),
-                description=spec.get("description", ""),
-                files=tuple(spec.get("files", base.get("files", ()))),
-                required=tuple(spec.get("required", base.get("required", ()))),
-                english_only=bool(spec.get("english_only", False)),
-            ))
+            entries.append(
+                CatalogEntry(
+                    type=kind,
+                    id=model_id,
+                    repo=spec["repo"],
+                    size_mb=float(spec.get("size_mb", 0)),
+                    description=spec.get("description", ""),
+                    files=tuple(spec.get("files", base.get("files", ()))),
+                    required=tuple(spec.get("required", base.get("required", ()))),
+                    english_only=bool(spec.get("english_only", False)),
+                )
+            )
     return Catalog(entries, types)

@@ -238,23 +238,31 @@ def _validate(s: Settings) -> None:
     checks: list[tuple[bool, str]] = [
         (1 <= s.server.port <= 65535 or s.server.port == 0, "server.port must be 0..65535"),
         (s.server.max_upload_mb > 0, "server.max_upload_mb must be positive"),
-        (s.server.auth_token is None or len(s.server.auth_token) >= 16,
-         "server.auth_token must be at least 16 characters"),
+        (
+            s.server.auth_token is None or len(s.server.auth_token) >= 16,
+            "server.auth_token must be at least 16 characters",
+        ),
         (s.server.ticket_seconds > 0, "server.ticket_seconds must be positive"),
         (len(s.runners.devices) > 0, "runners.devices must name at least one device"),
-        (s.runners.compute_type in ("auto", "int8", "int8_float16", "float16", "float32"),
-         "runners.compute_type must be auto, int8, int8_float16, float16 or float32"),
+        (
+            s.runners.compute_type in ("auto", "int8", "int8_float16", "float16", "float32"),
+            "runners.compute_type must be auto, int8, int8_float16, float16 or float32",
+        ),
         (s.runners.heartbeat_interval > 0, "runners.heartbeat_interval must be positive"),
-        (s.runners.heartbeat_timeout > s.runners.heartbeat_interval,
-         "runners.heartbeat_timeout must be longer than runners.heartbeat_interval"),
+        (
+            s.runners.heartbeat_timeout > s.runners.heartbeat_interval,
+            "runners.heartbeat_timeout must be longer than runners.heartbeat_interval",
+        ),
         (s.runners.model_cache_size >= 1, "runners.model_cache_size must be at least 1"),
         (0 <= s.runners.nice <= 19, "runners.nice must be 0..19"),
         (s.jobs.max_attempts >= 1, "jobs.max_attempts must be at least 1"),
         (s.jobs.max_segment_crashes >= 1, "jobs.max_segment_crashes must be at least 1"),
         (s.jobs.lease_seconds >= 1, "jobs.lease_seconds must be at least 1"),
         (0 <= s.jobs.keep_audio_hours < math.inf, "jobs.keep_audio_hours must be 0 or more hours"),
-        (0 <= s.jobs.keep_resumable_audio_hours < math.inf,
-         "jobs.keep_resumable_audio_hours must be 0 or more hours"),
+        (
+            0 <= s.jobs.keep_resumable_audio_hours < math.inf,
+            "jobs.keep_resumable_audio_hours must be 0 or more hours",
+        ),
         (s.media.probe_timeout > 0, "media.probe_timeout must be positive"),
         (s.media.extract_timeout > 0, "media.extract_timeout must be positive"),
         (s.media.extract_timeout_factor >= 0, "media.extract_timeout_factor must not be negative"),
@@ -262,14 +270,19 @@ def _validate(s: Settings) -> None:
         (0 < s.transcription.chunk_size <= 30, "transcription.chunk_size must be in (0, 30]"),
         (s.cues.max_line_chars >= 10, "cues.max_line_chars must be at least 10"),
         (s.cues.max_lines >= 1, "cues.max_lines must be at least 1"),
-        (0 < s.cues.min_cue_seconds < s.cues.max_cue_seconds,
-         "cues.min_cue_seconds must be positive and below cues.max_cue_seconds"),
+        (
+            0 < s.cues.min_cue_seconds < s.cues.max_cue_seconds,
+            "cues.min_cue_seconds must be positive and below cues.max_cue_seconds",
+        ),
         (s.cues.max_chars_per_second > 0, "cues.max_chars_per_second must be positive"),
         (s.sse.heartbeat_interval > 0, "sse.heartbeat_interval must be positive"),
         (s.sse.idle_channel_seconds > 0, "sse.idle_channel_seconds must be positive"),
         (s.sse.reconnect_seconds > 0, "sse.reconnect_seconds must be positive"),
-        (min(s.sse.max_connections_per_job, s.sse.max_connections_per_client,
-             s.sse.max_connections_models) >= 1, "sse.max_connections_* must be at least 1"),
+        (
+            min(s.sse.max_connections_per_job, s.sse.max_connections_per_client, s.sse.max_connections_models)
+            >= 1,
+            "sse.max_connections_* must be at least 1",
+        ),
         (s.models.max_concurrent_downloads >= 1, "models.max_concurrent_downloads must be >= 1"),
     ]
     for ok, message in checks:

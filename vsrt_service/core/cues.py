@@ -70,9 +70,7 @@ _CJK_RANGES = (
 # \u3002, full-width ? ! , ; : (\uff1f \uff01 \uff0c \uff1b \uff1a), ideographic comma \u3001.
 _SENTENCE_END = frozenset(".?!\u3002\uff1f\uff01")
 _CLAUSE_END = frozenset(",;:\uff0c\u3001\uff1b\uff1a\u2014\u2013\u2026")
-_CLOSING = (
-    "\"')]}\u201d\u2019\u00bb\u300d\u300f\uff09\u300b\u3009\u3011\u3015\uff3d\uff5d"
-)
+_CLOSING = "\"')]}\u201d\u2019\u00bb\u300d\u300f\uff09\u300b\u3009\u3011\u3015\uff3d\uff5d"
 _CLOSING_PUNCT = frozenset(  # ASCII quotes left out: they may open as well as close
     _CLOSING.replace("'", "").replace('"', "")
     + ".,;:?!%\u3002\uff0c\u3001\uff1b\uff1a\uff1f\uff01\u2026\u30fb\u2025"
@@ -368,9 +366,7 @@ def _units(pieces: Sequence[_Piece]) -> list[_Unit]:
             groups.append([piece])
     units: list[_Unit] = []
     for group in groups:
-        text = group[0].text + "".join(
-            (" " if p.space_before else "") + p.text for p in group[1:]
-        )
+        text = group[0].text + "".join((" " if p.space_before else "") + p.text for p in group[1:])
         units.append(
             _Unit(
                 text=text,
@@ -429,9 +425,7 @@ class _Segmenter:
         self.units = units
         self.lim = limits
         n = len(units)
-        self.gap_after = [
-            units[k + 1].start - units[k].end if k + 1 < n else 0 for k in range(n)
-        ]
+        self.gap_after = [units[k + 1].start - units[k].end if k + 1 < n else 0 for k in range(n)]
         # Prefix sums so a candidate cue's inner sentence ends and pauses cost O(1).
         self.sentences = [0] * (n + 1)
         self.pauses = [0.0] * (n + 1)
@@ -620,9 +614,7 @@ def _timings(spans: Sequence[tuple[int, int, int]], lim: _Limits) -> list[tuple[
 # --- public -------------------------------------------------------------------------------------
 
 
-def build_cues(
-    segments: Sequence[AlignedSegment], rules: CueSettings = _DEFAULT_RULES
-) -> list[Cue]:
+def build_cues(segments: Sequence[AlignedSegment], rules: CueSettings = _DEFAULT_RULES) -> list[Cue]:
     """Subtitle cues for an aligned transcript, sorted, never overlapping, deterministic."""
     units = _units(_pieces(segments))
     if not units:

@@ -133,9 +133,7 @@ def render(fmt: str, cues: Sequence[Cue], meta: Mapping[str, Any] | None = None)
     key = fmt.strip().lower().lstrip(".") if isinstance(fmt, str) else ""
     writer = _WRITERS.get(key)
     if writer is None:
-        raise ValueError(
-            f"unknown subtitle format {fmt!r}; expected one of {', '.join(FORMATS)}"
-        )
+        raise ValueError(f"unknown subtitle format {fmt!r}; expected one of {', '.join(FORMATS)}")
     return writer(cues, meta or {})
 
 

@@ -229,9 +229,7 @@ REQUEST_TYPES: dict[str, type[Request]] = {
     cls.type: cls
     for cls in (Hello, Ping, LoadModel, Unload, Split, Transcribe, Align, Download, Cancel, Shutdown)
 }
-REPLY_TYPES: dict[str, type[Reply]] = {
-    cls.type: cls for cls in (Progress, Fragment, Result, Error)
-}
+REPLY_TYPES: dict[str, type[Reply]] = {cls.type: cls for cls in (Progress, Fragment, Result, Error)}
 
 
 def encode(msg: Message) -> bytes:

@@ -165,7 +165,8 @@ def find_leftovers(settings: Settings, jobs: Iterable[Job]) -> tuple[list[Path],
             orphans.append(Path(entry.path))
             continue
         parts.extend(
-            Path(f.path) for f in _entries(Path(entry.path))
+            Path(f.path)
+            for f in _entries(Path(entry.path))
             if f.name.endswith(PART_SUFFIX) and f.is_file(follow_symlinks=False)
         )
     return parts, orphans
@@ -217,8 +218,11 @@ async def keep_tidy(settings: Settings, store: JobStore) -> AsyncIterator[None]:
     parts, orphans = await asyncio.to_thread(find_leftovers, settings, await all_jobs(store))
     await asyncio.to_thread(remove_paths, parts)
     if parts or orphans:
-        log.info("removing %d temporary file(s) and %d orphaned upload(s) or job folder(s)",
-                 len(parts), len(orphans))
+        log.info(
+            "removing %d temporary file(s) and %d orphaned upload(s) or job folder(s)",
+            len(parts),
+            len(orphans),
+        )
 
     async def first_pass() -> None:
         await asyncio.to_thread(remove_paths, orphans)

@@ -39,8 +39,26 @@ SAMPLE_RATE = 16000
 #: WMA and WMV; `mpeg` is MPEG-PS (VOB, MPG). Left out on purpose: playlists and lists (hls,
 #: dash, concat), image sequences (image2, *_pipe), and anything else that opens more inputs.
 ALLOWED_FORMATS: tuple[str, ...] = (
-    "mov", "matroska", "mp3", "wav", "w64", "flac", "ogg", "aac", "mpegts", "avi", "asf",
-    "amr", "aiff", "caf", "mpeg", "flv", "ac3", "eac3", "au", "wv",
+    "mov",
+    "matroska",
+    "mp3",
+    "wav",
+    "w64",
+    "flac",
+    "ogg",
+    "aac",
+    "mpegts",
+    "avi",
+    "asf",
+    "amr",
+    "aiff",
+    "caf",
+    "mpeg",
+    "flv",
+    "ac3",
+    "eac3",
+    "au",
+    "wv",
 )
 _FORMAT_WHITELIST = ",".join(ALLOWED_FORMATS)
 _ACCEPTED = "MP4, MOV, M4A, MKV, WebM, MP3, WAV, FLAC, Ogg, Opus, AAC, MPEG-TS, AVI, WMA"
@@ -182,9 +200,18 @@ async def probe(path: Path, name: str | None = None, limits: MediaSettings | Non
     if not await asyncio.to_thread(path.is_file):
         raise MediaError("not_found", f"{name}: no such file")
     args = [
-        _tool("ffprobe"), "-v", "error", "-format_whitelist", _FORMAT_WHITELIST,
-        "-protocol_whitelist", "file", "-show_entries",
-        "format=format_name,duration:stream=codec_type,duration", "-of", "json", _input(path),
+        _tool("ffprobe"),
+        "-v",
+        "error",
+        "-format_whitelist",
+        _FORMAT_WHITELIST,
+        "-protocol_whitelist",
+        "file",
+        "-show_entries",
+        "format=format_name,duration:stream=codec_type,duration",
+        "-of",
+        "json",
+        _input(path),
     ]
     code, out, err = await run_tool(args, seconds=limits.probe_timeout, what="probing", name=name)
     if code != 0:
@@ -240,8 +267,9 @@ async def extract_audio(
     info = await check_media(src, name, limits)
     tmp = dst.with_name(dst.name + ".part")
     stream = (
-        ffmpeg.input(_input(src), f=info.demuxer, format_whitelist=_FORMAT_WHITELIST,
-                     protocol_whitelist="file")
+        ffmpeg.input(
+            _input(src), f=info.demuxer, format_whitelist=_FORMAT_WHITELIST, protocol_whitelist="file"
+        )
         .output(_input(tmp), format="wav", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None)
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1")
         .overwrite_output()
@@ -254,8 +282,11 @@ async def extract_audio(
 
     try:
         code, _, err = await run_tool(
-            stream.compile(cmd=_tool("ffmpeg")), seconds=extract_timeout(info, limits),
-            what="extracting the audio of", name=name, on_line=on_line,
+            stream.compile(cmd=_tool("ffmpeg")),
+            seconds=extract_timeout(info, limits),
+            what="extracting the audio of",
+            name=name,
+            on_line=on_line,
         )
     except BaseException:
         await asyncio.to_thread(_unlink, tmp)

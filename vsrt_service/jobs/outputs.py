@@ -46,16 +46,18 @@ def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> Non
         write_atomic(job_dir / f"subtitles.{fmt}", render(fmt, cues, meta))
 
 
-def build_and_write(job_dir: Path, segments: list[AlignedSegment], rules: CueSettings,
-                    meta: dict[str, Any]) -> int:
+def build_and_write(
+    job_dir: Path, segments: list[AlignedSegment], rules: CueSettings, meta: dict[str, Any]
+) -> int:
     """Cues from the transcript, written in every format (blocking); returns their number."""
     cues = build_cues(segments, rules)
     write_subtitles(job_dir, cues, {**meta, "segments": segments})
     return len(cues)
 
 
-async def write_job_outputs(job_dir: Path, segments: list[AlignedSegment], rules: CueSettings,
-                            meta: dict[str, Any], nice: int = 0) -> int:
+async def write_job_outputs(
+    job_dir: Path, segments: list[AlignedSegment], rules: CueSettings, meta: dict[str, Any], nice: int = 0
+) -> int:
     """build_and_write, off the event loop; in a child process for a long transcript."""
     words = sum(len(s.get("words") or ()) for s in segments)
     if words <= CHILD_ABOVE_WORDS:
@@ -64,8 +66,15 @@ async def write_job_outputs(job_dir: Path, segments: list[AlignedSegment], rules
         bigjson.dumps, {"rules": asdict(rules), "meta": meta, "segments": segments}, 2
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vsrt_service.jobs.outputs", str(job_dir), "--nice", str(nice),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "vsrt_service.jobs.outputs",
+        str(job_dir),
+        "--nice",
+        str(nice),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await proc.communicate(payload.encode())
@@ -81,8 +90,12 @@ async def write_job_outputs(job_dir: Path, segments: list[AlignedSegment], rules
     if not isinstance(answer, dict):
         answer = {}
     if proc.returncode != 0 or not isinstance(answer.get("cues"), int):
-        log.error("writing subtitles in %s failed (status %s): %s", job_dir, proc.returncode,
-                  err.decode(errors="replace")[-2000:])
+        log.error(
+            "writing subtitles in %s failed (status %s): %s",
+            job_dir,
+            proc.returncode,
+            err.decode(errors="replace")[-2000:],
+        )
         reason = answer.get("error") or f"exit status {proc.returncode}"
         raise OutputError(f"writing the subtitle files failed ({reason}); see the service log")
     return int(answer["cues"])
@@ -99,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(args.nice)
     try:
         data = json.load(sys.stdin.buffer)
-        count = build_and_write(args.job_dir, data["segments"], CueSettings(**data["rules"]),
-                                data["meta"])
+        count = build_and_write(args.job_dir, data["segments"], CueSettings(**data["rules"]), data["meta"])
     except Exception as exc:
         log.exception("building subtitles failed")
         print(json.dumps({"error": type(exc).__name__}))

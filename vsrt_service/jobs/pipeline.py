@@ -95,12 +95,21 @@ class JobRun:
         self.language: str | None = job.language or self.options.language
 
     async def progress(
-        self, phase: Phase, fraction: float, message: str, processed: int | None = None,
+        self,
+        phase: Phase,
+        fraction: float,
+        message: str,
+        processed: int | None = None,
         total: int | None = None,
     ) -> None:
         job = await self.ctx.store.update_progress(
-            self.job.id, phase=phase, percent=percent(phase, fraction), message=message,
-            processed=processed, total=total, claim=self.job.claim,
+            self.job.id,
+            phase=phase,
+            percent=percent(phase, fraction),
+            message=message,
+            processed=processed,
+            total=total,
+            claim=self.job.claim,
         )
         self.ctx.publish(self.job.id, "progress", job.progress_dict())
 
@@ -134,8 +143,12 @@ class JobRun:
                 raise JobFailed(exc.code, str(exc)) from None
             if audio_is_complete(seconds, info):
                 return
-            log.warning("job %s: audio.wav holds %s s of %.1f s; extracting again", self.job.id,
-                        "unreadable" if seconds is None else f"{seconds:.1f}", info.audio_seconds)
+            log.warning(
+                "job %s: audio.wav holds %s s of %.1f s; extracting again",
+                self.job.id,
+                "unreadable" if seconds is None else f"{seconds:.1f}",
+                info.audio_seconds,
+            )
         await self.progress(Phase.EXTRACT, 0, "extracting audio")
 
         async def on_progress(fraction: float) -> None:
@@ -152,15 +165,19 @@ class JobRun:
             return self.job.total
         await self.progress(Phase.SPLIT, 0, "finding speech")
         async with self.ctx.pool.lease() as runner:
-            data = await self._call(runner, p.Split(
-                id=new_id(), audio_path=str(self.audio), vad_onset=self.options.vad_onset,
-                vad_offset=self.options.vad_offset, chunk_size=self.options.chunk_size,
-            ))
+            data = await self._call(
+                runner,
+                p.Split(
+                    id=new_id(),
+                    audio_path=str(self.audio),
+                    vad_onset=self.options.vad_onset,
+                    vad_offset=self.options.vad_offset,
+                    chunk_size=self.options.chunk_size,
+                ),
+            )
         spans = [(float(s["start"]), float(s["end"])) for s in data["segments"]]
         duration = await asyncio.to_thread(wav_duration, self.audio)
-        count = await self.ctx.store.save_segments(
-            self.job.id, spans, self.options.locked(), duration
-        )
+        count = await self.ctx.store.save_segments(self.job.id, spans, self.options.locked(), duration)
         message = f"{count} speech segments" if count else "no speech found"
         await self.progress(Phase.SPLIT, 1, message, processed=0, total=count)
         return count
@@ -186,17 +203,24 @@ class JobRun:
                 return  # already stored by an earlier run: never twice
             done += 1
             self.language = self.language or msg.language
-            self.ctx.publish(self.job.id, "fragment", {
-                "segment_index": msg.index,
-                "language": msg.language,
-                "segments": [{"id": msg.index, "start": msg.start, "end": msg.end, "text": msg.text}],
-            })
+            self.ctx.publish(
+                self.job.id,
+                "fragment",
+                {
+                    "segment_index": msg.index,
+                    "language": msg.language,
+                    "segments": [{"id": msg.index, "start": msg.start, "end": msg.end, "text": msg.text}],
+                },
+            )
             await self.progress(Phase.TRANSCRIBE, done / total, f"transcribing {done}/{total}", done, total)
 
         request = p.Transcribe(
-            id=new_id(), audio_path=str(self.audio), model=ref,
+            id=new_id(),
+            audio_path=str(self.audio),
+            model=ref,
             segments=[p.SegmentSpan(index=s.index, start=s.start, end=s.end) for s in pending],
-            language=self.language, task=self.options.task,
+            language=self.language,
+            task=self.options.task,
             batch_size=self.ctx.settings.transcription.batch_size,
             beam_size=self.ctx.settings.transcription.beam_size,
         )
@@ -218,9 +242,7 @@ class JobRun:
         limit = self.ctx.settings.jobs.max_segment_crashes
         if crashes >= limit:
             where = f"segment {batch[0]}" if len(batch) == 1 else f"segments {batch[0]}-{batch[-1]}"
-            raise JobFailed(
-                "runner_crash", f"{where} crashed the runner {crashes} times; last: {reason}"
-            )
+            raise JobFailed("runner_crash", f"{where} crashed the runner {crashes} times; last: {reason}")
         raise Requeue(f"runner lost ({reason}); resuming from the checkpoint")
 
     async def align(self) -> tuple[list[p.AlignedSegment], str]:
@@ -245,8 +267,12 @@ class JobRun:
                 await self.progress(Phase.ALIGN, msg.done / msg.total, message)
 
         request = p.Align(
-            id=new_id(), audio_path=str(self.audio), language=language, segments=texts,
-            align_model=align_ref, whisper_model=self._whisper_ref(),
+            id=new_id(),
+            audio_path=str(self.audio),
+            language=language,
+            segments=texts,
+            align_model=align_ref,
+            whisper_model=self._whisper_ref(),
         )
         async with self.ctx.pool.lease() as runner:
             try:
@@ -262,19 +288,28 @@ class JobRun:
         alignment = str(data["alignment"])
         await self.ctx.store.save_result(self.job.id, aligned, alignment, self.language)
         await self.progress(Phase.ALIGN, 1, f"aligned ({alignment})")
-        self.ctx.publish(self.job.id, "signal", {
-            "code": Signal.ALIGNMENT_READY,
-            "message": f"word timings ready ({alignment})",
-            "alignment": alignment,
-        })
+        self.ctx.publish(
+            self.job.id,
+            "signal",
+            {
+                "code": Signal.ALIGNMENT_READY,
+                "message": f"word timings ready ({alignment})",
+                "alignment": alignment,
+            },
+        )
         return aligned, alignment
 
     async def write_outputs(self, aligned: list[p.AlignedSegment], alignment: str) -> None:
         await self.progress(Phase.SRT, 0, "building subtitles")
         meta = {k: v for k, v in self.metadata(alignment, aligned).items() if k != "segments"}
         try:  # seconds of CPU for hours of speech: off the event loop, in a child if long
-            count = await write_job_outputs(self.dir, aligned, cue_rules(self.ctx.settings, self.options),
-                                            meta, nice=self.ctx.settings.runners.nice)
+            count = await write_job_outputs(
+                self.dir,
+                aligned,
+                cue_rules(self.ctx.settings, self.options),
+                meta,
+                nice=self.ctx.settings.runners.nice,
+            )
         except OutputError as exc:
             raise JobFailed("subtitles", str(exc)) from None
         await self.progress(Phase.SRT, 1, f"{count} cues written")
@@ -301,14 +336,18 @@ class JobRun:
         wait = self.ctx.settings.jobs.align_wait_seconds
 
         async def on_progress(info: dict[str, Any]) -> None:
-            await self.progress(Phase.ALIGN, 0, f"waiting for the '{language}' alignment model: "
-                                f"{info['status']} {info['progress']:.0f}%")
+            await self.progress(
+                Phase.ALIGN,
+                0,
+                f"waiting for the '{language}' alignment model: {info['status']} {info['progress']:.0f}%",
+            )
 
         await self.progress(Phase.ALIGN, 0, f"downloading the '{language}' alignment model")
         ref = await models.ensure("align", language, wait, on_progress)
         if ref is None:
-            log.warning("job %s: no '%s' aligner (download failed or took over %.0f s)",
-                        self.job.id, language, wait)
+            log.warning(
+                "job %s: no '%s' aligner (download failed or took over %.0f s)", self.job.id, language, wait
+            )
         return ref
 
     def _whisper_ref(self) -> p.ModelRef:
@@ -321,9 +360,7 @@ class JobRun:
             )
         return ref
 
-    async def _call(
-        self, runner: RunnerSlot, request: p.Request, on_reply: Any = None
-    ) -> dict[str, Any]:
+    async def _call(self, runner: RunnerSlot, request: p.Request, on_reply: Any = None) -> dict[str, Any]:
         try:
             return await runner.call(request, on_reply)
         except RunnerLost as exc:

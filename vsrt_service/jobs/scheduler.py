@@ -140,8 +140,11 @@ class Scheduler:
         for job in await self.ctx.store.interrupted_jobs():
             if not _owner_alive(job.lease_owner, self.owner):
                 await self.ctx.store.set_status(
-                    job.id, JobStatus.QUEUED, "interrupted; resuming from the checkpoint",
-                    expect=(JobStatus.PROCESSING,), claim=job.claim,
+                    job.id,
+                    JobStatus.QUEUED,
+                    "interrupted; resuming from the checkpoint",
+                    expect=(JobStatus.PROCESSING,),
+                    claim=job.claim,
                 )
 
     async def _loop(self) -> None:
@@ -150,7 +153,8 @@ class Scheduler:
             while len(self._running) < self.capacity:
                 async with self._claiming:
                     job = await self.ctx.store.claim_next(
-                        self.owner, lease, self.restrict_to, exclude=list(self._running))
+                        self.owner, lease, self.restrict_to, exclude=list(self._running)
+                    )
                     if job is None:
                         break
                     self._launch(job)
@@ -160,8 +164,11 @@ class Scheduler:
 
     def _launch(self, job: Job) -> None:
         language = job.language or job.settings.get("language")
-        run = Running(job, {**job.settings, "language": language},
-                      asyncio.create_task(self._pipeline(job), name=f"job-{job.id}"))
+        run = Running(
+            job,
+            {**job.settings, "language": language},
+            asyncio.create_task(self._pipeline(job), name=f"job-{job.id}"),
+        )
         run.supervisor = asyncio.create_task(self._supervise(run), name=f"job-{job.id}-supervisor")
         self._running[job.id] = run
 
@@ -263,16 +270,23 @@ class Scheduler:
         completed = status is JobStatus.COMPLETED
         try:
             job = await ctx.store.set_status(
-                job_id, status, outcome.message, expect=(JobStatus.PROCESSING,), claim=run.job.claim,
-                error_code=outcome.code, error=outcome.message if status is JobStatus.FAILED else None,
-                phase=Phase.SRT if completed else None, percent=100.0 if completed else None,
+                job_id,
+                status,
+                outcome.message,
+                expect=(JobStatus.PROCESSING,),
+                claim=run.job.claim,
+                error_code=outcome.code,
+                error=outcome.message if status is JobStatus.FAILED else None,
+                phase=Phase.SRT if completed else None,
+                percent=100.0 if completed else None,
             )
         except Exception:
             log.exception("job %s: could not record its final state %s", job_id, status)
             return
         if job is None:
-            log.info("job %s: not this run's any more (deleted or taken over); %s not recorded",
-                     job_id, status)
+            log.info(
+                "job %s: not this run's any more (deleted or taken over); %s not recorded", job_id, status
+            )
             return
         if completed:
             ctx.publish(job_id, "progress", job.progress_dict())

@@ -206,8 +206,7 @@ class SqliteJobStore:
         """False when the claim is no longer the job's (the run must stop working on it)."""
         async with self._w.transaction() as db:
             cur = await db.execute(
-                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND claim = ?"
-                " AND status = 'processing'",
+                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND claim = ? AND status = 'processing'",
                 (time.time() + lease_seconds, job_id, claim),
             )
             return cur.rowcount == 1
@@ -302,9 +301,7 @@ class SqliteJobStore:
     async def delete_job(self, job_id: str) -> bool:
         """Delete a job that is not running; False if it is gone or runs (stop it first)."""
         async with self._w.transaction() as db:
-            cur = await db.execute(
-                "DELETE FROM jobs WHERE id = ? AND status != 'processing'", (job_id,)
-            )
+            cur = await db.execute("DELETE FROM jobs WHERE id = ? AND status != 'processing'", (job_id,))
             if cur.rowcount != 1:
                 return False
             await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
@@ -332,9 +329,7 @@ class SqliteJobStore:
         rows = [(job_id, i, s, e) for i, (s, e) in enumerate(spans)]
         async with self._w.transaction() as db:
             await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
-            await db.executemany(
-                "INSERT INTO segments (job_id, idx, start, end) VALUES (?, ?, ?, ?)", rows
-            )
+            await db.executemany("INSERT INTO segments (job_id, idx, start, end) VALUES (?, ?, ?, ?)", rows)
             await db.execute(
                 "UPDATE jobs SET checkpoint_settings = ?, duration = ?, total = ?, processed = 0,"
                 " updated_at = ? WHERE id = ?",
@@ -420,9 +415,7 @@ class SqliteJobStore:
         return json.loads(row[0]) if row and row[0] else None
 
     async def interrupted_jobs(self) -> list[Job]:
-        async with self._r.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'processing'"
-        ) as cur:
+        async with self._r.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'processing'") as cur:
             return [_job(r) for r in await cur.fetchall()]
 
 

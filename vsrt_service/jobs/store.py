@@ -66,8 +66,11 @@ class Job:
     def progress_dict(self) -> dict[str, Any]:
         """The data of a `progress` event about this job."""
         return {
-            "phase": self.phase, "percent": round(self.percent, 2), "message": self.message,
-            "processed": self.processed, "total": self.total,
+            "phase": self.phase,
+            "percent": round(self.percent, 2),
+            "message": self.message,
+            "processed": self.processed,
+            "total": self.total,
         }
 
     def status_dict(self) -> dict[str, Any]:

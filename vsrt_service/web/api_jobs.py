@@ -75,8 +75,9 @@ async def create_job(request: web.Request) -> web.Response:
     if request.content_type == "multipart/form-data":
         upload = await receive(request, svc.settings.uploads_dir, svc.settings.server.max_upload_mb << 20)
         try:  # submit names a bad setting first, then refuses what is not media
-            job = await svc.submit(upload.path, upload.settings, source_name=upload.name,
-                                   start=upload.start, field="file")
+            job = await svc.submit(
+                upload.path, upload.settings, source_name=upload.name, start=upload.start, field="file"
+            )
         except BaseException:
             # Shielded: a second cancellation (shutdown) must not strand the removal in the
             # thread pool's queue. Anything still left is an orphan the next start removes.
@@ -102,9 +103,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     except ValueError:
         raise InvalidInput("limit and offset must be whole numbers") from None
     jobs, total = await svc.list_jobs(limit, offset)
-    return web.json_response({
-        "jobs": [job_json(j) for j in jobs], "total": total, "limit": limit, "offset": offset,
-    })
+    return web.json_response(
+        {
+            "jobs": [job_json(j) for j in jobs],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
 
 
 @routes.get("/api/jobs/{job_id}")
@@ -164,8 +170,13 @@ def transcript_json(t: Transcript) -> dict[str, Any]:
         "text": " ".join(s["text"] for s in t.segments if s["text"]),
         "segments": t.segments,
         "edited_cues": t.edited_cues,
-        "progress": {"processed": job.processed, "total": job.total, "percent": round(job.percent, 2),
-                     "status": job.status, "phase": job.phase},
+        "progress": {
+            "processed": job.processed,
+            "total": job.total,
+            "percent": round(job.percent, 2),
+            "status": job.status,
+            "phase": job.phase,
+        },
     }
 
 
@@ -180,20 +191,28 @@ async def transcription_text(request: web.Request) -> web.Response:
 @routes.get("/api/checkpoint-settings/{job_id}")
 async def checkpoint_settings(request: web.Request) -> web.Response:
     job = await request.app[SERVICE].get(request.match_info["job_id"])
-    return web.json_response({
-        "job_id": job.id,
-        "has_checkpoint": job.checkpoint_settings is not None,
-        "settings": job.checkpoint_settings,
-        "locked": sorted(job.checkpoint_settings or {}),
-    })
+    return web.json_response(
+        {
+            "job_id": job.id,
+            "has_checkpoint": job.checkpoint_settings is not None,
+            "settings": job.checkpoint_settings,
+            "locked": sorted(job.checkpoint_settings or {}),
+        }
+    )
 
 
 @routes.post("/api/validate-resume-settings")
 async def validate_resume_settings(request: web.Request) -> web.Response:
     svc, job_id, body = await job_request(request)
     job, found = await svc.resume_conflicts(job_id, body.get("settings"))
-    return web.json_response({"job_id": job.id, "valid": not found, "conflicts": found,
-                              "checkpoint_settings": job.checkpoint_settings})
+    return web.json_response(
+        {
+            "job_id": job.id,
+            "valid": not found,
+            "conflicts": found,
+            "checkpoint_settings": job.checkpoint_settings,
+        }
+    )
 
 
 @routes.get("/api/jobs/{job_id}/subtitles")
@@ -238,5 +257,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     async def snapshot() -> tuple[str, dict[str, Any]]:
         return "connected", await svc.snapshot(job_id)
 
-    return await sse.serve(request, request.app[STREAMS], svc.broker, job_channel(job_id), snapshot,
-                           settings=request.app[SETTINGS].sse)
+    return await sse.serve(
+        request,
+        request.app[STREAMS],
+        svc.broker,
+        job_channel(job_id),
+        snapshot,
+        settings=request.app[SETTINGS].sse,
+    )

@@ -26,14 +26,16 @@ def version() -> str:
 
 @routes.get("/api/meta")
 async def meta(request: web.Request) -> web.Response:
-    return web.json_response({
-        "phases": [
-            {"name": s.phase, "label": s.label, "share": s.share, "start": s.start, "end": s.end}
-            for s in STEPS
-        ],
-        "job_statuses": list(JobStatus),
-        "signals": list(Signal),
-        "model_types": list(request.app[SERVICE].models.catalog.types),
-        "model_statuses": list(ModelStatus),
-        "version": version(),
-    })
+    return web.json_response(
+        {
+            "phases": [
+                {"name": s.phase, "label": s.label, "share": s.share, "start": s.start, "end": s.end}
+                for s in STEPS
+            ],
+            "job_statuses": list(JobStatus),
+            "signals": list(Signal),
+            "model_types": list(request.app[SERVICE].models.catalog.types),
+            "model_statuses": list(ModelStatus),
+            "version": version(),
+        }
+    )

@@ -81,8 +81,9 @@ async def cache_clear(request: web.Request) -> web.Response:
     return web.json_response({"unloaded": await _models(request).clear_cache()})
 
 
-async def _stream(request: web.Request, accept: Any = None, one: tuple[str, str] | None = None
-                  ) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, accept: Any = None, one: tuple[str, str] | None = None
+) -> web.StreamResponse:
     models = _models(request)
 
     async def snapshot() -> tuple[str, dict[str, Any]]:
@@ -90,9 +91,16 @@ async def _stream(request: web.Request, accept: Any = None, one: tuple[str, str]
             return "initial_state", models.snapshot()
         return "initial_state", {"models": [models.info(models.state(*one))]}
 
-    return await sse.serve(request, request.app[STREAMS], models.broker, MODELS_CHANNEL, snapshot,
-                           settings=request.app[SETTINGS].sse, heartbeat_event="heartbeat",
-                           accept=accept or (lambda ev: True))
+    return await sse.serve(
+        request,
+        request.app[STREAMS],
+        models.broker,
+        MODELS_CHANNEL,
+        snapshot,
+        settings=request.app[SETTINGS].sse,
+        heartbeat_event="heartbeat",
+        accept=accept or (lambda ev: True),
+    )
 
 
 @routes.get("/api/models/events/progress")

@@ -68,7 +68,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if ticket and path.startswith(STREAM_PREFIXES) and request.app[TICKETS].redeem(ticket):
         return await handler(request)
     return error_response(
-        401, "unauthorized",
+        401,
+        "unauthorized",
         "an expired or used ticket" if ticket else "a bearer token is required (Authorization header)",
     )
 
@@ -112,8 +113,9 @@ async def service_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS].sse
-    app[STREAMS] = streams = Streams(s.max_connections_per_job, s.max_connections_per_client,
-                                     {MODELS_CHANNEL: s.max_connections_models})
+    app[STREAMS] = streams = Streams(
+        s.max_connections_per_job, s.max_connections_per_client, {MODELS_CHANNEL: s.max_connections_models}
+    )
     yield
     await streams.close()
 
@@ -143,24 +145,28 @@ async def health(request: web.Request) -> web.Response:
     runners = state["runners"]
     token = settings.server.auth_token
     if token is None or not token_matches(request.headers.get("Authorization"), token):
-        return web.json_response({
-            "status": "ok",
-            "version": version,
-            "runners": [{key: r[key] for key in PUBLIC_RUNNER_KEYS} for r in runners],
-        })
+        return web.json_response(
+            {
+                "status": "ok",
+                "version": version,
+                "runners": [{key: r[key] for key in PUBLIC_RUNNER_KEYS} for r in runners],
+            }
+        )
     for runner in runners:
         if runner["last_error"]:
             runner["last_error"] = public_text(runner["last_error"], settings.data_dir)
-    return web.json_response({
-        "status": "ok",
-        "version": version,
-        "time": time.time(),
-        "runners": runners,
-        "running_jobs": len(state["running_jobs"]),
-        "open_streams": app[STREAMS].open_streams(),
-        "limits": {"max_upload_mb": settings.server.max_upload_mb},
-        "auth": True,
-    })
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": version,
+            "time": time.time(),
+            "runners": runners,
+            "running_jobs": len(state["running_jobs"]),
+            "open_streams": app[STREAMS].open_streams(),
+            "limits": {"max_upload_mb": settings.server.max_upload_mb},
+            "auth": True,
+        }
+    )
 
 
 async def ticket(request: web.Request) -> web.Response:

@@ -37,14 +37,16 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 #: The UI is same-origin module scripts and one stylesheet with no inline code; it sets
 #: styles through CSSOM (not style attributes), its favicon is a data: URL, and downloads
 #: open blob: URLs by navigation, which no fetch directive governs.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "img-src 'self' data:",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-])
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "img-src 'self' data:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -96,7 +98,7 @@ def _host_name(host: str) -> str:
     """A Host header's name or address: lowercased, without port, brackets or trailing dot."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     if host.count(":") == 1:
         host = host.split(":", 1)[0]
     return host.rstrip(".")
@@ -110,9 +112,7 @@ def host_allowed(host: str, names: frozenset[str]) -> bool:
     name = _host_name(host)
     if name == "localhost" or _address(name) is not None:
         return True
-    return name in names or any(
-        n.startswith(".") and (name == n[1:] or name.endswith(n)) for n in names
-    )
+    return name in names or any(n.startswith(".") and (name == n[1:] or name.endswith(n)) for n in names)
 
 
 def same_origin(origin: str, host: str) -> bool:
@@ -159,8 +159,10 @@ class Exposure:
             site = "a page on another site"
         else:
             return None  # not a browser, or the browser's own navigation
-        return (f"{request.method} from {site} is refused; to let pages there use this API, "
-                "add their origin to server.cors_origins")
+        return (
+            f"{request.method} from {site} is refused; to let pages there use this API, "
+            "add their origin to server.cors_origins"
+        )
 
     def middleware(self) -> Middleware:
         @web.middleware
@@ -169,7 +171,8 @@ class Exposure:
             host = request.headers.get(hdrs.HOST)
             if host is not None and not host_allowed(host, self.allowed_hosts):
                 return error_response(
-                    421, "host_not_allowed",
+                    421,
+                    "host_not_allowed",
                     f"this server does not answer to the name {_host_name(host)!r}; if that is "
                     "its name, add it to server.allowed_hosts",
                 )
@@ -179,7 +182,8 @@ class Exposure:
                     return error_response(403, "cross_origin", refused)
                 if request.body_exists and request.content_type not in BODY_TYPES:
                     return error_response(
-                        415, "unsupported_media_type",
+                        415,
+                        "unsupported_media_type",
                         "send the request body as application/json (Content-Type: application/json;"
                         " curl: --json), or as multipart/form-data for uploads",
                     )
@@ -197,4 +201,3 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     """on_response_prepare: every response, errors, files and event streams included."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-

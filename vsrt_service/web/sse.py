@@ -37,8 +37,9 @@ class Streams:
 
     CHECK_EVERY = 0.2
 
-    def __init__(self, per_channel: int, per_client: int,
-                 channel_limits: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, per_channel: int, per_client: int, channel_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.per_channel, self.per_client = per_channel, per_client
         self.channel_limits = dict(channel_limits or {})
         self.channels: Counter[str] = Counter()
@@ -117,8 +118,16 @@ async def serve(
 ) -> EventSourceResponse:
     """One subscriber of `channel`, admitted within the stream limits (429 past them)."""
     with streams.admit(channel, request) as gone:
-        return await stream(request, broker, channel, snapshot, gone, settings=settings,
-                            heartbeat_event=heartbeat_event, accept=accept)
+        return await stream(
+            request,
+            broker,
+            channel,
+            snapshot,
+            gone,
+            settings=settings,
+            heartbeat_event=heartbeat_event,
+            accept=accept,
+        )
 
 
 async def stream(

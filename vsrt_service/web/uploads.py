@@ -88,8 +88,9 @@ async def receive(request: web.Request, upload_dir: Path, max_bytes: int) -> Upl
                 try:
                     settings = json.loads(raw or b"{}")
                 except ValueError:
-                    raise InvalidInput("settings must be JSON", code="bad_settings",
-                                       field="settings") from None
+                    raise InvalidInput(
+                        "settings must be JSON", code="bad_settings", field="settings"
+                    ) from None
             elif part.name == "start":
                 start = _parse_bool((await part.read(decode=True)).decode(errors="replace"), "start")
             else:
