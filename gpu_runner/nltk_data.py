@@ -35,10 +35,11 @@ This module does not import nltk.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from vsrt_service.core.files import write_atomic
 
 __all__ = ["PUNKT_FILES", "ensure_punkt_tab"]
 
@@ -119,17 +120,6 @@ def _model_files(language: str) -> dict[str, str]:
     return files
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _ensure_language(base: Path, language: str) -> None:
     target = base / language
     files = _model_files(language)
@@ -137,7 +127,7 @@ def _ensure_language(base: Path, language: str) -> None:
         # Complete a partial directory file by file (each write atomic).
         for name, text in files.items():
             if not (target / name).is_file():
-                _write_atomic(target / name, text)
+                write_atomic(target / name, text)
         return
     tmp = Path(tempfile.mkdtemp(prefix=f".{language}-", dir=base))
     try:

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ServiceFactory, SettingsFactory
+from tests import conftest
+from tests.conftest import ServiceFactory
 from tests.http_helpers import open_stream, post_upload, upload
 from tests.media import (
     LONG_SENTENCES,
@@ -38,7 +39,7 @@ from tests.procs import tool_pids
 from vsrt_service.core.config import Settings
 from vsrt_service.core.formats import parse_srt
 from vsrt_service.jobs.media import MediaError, extract_audio
-from vsrt_service.web.app import create_app
+from vsrt_service.web.keys import SETTINGS
 from vsrt_service.web.uploads import display_name
 
 #: How long a refusal may take: probing is a fraction of a second; this is generous.
@@ -152,10 +153,12 @@ ClientFactory = Callable[..., Awaitable[tuple[TestClient[Any, Any], Settings]]]
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
+def make_client(make_client: conftest.ClientFactory) -> ClientFactory:
+    """conftest's clients, with the settings each was made with."""
+
     async def make(**overrides: Any) -> tuple[TestClient[Any, Any], Settings]:
-        settings = make_settings(**overrides)
-        return await aiohttp_client(create_app(settings)), settings
+        client = await make_client(**overrides)
+        return client, client.app[SETTINGS]
 
     return make
 

@@ -22,7 +22,6 @@ from tests.media import Speech
 from tests.sse_client import SseEvent, SseReader
 from vsrt_service.core.config import Settings
 from vsrt_service.models.bundled import bundled_tiny_en
-from vsrt_service.web.app import create_app
 from vsrt_service.web.keys import SERVICE
 
 WHISPER_REPO = "Systran/faster-whisper-tiny"
@@ -48,10 +47,12 @@ async def hub(tiny_align_model: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
+def make_client(make_client: ClientFactory) -> ClientFactory:
+    """conftest's clients, without preloading the default model (these tests manage models)."""
+
     async def make(**overrides: Any) -> TestClient[Any, Any]:
         overrides.setdefault("models", {}).setdefault("preload_on_start", False)
-        return await aiohttp_client(create_app(make_settings(**overrides)))
+        return await make_client(**overrides)
 
     return make
 
