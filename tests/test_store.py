@@ -13,6 +13,7 @@ import pytest
 
 import vsrt_service.models
 from tests.store_contract import JobStoreContract, make_jobs
+from vsrt_service.core.integrity import ManifestFile
 from vsrt_service.jobs.sqlite_store import SCHEMA_VERSION, SqliteJobStore
 from vsrt_service.jobs.store import StoreError
 from vsrt_service.models.state_store import ModelStateStore
@@ -80,7 +81,7 @@ async def test_model_state_is_saved_and_read_back(tmp_path: Path) -> None:
     db = tmp_path / "vsrt.sqlite3"
     async with SqliteJobStore.open(db), ModelStateStore.open(db) as models:
         assert await models.rows() == []
-        manifest = [{"path": "model.bin", "size": 3, "sha256": "ab"}]
+        manifest = [ManifestFile(name="model.bin", size=3, sha256="ab", blob_id=None)]
         await models.save(
             "whisper", "tiny.en", "ready", endpoint="https://hub", commit_sha="c1", manifest=manifest
         )

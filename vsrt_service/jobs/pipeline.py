@@ -360,7 +360,7 @@ class JobRun:
             )
         return ref
 
-    async def _call(self, runner: RunnerSlot, request: p.Request, on_reply: Any = None) -> dict[str, Any]:
+    async def _call(self, runner: RunnerSlot, request: p.Request[p.R], on_reply: Any = None) -> p.R:
         try:
             return await runner.call(request, on_reply)
         except RunnerLost as exc:
