@@ -39,7 +39,7 @@ async def test_a_failed_write_rolls_back(tmp_path: Path) -> None:
     async with SqliteJobStore.open(tmp_path / "db") as store:
         (job_id,) = await make_jobs(store, 1)
         with pytest.raises(sqlite3.IntegrityError):
-            await store.create_job(source_name="x", input_path="x", settings={}, job_id=job_id)
+            await store.create_job(source_name="x", input_path="x", options={}, job_id=job_id)
         assert await store.count_jobs() == 1
         # The writer is usable afterwards (the transaction was not left open).
         await store.update_progress(job_id, phase="split", percent=6, message="ok")
