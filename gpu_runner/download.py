@@ -149,7 +149,7 @@ class _Tally:
 
 def download(
     req: p.Download, canceled: threading.Event, progress: Callable[[int, int, str], None]
-) -> dict[str, Any]:
+) -> p.DownloadResult:
     """Fetch the repository's wanted files; returns the manifest the service records."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub import constants as hf_constants

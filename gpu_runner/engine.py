@@ -18,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from vsrt_service.core.protocol import AlignedSegment, ModelRef, SegmentSpan, TextSegment, Word
+from vsrt_service.core.protocol import (
+    AlignedSegment,
+    AlignResult,
+    LoadedModel,
+    MemoryInfo,
+    ModelRef,
+    SegmentSpan,
+    SpeechSpan,
+    TextSegment,
+    Word,
+)
 
 from . import vad as vads
 
@@ -109,14 +119,14 @@ class Engine:
     def torch_device(self) -> str:
         return "cpu" if self.device == "cpu" else f"cuda:{self.device_index}"
 
-    def loaded(self) -> list[dict[str, Any]]:
+    def loaded(self) -> list[LoadedModel]:
         """Cache contents, least recently used first."""
         with self._lock:
             return [
                 {"key": key, "kind": m.ref["kind"], "path": m.ref["path"]} for key, m in self._models.items()
             ]
 
-    def memory(self) -> dict[str, int | None]:
+    def memory(self) -> MemoryInfo:
         """Resident memory of this process, and GPU memory held by torch when on a GPU."""
         rss = None
         try:
@@ -256,7 +266,7 @@ class Engine:
 
     def split(
         self, audio_path: str, onset: float, offset: float, chunk: float, vad_name: str = vads.DEFAULT
-    ) -> list[dict[str, float]]:
+    ) -> list[SpeechSpan]:
         """Voice-activity segments merged into chunks of at most `chunk` seconds."""
         import torch
 
@@ -325,7 +335,7 @@ class Engine:
         align_ref: ModelRef | None,
         whisper_ref: ModelRef | None,
         progress: Callable[[float], None],
-    ) -> dict[str, Any]:
+    ) -> AlignResult:
         """Word timings: wav2vec2 forced alignment, or Whisper's cross-attention timings."""
         audio = load_wav(audio_path)
         transcript = [s for s in segments if s["text"].strip()]

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -52,7 +52,7 @@ class Runner:
         self._warm = warm
         self._out = out
         self._out_lock = threading.Lock()
-        self._work: queue.Queue[p.Request | None] = queue.Queue()
+        self._work: queue.Queue[p.Request[Any] | None] = queue.Queue()
         self._cancel: dict[str, threading.Event] = {}
         self._ready = threading.Event()
         self._warm_error: str | None = None
@@ -102,7 +102,7 @@ class Runner:
         self._stop_work()  # stdin closed: the service is gone
         return 0
 
-    def _dispatch(self, req: p.Request) -> None:
+    def _dispatch(self, req: p.Request[Any]) -> None:
         if isinstance(req, p.Ping):
             self.send(
                 p.Result(
@@ -137,7 +137,7 @@ class Runner:
     def _busy(self) -> bool:
         return bool(self._cancel)
 
-    def hello(self, req: p.Hello) -> dict[str, Any]:
+    def hello(self, req: p.Hello) -> p.HelloResult:
         return {
             "protocol_version": p.PROTOCOL_VERSION,
             "compatible": req.protocol_version == p.PROTOCOL_VERSION,
@@ -173,7 +173,7 @@ class Runner:
             self._run(req)
             self.engine.release()
 
-    def _run(self, req: p.Request) -> None:
+    def _run(self, req: p.Request[Any]) -> None:
         """Handle one request to its single result or error."""
         canceled = self._cancel[req.id]
         reply: p.Result | p.Error
@@ -195,15 +195,15 @@ class Runner:
             self._cancel.pop(req.id, None)
         self._finish(reply)
 
-    def _handle(self, req: p.Request, canceled: threading.Event) -> dict[str, Any]:
-        handler: Callable[[Any, threading.Event], dict[str, Any]] | None = getattr(
+    def _handle(self, req: p.Request[Any], canceled: threading.Event) -> Mapping[str, Any]:
+        handler: Callable[[Any, threading.Event], Mapping[str, Any]] | None = getattr(
             self, f"_do_{req.type}", None
         )
         if handler is None:
             raise EngineError("bad_request", f"unsupported request {req.type!r}")
         return handler(req, canceled)
 
-    def _do_load_model(self, req: p.LoadModel, canceled: threading.Event) -> dict[str, Any]:
+    def _do_load_model(self, req: p.LoadModel, canceled: threading.Event) -> p.LoadModelResult:
         started = time.monotonic()
         loaded_now = self.engine.load(req.model, req.language)
         return {
@@ -212,11 +212,11 @@ class Runner:
             "load_count": self.engine.load_count,
         }
 
-    def _do_split(self, req: p.Split, canceled: threading.Event) -> dict[str, Any]:
+    def _do_split(self, req: p.Split, canceled: threading.Event) -> p.SplitResult:
         segments = self.engine.split(req.audio_path, req.vad_onset, req.vad_offset, req.chunk_size, req.vad)
         return {"segments": segments}
 
-    def _do_transcribe(self, req: p.Transcribe, canceled: threading.Event) -> dict[str, Any]:
+    def _do_transcribe(self, req: p.Transcribe, canceled: threading.Event) -> p.TranscribeResult:
         count = 0
 
         def emit(seg: p.SegmentSpan, text: str, language: str) -> None:
@@ -246,7 +246,7 @@ class Runner:
         )
         return {"language": language, "count": count, "load_count": self.engine.load_count}
 
-    def _do_download(self, req: p.Download, canceled: threading.Event) -> dict[str, Any]:
+    def _do_download(self, req: p.Download, canceled: threading.Event) -> p.DownloadResult:
         from .download import download
 
         def progress(done: int, total: int, name: str) -> None:
@@ -254,7 +254,7 @@ class Runner:
 
         return download(req, canceled, progress)
 
-    def _do_align(self, req: p.Align, canceled: threading.Event) -> dict[str, Any]:
+    def _do_align(self, req: p.Align, canceled: threading.Event) -> p.AlignResult:
         last = [0.0]
 
         def progress(percent: float) -> None:

@@ -36,7 +36,7 @@ BACKENDS: dict[str, Callable[[Path], AbstractAsyncContextManager[Opener]]] = {"s
 
 async def make_jobs(store: JobStore, n: int) -> list[str]:
     return [
-        (await store.create_job(source_name=f"f{i}.mp4", input_path=f"f{i}.mp4", settings={"i": i})).id
+        (await store.create_job(source_name=f"f{i}.mp4", input_path=f"f{i}.mp4", options={"i": i})).id
         for i in range(n)
     ]
 
@@ -58,12 +58,12 @@ class JobStoreContract:
         assert await store.count_jobs() == 0 and await store.list_jobs() == []
         assert await store.get_job("nope") is None
         job = await store.create_job(
-            source_name="a.mp4", input_path="uploads/a.mp4", settings={"model": "tiny.en"}
+            source_name="a.mp4", input_path="uploads/a.mp4", options={"model": "tiny.en"}
         )
         assert (job.status, job.phase, job.percent, job.attempts) == ("queued", "queued", 0, 0)
-        assert job.settings == {"model": "tiny.en"} and job.claim is None and job.lease_owner is None
+        assert job.options == {"model": "tiny.en"} and job.claim is None and job.lease_owner is None
         paused = await store.create_job(
-            source_name="b.mp4", input_path="b.mp4", settings={}, status="paused", job_id="my-id"
+            source_name="b.mp4", input_path="b.mp4", options={}, status="paused", job_id="my-id"
         )
         assert paused.id == "my-id" and paused.status == "paused"
         assert await store.get_job(job.id) == job
@@ -162,7 +162,7 @@ class JobStoreContract:
         assert await store.requeue(job_id, {"a": 1}, restart=False) is None
         assert await store.delete_job(job_id) is False
         job = await store.get_job(job_id)
-        assert job is not None and job.status == "processing" and job.settings == {"i": 0}
+        assert job is not None and job.status == "processing" and job.options == {"i": 0}
         # The right status but another holder changes nothing either.
         assert (
             await store.set_status(
@@ -224,12 +224,12 @@ class JobStoreContract:
         await store.update_progress(job_id, phase="align", percent=80, message="a", claim=job.claim)
         await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING])
         kept = await store.requeue(job_id, {"a": 1}, restart=False)
-        assert kept is not None and kept.status == "queued" and kept.settings == {"a": 1}
-        assert kept.checkpoint_settings == {"model": "m"} and kept.percent == 80
+        assert kept is not None and kept.status == "queued" and kept.options == {"a": 1}
+        assert kept.locked_options == {"model": "m"} and kept.percent == 80
         assert len(await store.segments(job_id)) == 1 and await store.result(job_id) is not None
         queued = await store.requeue(job_id, {"a": 2}, restart=True)
-        assert queued is not None and queued.status == "queued" and queued.settings == {"a": 2}
-        assert queued.checkpoint_settings is None and await store.segments(job_id) == []
+        assert queued is not None and queued.status == "queued" and queued.options == {"a": 2}
+        assert queued.locked_options is None and await store.segments(job_id) == []
         assert (queued.percent, queued.phase, queued.processed, queued.total) == (0, "queued", 0, 0)
         assert (queued.language, queued.duration, queued.alignment) == (None, None, None)
         assert await store.result(job_id) is None
@@ -288,7 +288,7 @@ class JobStoreContract:
         ]
         job = await store.get_job(job_id)
         assert job is not None and job.processed == 1 and job.total == 2
-        assert job.checkpoint_settings == {"model": "tiny.en"}
+        assert job.locked_options == {"model": "tiny.en"}
         assert job.duration == 3.0 and job.language == "en"
 
     async def test_crashes_are_counted_per_segment(self, store: JobStore) -> None:

@@ -42,7 +42,7 @@ async def test_storing_and_writing_a_three_hour_result_leaves_the_loop_free(
         pool = RunnerPool(settings)  # never started: no model work here
         ctx = JobContext(settings, store, broker, pool, ModelManager(settings, state, broker, pool))
         job = await store.create_job(
-            source_name="three-hours.mp4", input_path="uploads/x.mp4", settings={}, status="paused"
+            source_name="three-hours.mp4", input_path="uploads/x.mp4", options={}, status="paused"
         )
         run = JobRun(ctx, job)
         async with loop_lag() as lags:
@@ -63,7 +63,7 @@ async def test_transcription_text_of_a_three_hour_job_leaves_the_loop_free(
     store = client.app[SERVICE].store
     segments = await asyncio.to_thread(aligned_result, 3.0)
     job = await store.create_job(
-        source_name="three-hours.mp4", input_path="uploads/x.mp4", settings={}, status="completed"
+        source_name="three-hours.mp4", input_path="uploads/x.mp4", options={}, status="completed"
     )
     await store.save_result(job.id, segments, "wav2vec2", "en")
     async with loop_lag() as lags:

@@ -131,7 +131,7 @@ async def test_leftovers_are_removed_at_start_and_nothing_else(make_settings: Se
         used = uploads / f"{'a' * 32}.mp4"
         used.write_bytes(b"media")
         job = await store.create_job(
-            source_name="a.mp4", input_path=str(used.relative_to(data)), settings={}, status="paused"
+            source_name="a.mp4", input_path=str(used.relative_to(data)), options={}, status="paused"
         )
     job_dir = jobs / job.id
     job_dir.mkdir()
@@ -161,7 +161,7 @@ async def test_audio_is_kept_only_while_a_job_can_need_it(make_settings: Setting
     async with open_store(settings) as store:
         ids = {}
         for status in ("queued", "processing", "paused", "failed", "completed", "canceled"):
-            job = await store.create_job(source_name="a.mp4", input_path="a.mp4", settings={})
+            job = await store.create_job(source_name="a.mp4", input_path="a.mp4", options={})
             if status != "queued":
                 await store.set_status(job.id, JobStatus(status), status, expect=[JobStatus.QUEUED])
             ids[status] = job.id

@@ -233,8 +233,8 @@ async def test_pause_then_resume_keeps_checkpoint_settings(
     _, conflicts = await svc.resume_conflicts(job.id, {"model": "base.en", "max_line_chars": 30})
     assert [c["field"] for c in conflicts] == ["model"]
     resumed = await svc.resume(job.id, {"model": "base.en", "max_line_chars": 30})
-    assert resumed.settings["model"] == "tiny.en"  # locked: forced back
-    assert resumed.settings["max_line_chars"] == 30  # free to change
+    assert resumed.options["model"] == "tiny.en"  # locked: forced back
+    assert resumed.options["max_line_chars"] == 30  # free to change
     done = await svc.wait(job.id)
     assert done.status == "completed", done.error
     rows = segment_rows(svc.settings.database_path, job.id)

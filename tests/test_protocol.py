@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, assert_type, get_args, is_typeddict
+
 import pytest
 
+from gpu_runner.runner import Runner
 from vsrt_service.core import protocol as p
+from vsrt_service.runners.pool import RunnerSlot
 
 REQUESTS = [
     p.Hello(id="1"),
@@ -60,3 +64,22 @@ def test_malformed_requests(line: bytes, words: str) -> None:
 def test_oversized_line_is_refused() -> None:
     with pytest.raises(p.ProtocolError, match="over the limit"):
         p.decode_reply(b" " * (p.MAX_LINE_BYTES + 1))
+
+
+@pytest.mark.parametrize("cls", p.REQUEST_TYPES.values(), ids=lambda c: c.type)
+def test_each_request_names_its_typed_result(cls: type[p.Request[Any]]) -> None:
+    """`Result` is a TypedDict, the same one the class is generic in (what `call` returns),
+    and the runner's handler for the kind is declared to return it."""
+    assert is_typeddict(cls.Result)
+    assert get_args(cls.__orig_bases__[0]) == (cls.Result,)  # type: ignore[attr-defined]
+    handler = getattr(Runner, f"_do_{cls.type}", None) or (Runner.hello if cls is p.Hello else None)
+    if handler is not None:  # the others are answered inline by Runner._dispatch
+        # runner.py's annotations are strings (`from __future__ import annotations`)
+        assert handler.__annotations__["return"] == f"p.{cls.Result.__name__}"
+
+
+async def _typed_calls(slot: RunnerSlot) -> None:
+    """Never run: mypy checks that `call` is typed by its request (`make lint`)."""
+    assert_type(await slot.call(p.Split(id="1")), p.SplitResult)
+    assert_type(await slot.call(p.Align(id="2")), p.AlignResult)
+    assert_type(await slot.call(p.Download(id="3")), p.DownloadResult)

@@ -109,7 +109,7 @@ async def request(call: Awaitable[Any]) -> str:
 async def test_a_cancelled_write_never_poisons_the_store(tmp_path: Path) -> None:
     """A write cancelled at any point (its BEGIN included) leaves the connection usable."""
     async with SqliteJobStore.open(tmp_path / "db") as store:
-        job = await store.create_job(source_name="a.mp4", input_path="a.mp4", settings={})
+        job = await store.create_job(source_name="a.mp4", input_path="a.mp4", options={})
         for yields in range(12):
             for _ in range(8):
                 task = asyncio.create_task(

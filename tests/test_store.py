@@ -13,6 +13,7 @@ import pytest
 
 import vsrt_service.models
 from tests.store_contract import JobStoreContract, make_jobs
+from vsrt_service.core.integrity import ManifestFile
 from vsrt_service.jobs.sqlite_store import SCHEMA_VERSION, SqliteJobStore
 from vsrt_service.jobs.store import StoreError
 from vsrt_service.models.state_store import ModelStateStore
@@ -38,7 +39,7 @@ async def test_a_failed_write_rolls_back(tmp_path: Path) -> None:
     async with SqliteJobStore.open(tmp_path / "db") as store:
         (job_id,) = await make_jobs(store, 1)
         with pytest.raises(sqlite3.IntegrityError):
-            await store.create_job(source_name="x", input_path="x", settings={}, job_id=job_id)
+            await store.create_job(source_name="x", input_path="x", options={}, job_id=job_id)
         assert await store.count_jobs() == 1
         # The writer is usable afterwards (the transaction was not left open).
         await store.update_progress(job_id, phase="split", percent=6, message="ok")
@@ -80,7 +81,7 @@ async def test_model_state_is_saved_and_read_back(tmp_path: Path) -> None:
     db = tmp_path / "vsrt.sqlite3"
     async with SqliteJobStore.open(db), ModelStateStore.open(db) as models:
         assert await models.rows() == []
-        manifest = [{"path": "model.bin", "size": 3, "sha256": "ab"}]
+        manifest = [ManifestFile(name="model.bin", size=3, sha256="ab", blob_id=None)]
         await models.save(
             "whisper", "tiny.en", "ready", endpoint="https://hub", commit_sha="c1", manifest=manifest
         )

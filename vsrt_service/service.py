@@ -213,7 +213,7 @@ class Service:
         job = await self.store.create_job(
             source_name=name,
             input_path=stored,
-            settings=options.to_dict(),
+            options=options.to_dict(),
             status="queued" if start else "paused",
         )
         if self.scheduler.restrict_to is not None:
@@ -311,24 +311,24 @@ class Service:
     async def resume_conflicts(
         self, job_id: str, settings: dict[str, Any] | None
     ) -> tuple[Job, list[dict[str, Any]]]:
-        """Which of these new settings a resume would force back to the checkpoint's."""
+        """Which of these requested options a resume would force back to the checkpoint's."""
         job = await self.get(job_id)
-        options = parse_options(settings, self.settings, base=job.settings, catalog=self.models.catalog)
-        return job, conflicts(job.checkpoint_settings, options)
+        options = parse_options(settings, self.settings, base=job.options, catalog=self.models.catalog)
+        return job, conflicts(job.locked_options, options)
 
     async def resume(
         self, job_id: str, settings: dict[str, Any] | None = None, *, restart: bool = False
     ) -> Job:
-        """Queue the job again. Locked settings are forced back to the checkpoint's unless
-        `restart`, which throws the checkpoint away and starts over with the new settings."""
+        """Queue the job again. Locked options are forced back to the checkpoint's unless
+        `restart`, which throws the checkpoint away and starts over with the new options."""
         job = await self.get(job_id)
         if job.status == JobStatus.PROCESSING:
             raise Conflict("the job is already running", code="running")
         values = parse_options(
-            settings, self.settings, base=job.settings, catalog=self.models.catalog
+            settings, self.settings, base=job.options, catalog=self.models.catalog
         ).to_dict()
-        if not restart and job.checkpoint_settings:
-            values.update({k: v for k, v in job.checkpoint_settings.items() if k in values})
+        if not restart and job.locked_options:
+            values.update({k: v for k, v in job.locked_options.items() if k in values})
         queued = await self.store.requeue(job_id, values, restart=restart)
         if queued is None:
             await self.get(job_id)  # 404 when it was deleted meanwhile
@@ -409,11 +409,11 @@ class Service:
         """Model keys that running jobs depend on (their deletion is refused)."""
         keys: set[str] = set()
         for job_id in self.scheduler.running():
-            settings = self.scheduler.settings_of(job_id)
-            if settings:
-                keys.add(f"whisper:{settings.get('model')}")
-                if settings.get("language"):
-                    keys.add(f"align:{settings['language']}")
+            options = self.scheduler.options_of(job_id)
+            if options:
+                keys.add(f"whisper:{options.get('model')}")
+                if options.get("language"):
+                    keys.add(f"align:{options['language']}")
         return keys
 
     async def download_model(self, kind: str, model_id: str) -> tuple[str, dict[str, Any]]:

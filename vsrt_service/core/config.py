@@ -61,7 +61,10 @@ class RunnerSettings:
 
 
 @dataclass(frozen=True)
-class JobSettings:
+class JobPolicy:
+    """The `[jobs]` section: how long a job holds its lease, how often it may be retried or
+    crash a runner, how long it waits, and how long its extracted audio is kept."""
+
     lease_seconds: float = 30.0
     max_attempts: int = 5
     max_segment_crashes: int = 3
@@ -123,7 +126,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     runners: RunnerSettings = field(default_factory=RunnerSettings)
-    jobs: JobSettings = field(default_factory=JobSettings)
+    jobs: JobPolicy = field(default_factory=JobPolicy)
     media: MediaSettings = field(default_factory=MediaSettings)
     transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
     cues: CueSettings = field(default_factory=CueSettings)

@@ -12,10 +12,12 @@ request ends with exactly one `result` or `error`; before that it may emit any n
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal, Required, TypeAlias, TypedDict
+from typing import Any, ClassVar, Generic, Literal, Required, TypeAlias, TypedDict, TypeVar
 
 from vsrt_service.core import bigjson
+from vsrt_service.core.integrity import ManifestFile
 
 PROTOCOL_VERSION = 1
 
@@ -73,48 +75,148 @@ class ModelRef(TypedDict):
     path: str  # absolute local directory
 
 
+class LoadedModel(TypedDict):
+    """One entry of a runner's model cache (`path` is a server path: never pass it on to a client)."""
+
+    key: str
+    kind: str
+    path: str
+
+
+class MemoryInfo(TypedDict):
+    rss_bytes: int | None
+    gpu_allocated_bytes: int | None
+
+
+# --- results: the `data` of each request's `result` reply -------------------------------
+
+
+class HelloResult(TypedDict):
+    protocol_version: int
+    compatible: bool
+    pid: int
+    device: str
+    compute_type: str
+    versions: dict[str, str | None]
+    loaded_models: list[LoadedModel]
+    load_count: int
+    memory: MemoryInfo
+    warm: bool
+
+
+class PingResult(TypedDict):
+    ts: float
+    busy: bool
+    warm: bool  # warm-up has finished
+
+
+class LoadModelResult(TypedDict):
+    loaded_now: bool  # False: it was already in the cache
+    seconds: float
+    load_count: int
+
+
+class UnloadResult(TypedDict):
+    unloaded: list[str]  # cache keys
+    loaded_models: list[LoadedModel]
+
+
+class SpeechSpan(TypedDict):
+    """A stretch of speech the split found, seconds from the start of the audio."""
+
+    start: float
+    end: float
+
+
+class SplitResult(TypedDict):
+    segments: list[SpeechSpan]  # in order; the service numbers them
+
+
+class TranscribeResult(TypedDict):
+    """The segments themselves came as `fragment` replies; this closes the request."""
+
+    language: str
+    count: int
+    load_count: int
+
+
+class AlignResult(TypedDict):
+    alignment: Literal["wav2vec2", "whisper"]
+    segments: list[AlignedSegment]
+
+
+class DownloadResult(TypedDict):
+    endpoint: str  # the one that served the files
+    commit: str | None  # None where the hub did not say
+    files: list[ManifestFile]
+    fetched: list[str]  # names fetched now (the others were already there and intact)
+    total_bytes: int
+
+
+class CancelResult(TypedDict):
+    canceled: bool  # False: the target had already ended
+
+
+class ShutdownResult(TypedDict):
+    bye: bool
+
+
+#: The result data a request kind answers with; `Request[SplitResult]` and so on.
+R = TypeVar("R", bound=Mapping[str, Any])
+#: (`type` is also a field name in the message classes, hence the alias.)
+ResultType: TypeAlias = type[Mapping[str, Any]]
+
+
 # --- requests (service -> runner) --------------------------------------------------------
 
 
 @dataclass
-class Request:
+class Request(Generic[R]):
+    """Generic in its result data, so `await slot.call(Split(...))` is typed SplitResult."""
+
     type: ClassVar[str] = ""
+    Result: ClassVar[ResultType]  # the TypedDict of its result data
     id: str
 
 
 @dataclass
-class Hello(Request):
+class Hello(Request[HelloResult]):
     """Handshake: the service states its protocol version, the runner its capabilities."""
 
     type: ClassVar[str] = "hello"
+    Result: ClassVar[ResultType] = HelloResult
     protocol_version: int = PROTOCOL_VERSION
 
 
 @dataclass
-class Ping(Request):
+class Ping(Request[PingResult]):
     type: ClassVar[str] = "ping"
+    Result: ClassVar[ResultType] = PingResult
 
 
 @dataclass
-class LoadModel(Request):
+class LoadModel(Request[LoadModelResult]):
     type: ClassVar[str] = "load_model"
+    Result: ClassVar[ResultType] = LoadModelResult
     model: ModelRef = field(default_factory=lambda: ModelRef(kind="whisper", key="", path=""))
     language: str | None = None
 
 
 @dataclass
-class Unload(Request):
+class Unload(Request[UnloadResult]):
     """Drop one model (by cache key) or, with key None, every loaded model."""
 
     type: ClassVar[str] = "unload"
+    Result: ClassVar[ResultType] = UnloadResult
     key: str | None = None
 
 
 @dataclass
-class Split(Request):
+class Split(Request[SplitResult]):
     """Voice-activity split of a 16 kHz mono WAV into segments of at most chunk_size s."""
 
     type: ClassVar[str] = "split"
+    Result: ClassVar[ResultType] = SplitResult
     audio_path: str = ""
     vad: str = "pyannote"  # a VAD backend the runner has by this name (gpu_runner/vad.py)
     vad_onset: float = 0.5
@@ -123,10 +225,11 @@ class Split(Request):
 
 
 @dataclass
-class Transcribe(Request):
+class Transcribe(Request[TranscribeResult]):
     """Transcribe segments without alignment; one `fragment` per segment as it finishes."""
 
     type: ClassVar[str] = "transcribe"
+    Result: ClassVar[ResultType] = TranscribeResult
     audio_path: str = ""
     model: ModelRef = field(default_factory=lambda: ModelRef(kind="whisper", key="", path=""))
     segments: list[SegmentSpan] = field(default_factory=list)
@@ -137,10 +240,11 @@ class Transcribe(Request):
 
 
 @dataclass
-class Align(Request):
+class Align(Request[AlignResult]):
     """Word timings for stored texts: wav2vec2 when `align_model` is given, else Whisper's."""
 
     type: ClassVar[str] = "align"
+    Result: ClassVar[ResultType] = AlignResult
     audio_path: str = ""
     language: str = "en"
     segments: list[TextSegment] = field(default_factory=list)
@@ -149,7 +253,7 @@ class Align(Request):
 
 
 @dataclass
-class Download(Request):
+class Download(Request[DownloadResult]):
     """Fetch a hub repository's files into `target_dir`, trying `endpoints` in order.
 
     Files already present and matching the hub's manifest are not fetched again; every
@@ -158,6 +262,7 @@ class Download(Request):
     """
 
     type: ClassVar[str] = "download"
+    Result: ClassVar[ResultType] = DownloadResult
     repo: str = ""
     revision: str = "main"
     endpoints: list[str] = field(default_factory=list)
@@ -167,16 +272,18 @@ class Download(Request):
 
 
 @dataclass
-class Cancel(Request):
+class Cancel(Request[CancelResult]):
     """Ask the runner to stop request `target` at the next segment boundary."""
 
     type: ClassVar[str] = "cancel"
+    Result: ClassVar[ResultType] = CancelResult
     target: str = ""
 
 
 @dataclass
-class Shutdown(Request):
+class Shutdown(Request[ShutdownResult]):
     type: ClassVar[str] = "shutdown"
+    Result: ClassVar[ResultType] = ShutdownResult
 
 
 # --- replies (runner -> service) ---------------------------------------------------------
@@ -211,7 +318,7 @@ class Fragment(Reply):
 @dataclass
 class Result(Reply):
     type: ClassVar[str] = "result"
-    data: dict[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)  # the request's `Result` TypedDict
 
 
 @dataclass
@@ -223,9 +330,9 @@ class Error(Reply):
     message: str = ""
 
 
-Message: TypeAlias = Request | Reply
+Message: TypeAlias = Request[Any] | Reply
 
-REQUEST_TYPES: dict[str, type[Request]] = {
+REQUEST_TYPES: dict[str, type[Request[Any]]] = {
     cls.type: cls
     for cls in (Hello, Ping, LoadModel, Unload, Split, Transcribe, Align, Download, Cancel, Shutdown)
 }
@@ -264,8 +371,8 @@ def _decode(line: bytes | str, table: dict[str, type[Any]]) -> Any:
         raise ProtocolError(f"bad {kind} message: {exc}") from None
 
 
-def decode_request(line: bytes | str) -> Request:
-    msg: Request = _decode(line, REQUEST_TYPES)
+def decode_request(line: bytes | str) -> Request[Any]:
+    msg: Request[Any] = _decode(line, REQUEST_TYPES)
     return msg
 
 

@@ -89,7 +89,7 @@ class JobRun:
     def __init__(self, ctx: JobContext, job: Job) -> None:
         self.ctx = ctx
         self.job = job
-        self.options = parse_options(job.settings, ctx.settings, base=None, catalog=ctx.models.catalog)
+        self.options = parse_options(job.options, ctx.settings, base=None, catalog=ctx.models.catalog)
         self.dir = ctx.job_dir(job.id)
         self.audio = self.dir / "audio.wav"
         self.language: str | None = job.language or self.options.language
@@ -161,7 +161,7 @@ class JobRun:
         await self.progress(Phase.EXTRACT, 1, "audio extracted")
 
     async def split(self) -> int:
-        if self.job.checkpoint_settings is not None:
+        if self.job.locked_options is not None:
             return self.job.total
         await self.progress(Phase.SPLIT, 0, "finding speech")
         async with self.ctx.pool.lease() as runner:
@@ -360,7 +360,7 @@ class JobRun:
             )
         return ref
 
-    async def _call(self, runner: RunnerSlot, request: p.Request, on_reply: Any = None) -> dict[str, Any]:
+    async def _call(self, runner: RunnerSlot, request: p.Request[p.R], on_reply: Any = None) -> p.R:
         try:
             return await runner.call(request, on_reply)
         except RunnerLost as exc:

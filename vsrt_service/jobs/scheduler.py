@@ -64,7 +64,7 @@ class Running:
     """One claimed job on this scheduler."""
 
     job: Job
-    settings: dict[str, Any]
+    options: dict[str, Any]
     pipeline: asyncio.Task[None]
     supervisor: asyncio.Task[None] | None = None
     stop: Stop | None = None
@@ -110,10 +110,10 @@ class Scheduler:
     def running(self) -> list[str]:
         return list(self._running)
 
-    def settings_of(self, job_id: str) -> dict[str, Any] | None:
-        """The settings a running job uses (with its detected language once known)."""
+    def options_of(self, job_id: str) -> dict[str, Any] | None:
+        """The options a running job uses (with its detected language once known)."""
         run = self._running.get(job_id)
-        return run.settings if run else None
+        return run.options if run else None
 
     async def start(self) -> None:
         await self._take_over_orphans()
@@ -163,10 +163,10 @@ class Scheduler:
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, lease / 3))
 
     def _launch(self, job: Job) -> None:
-        language = job.language or job.settings.get("language")
+        language = job.language or job.options.get("language")
         run = Running(
             job,
-            {**job.settings, "language": language},
+            {**job.options, "language": language},
             asyncio.create_task(self._pipeline(job), name=f"job-{job.id}"),
         )
         run.supervisor = asyncio.create_task(self._supervise(run), name=f"job-{job.id}-supervisor")

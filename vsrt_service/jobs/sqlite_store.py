@@ -97,6 +97,8 @@ _JOB_COLUMNS = (
 
 
 def _job(row: Sequence[Any]) -> Job:
+    """_JOB_COLUMNS in Job's field order: column `settings` is Job.options, `checkpoint_settings`
+    Job.locked_options (the columns keep their names: they are the stored contract)."""
     values = list(row)
     values[13] = json.loads(values[13])
     values[14] = json.loads(values[14]) if values[14] else None
@@ -133,7 +135,7 @@ class SqliteJobStore:
         *,
         source_name: str,
         input_path: str,
-        settings: dict[str, Any],
+        options: dict[str, Any],
         status: str = "queued",
         job_id: str | None = None,
     ) -> Job:
@@ -144,7 +146,7 @@ class SqliteJobStore:
             await db.execute(
                 "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
                 " input_path, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, now, now, status, message, source_name, input_path, json.dumps(settings)),
+                (job_id, now, now, status, message, source_name, input_path, json.dumps(options)),
             )
             await _transition(db, job_id, now, status, "queued", message)
         job = await self.get_job(job_id)
@@ -275,8 +277,8 @@ class SqliteJobStore:
             await _transition(db, job_id, now, status, await _phase(db, job_id), message)
         return await self.get_job(job_id)
 
-    async def requeue(self, job_id: str, settings: dict[str, Any], *, restart: bool) -> Job | None:
-        """Queue a job that is not running, with these settings; `restart` forgets every
+    async def requeue(self, job_id: str, options: dict[str, Any], *, restart: bool) -> Job | None:
+        """Queue a job that is not running, with these options; `restart` forgets every
         result first. One transaction: None (and nothing changed) if the job runs meanwhile."""
         now = time.time()
         async with self._w.transaction() as db:
@@ -293,7 +295,7 @@ class SqliteJobStore:
             await db.execute(
                 "UPDATE jobs SET status = 'queued', message = 'queued', settings = ?, error = NULL,"
                 " error_code = NULL, attempts = 0, updated_at = ? WHERE id = ?",
-                (json.dumps(settings), now, job_id),
+                (json.dumps(options), now, job_id),
             )
             await _transition(db, job_id, now, JobStatus.QUEUED, await _phase(db, job_id), "queued")
         return await self.get_job(job_id)
@@ -322,10 +324,10 @@ class SqliteJobStore:
         self,
         job_id: str,
         spans: Iterable[tuple[float, float]],
-        checkpoint_settings: dict[str, Any],
+        locked_options: dict[str, Any],
         duration: float,
     ) -> int:
-        """Store the split (once) with the settings it was made with; that locks them."""
+        """Store the split (once) with the options it was made with; that locks them."""
         rows = [(job_id, i, s, e) for i, (s, e) in enumerate(spans)]
         async with self._w.transaction() as db:
             await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
@@ -333,7 +335,7 @@ class SqliteJobStore:
             await db.execute(
                 "UPDATE jobs SET checkpoint_settings = ?, duration = ?, total = ?, processed = 0,"
                 " updated_at = ? WHERE id = ?",
-                (json.dumps(checkpoint_settings), duration, len(rows), time.time(), job_id),
+                (json.dumps(locked_options), duration, len(rows), time.time(), job_id),
             )
         return len(rows)
 

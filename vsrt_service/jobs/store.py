@@ -53,8 +53,8 @@ class Job:
     error: str | None
     source_name: str
     input_path: str
-    settings: dict[str, Any]
-    checkpoint_settings: dict[str, Any] | None
+    options: dict[str, Any]  # as requested (column `settings`)
+    locked_options: dict[str, Any] | None  # what the checkpoint locked (column `checkpoint_settings`)
     language: str | None
     duration: float | None
     alignment: str | None
@@ -113,7 +113,7 @@ class JobStore(Protocol):
         *,
         source_name: str,
         input_path: str,
-        settings: dict[str, Any],
+        options: dict[str, Any],
         status: str = "queued",
         job_id: str | None = None,
     ) -> Job:
@@ -192,10 +192,10 @@ class JobStore(Protocol):
         job was not in such a state or is gone."""
         ...
 
-    async def requeue(self, job_id: str, settings: dict[str, Any], *, restart: bool) -> Job | None:
+    async def requeue(self, job_id: str, options: dict[str, Any], *, restart: bool) -> Job | None:
         """Compare-and-set to `queued` from any status but `processing` (RESUMABLE), with these
-        settings, the error cleared, attempts 0 and a transition. `restart` forgets every result
-        first (segments, checkpoint settings, language, duration, alignment, result, progress).
+        options, the error cleared, attempts 0 and a transition. `restart` forgets every result
+        first (segments, locked options, language, duration, alignment, result, progress).
         None, with nothing changed, when the job runs or is gone."""
         ...
 
@@ -215,10 +215,10 @@ class JobStore(Protocol):
         self,
         job_id: str,
         spans: Iterable[tuple[float, float]],
-        checkpoint_settings: dict[str, Any],
+        locked_options: dict[str, Any],
         duration: float,
     ) -> int:
-        """Store the split, replacing any earlier one, with the settings it was made with (that
+        """Store the split, replacing any earlier one, with the options it was made with (that
         locks them), the duration, total = the number of spans and processed 0; returns it."""
         ...
 

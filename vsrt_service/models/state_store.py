@@ -17,6 +17,7 @@ from typing import Any
 
 import aiosqlite
 
+from vsrt_service.core.integrity import ManifestFile
 from vsrt_service.core.sqlite import Writer, connect
 
 MODELS_TABLE = """
@@ -75,7 +76,7 @@ class ModelStateStore:
         error: str | None = None,
         endpoint: str | None = None,
         commit_sha: str | None = None,
-        manifest: list[dict[str, Any]] | None = None,
+        manifest: list[ManifestFile] | None = None,
         keep_manifest: bool = True,
     ) -> None:
         """Record a model's state; endpoint and commit stay unless new ones are given, and the

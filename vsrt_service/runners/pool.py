@@ -17,7 +17,7 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from vsrt_service.core import protocol as p
 from vsrt_service.core.config import RunnerSettings, Settings
@@ -103,7 +103,7 @@ class RunnerSlot:
         self.leased = False
         self.state = "starting"
         self.restarts = 0
-        self.info: dict[str, Any] = {}
+        self.info: p.HelloResult | None = None
         #: Whether the runner has finished importing its libraries (whisperx takes seconds);
         #: a ready runner accepts work before that, which then waits for the import.
         self.warm = False
@@ -128,7 +128,7 @@ class RunnerSlot:
             "busy": self.leased,
             "restarts": self.restarts,
             "last_error": self.last_error,
-            "versions": self.info.get("versions"),
+            "versions": self.info["versions"] if self.info else None,
         }
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -369,7 +369,7 @@ class RunnerSlot:
             except (ConnectionError, RuntimeError) as exc:
                 raise RunnerLost(f"{self.name}: {exc}") from None
 
-    async def call(self, req: p.Request, on_reply: ReplyHandler | None = None) -> dict[str, Any]:
+    async def call(self, req: p.Request[p.R], on_reply: ReplyHandler | None = None) -> p.R:
         """Send a request and return its result; interim replies go to `on_reply` in order.
 
         Raises RunnerError for an error reply and RunnerLost if the runner dies. If the
@@ -385,7 +385,7 @@ class RunnerSlot:
                 if isinstance(msg, BaseException):
                     raise msg
                 if isinstance(msg, p.Result):
-                    return msg.data
+                    return cast(p.R, msg.data)  # the runner answers each kind with its `Result`
                 if isinstance(msg, p.Error):
                     raise RunnerError(msg.code, msg.message)
                 if on_reply is not None:
@@ -502,7 +502,7 @@ class RunnerPool:
             slot.leased = False
             self._wake.set()
 
-    async def broadcast(self, make: Callable[[], p.Request]) -> list[dict[str, Any] | BaseException]:
+    async def broadcast(self, make: Callable[[], p.Request[p.R]]) -> list[p.R | BaseException]:
         """Send a request to every ready runner (e.g. unload), collecting results or errors."""
         ready = [s for s in self.slots if s.ready.is_set()]
         return await asyncio.gather(*(s.call(make()) for s in ready), return_exceptions=True)

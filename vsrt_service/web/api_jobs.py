@@ -31,7 +31,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "source_name": job.source_name,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
-        "settings": job.settings,
+        "settings": job.options,
         "language": job.language,
         "alignment": job.alignment,
         "duration": job.duration,
@@ -194,9 +194,9 @@ async def checkpoint_settings(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "job_id": job.id,
-            "has_checkpoint": job.checkpoint_settings is not None,
-            "settings": job.checkpoint_settings,
-            "locked": sorted(job.checkpoint_settings or {}),
+            "has_checkpoint": job.locked_options is not None,
+            "settings": job.locked_options,
+            "locked": sorted(job.locked_options or {}),
         }
     )
 
@@ -210,7 +210,7 @@ async def validate_resume_settings(request: web.Request) -> web.Response:
             "job_id": job.id,
             "valid": not found,
             "conflicts": found,
-            "checkpoint_settings": job.checkpoint_settings,
+            "checkpoint_settings": job.locked_options,
         }
     )
 
