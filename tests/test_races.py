@@ -293,3 +293,22 @@ async def test_random_control_sequences_over_http_leave_a_consistent_service(
     await until(fresh_completed, within=300, every=0.2)
     assert len(scheduler.ctx.pool.slots) == 2 and all(s.ready.is_set() for s in scheduler.ctx.pool.slots)
     print(dict(sorted(answers.items())))
+
+
+async def test_control_answers_on_jobs_that_do_not_run(make_client: Any, short_speech: Speech) -> None:
+    """Pausing a finished job is refused as `not_running`, canceling it as `finished`; asking
+    again for the state a job is already in answers it."""
+    client = await make_client(models={"preload_on_start": False})
+    job_id = (await upload(client, short_speech.path, start=False))["job_id"]
+
+    async def control(op: str) -> tuple[int, str]:
+        resp = await client.post(f"/api/{op}/{job_id}")
+        body = await resp.json()
+        return resp.status, body["status"] if resp.status == 200 else body["error"]["code"]
+
+    assert await control("pause") == (200, "paused")  # created paused: already so
+    assert await control("cancel") == (200, "canceled")
+    assert await control("cancel") == (200, "canceled")
+    assert await control("pause") == (409, "not_running")
+    resp = await client.post("/api/start", json={"job_id": job_id})
+    assert resp.status == 200 and (await resp.json())["status"] == "queued"

@@ -441,4 +441,6 @@ def fill(pattern: str, values: dict[str, Any]) -> list[str]:
             pattern.replace("{type}", kind).replace("{model_id}", model)
             for kind, model in values["type/model_id"]
         ]
+    if names == ["type"]:
+        return sorted({pattern.replace("{type}", kind) for kind, _ in values["type/model_id"]})
     raise AssertionError(f"no test values for the parameters of {pattern}")

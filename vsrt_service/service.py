@@ -297,7 +297,7 @@ class Service:
                     continue
                 self.ctx.publish(job_id, "signal", {"code": target, "message": f"job {target}"})
                 return done
-            if job.status in FINAL:
+            if job.status in FINAL and reason is Stop.CANCELED:
                 raise Conflict(f"the job is already {job.status}", code="finished")
             raise Conflict(f"a {job.status} job cannot be {target}", code="not_running")
         raise Conflict("the job kept changing state; try again", code="busy")
@@ -320,7 +320,9 @@ class Service:
         self, job_id: str, settings: dict[str, Any] | None = None, *, restart: bool = False
     ) -> Job:
         """Queue the job again. Locked options are forced back to the checkpoint's unless
-        `restart`, which throws the checkpoint away and starts over with the new options."""
+        `restart`, which throws the checkpoint away (segments, transcript, locked options) and
+        starts over with the new options; the extracted audio is kept, as it comes from the
+        same file and is checked against it before use."""
         job = await self.get(job_id)
         if job.status == JobStatus.PROCESSING:
             raise Conflict("the job is already running", code="running")

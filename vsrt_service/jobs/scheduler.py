@@ -26,7 +26,7 @@ from vsrt_service.core.options import OptionError
 from vsrt_service.core.redact import public_text
 from vsrt_service.core.vocab import Phase, Signal
 from vsrt_service.jobs.pipeline import JobContext, JobFailed, JobRun, Requeue
-from vsrt_service.jobs.store import FINAL, Job, JobStatus
+from vsrt_service.jobs.store import Job, JobStatus
 from vsrt_service.runners.pool import PoolClosed
 
 log = logging.getLogger("vsrt.scheduler")
@@ -297,7 +297,3 @@ class Scheduler:
             ctx.publish(job_id, "signal", {"code": Signal(status), "message": f"job {status}"})
         else:
             ctx.publish(job_id, "signal", {"code": Signal.REQUEUED, "message": outcome.message})
-
-
-def is_final(status: str) -> bool:
-    return status in FINAL
