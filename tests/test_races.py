@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -312,3 +313,20 @@ async def test_control_answers_on_jobs_that_do_not_run(make_client: Any, short_s
     assert await control("pause") == (409, "not_running")
     resp = await client.post("/api/start", json={"job_id": job_id})
     assert resp.status == 200 and (await resp.json())["status"] == "queued"
+
+
+async def test_a_store_error_does_not_stop_the_scheduler(
+    make_service: ServiceFactory, short_speech: Speech
+) -> None:
+    """Another process holds the database past the store's busy timeout, so claiming fails
+    with 'database is locked' for a while; once it lets go, a new job is claimed as usual."""
+    svc = await make_service(models={"preload_on_start": False})
+    blocker = sqlite3.connect(svc.settings.database_path, isolation_level=None, check_same_thread=False)
+    try:
+        await asyncio.to_thread(blocker.execute, "BEGIN EXCLUSIVE")
+        await asyncio.sleep(11)  # past the 10 s busy timeout: the scheduler's claim has raised
+        await asyncio.to_thread(blocker.execute, "ROLLBACK")
+    finally:
+        blocker.close()
+    job = await svc.submit(short_speech.path)
+    await until(functools.partial(claimed, svc, job.id), within=30, every=0.1)

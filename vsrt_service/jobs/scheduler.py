@@ -150,17 +150,23 @@ class Scheduler:
     async def _loop(self) -> None:
         lease = self.ctx.settings.jobs.lease_seconds
         while not self._closing:
-            while len(self._running) < self.capacity:
-                async with self._claiming:
-                    job = await self.ctx.store.claim_next(
-                        self.owner, lease, self.restrict_to, exclude=list(self._running)
-                    )
-                    if job is None:
-                        break
-                    self._launch(job)
+            try:
+                await self._claim_while_free(lease)
+            except Exception:  # the store failed (locked, disk): say so, and try again shortly
+                log.exception("could not claim jobs; trying again")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, lease / 3))
+
+    async def _claim_while_free(self, lease: float) -> None:
+        while len(self._running) < self.capacity:
+            async with self._claiming:
+                job = await self.ctx.store.claim_next(
+                    self.owner, lease, self.restrict_to, exclude=list(self._running)
+                )
+                if job is None:
+                    return
+                self._launch(job)
 
     def _launch(self, job: Job) -> None:
         language = job.language or job.options.get("language")
@@ -218,7 +224,12 @@ class Scheduler:
         assert run.job.claim is not None
         while True:
             await asyncio.sleep(lease / 3)
-            if not await self.ctx.store.renew_lease(run.job.id, run.job.claim, lease):
+            try:
+                renewed = await self.ctx.store.renew_lease(run.job.id, run.job.claim, lease)
+            except Exception:  # a failed write is not a lost lease: try again at the next tick
+                log.exception("job %s: could not renew its lease; trying again", run.job.id)
+                continue
+            if not renewed:
                 log.warning("job %s: lease lost to another worker; stopping here", run.job.id)
                 self._request_stop(run, Stop.LEASE_LOST)
                 return
