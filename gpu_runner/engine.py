@@ -26,6 +26,7 @@ from vsrt_service.core.protocol import (
     ModelRef,
     SegmentSpan,
     SpeechSpan,
+    SplitResult,
     TextSegment,
     Word,
 )
@@ -266,19 +267,22 @@ class Engine:
 
     def split(
         self, audio_path: str, onset: float, offset: float, chunk: float, vad_name: str = vads.DEFAULT
-    ) -> list[SpeechSpan]:
-        """Voice-activity segments merged into chunks of at most `chunk` seconds."""
+    ) -> SplitResult:
+        """Voice-activity regions, and the same merged into chunks of at most `chunk` seconds."""
         import torch
 
         _vad_factory(vad_name)  # an unknown name is refused before any work
         audio = load_wav(audio_path)
         if audio.size == 0:
-            return []
+            return {"segments": [], "speech": []}
         vad = self.vad(onset, offset, vad_name)
         waveform = torch.from_numpy(audio).unsqueeze(0)
         raw = vad({"waveform": waveform, "sample_rate": SAMPLE_RATE})
         merged = vad.merge_chunks(raw, chunk, onset=onset, offset=offset)
-        return [{"start": round(float(s["start"]), 3), "end": round(float(s["end"]), 3)} for s in merged]
+        return {
+            "segments": [_span(m["start"], m["end"]) for m in merged],
+            "speech": [_span(a, b) for m in merged for a, b in m["segments"]],
+        }
 
     def transcribe(
         self,
@@ -401,6 +405,10 @@ class Engine:
             )
             progress(100.0 * (i + 1) / len(segments))
         return out
+
+
+def _span(start: float, end: float) -> SpeechSpan:
+    return {"start": round(float(start), 3), "end": round(float(end), 3)}
 
 
 def _slice(audio: np.ndarray, start: float, end: float) -> np.ndarray:

@@ -213,8 +213,7 @@ class Runner:
         }
 
     def _do_split(self, req: p.Split, canceled: threading.Event) -> p.SplitResult:
-        segments = self.engine.split(req.audio_path, req.vad_onset, req.vad_offset, req.chunk_size, req.vad)
-        return {"segments": segments}
+        return self.engine.split(req.audio_path, req.vad_onset, req.vad_offset, req.chunk_size, req.vad)
 
     def _do_transcribe(self, req: p.Transcribe, canceled: threading.Event) -> p.TranscribeResult:
         count = 0

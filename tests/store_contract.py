@@ -218,7 +218,7 @@ class JobStoreContract:
         (job_id,) = await make_jobs(store, 1)
         job = await store.claim_next("me", 60)
         assert job is not None
-        await store.save_segments(job_id, [(0.0, 1.0)], {"model": "m"}, 1.0)
+        await store.save_segments(job_id, [(0.0, 1.0)], {"model": "m"}, 1.0, speech=[(0.1, 0.9)])
         await store.save_transcript(job_id, 0, "hello", "en")
         await store.save_result(job_id, [aligned(0.0, 1.0, "hello")], "wav2vec2", "en")
         await store.update_progress(job_id, phase="align", percent=80, message="a", claim=job.claim)
@@ -227,9 +227,11 @@ class JobStoreContract:
         assert kept is not None and kept.status == "queued" and kept.options == {"a": 1}
         assert kept.locked_options == {"model": "m"} and kept.percent == 80
         assert len(await store.segments(job_id)) == 1 and await store.result(job_id) is not None
+        assert await store.speech(job_id) == [(0.1, 0.9)]
         queued = await store.requeue(job_id, {"a": 2}, restart=True)
         assert queued is not None and queued.status == "queued" and queued.options == {"a": 2}
         assert queued.locked_options is None and await store.segments(job_id) == []
+        assert await store.speech(job_id) == []
         assert (queued.percent, queued.phase, queued.processed, queued.total) == (0, "queued", 0, 0)
         assert (queued.language, queued.duration, queued.alignment) == (None, None, None)
         assert await store.result(job_id) is None
@@ -277,7 +279,10 @@ class JobStoreContract:
 
     async def test_a_segment_checkpoint_is_written_once(self, store: JobStore) -> None:
         (job_id,) = await make_jobs(store, 1)
-        assert await store.save_segments(job_id, [(0.0, 1.0), (1.5, 3.0)], {"model": "tiny.en"}, 3.0) == 2
+        assert await store.speech(job_id) == []
+        speech = [(0.05, 0.4), (0.6, 0.95), (1.6, 2.9)]
+        count = await store.save_segments(job_id, [(0.0, 1.0), (1.5, 3.0)], {"model": "tiny.en"}, 3.0, speech)
+        assert count == 2 and await store.speech(job_id) == speech
         assert await store.save_transcript(job_id, 0, "hello", "en") is True
         assert await store.save_transcript(job_id, 0, "again", "de") is False
         segments = await store.segments(job_id)

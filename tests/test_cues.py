@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 
 from vsrt_service.core.config import CueSettings
-from vsrt_service.core.cues import PAUSE_SPLIT_SECONDS, Cue, build_cues, round_ms
+from vsrt_service.core.cues import Cue, build_cues, round_ms
 from vsrt_service.core.protocol import AlignedSegment
 
 RULES = CueSettings()
@@ -132,7 +132,7 @@ def check_stream(words: Stream, cuts: Sequence[int], rules: CueSettings) -> None
         assert end <= room or end == start + 1
         # A long pause always ends a cue.
         for (_, _, e1), (_, s2, _) in itertools.pairwise(group):
-            assert s2 - e1 <= PAUSE_SPLIT_SECONDS * 1000
+            assert s2 - e1 <= CueSettings().min_silence_for_new_cue * 1000
         # Several words in a cue: their speech fits the maximum duration.
         if len(group) > 1:
             assert max(e for _, _, e in group) - group[0][1] <= ms(rules.max_cue_seconds)

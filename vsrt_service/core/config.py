@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from vsrt_service.core.errors import InvalidInput
+from vsrt_service.core.vocab import VadMethod
 
 
 class ConfigError(InvalidInput):
@@ -86,6 +87,7 @@ class TranscriptionSettings:
     default_language: str | None = "en"
     batch_size: int = 8
     beam_size: int = 5
+    vad_method: str = "pyannote"
     vad_onset: float = 0.5
     vad_offset: float = 0.363
     chunk_size: float = 30.0
@@ -99,6 +101,11 @@ class CueSettings:
     max_cue_seconds: float = 7.0
     min_gap_seconds: float = 0.083
     max_chars_per_second: float = 20.0
+    #: How long a cue stays up after its last word's speech ends (more only where the
+    #: minimum duration or reading speed needs it, never into the next speech).
+    linger_seconds: float = 0.4
+    #: A silence at least this long between two words always starts a new cue.
+    min_silence_for_new_cue: float = 1.5
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,15 @@ def _validate(s: Settings) -> None:
             "cues.min_cue_seconds must be positive and below cues.max_cue_seconds",
         ),
         (s.cues.max_chars_per_second > 0, "cues.max_chars_per_second must be positive"),
+        (0 <= s.cues.linger_seconds <= 5, "cues.linger_seconds must be 0..5"),
+        (
+            0.1 <= s.cues.min_silence_for_new_cue <= 30,
+            "cues.min_silence_for_new_cue must be 0.1..30 seconds",
+        ),
+        (
+            s.transcription.vad_method in tuple(VadMethod),
+            f"transcription.vad_method must be one of: {', '.join(VadMethod)}",
+        ),
         (s.sse.heartbeat_interval > 0, "sse.heartbeat_interval must be positive"),
         (s.sse.idle_channel_seconds > 0, "sse.idle_channel_seconds must be positive"),
         (s.sse.reconnect_seconds > 0, "sse.reconnect_seconds must be positive"),

@@ -30,10 +30,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from vsrt_service.core.config import CueSettings
 from vsrt_service.core.protocol import AlignedSegment
 
-__all__ = ["PAUSE_SPLIT_SECONDS", "UNTIMED_SECONDS_PER_CHAR", "Cue", "build_cues", "round_ms"]
+__all__ = ["UNTIMED_SECONDS_PER_CHAR", "Cue", "build_cues", "round_ms"]
 
-#: A silence longer than this between two words always ends a cue.
-PAUSE_SPLIT_SECONDS = 1.5
 #: A gap shorter than this between two cues is closed down to the minimum gap (chaining).
 CHAIN_GAP_SECONDS = 0.5
 
@@ -414,7 +412,7 @@ class _Limits:
             max_ms=max(1, round_ms(rules.max_cue_seconds)),
             gap_ms=max(0, round_ms(rules.min_gap_seconds)),
             cps=max(0.001, rules.max_chars_per_second),
-            pause_ms=round_ms(PAUSE_SPLIT_SECONDS),
+            pause_ms=round_ms(rules.min_silence_for_new_cue),
         )
 
 

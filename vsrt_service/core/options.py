@@ -13,9 +13,25 @@ from typing import Any
 from vsrt_service.core.catalog import Catalog
 from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import InvalidInput
+from vsrt_service.core.vocab import VadMethod
 
 #: Settings that change stored results; a resume keeps the checkpoint's values.
-LOCKED = ("model", "language", "task", "vad_onset", "vad_offset", "chunk_size")
+LOCKED = (
+    "model",
+    "language",
+    "task",
+    "vad_method",
+    "vad_onset",
+    "vad_offset",
+    "chunk_size",
+    "initial_prompt",
+    "hotwords",
+    "audio_track",
+)
+
+#: Whisper reads at most 224 prompt tokens; this many characters is well past that.
+MAX_PROMPT_CHARS = 1000
+_TRACK_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 
 TASKS = ("transcribe", "translate")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
@@ -43,6 +59,15 @@ class JobOptions:
     vad_onset: float
     vad_offset: float
     chunk_size: float
+    vad_method: str
+    #: Text Whisper reads as if it came before the audio: spelling of names, style.
+    initial_prompt: str | None
+    #: Words to favour (names, jargon), given to Whisper as hotwords.
+    hotwords: str | None
+    #: Which audio track: an index among the file's audio tracks, a language code, or None
+    #: for ffmpeg's choice (the default track).
+    audio_track: int | str | None
+    min_silence_for_new_cue: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +90,11 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "vad_onset": t.vad_onset,
         "vad_offset": t.vad_offset,
         "chunk_size": t.chunk_size,
+        "vad_method": t.vad_method,
+        "initial_prompt": None,
+        "hotwords": None,
+        "audio_track": None,
+        "min_silence_for_new_cue": c.min_silence_for_new_cue,
     }
 
 
@@ -76,6 +106,40 @@ def _number(name: str, value: Any, lo: float, hi: float, integer: bool = False) 
     if not lo <= value <= hi:
         raise OptionError(name, f"{name} must be between {lo:g} and {hi:g}")
     return int(value) if integer else float(value)
+
+
+def _text(name: str, value: Any) -> str | None:
+    """Free text (prompt, hotwords): null or a string; blank means none."""
+    if value is None:
+        return None
+    if isinstance(value, list) and name == "hotwords":
+        if not all(isinstance(v, str) for v in value):
+            raise OptionError(name, "hotwords must be a string or a list of strings")
+        value = ", ".join(v.strip() for v in value if v.strip())
+    if not isinstance(value, str):
+        raise OptionError(name, f"{name} must be a string or null")
+    value = " ".join(value.split())
+    if len(value) > MAX_PROMPT_CHARS:
+        raise OptionError(name, f"{name} must be at most {MAX_PROMPT_CHARS} characters")
+    return value or None
+
+
+def _track(value: Any) -> int | str | None:
+    """An audio track: null, an index (0 is the first audio track), or a language code."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value < 64:
+            raise OptionError("audio_track", "audio_track must be an index from 0 (the first audio track)")
+        return value
+    if isinstance(value, str) and _TRACK_LANGUAGE.match(value.strip().lower()):
+        return value.strip().lower()
+    raise OptionError(
+        "audio_track",
+        "audio_track must be a track index (0, 1, ...) or a language code such as 'en' or 'deu'",
+    )
 
 
 def parse_options(
@@ -127,7 +191,20 @@ def parse_options(
         vad_onset=_number("vad_onset", merged["vad_onset"], 0.01, 0.99),
         vad_offset=_number("vad_offset", merged["vad_offset"], 0.01, 0.99),
         chunk_size=_number("chunk_size", merged["chunk_size"], 1, 30),
+        vad_method=_choice("vad_method", merged["vad_method"], tuple(VadMethod)),
+        initial_prompt=_text("initial_prompt", merged["initial_prompt"]),
+        hotwords=_text("hotwords", merged["hotwords"]),
+        audio_track=_track(merged["audio_track"]),
+        min_silence_for_new_cue=_number(
+            "min_silence_for_new_cue", merged["min_silence_for_new_cue"], 0.1, 30
+        ),
     )
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise OptionError(name, f"{name} must be one of: {', '.join(allowed)}")
+    return str(value)
 
 
 def conflicts(checkpoint: dict[str, Any] | None, options: JobOptions) -> list[dict[str, Any]]:

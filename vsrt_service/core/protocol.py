@@ -129,7 +129,10 @@ class SpeechSpan(TypedDict):
 
 
 class SplitResult(TypedDict):
-    segments: list[SpeechSpan]  # in order; the service numbers them
+    segments: list[SpeechSpan]  # chunks to transcribe, in order; the service numbers them
+    #: The speech regions inside the chunks at full resolution (before merging), in order:
+    #: where the speech really is, for word and cue timing and live lines.
+    speech: list[SpeechSpan]
 
 
 class TranscribeResult(TypedDict):
@@ -237,6 +240,8 @@ class Transcribe(Request[TranscribeResult]):
     task: str = "transcribe"
     batch_size: int = 8
     beam_size: int = 5
+    initial_prompt: str | None = None  # text Whisper reads as if it preceded the audio
+    hotwords: str | None = None  # names and jargon to favour
 
 
 @dataclass

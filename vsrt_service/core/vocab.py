@@ -68,6 +68,14 @@ def span(phase: str) -> tuple[float, float]:
     return s.start, s.end
 
 
+class VadMethod(StrEnum):
+    """Voice-activity backends a job may ask for (`vad_method`); gpu_runner/vad.py has one of
+    each name (a test keeps them equal)."""
+
+    SILERO = "silero"
+    PYANNOTE = "pyannote"
+
+
 class Signal(StrEnum):
     """Codes of the job channel's `signal` event (SPEC section 4). `resync` is not one: it is
     an event of its own that the broker sends to a subscriber that fell behind."""

@@ -80,6 +80,8 @@ def cue_rules(settings: Settings, options: JobOptions) -> CueSettings:
         max_cue_seconds=options.max_cue_seconds,
         min_gap_seconds=settings.cues.min_gap_seconds,
         max_chars_per_second=options.max_chars_per_second,
+        linger_seconds=settings.cues.linger_seconds,
+        min_silence_for_new_cue=options.min_silence_for_new_cue,
     )
 
 
@@ -170,14 +172,18 @@ class JobRun:
                 p.Split(
                     id=new_id(),
                     audio_path=str(self.audio),
+                    vad=self.options.vad_method,
                     vad_onset=self.options.vad_onset,
                     vad_offset=self.options.vad_offset,
                     chunk_size=self.options.chunk_size,
                 ),
             )
         spans = [(float(s["start"]), float(s["end"])) for s in data["segments"]]
+        speech = [(float(s["start"]), float(s["end"])) for s in data["speech"]]
         duration = await asyncio.to_thread(wav_duration, self.audio)
-        count = await self.ctx.store.save_segments(self.job.id, spans, self.options.locked(), duration)
+        count = await self.ctx.store.save_segments(
+            self.job.id, spans, self.options.locked(), duration, speech
+        )
         message = f"{count} speech segments" if count else "no speech found"
         await self.progress(Phase.SPLIT, 1, message, processed=0, total=count)
         return count
@@ -221,6 +227,8 @@ class JobRun:
             segments=[p.SegmentSpan(index=s.index, start=s.start, end=s.end) for s in pending],
             language=self.language,
             task=self.options.task,
+            initial_prompt=self.options.initial_prompt,
+            hotwords=self.options.hotwords,
             batch_size=self.ctx.settings.transcription.batch_size,
             beam_size=self.ctx.settings.transcription.beam_size,
         )

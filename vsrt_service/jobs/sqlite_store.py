@@ -23,7 +23,7 @@ from vsrt_service.core.protocol import AlignedSegment
 from vsrt_service.core.sqlite import Writer, connect
 from vsrt_service.jobs.store import RESUMABLE, STATUSES, Job, JobStatus, Segment, StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -85,8 +85,14 @@ SCHEMA_V3 = """
 ALTER TABLE jobs ADD COLUMN claim TEXT;
 """
 
+# The voice-activity regions at full resolution (JSON [[start, end], ...]), kept with the
+# split: word and cue timing and live lines use where the speech really is.
+SCHEMA_V4 = """
+ALTER TABLE jobs ADD COLUMN speech TEXT;
+"""
+
 #: version -> the script that brings the schema from version-1 to it.
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3}
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
 
 
 _JOB_COLUMNS = (
@@ -287,9 +293,9 @@ class SqliteJobStore:
             if restart:
                 await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
                 await db.execute(
-                    "UPDATE jobs SET checkpoint_settings = NULL, language = NULL, alignment = NULL,"
-                    " result = NULL, percent = 0, phase = 'queued', processed = 0, total = 0,"
-                    " duration = NULL WHERE id = ?",
+                    "UPDATE jobs SET checkpoint_settings = NULL, speech = NULL, language = NULL,"
+                    " alignment = NULL, result = NULL, percent = 0, phase = 'queued', processed = 0,"
+                    " total = 0, duration = NULL WHERE id = ?",
                     (job_id,),
                 )
             await db.execute(
@@ -326,18 +332,27 @@ class SqliteJobStore:
         spans: Iterable[tuple[float, float]],
         locked_options: dict[str, Any],
         duration: float,
+        speech: Sequence[tuple[float, float]] = (),
     ) -> int:
         """Store the split (once) with the options it was made with; that locks them."""
         rows = [(job_id, i, s, e) for i, (s, e) in enumerate(spans)]
+        regions = json.dumps([[s, e] for s, e in speech])
         async with self._w.transaction() as db:
             await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
             await db.executemany("INSERT INTO segments (job_id, idx, start, end) VALUES (?, ?, ?, ?)", rows)
             await db.execute(
                 "UPDATE jobs SET checkpoint_settings = ?, duration = ?, total = ?, processed = 0,"
-                " updated_at = ? WHERE id = ?",
-                (json.dumps(locked_options), duration, len(rows), time.time(), job_id),
+                " speech = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(locked_options), duration, len(rows), regions, time.time(), job_id),
             )
         return len(rows)
+
+    async def speech(self, job_id: str) -> list[tuple[float, float]]:
+        async with self._r.execute("SELECT speech FROM jobs WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None or not row[0]:
+            return []
+        return [(float(s), float(e)) for s, e in json.loads(row[0])]
 
     async def segments(self, job_id: str) -> list[Segment]:
         async with self._r.execute(

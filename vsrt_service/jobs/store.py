@@ -217,9 +217,15 @@ class JobStore(Protocol):
         spans: Iterable[tuple[float, float]],
         locked_options: dict[str, Any],
         duration: float,
+        speech: Sequence[tuple[float, float]] = (),
     ) -> int:
         """Store the split, replacing any earlier one, with the options it was made with (that
-        locks them), the duration, total = the number of spans and processed 0; returns it."""
+        locks them), the duration, the speech regions at full resolution, total = the number
+        of spans and processed 0; returns it."""
+        ...
+
+    async def speech(self, job_id: str) -> list[tuple[float, float]]:
+        """The speech regions stored with the split, in order (empty before the split)."""
         ...
 
     async def segments(self, job_id: str) -> list[Segment]:
