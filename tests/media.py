@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import errno
 import json
+import math
 import os
 import random
 import re
@@ -253,32 +254,70 @@ def _synth_all(
     tmp: Path,
     voice: str,
     speed: int,
-) -> tuple[dict[str, array.array[int]], int]:
-    """Each distinct text through espeak-ng (in parallel, a few at a time), trimmed of
-    its own leading/trailing silence.  Returns ``{text: samples}`` and the rate."""
-    distinct = list(dict.fromkeys(texts))
-    result: dict[str, array.array[int]] = {}
+    voices: Sequence[str] | None = None,
+) -> tuple[dict[tuple[str, str], array.array[int]], int]:
+    """Each distinct (text, voice) through espeak-ng (in parallel, a few at a time), trimmed
+    of its own leading/trailing silence; ``voices`` gives one voice per text (else ``voice``
+    for all).  Returns ``{(text, voice): samples}`` and the rate."""
+    distinct = list(dict.fromkeys(zip(texts, voices or [voice] * len(texts), strict=True)))
+    result: dict[tuple[str, str], array.array[int]] = {}
     rate = 0
     batch = 8
     for base in range(0, len(distinct), batch):
-        procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
-        for i, text in enumerate(distinct[base : base + batch], base):
+        procs: list[tuple[tuple[str, str], Path, subprocess.Popen[bytes]]] = []
+        for i, (text, voice) in enumerate(distinct[base : base + batch], base):
             wav = tmp / f"s{i:04d}.wav"
             cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text]
             procs.append(
-                (text, wav, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                ((text, voice), wav, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
             )
-        for text, wav, proc in procs:
+        for key, wav, proc in procs:
             _, err = proc.communicate()
             if proc.returncode != 0:
-                raise RuntimeError(f"espeak-ng failed for {text!r}: {err.decode('utf-8', 'replace')[-500:]}")
+                raise RuntimeError(f"espeak-ng failed for {key!r}: {err.decode('utf-8', 'replace')[-500:]}")
             samples, rate = _read_pcm(wav)
             wav.unlink()
             trimmed = _trim(samples)
             if trimmed is None:
-                raise RuntimeError(f"espeak-ng produced silence for {text!r}")
-            result[text] = trimmed
+                raise RuntimeError(f"espeak-ng produced silence for {key!r}")
+            result[key] = trimmed
     return result, rate
+
+
+#: sox ``synth`` arguments of the sounds a pause may hold (``fillers``), at full length.
+FILLERS: dict[str, Callable[[float], list[str]]] = {
+    "noise": lambda seconds: ["synth", f"{seconds:.3f}", "pinknoise", "vol", "0.25"],
+    "music": lambda seconds: [  # a plucked tune, one note each 0.3 s (sox chains joined by ":")
+        arg
+        for i in range(max(1, math.ceil(seconds / 0.3)))
+        for arg in [*([":"] if i else []), "synth", "0.3", "pluck", "CDEGAGEC"[i % 8] + "4", "vol", "0.3"]
+    ],
+}
+#: Silence kept on each side of a filler, so a sentence's measured onset/offset stays its own.
+FILLER_MARGIN = 0.5
+
+
+def _filler(kind: str, seconds: float, rate: int, tmp: Path) -> array.array[int]:
+    """``seconds`` of a FILLERS sound (sox) as samples at ``rate``, cut or padded to length."""
+    wav = tmp / f"filler-{kind}.wav"
+    _run(["sox", "-n", "-r", str(rate), "-b", "16", "-c", "1", wav, *FILLERS[kind](seconds)])
+    samples, _ = _read_pcm(wav)
+    wav.unlink()
+    want = round(seconds * rate)
+    del samples[want:]
+    samples.extend(array.array("h", bytes(2 * (want - len(samples)))))
+    return samples
+
+
+def _pause(seconds: float, filler: str | None, rate: int, tmp: Path) -> array.array[int]:
+    """Silence, or a filler between FILLER_MARGIN s of silence on either side."""
+    if filler is None:
+        return array.array("h", bytes(2 * round(seconds * rate)))
+    inner = seconds - 2 * FILLER_MARGIN
+    if inner < 0.5:
+        raise ValueError(f"a {filler} pause needs at least {2 * FILLER_MARGIN + 0.5} s, got {seconds}")
+    edge = array.array("h", bytes(2 * round(FILLER_MARGIN * rate)))
+    return edge + _filler(filler, inner, rate, tmp) + edge
 
 
 def _decode_pcm(path: Path, rate: int) -> array.array[int]:
@@ -320,10 +359,13 @@ def _build(
     speed: int,
     sample_rate: int,
     pool: Sequence[str] = (),
+    voices: Sequence[str] | None = None,
+    fillers: Sequence[str | None] | None = None,
 ) -> Speech:
     """Synthesise ``texts`` separated by ``pauses[i]`` (at least len(texts) - 1 of
     them) into ``out``.  ``texts`` may instead be a planner, called with the spoken
-    length (s) of each text of ``pool`` once those are synthesised."""
+    length (s) of each text of ``pool`` once those are synthesised.  ``voices`` (one per
+    text) and ``fillers`` (one per pause, a FILLERS name or None) need a list of texts."""
     if video and out.suffix.lower() not in {".mp4", ".mov", ".m4v", ".mkv"}:
         raise ValueError(f"video output needs an .mp4/.mov/.m4v/.mkv name, got {out.name}")
     if not video and out.suffix.lower() not in _AUDIO_CODECS:
@@ -331,18 +373,19 @@ def _build(
     with _workdir(out) as tmp:
         if callable(texts):
             cache, rate = _synth_all(pool, tmp, voice, speed)
-            texts = texts({t: len(v) / rate for t, v in cache.items()})
+            texts = texts({t: len(v) / rate for (t, _), v in cache.items()})
         else:
-            cache, rate = _synth_all(texts, tmp, voice, speed)
+            cache, rate = _synth_all(texts, tmp, voice, speed, voices)
         if not texts:
             raise ValueError("at least one sentence is needed")
+        voices = voices or [voice] * len(texts)
         timeline = array.array("h", bytes(2 * round(lead * rate)))
         planned: list[tuple[int, int]] = []
         for i, text in enumerate(texts):
             if i:
-                timeline.extend(array.array("h", bytes(2 * round(pauses[i - 1] * rate))))
+                timeline.extend(_pause(pauses[i - 1], fillers[i - 1] if fillers else None, rate, tmp))
             start = len(timeline)
-            timeline.extend(cache[text])
+            timeline.extend(cache[text, voices[i]])
             planned.append((start, len(timeline)))
         timeline.extend(array.array("h", bytes(2 * round(lead * rate))))
         seconds = len(timeline) / rate
@@ -405,20 +448,33 @@ def make_speech(
     voice: str = "en-us",
     speed: int = 150,
     sample_rate: int = 16000,
+    pauses: Sequence[float] | None = None,
+    voices: Sequence[str] | None = None,
+    fillers: Sequence[str | None] | None = None,
 ) -> Speech:
     """Spoken ``sentences`` (espeak-ng) with ``lead`` s of silence before and after and
     ``pause`` s between them, as an mp4 (``video=True``: 160x90 colour at 5 fps, AAC
-    mono) or an audio file whose format follows ``out``'s extension."""
+    mono) or an audio file whose format follows ``out``'s extension.  ``pauses`` (one per
+    gap) overrides ``pause``, ``voices`` (one per sentence, e.g. a dialogue) ``voice``, and
+    ``fillers`` puts a FILLERS sound (``"noise"``, ``"music"``) in the middle of a gap."""
     out = Path(out)
+    gaps = list(pauses) if pauses is not None else [pause] * (len(sentences) - 1)
+    for name, given in (("pauses", gaps), ("fillers", fillers)):
+        if given is not None and len(given) != len(sentences) - 1:
+            raise ValueError(f"{name}: one per gap ({len(sentences) - 1}), got {len(given)}")
+    if voices is not None and len(voices) != len(sentences):
+        raise ValueError(f"voices: one per sentence ({len(sentences)}), got {len(voices)}")
     return _build(
         out,
         list(sentences),
-        [pause] * (len(sentences) - 1),
+        gaps,
         lead=lead,
         video=video,
         voice=voice,
         speed=speed,
         sample_rate=sample_rate,
+        voices=voices,
+        fillers=fillers,
     )
 
 
