@@ -23,7 +23,7 @@ breaks; wall time. Then the issue's targets, pass/fail per clip, for vsrt. It as
 the figures go to bench/out/quality.json.
 
     .venv/bin/python -m bench.quality [--systems vsrt,faster-whisper,whisperx] [--clips a,b]
-                                      [--vad silero|pyannote] [--wait-idle S]
+                                      [--vad silero|pyannote] [--wait-idle S] [--out FILE]
 """
 
 from __future__ import annotations
@@ -519,7 +519,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"machine: {m['cpus']} CPUs, other pytest runs at start {m['pytest_at_start']}, "
         f"at end {m['pytest_at_end']}; load average {m['loadavg_start']} -> {m['loadavg_end']}"
     )
-    print(f"figures written to {RESULT_FILE.relative_to(ROOT)}")
+    print(f"figures written to {report['out']}")
 
 
 # --- main --------------------------------------------------------------------------------
@@ -647,10 +647,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="S",
         help="before measuring, wait up to S seconds for other pytest runs to end",
     )
+    parser.add_argument(
+        "--out", type=Path, default=RESULT_FILE, help=f"JSON file (default {RESULT_FILE.relative_to(ROOT)})"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     report = asyncio.run(bench(args))
-    save_and_print(report, RESULT_FILE, print_report)
+    save_and_print({**report, "out": str(args.out)}, args.out, print_report)
     return 0
 
 
