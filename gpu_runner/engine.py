@@ -31,12 +31,15 @@ from vsrt_service.core.protocol import (
     Word,
 )
 
+from . import onsets
 from . import vad as vads
 
 log = logging.getLogger("gpu_runner.engine")
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160
+#: Silence (s) kept around the speech of each chunk sent to Whisper, where there is some.
+CHUNK_PAD = 0.2
 
 
 class Canceled(Exception):
@@ -93,7 +96,7 @@ class Engine:
         self.cpu_threads = cpu_threads
         self.cache_size = cache_size
         self._models: OrderedDict[str, Loaded] = OrderedDict()
-        self._vad: dict[tuple[str, float, float], Any] = {}
+        self._vad: dict[tuple[str, float, float], vads.Detector] = {}
         self.load_count = 0
         #: Guards the cache: `unload` comes from the main thread while the worker uses it.
         self._lock = threading.Lock()
@@ -202,7 +205,7 @@ class Engine:
 
             torch.cuda.empty_cache()
 
-    def vad(self, onset: float, offset: float, name: str = vads.DEFAULT) -> Any:
+    def vad(self, onset: float, offset: float, name: str = vads.DEFAULT) -> vads.Detector:
         """A VAD backend by name (gpu_runner/vad.py), loaded once per name and thresholds."""
         make = _vad_factory(name)
         key = (name, onset, offset)
@@ -226,7 +229,7 @@ class Engine:
                 device_index=self.device_index,
                 compute_type=self.compute_type,
                 language=language,
-                vad_model=self.vad(0.5, 0.363),
+                vad_model=vads.NO_VAD,
                 local_files_only=True,
                 threads=self.cpu_threads or 4,
             )
@@ -268,20 +271,20 @@ class Engine:
     def split(
         self, audio_path: str, onset: float, offset: float, chunk: float, vad_name: str = vads.DEFAULT
     ) -> SplitResult:
-        """Voice-activity regions, and the same merged into chunks of at most `chunk` seconds."""
-        import torch
-
+        """Voice-activity regions, refined to 10 ms with the signal's energy, and the same
+        merged into chunks of at most `chunk` seconds."""
         _vad_factory(vad_name)  # an unknown name is refused before any work
         audio = load_wav(audio_path)
         if audio.size == 0:
             return {"segments": [], "speech": []}
-        vad = self.vad(onset, offset, vad_name)
-        waveform = torch.from_numpy(audio).unsqueeze(0)
-        raw = vad({"waveform": waveform, "sample_rate": SAMPLE_RATE})
-        merged = vad.merge_chunks(raw, chunk, onset=onset, offset=offset)
+        detect = self.vad(onset, offset, vad_name)
+        pad = min(CHUNK_PAD, chunk / 10)
+        # Refinement may widen a region by a window each side: it still fits in a chunk.
+        regions = onsets.refine(audio, detect(audio, max(chunk / 2, chunk - 2 * (pad + onsets.WINDOW))))
+        chunks = vads.merge(regions, chunk, pad, audio.size / SAMPLE_RATE)
         return {
-            "segments": [_span(m["start"], m["end"]) for m in merged],
-            "speech": [_span(a, b) for m in merged for a, b in m["segments"]],
+            "segments": [_span(c.start, c.end) for c in chunks],
+            "speech": [_span(a, b) for a, b in regions],
         }
 
     def transcribe(

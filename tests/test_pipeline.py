@@ -24,6 +24,7 @@ from tests.media import (
 )
 from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.formats import parse_srt
+from vsrt_service.core.vocab import VadMethod
 from vsrt_service.service import Service
 
 pytestmark = pytest.mark.slow
@@ -160,18 +161,20 @@ def long_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
     return make_speech(tmp_path_factory.mktemp("long") / "long.mp4", LONG_SENTENCES[:14])
 
 
+@pytest.mark.parametrize("vad_method", list(VadMethod))
 async def test_runner_killed_mid_transcribe_resumes_from_checkpoint(
-    make_service: ServiceFactory, long_speech: Speech
+    make_service: ServiceFactory, speech: Speech, vad_method: str
 ) -> None:
     # batch_size 1: every segment is checkpointed on its own, so a kill lands between them.
     overrides = {"transcription": {"batch_size": 1}, "runners": {"restart_backoff_initial": 0.1}}
-    svc = await make_service(data_dir=Path(str(long_speech.path) + "-ref"), **overrides)
-    reference = await svc.wait((await svc.submit(long_speech.path, {"chunk_size": 10})).id)
+    options = {"chunk_size": 5, "vad_method": vad_method}  # a chunk per sentence
+    svc = await make_service(data_dir=Path(f"{speech.path}-ref-{vad_method}"), **overrides)
+    reference = await svc.wait((await svc.submit(speech.path, options)).id)
     assert reference.status == "completed" and reference.total >= 4
     expected = await svc.subtitles(reference.id, "srt")
 
     svc2 = await make_service(**overrides)
-    job = await svc2.submit(long_speech.path, {"chunk_size": 10})
+    job = await svc2.submit(speech.path, options)
     killed_pid = None
     async for ev in svc2.events(job.id):
         if ev.event == "fragment" and killed_pid is None:

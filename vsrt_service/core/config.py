@@ -87,7 +87,7 @@ class TranscriptionSettings:
     default_language: str | None = "en"
     batch_size: int = 8
     beam_size: int = 5
-    vad_method: str = "pyannote"
+    vad_method: str = "silero"  # from CPU measurements (bench.pipeline); GPU not measured yet
     vad_onset: float = 0.5
     vad_offset: float = 0.363
     chunk_size: float = 30.0
