@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import ServiceFactory
-from tests.media import make_speech
+from tests.conftest import ClientFactory, ServiceFactory
+from tests.http_helpers import is_complete, open_stream, post_upload, upload
+from tests.media import Speech, make_speech, make_tracks, word_error_rate
+from tests.test_pipeline import transcript
+from vsrt_service.core.options import OptionError
+from vsrt_service.jobs.media import AudioTrack, MediaInfo, choose_track, probe
 from vsrt_service.service import Service
 
 #: A name tiny.en misspells on its own ("We met Shivang, will you met the station?").
@@ -32,3 +37,116 @@ async def test_prompt_and_hotwords_reach_whisper_and_never_leak_into_the_next_jo
     plain = await _text(svc, clip, {"align": False})
     assert "Siobhan Quilliam" in hot and "Siobhan Quilliam" in prompted, (hot, prompted)
     assert "Siobhan" not in plain and "Quilliam" not in plain, plain  # nothing left from before
+
+
+# --- audio_track --------------------------------------------------------------------------
+
+TRACKS = [
+    (["The quick brown fox jumps over the lazy dog."], "eng", None),
+    (["She sells fresh bread at the market every morning."], "deu", "Kommentar"),
+]
+
+
+@pytest.fixture(scope="module")
+def two_tracks(tmp_path_factory: pytest.TempPathFactory) -> list[Speech]:
+    """English words on both tracks (tiny.en is English-only): they differ by sentence."""
+    return make_tracks(tmp_path_factory.mktemp("tracks") / "two tracks.mkv", TRACKS)
+
+
+async def test_probe_lists_the_audio_tracks(two_tracks: list[Speech]) -> None:
+    info = await probe(two_tracks[0].path)
+    assert [(t.index, t.language, t.title, t.codec, t.channels, t.default) for t in info.tracks] == [
+        (0, "eng", None, "aac", 1, True),
+        (1, "deu", "Kommentar", "aac", 1, False),
+    ]
+
+
+def _info(*tracks: tuple[str | None, bool]) -> MediaInfo:
+    return MediaInfo(
+        duration=3.0,
+        has_audio=bool(tracks),
+        format_name="matroska,webm",
+        tracks=tuple(
+            AudioTrack(index=i, language=lang, title=None, codec="aac", channels=2, default=default)
+            for i, (lang, default) in enumerate(tracks)
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("choice", "index"),
+    [(None, 0), (0, 0), (1, 1), (2, 2), ("en", 0), ("eng", 0), ("de", 1), ("deu", 1), ("ger", 1), ("fr", 2)],
+)
+def test_a_track_is_chosen_by_index_or_by_either_form_of_its_language(
+    choice: int | str | None, index: int
+) -> None:
+    info = _info(("eng", True), ("ger", False), ("fre", False))
+    assert choose_track(info, choice, "film.mkv").index == index
+
+
+def test_without_a_choice_the_default_track_is_used() -> None:
+    assert choose_track(_info(("eng", False), ("deu", True)), None, "film.mkv").index == 1
+    assert choose_track(_info(("eng", False), ("deu", False)), None, "film.mkv").index == 0
+    # of several tracks in the language asked for, the default one
+    assert choose_track(_info(("eng", False), ("eng", True)), "en", "film.mkv").index == 1
+
+
+@pytest.mark.parametrize("choice", [3, "fr", "es"])
+def test_a_track_the_file_lacks_names_the_field_and_lists_the_tracks(choice: int | str) -> None:
+    info = _info(("eng", True), ("deu", False), (None, False))
+    with pytest.raises(OptionError) as caught:
+        choose_track(info, choice, "film.mkv")
+    assert caught.value.field == "audio_track"
+    message = str(caught.value)
+    assert "film.mkv" in message and "0 (eng" in message and "1 (deu" in message and "2 (" in message
+
+
+@pytest.mark.parametrize(("choice", "words"), [(3, "has 2 audio tracks"), ("fr", "no audio track in 'fr'")])
+async def test_a_track_the_upload_lacks_is_400_at_submit(
+    make_client: ClientFactory, two_tracks: list[Speech], choice: int | str, words: str
+) -> None:
+    client = await make_client(runners={"enabled": False})
+    resp = await post_upload(client, two_tracks[0].path, {"audio_track": choice})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["field"] == "audio_track" and words in error["message"], error
+    assert "0 (eng" in error["message"] and '1 (deu, "Kommentar"' in error["message"]
+    assert (await (await client.get("/api/jobs")).json())["total"] == 0
+
+
+@pytest.mark.slow
+async def test_a_two_track_file_is_transcribed_from_the_track_asked_for(
+    make_client: ClientFactory, two_tracks: list[Speech]
+) -> None:
+    """By index, by language, by default; and a restart asking for another track gets it,
+    though it keeps the audio extracted before (kept here: `keep_audio_hours`)."""
+    client = await make_client(jobs={"keep_audio_hours": 1})
+    first, second = (t.text for t in two_tracks)
+    english = {"index": 0, "language": "eng", "title": None}
+    german = {"index": 1, "language": "deu", "title": "Kommentar"}
+
+    async def check(job_id: str, track: dict[str, Any], expected: str) -> None:
+        stream = await open_stream(client, job_id)
+        await stream.until(is_complete, wait=120)
+        done = await (await client.get(f"/api/jobs/{job_id}")).json()
+        assert done["audio_track"] == track and done["settings"]["audio_track"] == track
+        listed = (await (await client.get("/api/jobs")).json())["jobs"]
+        assert [j["audio_track"] for j in listed if j["job_id"] == job_id] == [track]
+        result = await (await client.get(f"/api/jobs/{job_id}/subtitles?format=json")).json()
+        assert result["audio_track"] == track
+        srt = await (await client.get(f"/api/jobs/{job_id}/subtitles")).text()
+        assert word_error_rate(expected, transcript(srt)) < 0.3, (track, srt)
+
+    by_index = await upload(client, two_tracks[0].path, {"audio_track": 1, "align": False})
+    assert by_index["audio_track"] == german
+    await check(by_index["job_id"], german, second)
+
+    default = await upload(client, two_tracks[0].path, {"align": False})
+    assert default["audio_track"] == english
+    await check(default["job_id"], english, first)
+
+    resp = await client.post(
+        "/api/start", json={"job_id": default["job_id"], "settings": {"audio_track": "de"}, "restart": True}
+    )
+    assert resp.status == 200 and (await resp.json())["audio_track"] == german
+    await check(default["job_id"], german, second)
