@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ClientFactory, ServiceFactory
+from tests.conftest import ClientFactory, ServiceFactory, SettingsFactory
 from tests.http_helpers import is_complete, open_stream, post_upload, upload
 from tests.media import Speech, make_speech, make_tracks, word_error_rate
 from tests.test_pipeline import transcript
-from vsrt_service.core.options import OptionError
+from vsrt_service.core.options import OptionError, parse_options, track_choice
 from vsrt_service.jobs.media import AudioTrack, MediaInfo, choose_track, probe
 from vsrt_service.service import Service
 
@@ -150,3 +150,56 @@ async def test_a_two_track_file_is_transcribed_from_the_track_asked_for(
     )
     assert resp.status == 200 and (await resp.json())["audio_track"] == german
     await check(default["job_id"], german, second)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "words"),
+    [
+        ({"vad_method": "webrtc"}, "vad_method", "one of: silero, pyannote"),
+        ({"vad_method": None}, "vad_method", "one of"),
+        ({"initial_prompt": 42}, "initial_prompt", "a string or null"),
+        ({"initial_prompt": "x" * 1001}, "initial_prompt", "at most 1000 characters"),
+        ({"hotwords": ["Kubernetes", 7]}, "hotwords", "a list of strings"),
+        ({"hotwords": {"a": 1}}, "hotwords", "a string"),
+        ({"audio_track": -1}, "audio_track", "index from 0"),
+        ({"audio_track": 64}, "audio_track", "index from 0"),
+        ({"audio_track": True}, "audio_track", "language code"),
+        ({"audio_track": 1.5}, "audio_track", "language code"),
+        ({"audio_track": "english"}, "audio_track", "language code"),
+        ({"audio_track": {"index": "1"}}, "audio_track", "{index, language, title}"),
+        ({"audio_track": {"index": 1, "path": "/x"}}, "audio_track", "{index, language, title}"),
+        ({"min_silence_for_new_cue": 0}, "min_silence_for_new_cue", "between 0.1 and 30"),
+        ({"min_silence_for_new_cue": "long"}, "min_silence_for_new_cue", "a number"),
+    ],
+)
+def test_each_bad_new_option_names_its_field(
+    make_settings: SettingsFactory, raw: dict[str, Any], field: str, words: str
+) -> None:
+    with pytest.raises(OptionError) as caught:
+        parse_options(raw, make_settings())
+    assert caught.value.field == field and words in str(caught.value), str(caught.value)
+
+
+def test_new_options_are_normalised(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    options = parse_options(
+        {
+            "hotwords": [" Kubernetes ", "", "Siobhan  Quilliam"],
+            "initial_prompt": "  ",
+            "audio_track": " 1 ",
+            "vad_method": "silero",
+            "min_silence_for_new_cue": 2,
+        },
+        settings,
+    )
+    assert options.hotwords == "Kubernetes, Siobhan Quilliam" and options.initial_prompt is None
+    assert options.audio_track == 1 and options.vad_method == "silero"
+    assert options.min_silence_for_new_cue == 2.0
+    assert parse_options({"audio_track": "DE"}, settings).audio_track == "de"
+    # A job's resolved track (as its settings show it) is accepted back, as that index.
+    resolved = {"index": 1, "language": "deu", "title": "Kommentar"}
+    assert parse_options({"audio_track": resolved}, settings).audio_track == resolved
+    assert track_choice(resolved) == 1 and track_choice("de") == "de" and track_choice(None) is None
