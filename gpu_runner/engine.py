@@ -298,13 +298,20 @@ class Engine:
         beam_size: int,
         canceled: threading.Event,
         emit: Callable[[SegmentSpan, str, str], None],
+        initial_prompt: str | None = None,
+        hotwords: str | None = None,
     ) -> str:
-        """Batched whisperx inference over the given segments; `emit` gets each as it is done."""
+        """Batched whisperx inference over the given segments; `emit` gets each as it is done.
+
+        The cached pipeline is shared by every job: its options are replaced on each request,
+        prompt and hotwords included (None when not asked), so no job's text leaks into the next.
+        """
         from faster_whisper.tokenizer import Tokenizer
 
         pipeline, _ = self.whisper(ref, language)
-        if pipeline.options.beam_size != beam_size:
-            pipeline.options = replace(pipeline.options, beam_size=beam_size, best_of=beam_size)
+        pipeline.options = replace(
+            pipeline.options, beam_size=beam_size, best_of=beam_size, initial_prompt=None, hotwords=None
+        )
         audio = load_wav(audio_path)
         if not segments:
             return language or ""
@@ -319,6 +326,9 @@ class Engine:
                 task=task,
                 language=language,
             )
+        if initial_prompt or hotwords:
+            prompt, hot = _fit_prompt(pipeline.tokenizer, initial_prompt, hotwords)
+            pipeline.options = replace(pipeline.options, initial_prompt=prompt, hotwords=hot)
 
         def inputs() -> Iterator[dict[str, np.ndarray]]:
             for seg in segments:
@@ -416,6 +426,26 @@ def _span(start: float, end: float) -> SpeechSpan:
 
 def _slice(audio: np.ndarray, start: float, end: float) -> np.ndarray:
     return audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+
+
+#: Whisper's decoder holds 448 tokens; the prompt (hotwords and initial prompt together) may
+#: take half, as OpenAI's and faster-whisper's own limits do, leaving the rest for the text.
+PROMPT_TOKENS = 223
+
+
+def _fit_prompt(tokenizer: Any, prompt: str | None, hotwords: str | None) -> tuple[str | None, str | None]:
+    """Hotwords first, then the end of the prompt (what Whisper reads last matters most),
+    within PROMPT_TOKENS: faster-whisper cuts each alone, not the two together."""
+    hot_tokens = tokenizer.encode(" " + hotwords.strip()) if hotwords else []
+    if len(hot_tokens) > PROMPT_TOKENS // 2 and prompt:
+        hot_tokens = hot_tokens[: PROMPT_TOKENS // 2]
+        hotwords = tokenizer.decode(hot_tokens).strip()
+    room = PROMPT_TOKENS - len(hot_tokens)
+    if prompt:
+        tokens = tokenizer.encode(" " + prompt.strip())
+        if len(tokens) > room:
+            prompt = tokenizer.decode(tokens[-room:]).strip() if room > 0 else None
+    return prompt or None, hotwords or None
 
 
 def _task_token(tokenizer: Any, task: str) -> Any:

@@ -242,6 +242,8 @@ class Runner:
             req.beam_size,
             canceled,
             emit,
+            initial_prompt=req.initial_prompt,
+            hotwords=req.hotwords,
         )
         return {"language": language, "count": count, "load_count": self.engine.load_count}
 

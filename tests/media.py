@@ -45,6 +45,7 @@ __all__ = [
     "make_silent_video",
     "make_speech",
     "make_text_file",
+    "make_tracks",
     "make_video_without_audio",
     "media_duration",
     "normalize_text",
@@ -544,6 +545,26 @@ def make_silent_video(out: Path, seconds: float = 4.0) -> Path:
         out,
     )
     return out
+
+
+def make_tracks(out: Path, tracks: Sequence[tuple[Sequence[str], str, str | None]]) -> list[Speech]:
+    """A Matroska file with one audio stream per ``(sentences, language tag, title)``, in
+    that order (each spoken by espeak-ng, AAC mono); the Speech of each track."""
+    out = Path(out)
+    with _workdir(out) as tmp:
+        spoken = [
+            make_speech(tmp / f"track{i}.wav", sentences, video=False, lead=0.3)
+            for i, (sentences, _, _) in enumerate(tracks)
+        ]
+        args: list[str | Path] = []
+        for sp in spoken:
+            args += ["-i", sp.path]
+        for i, (_, language, title) in enumerate(tracks):
+            args += ["-map", f"{i}:a", f"-metadata:s:a:{i}", f"language={language}"]
+            if title is not None:
+                args += [f"-metadata:s:a:{i}", f"title={title}"]
+        _ffmpeg(*args, "-c:a", "aac", "-b:a", "64k", out)
+    return [Speech(out, sp.sentences, sp.duration) for sp in spoken]
 
 
 def make_video_without_audio(out: Path, seconds: float = 2.0) -> Path:

@@ -346,6 +346,11 @@ async def test_hostile_names_and_paths_are_refused(
         ({"align": "yes"}, "align"),
         ({"colour": "red"}, "colour"),
         ({"model": "tiny.en", "task": "translate"}, "task"),
+        ({"vad_method": "webrtc"}, "vad_method"),
+        ({"initial_prompt": 42}, "initial_prompt"),
+        ({"hotwords": ["Kubernetes", 7]}, "hotwords"),
+        ({"audio_track": "second"}, "audio_track"),
+        ({"min_silence_for_new_cue": 0}, "min_silence_for_new_cue"),
     ],
 )
 async def test_bad_settings_are_400_naming_the_field(

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.media import Speech, make_corrupt_media, word_error_rate
+from tests.media import Speech, make_corrupt_media, make_speech, make_tracks, word_error_rate
 from tests.procs import runner_pids
+from tests.test_options import NAME, TRACKS
 from tests.test_pipeline import check_cues_follow_rules, transcript
 from tests.test_server import Server, free_port
 from vsrt_service.core.formats import parse_srt, parse_vtt
@@ -81,12 +82,31 @@ def test_an_output_that_cannot_be_written_fails_clearly_and_leaves_nothing(
         (["--format", "srt,docx"], "unknown format docx"),
         (["--model", "huge"], "invalid --model"),
         (["--language", "english!"], "invalid --language"),
+        (["--vad-method", "webrtc"], "invalid --vad-method: vad_method must be one of"),
+        (["--min-silence-for-new-cue", "100"], "invalid --min-silence-for-new-cue: "),
+        (["--audio-track", "second"], "invalid --audio-track: audio_track must be a track index"),
+        (["--initial-prompt", "x" * 1001], "invalid --initial-prompt: initial_prompt must be at most"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, speech: Speech, args: list[str], words: str) -> None:
     result = vsrt("transcribe", speech.path, *args, data_dir=tmp_path / "data")
     assert result.returncode == 2
-    assert words in result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_audio_track_flag_picks_the_track_and_a_file_without_it_fails_alone(tmp_path: Path) -> None:
+    first, second = make_tracks(tmp_path / "film.mkv", TRACKS)
+    single = make_speech(tmp_path / "talk.wav", [NAME], video=False, lead=0.3)  # untagged
+    out = tmp_path / "out"
+    result = vsrt(
+        "transcribe", first.path, single.path, "--audio-track", "de", "--no-align", "-o", out,
+        data_dir=tmp_path / "data",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert word_error_rate(second.text, transcript((out / "film.srt").read_text())) < 0.3
+    failed = [line for line in result.stderr.splitlines() if line.startswith("vsrt: failed:")]
+    assert len(failed) == 1 and "talk.wav has no audio track in 'de'" in failed[0], result.stderr
+    assert not (out / "talk.srt").exists()
 
 
 def test_missing_file_exits_1(tmp_path: Path) -> None:

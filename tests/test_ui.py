@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.media import LONG_SENTENCES, Speech, make_speech, make_text_file
+from tests.media import LONG_SENTENCES, Speech, make_speech, make_text_file, make_tracks
+from tests.test_options import TRACKS
 from tests.ui_helpers import (
     CHROMIUM,
     NGINX,
@@ -529,3 +530,38 @@ async def test_phases_and_model_tabs_come_from_the_server_and_preload_state_show
             assert status["model"] in (await page.text_content("#preload") or "")
             await screenshot(page, "models-cache-desktop")
             assert not errors, errors
+
+
+async def test_advanced_settings_reach_the_job_and_a_missing_track_is_explained(tmp_path: Path) -> None:
+    film = (await asyncio.to_thread(make_tracks, tmp_path / "film.mkv", TRACKS))[0].path
+    async with running_server(tmp_path / "data", env=SERVER_ENV) as server, browser() as ctx:
+        page = await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(server.url)
+        await page.set_input_files("#file", str(film))
+        assert not await page.is_visible("#hotwords")  # tucked away until asked for
+        await page.click("#advanced summary", timeout=5000)
+        await page.fill("#hotwords", "Siobhan, Quilliam")
+        await page.fill("#initial-prompt", "A talk about bread.")
+        await page.select_option("#vad-method", "pyannote")
+        await page.fill("#audio-track", "fr")
+        await screenshot(page, "advanced-settings")
+
+        # A track the file lacks: the server's answer, listing the tracks, on the form.
+        await page.click("#submit")
+        await page.wait_for_selector("#form-error:not([hidden])")
+        refusal = await page.text_content("#form-error") or ""
+        assert "film.mkv has no audio track in 'fr'" in refusal and '1 (deu, "Kommentar"' in refusal, refusal
+        assert refusal.endswith("(audio_track)."), refusal
+        await screenshot(page, "advanced-settings-refused")
+
+        await page.fill("#audio-track", "de")
+        await page.click("#submit")
+        await page.wait_for_selector("#job-view:not([hidden])")
+        job = await get_json(f"{server.url}api/jobs/{await job_id(page)}")
+        assert job["audio_track"] == {"index": 1, "language": "deu", "title": "Kommentar"}
+        assert job["settings"]["hotwords"] == "Siobhan, Quilliam"
+        assert job["settings"]["initial_prompt"] == "A talk about bread."
+        assert job["settings"]["vad_method"] == "pyannote"
+        assert not errors, errors

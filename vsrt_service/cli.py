@@ -27,7 +27,8 @@ from vsrt_service.core.config import ConfigError, Settings, load_settings
 from vsrt_service.core.errors import NotFound, VsrtError
 from vsrt_service.core.files import write_atomic
 from vsrt_service.core.formats import FORMATS
-from vsrt_service.core.options import OptionError
+from vsrt_service.core.options import OptionError, parse_options
+from vsrt_service.core.vocab import VadMethod
 from vsrt_service.jobs.datadir import DataDirLocked
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.service import Service
@@ -59,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--language", help="language code, or 'auto' to detect")
     tr.add_argument("--task", choices=("transcribe", "translate"))
     tr.add_argument("--no-align", action="store_true", help="use Whisper's word timings only")
+    tr.add_argument("--vad-method", help=f"voice-activity detection ({', '.join(VadMethod)})")
+    tr.add_argument("--initial-prompt", metavar="TEXT", help="text Whisper reads first: names, spellings")
+    tr.add_argument("--hotwords", metavar="WORDS", help="names and jargon to favour, comma-separated")
+    tr.add_argument(
+        "--audio-track", metavar="N|LANG", help="audio track: index from 0, or a language code (en, deu)"
+    )
+    tr.add_argument(
+        "--min-silence-for-new-cue", type=float, metavar="SECONDS", help="a pause this long starts a new cue"
+    )
 
     models = sub.add_parser("models", help="list, download or delete models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -180,6 +190,14 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
         job_settings["task"] = args.task
     if args.no_align:
         job_settings["align"] = False
+    for key in ("vad_method", "initial_prompt", "hotwords", "audio_track", "min_silence_for_new_cue"):
+        if getattr(args, key) is not None:
+            job_settings[key] = getattr(args, key)
+    try:  # a bad flag stops the run before any work; a file without the audio track fails alone
+        parse_options(job_settings, settings)
+    except OptionError as exc:
+        print(f"vsrt: invalid --{(exc.field or '').replace('_', '-')}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     failures: list[str] = []
     progress = Progress([f.name for f in files], sys.stderr)
@@ -188,9 +206,6 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
         for i, f in enumerate(files):
             try:
                 job = await svc.submit(f, job_settings)
-            except OptionError as exc:
-                print(f"vsrt: invalid --{(exc.field or '').replace('_', '-')}: {exc}", file=sys.stderr)
-                return EXIT_USAGE
             except VsrtError as exc:
                 failures.append(f"{f}: {exc}")
                 progress.update(i, failed=True, done=True, message=str(exc))

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,9 +22,9 @@ from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.core.cues import Cue
 from vsrt_service.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from vsrt_service.core.formats import FORMATS, cues_from_json, render
-from vsrt_service.core.options import conflicts, parse_options
+from vsrt_service.core.options import JobOptions, OptionError, conflicts, parse_options, track_choice
 from vsrt_service.jobs.datadir import keep_tidy, lock_data_dir
-from vsrt_service.jobs.media import MediaError, check_media
+from vsrt_service.jobs.media import MediaError, check_media, choose_track
 from vsrt_service.jobs.pipeline import JobContext, remove_job_files
 from vsrt_service.jobs.scheduler import Scheduler, Stop
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
@@ -201,10 +201,14 @@ class Service:
         if not await asyncio.to_thread(file.is_file):
             raise InvalidInput(f"{name}: no such file", code="not_found", field=field)
         try:
-            await check_media(file, name, self.settings.media)
+            info = await check_media(file, name, self.settings.media)
         except MediaError as exc:  # a missing ffmpeg is the server's fault, not the file's
             kind = Unavailable if exc.code == "ffmpeg_missing" else InvalidInput
             raise kind(str(exc), code=exc.code, field=field) from None
+        # The track is chosen now: one the file lacks is refused before a job exists, and the
+        # job shows the track it uses (`{index, language, title}`).
+        track = choose_track(info, track_choice(options.audio_track), name)
+        options = replace(options, audio_track=track.public())
         resolved = await asyncio.to_thread(file.resolve)
         try:
             stored = str(resolved.relative_to(self.settings.data_dir))
@@ -314,7 +318,19 @@ class Service:
         """Which of these requested options a resume would force back to the checkpoint's."""
         job = await self.get(job_id)
         options = parse_options(settings, self.settings, base=job.options, catalog=self.models.catalog)
+        options = await self._track_asked(job, settings, options)
         return job, conflicts(job.locked_options, options)
+
+    async def _track_asked(self, job: Job, settings: Any, options: JobOptions) -> JobOptions:
+        """An `audio_track` asked for on resume is checked against the job's file, as at submit."""
+        if not isinstance(settings, dict) or "audio_track" not in settings:
+            return options
+        try:
+            info = await check_media(self.ctx.input_file(job), job.source_name, self.settings.media)
+        except MediaError as exc:
+            raise OptionError("audio_track", f"the audio tracks cannot be checked: {exc}") from None
+        track = choose_track(info, track_choice(options.audio_track), job.source_name)
+        return replace(options, audio_track=track.public())
 
     async def resume(
         self, job_id: str, settings: dict[str, Any] | None = None, *, restart: bool = False
@@ -326,9 +342,8 @@ class Service:
         job = await self.get(job_id)
         if job.status == JobStatus.PROCESSING:
             raise Conflict("the job is already running", code="running")
-        values = parse_options(
-            settings, self.settings, base=job.options, catalog=self.models.catalog
-        ).to_dict()
+        options = parse_options(settings, self.settings, base=job.options, catalog=self.models.catalog)
+        values = (await self._track_asked(job, settings, options)).to_dict()
         if not restart and job.locked_options:
             values.update({k: v for k, v in job.locked_options.items() if k in values})
         queued = await self.store.requeue(job_id, values, restart=restart)

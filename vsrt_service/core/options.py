@@ -65,8 +65,9 @@ class JobOptions:
     #: Words to favour (names, jargon), given to Whisper as hotwords.
     hotwords: str | None
     #: Which audio track: an index among the file's audio tracks, a language code, or None
-    #: for ffmpeg's choice (the default track).
-    audio_track: int | str | None
+    #: for the file's default track. A job stores the track it resolved to at submit as
+    #: `{"index", "language", "title"}`, which is accepted back as that index.
+    audio_track: int | str | dict[str, Any] | None
     min_silence_for_new_cue: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,10 +125,22 @@ def _text(name: str, value: Any) -> str | None:
     return value or None
 
 
-def _track(value: Any) -> int | str | None:
-    """An audio track: null, an index (0 is the first audio track), or a language code."""
+def _track(value: Any) -> int | str | dict[str, Any] | None:
+    """An audio track: null, an index (0 is the first audio track), or a language code; or a
+    track a job resolved to (`{"index", "language", "title"}`, as job settings show it)."""
     if value is None or value == "":
         return None
+    if isinstance(value, dict):
+        index, language, title = value.get("index"), value.get("language"), value.get("title")
+        if (
+            set(value) <= {"index", "language", "title"}
+            and isinstance(index, int)
+            and not isinstance(index, bool)
+            and 0 <= index < 64
+            and all(v is None or isinstance(v, str) for v in (language, title))
+        ):
+            return {"index": index, "language": language, "title": title}
+        raise OptionError("audio_track", "audio_track as an object must be {index, language, title}")
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool):
@@ -199,6 +212,11 @@ def parse_options(
             "min_silence_for_new_cue", merged["min_silence_for_new_cue"], 0.1, 30
         ),
     )
+
+
+def track_choice(value: int | str | dict[str, Any] | None) -> int | str | None:
+    """What to look a track up by: a resolved track by its index."""
+    return value["index"] if isinstance(value, dict) else value
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:

@@ -23,12 +23,14 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ffmpeg
 
 from vsrt_service.core.config import MediaSettings
 from vsrt_service.core.errors import InvalidInput
 from vsrt_service.core.files import replace_durably
+from vsrt_service.core.options import OptionError
 
 SAMPLE_RATE = 16000
 
@@ -77,11 +79,35 @@ class MediaError(InvalidInput):
 
 
 @dataclass(frozen=True)
+class AudioTrack:
+    """One audio stream of a file, as a user picks it (`audio_track`)."""
+
+    index: int  # among the file's audio streams: ffmpeg's `0:a:<index>`
+    language: str | None  # the stream's language tag as written ("eng", "de"); None if untagged
+    title: str | None
+    codec: str | None
+    channels: int | None
+    default: bool  # the file marks it as the one to play
+    duration: float = 0.0  # seconds (0.0 when unknown)
+
+    def public(self) -> dict[str, Any]:
+        """What a job shows of the track it used."""
+        return {"index": self.index, "language": self.language, "title": self.title}
+
+    def describe(self) -> str:
+        """`1 (deu, "Kommentar", aac, 2 ch)`, for error messages that list a file's tracks."""
+        parts = [self.language or "no language", *([f'"{self.title}"'] if self.title else [])]
+        parts += [p for p in (self.codec, f"{self.channels} ch" if self.channels else None) if p]
+        return f"{self.index} ({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
 class MediaInfo:
     duration: float  # the container's, seconds (0.0 when unknown)
     has_audio: bool
     format_name: str  # as ffprobe names the demuxer, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
     audio_duration: float = 0.0  # the first audio stream's, seconds (0.0 when unknown)
+    tracks: tuple[AudioTrack, ...] = ()  # the audio streams, in order
 
     @property
     def demuxer(self) -> str:
@@ -92,6 +118,63 @@ class MediaInfo:
     def audio_seconds(self) -> float:
         """How long the extracted audio should last: the audio stream's, else the container's."""
         return self.audio_duration or self.duration
+
+    def track_seconds(self, index: int | None) -> float:
+        """How long one track's extracted audio should last (`audio_seconds` without one)."""
+        track = next((t for t in self.tracks if t.index == index), None)
+        return (track.duration if track else 0.0) or self.audio_seconds
+
+
+#: ISO 639-1 codes and their ISO 639-2 forms (bibliographic and terminological), for the
+#: languages files are most often tagged with: "de" asks for a track tagged "deu" or "ger".
+LANGUAGE_CODES: dict[str, tuple[str, ...]] = {
+    "ar": ("ara",), "bg": ("bul",), "bn": ("ben",), "ca": ("cat",), "cs": ("ces", "cze"),
+    "cy": ("cym", "wel"), "da": ("dan",), "de": ("deu", "ger"), "el": ("ell", "gre"),
+    "en": ("eng",), "es": ("spa",), "et": ("est",), "eu": ("eus", "baq"), "fa": ("fas", "per"),
+    "fi": ("fin",), "fr": ("fra", "fre"), "ga": ("gle",), "gl": ("glg",), "he": ("heb",),
+    "hi": ("hin",), "hr": ("hrv",), "hu": ("hun",), "hy": ("hye", "arm"), "id": ("ind",),
+    "is": ("isl", "ice"), "it": ("ita",), "ja": ("jpn",), "ka": ("kat", "geo"), "ko": ("kor",),
+    "lt": ("lit",), "lv": ("lav",), "mk": ("mkd", "mac"), "ms": ("msa", "may"), "nl": ("nld", "dut"),
+    "no": ("nor", "nob", "nno"), "pl": ("pol",), "pt": ("por",), "ro": ("ron", "rum"),
+    "ru": ("rus",), "sk": ("slk", "slo"), "sl": ("slv",), "sq": ("sqi", "alb"), "sr": ("srp",),
+    "sv": ("swe",), "sw": ("swa",), "ta": ("tam",), "th": ("tha",), "tl": ("tgl",), "tr": ("tur",),
+    "uk": ("ukr",), "ur": ("urd",), "vi": ("vie",), "zh": ("zho", "chi"),
+}  # fmt: skip
+_LANGUAGE_OF = {code: short for short, codes in LANGUAGE_CODES.items() for code in (short, *codes)}
+
+
+def same_language(tag: str | None, code: str) -> bool:
+    """Whether a stream's language tag ("eng", "en-US", "ger") is the language `code` asks for."""
+    if not tag:
+        return False
+
+    def key(value: str) -> str:
+        base = re.split(r"[-_]", value.strip().lower(), maxsplit=1)[0]
+        return _LANGUAGE_OF.get(base, base)
+
+    return key(tag) == key(code)
+
+
+def choose_track(info: MediaInfo, choice: int | str | None, name: str) -> AudioTrack:
+    """The track `audio_track` asks for: an index among the audio tracks, a language (the
+    default track among several in it), or None for the file's default track (else the first).
+    A choice the file cannot meet is an OptionError that lists what the file has."""
+    tracks = list(info.tracks)
+    if not tracks:
+        raise MediaError("no_audio", f"{name} has no audio stream")
+    if choice is None:
+        return next((t for t in tracks if t.default), tracks[0])
+    if isinstance(choice, int):
+        if choice < len(tracks):
+            return tracks[choice]
+        problem = f"{name} has {len(tracks)} audio track{'s' if len(tracks) != 1 else ''}, no track {choice}"
+    else:
+        matching = [t for t in tracks if same_language(t.language, choice)]
+        if matching:
+            return next((t for t in matching if t.default), matching[0])
+        problem = f"{name} has no audio track in {choice!r}"
+    listed = "; ".join(t.describe() for t in tracks)
+    raise OptionError("audio_track", f"{problem}; its audio tracks are {listed}")
 
 
 def _tool(name: str) -> str:
@@ -208,7 +291,8 @@ async def probe(path: Path, name: str | None = None, limits: MediaSettings | Non
         "-protocol_whitelist",
         "file",
         "-show_entries",
-        "format=format_name,duration:stream=codec_type,duration",
+        "format=format_name,duration:stream=codec_type,codec_name,channels,duration"
+        ":stream_tags=language,title,duration:stream_disposition=default",
         "-of",
         "json",
         _input(path),
@@ -233,12 +317,39 @@ async def probe(path: Path, name: str | None = None, limits: MediaSettings | Non
     if format_name.split(",")[0] not in ALLOWED_FORMATS:  # the whitelist's own check, again
         raise _refused(name, format_name.split(",")[0])
     audio = [s for s in streams if s.get("codec_type") == "audio"]
+    tracks = tuple(_track(i, s) for i, s in enumerate(audio))
     return MediaInfo(
         duration=_seconds(fmt.get("duration")),
         has_audio=bool(audio),
         format_name=format_name,
-        audio_duration=_seconds(audio[0].get("duration")) if audio else 0.0,
+        audio_duration=tracks[0].duration if tracks else 0.0,
+        tracks=tracks,
     )
+
+
+def _track(index: int, stream: dict[str, Any]) -> AudioTrack:
+    tags = {str(k).lower(): v for k, v in (stream.get("tags") or {}).items()}
+    language = str(tags.get("language") or "").strip() or None
+    title = str(tags.get("title") or "").strip() or None
+    channels = stream.get("channels")
+    return AudioTrack(
+        index=index,
+        language=None if language in (None, "und") else language,
+        title=title,
+        codec=str(stream.get("codec_name") or "") or None,
+        channels=channels if isinstance(channels, int) and channels > 0 else None,
+        default=bool((stream.get("disposition") or {}).get("default")),
+        # Matroska keeps a stream's length in a tag ("00:00:03.698000000"), not the field.
+        duration=_seconds(stream.get("duration")) or _clock_seconds(tags.get("duration")),
+    )
+
+
+def _clock_seconds(value: object) -> float:
+    match = re.fullmatch(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)", str(value or "").strip())
+    if not match:
+        return 0.0
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 async def check_media(path: Path, name: str | None = None, limits: MediaSettings | None = None) -> MediaInfo:
@@ -260,16 +371,20 @@ async def extract_audio(
     on_progress: Callable[[float], Awaitable[None]] | None = None,
     name: str | None = None,
     limits: MediaSettings | None = None,
+    track: int | str | None = None,
 ) -> MediaInfo:
-    """16 kHz mono 16-bit WAV of the first audio stream, written atomically to `dst`."""
+    """16 kHz mono 16-bit WAV of one audio track (`choose_track`: the default one unless
+    `track` names another), written atomically to `dst`."""
     name = name or src.name
     limits = limits or MediaSettings()
     info = await check_media(src, name, limits)
+    chosen = choose_track(info, track, name)
     tmp = dst.with_name(dst.name + ".part")
+    source = ffmpeg.input(
+        _input(src), f=info.demuxer, format_whitelist=_FORMAT_WHITELIST, protocol_whitelist="file"
+    )
     stream = (
-        ffmpeg.input(
-            _input(src), f=info.demuxer, format_whitelist=_FORMAT_WHITELIST, protocol_whitelist="file"
-        )
+        source[f"a:{chosen.index}"]
         .output(_input(tmp), format="wav", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None)
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1")
         .overwrite_output()
@@ -331,11 +446,11 @@ def wav_seconds(path: Path) -> float | None:
     return None
 
 
-def audio_is_complete(seconds: float | None, info: MediaInfo) -> bool:
-    """Whether extracted audio covers the source (within 1 s or 2 %, codec padding aside)."""
+def audio_is_complete(seconds: float | None, info: MediaInfo, track: int | None = None) -> bool:
+    """Whether extracted audio covers the source's track (within 1 s or 2 %, codec padding aside)."""
     if seconds is None:
         return False
-    expected = info.audio_seconds
+    expected = info.track_seconds(track)
     return seconds >= expected - max(1.0, 0.02 * expected)
 
 

@@ -20,10 +20,17 @@ from vsrt_service.core import protocol as p
 from vsrt_service.core.broker import Broker, job_channel
 from vsrt_service.core.config import CueSettings, Settings
 from vsrt_service.core.errors import VsrtError
-from vsrt_service.core.options import JobOptions, parse_options
+from vsrt_service.core.options import JobOptions, OptionError, parse_options, track_choice
 from vsrt_service.core.redact import public_text
 from vsrt_service.core.vocab import STEPS, Phase, Signal
-from vsrt_service.jobs.media import MediaError, audio_is_complete, extract_audio, probe, wav_seconds
+from vsrt_service.jobs.media import (
+    MediaError,
+    audio_is_complete,
+    choose_track,
+    extract_audio,
+    probe,
+    wav_seconds,
+)
 from vsrt_service.jobs.outputs import OutputError, write_job_outputs
 from vsrt_service.jobs.store import Job, JobStore
 from vsrt_service.models.manager import ModelManager
@@ -132,6 +139,9 @@ class JobRun:
     async def extract(self) -> None:
         src = self.ctx.input_file(self.job)
         limits = self.ctx.settings.media
+        choice = track_choice(self.options.audio_track)
+        # Which track audio.wav holds: a restart may ask for another one and keeps the audio.
+        marker = self.audio.with_name("audio.track")
         if await asyncio.to_thread(self.audio.is_file):
             # Audio from an earlier run is kept only if it covers the source: a truncated
             # file (full disk, a copy cut short) keeps the header of the whole one.
@@ -143,7 +153,12 @@ class JobRun:
                     log.warning("job %s: keeping audio.wav unchecked (%s)", self.job.id, exc)
                     return
                 raise JobFailed(exc.code, str(exc)) from None
-            if audio_is_complete(seconds, info):
+            try:
+                track = choose_track(info, choice, self.job.source_name).index
+            except (MediaError, OptionError) as exc:
+                raise JobFailed(exc.code, str(exc)) from None
+            held = await asyncio.to_thread(_read_marker, marker)
+            if held in (None, track) and audio_is_complete(seconds, info, track):
                 return
             log.warning(
                 "job %s: audio.wav holds %s s of %.1f s; extracting again",
@@ -157,9 +172,13 @@ class JobRun:
             await self.progress(Phase.EXTRACT, fraction, "extracting audio")
 
         try:
-            await extract_audio(src, self.audio, on_progress, name=self.job.source_name, limits=limits)
-        except MediaError as exc:
+            info = await extract_audio(
+                src, self.audio, on_progress, name=self.job.source_name, limits=limits, track=choice
+            )
+        except (MediaError, OptionError) as exc:
             raise JobFailed(exc.code, str(exc)) from None
+        track = choose_track(info, choice, self.job.source_name).index
+        await asyncio.to_thread(marker.write_text, f"{track}\n")
         await self.progress(Phase.EXTRACT, 1, "audio extracted")
 
     async def split(self) -> int:
@@ -329,6 +348,7 @@ class JobRun:
             "model": self.options.model,
             "language": self.language,
             "task": self.options.task,
+            "audio_track": self.options.audio_track if isinstance(self.options.audio_track, dict) else None,
             "alignment": alignment,
             "segments": aligned,
         }
@@ -382,6 +402,15 @@ class JobRun:
     def _public(self, text: str) -> str:
         """Runner messages quote job files and tracebacks; clients see `jobs/...`, no server path."""
         return public_text(text, self.ctx.settings.data_dir)
+
+
+def _read_marker(path: Path) -> int | None:
+    """The track index an earlier extraction wrote; None when there is none (older jobs)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def wav_duration(path: Path) -> float:

@@ -32,6 +32,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "settings": job.options,
+        # the track chosen at submit; None for a job from before tracks were chosen
+        "audio_track": track if isinstance(track := job.options.get("audio_track"), dict) else None,
         "language": job.language,
         "alignment": job.alignment,
         "duration": job.duration,

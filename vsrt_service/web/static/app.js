@@ -77,7 +77,15 @@ function formSettings(prefix = "") {
   const settings = { language: language === "auto" ? null : language, task: $(`#${prefix}task`).value };
   const model = $(`#${prefix}model`).value;
   if (model) settings.model = model;
-  if (!prefix) settings.align = $("#align").checked;
+  if (!prefix) {
+    settings.align = $("#align").checked;
+    // Advanced: only what the user filled in, so the server's defaults hold otherwise.
+    const text = { hotwords: "#hotwords", initial_prompt: "#initial-prompt", audio_track: "#audio-track", vad_method: "#vad-method" };
+    for (const [key, sel] of Object.entries(text)) {
+      const value = $(sel).value.trim();
+      if (value) settings[key] = value;
+    }
+  }
   return settings;
 }
 
