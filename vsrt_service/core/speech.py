@@ -146,8 +146,12 @@ def snap_words(
         for w in (s.get("words") or [])
         if isinstance(w, dict) and _timed(w)  # type: ignore[arg-type]
     ]
+    prev_start = -math.inf
     for w in words:
-        w["start"], w["end"] = _into_speech(float(w["start"]), float(w["end"]), rs)
+        start, end = _into_speech(float(w["start"]), float(w["end"]), rs)
+        start = max(start, prev_start)  # in order, as the aligner gave them
+        w["start"], w["end"] = start, max(start, end)
+        prev_start = start
     # The first word starting in a region (no earlier word reaching into it) takes its
     # onset; the last word ending in one (no later word starting in it) takes its offset.
     for k, w in enumerate(words):
