@@ -400,6 +400,7 @@ def make_speech(
     sentences: Sequence[str] = DEFAULT_SENTENCES,
     *,
     pause: float = 1.5,
+    pauses: Sequence[float] | None = None,
     lead: float = 0.7,
     video: bool = True,
     voice: str = "en-us",
@@ -407,13 +408,14 @@ def make_speech(
     sample_rate: int = 16000,
 ) -> Speech:
     """Spoken ``sentences`` (espeak-ng) with ``lead`` s of silence before and after and
-    ``pause`` s between them, as an mp4 (``video=True``: 160x90 colour at 5 fps, AAC
-    mono) or an audio file whose format follows ``out``'s extension."""
+    ``pause`` s between them (or ``pauses[i]`` after sentence i), as an mp4 (``video=True``:
+    160x90 colour at 5 fps, AAC mono) or an audio file whose format follows ``out``'s
+    extension."""
     out = Path(out)
     return _build(
         out,
         list(sentences),
-        [pause] * (len(sentences) - 1),
+        [pause] * (len(sentences) - 1) if pauses is None else list(pauses),
         lead=lead,
         video=video,
         voice=voice,

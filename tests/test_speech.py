@@ -117,9 +117,20 @@ def test_line_times_are_shared_by_characters_over_speech_not_silence() -> None:
 
 
 def test_boundary_far_from_any_pause_is_not_snapped() -> None:
-    lines = sentence_lines("One two. Three four.", 0.0, 20.0, [(0.0, 8.0), (18.0, 20.0)], snap=1.0)
-    assert lines[0][1] == pytest.approx(10 * 8 / 19, abs=0.001)  # 8 of 19 characters
+    lines = sentence_lines("One two. Three four.", 0.0, 20.0, [(0.0, 8.0), (8.8, 10.0)], snap=1.0)
+    assert lines[0][1] == pytest.approx(9.2 * 8 / 19, abs=0.001)  # 8 of 19 characters
     assert lines[1][0] == lines[0][1]
+
+
+def test_unpunctuated_text_is_cut_at_long_pauses() -> None:
+    # tiny.en often writes a chunk without punctuation; the long pauses still end lines.
+    text = "Good morning and welcome to the city library Weekdays We now run a 24 hour service for everyone"
+    speech = [(0.689, 3.743), (10.072, 10.797), (17.733, 20.922), (29.292, 31.553)]
+    assert sentence_lines(text, 0.5, 21.0, speech) == [
+        (0.689, 3.743, "Good morning and welcome to the city library"),
+        (10.072, 10.797, "Weekdays"),
+        (17.733, 20.922, "We now run a 24 hour service for everyone"),
+    ]
 
 
 def test_long_sentence_is_cut_and_empty_text_gives_no_lines() -> None:

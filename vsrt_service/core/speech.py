@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ MARGIN = 0.05
 PULL = 0.5
 #: A live line boundary moves to a pause between regions this close to it.
 LINE_SNAP = 1.5
+#: A pause between regions at least this long ends a live line even without punctuation.
+LINE_PAUSE = 1.0
 #: Longest live line, in characters, before a sentence is cut at a clause or between words.
 LINE_CHARS = 84
 
@@ -41,6 +44,8 @@ _SENTENCE_END = re.compile(
     "(?:[.?!]+[\"')\\]\u201d\u2019]*(?=\\s|$)|[\u3002\uff1f\uff01]+[\u300d\u300f\u201d\uff09]*)"
 )
 _ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "etc.", "e.g.", "i.e.", "prof."})
+_CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_TOKEN = re.compile(f"(\\s*)([{_CJK}]|[^\\s{_CJK}]+)")
 _CLAUSE_END = ",;:\uff0c\u3001\uff1b\uff1a"
 
 
@@ -194,18 +199,28 @@ def _snap_segment(seg: AlignedSegment, rs: _Regions) -> None:
 # --- live lines -------------------------------------------------------------------------------
 
 
-def _sentences(text: str, line_chars: int) -> list[str]:
-    """Sentences of the text; one longer than `line_chars` is cut after a clause or between
-    words, so a live line reads like a subtitle's worth of text at most twice over."""
+def _tokens(text: str) -> list[tuple[str, str]]:
+    """(separator, token) pairs: words between spaces, and single CJK characters."""
+    return [(m.group(1), m.group(2)) for m in _TOKEN.finditer(text)]
+
+
+def _ends_sentence(token: str) -> bool:
+    """A word ending in . ? ! (not "Mr."), or a full-width sentence mark."""
+    return _SENTENCE_END.search(token) is not None and token.lower() not in _ABBREVIATIONS
+
+
+def _sentences(tokens: list[tuple[str, str]], pauses: Sequence[int], line_chars: int) -> list[str]:
+    """The text cut after each sentence end and before each token in `pauses` (where a long
+    pause in the speech falls); a piece longer than `line_chars` is cut again after a clause
+    or between words, so a live line reads like a subtitle's worth of text at most twice."""
     out: list[str] = []
     begin = 0
-    for match in _SENTENCE_END.finditer(text):
-        last = text[begin : match.end()].split()[-1:]
-        if last and last[0].lower() in _ABBREVIATIONS:
-            continue
-        out.extend(_cut(text[begin : match.end()].strip(), line_chars))
-        begin = match.end()
-    out.extend(_cut(text[begin:].strip(), line_chars))
+    breaks = set(pauses)
+    for k, (_, token) in enumerate(tokens):
+        if _ends_sentence(token) or k + 1 in breaks or k + 1 == len(tokens):
+            piece = tokens[begin][1] + "".join(sep + tok for sep, tok in tokens[begin + 1 : k + 1])
+            out.extend(_cut(piece, line_chars))
+            begin = k + 1
     return [s for s in out if s]
 
 
@@ -246,6 +261,24 @@ def _at_speech_time(regions: list[Region], offset: float) -> float:
     return regions[-1][1]
 
 
+def _pause_tokens(regions: list[Region], chars: list[int], total: float, min_pause: float) -> list[int]:
+    """For each pause of at least `min_pause` between regions, the token the speech after it
+    most likely starts with: the one whose share of characters starts nearest to the share
+    of speech time spoken before the pause."""
+    out: list[int] = []
+    spoken = 0.0
+    n = len(chars) - 1
+    for (a0, a1), (b0, _) in itertools.pairwise(regions):
+        spoken += a1 - a0
+        if b0 - a1 < min_pause or n < 2 or total <= 0:
+            continue
+        at = spoken / total * chars[-1]
+        k = min(range(1, n), key=lambda i: abs(chars[i] - at))
+        if not out or k > out[-1]:
+            out.append(k)
+    return out
+
+
 def sentence_lines(
     text: str,
     start: float,
@@ -253,21 +286,26 @@ def sentence_lines(
     speech: Sequence[Sequence[float]],
     line_chars: int = LINE_CHARS,
     snap: float = LINE_SNAP,
+    line_pause: float = LINE_PAUSE,
 ) -> list[tuple[float, float, str]]:
-    """The chunk's unaligned text as (start, end, text) lines, a sentence each: the speech
-    time inside [start, end] is shared by characters, and each boundary between lines moves
-    to the nearest pause between regions within `snap` seconds (a pause used once)."""
-    lines = _sentences(" ".join(text.split()), line_chars)
-    if not lines:
+    """The chunk's unaligned text as (start, end, text) lines, a sentence each (or what lies
+    between long pauses: Whisper does not always punctuate): the speech time inside
+    [start, end] is shared by characters, and each boundary between lines moves to the
+    nearest pause between regions within `snap` seconds (a pause used once)."""
+    tokens = _tokens(" ".join(text.split()))
+    if not tokens:
         return []
-    regions = _clip(normalize(speech), start, end)
+    regions = _clip(normalize([r for r in speech if r[1] > start and r[0] < end]), start, end)
     total = sum(b - a for a, b in regions)
-    chars = [len(line) for line in lines]
-    weight = sum(chars)
+    chars = [0]
+    for k, (sep, token) in enumerate(tokens):
+        chars.append(chars[-1] + (len(sep) if k else 0) + len(token))
+    lines = _sentences(tokens, _pause_tokens(regions, chars, total, line_pause), line_chars)
+    weight = sum(len(line) for line in lines) or 1
     # Line k spans speech time [cum[k], cum[k + 1]).
     cum = [0.0]
-    for n in chars:
-        cum.append(cum[-1] + total * n / weight)
+    for line in lines:
+        cum.append(cum[-1] + total * len(line) / weight)
     bounds: list[tuple[float, float]] = []  # (end of line k, start of line k + 1)
     gaps = [(regions[i][1], regions[i + 1][0]) for i in range(len(regions) - 1)]
     used = -1
@@ -278,7 +316,7 @@ def sentence_lines(
         for g in range(used + 1, len(gaps)):
             a, b = gaps[g]
             d = 0.0 if a <= t <= b else min(abs(t - a), abs(t - b))
-            if d <= best_d:
+            if d < best_d or (best is None and d <= best_d):
                 best, best_d = g, d
         if best is not None:
             used = best
