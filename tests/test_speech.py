@@ -141,3 +141,9 @@ def test_long_sentence_is_cut_and_empty_text_gives_no_lines() -> None:
     assert sentence_lines("   ", 0.0, 5.0, [(0.0, 5.0)]) == []
     # No regions inside the chunk (old jobs): the chunk's own span.
     assert sentence_lines("Hi. Bye.", 2.0, 4.0, []) == [(2.0, 2.857, "Hi."), (2.857, 4.0, "Bye.")]
+
+
+def test_chinese_lines_end_at_full_width_marks() -> None:
+    text = "\u4eca\u5929\u5929\u6c14\u5f88\u597d\u3002\u6211\u4eec\u53bb\u516c\u56ed\u5427\uff01"
+    lines = sentence_lines(text, 0.0, 6.0, [(0.5, 2.5), (3.5, 5.5)])
+    assert lines == [(0.5, 2.5, text[:7]), (3.5, 5.5, text[7:])]
