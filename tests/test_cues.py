@@ -53,6 +53,8 @@ def check_invariants(cues: Sequence[Cue], rules: CueSettings) -> None:
         for line in lines:
             assert line == line.strip() and line, cue
             assert len(line) <= rules.max_line_chars or " " not in line, cue
+            # A leading dash marks a new speaker ("- Yes."); a word is never cut before one.
+            assert not line.startswith("-") or line.startswith("- "), cue
     for a, b in itertools.pairwise(cues):
         assert ms(b.start) - ms(a.end) >= gap, (a, b)
 
@@ -130,6 +132,11 @@ def check_stream(words: Stream, cuts: Sequence[int], rules: CueSettings) -> None
         assert end >= min(start + need, room)
         assert end >= min(max(e for _, _, e in group), room)
         assert end <= room or end == start + 1
+        # Ends a linger after the speech, longer only for the rules or to chain across a
+        # real pause under 0.5 s.
+        speech_end = max(e for _, _, e in group)
+        if end > max(speech_end + ms(rules.linger_seconds), start + need, start + 1):
+            assert end == nxt - gap and nxt - speech_end < 500, (cue, group)
         # A long pause always ends a cue.
         for (_, _, e1), (_, s2, _) in itertools.pairwise(group):
             assert s2 - e1 <= CueSettings().min_silence_for_new_cue * 1000
@@ -350,10 +357,11 @@ def test_reading_speed_accepted_when_no_pause_allows_it() -> None:
 
 
 def test_small_gap_between_cues_is_closed_to_the_minimum() -> None:
+    # The first sentence's speech ends at 1.75 s: a real pause of 0.45 s.
     cues = build(
         [
             segment("This is the first sentence here."),
-            segment("And this is the second one that follows.", start=2.25),
+            segment("And this is the second one that follows.", start=2.2),
         ]
     )
     assert len(cues) == 2
@@ -578,3 +586,95 @@ def test_cue_times_are_whole_milliseconds() -> None:
     assert cues[0].start == 1.235
     for cue in cues:
         assert cue.start == ms(cue.start) / 1000 and cue.end == ms(cue.end) / 1000
+
+
+# --- glued tokens ------------------------------------------------------------------------------
+
+
+def whisper_segment(text: str, tokens: Sequence[str], start: float = 0.0) -> dict[str, Any]:
+    """A segment as Whisper's own word timings give it: words stripped of their spaces, so
+    the segment text alone says that "24" and "-hour" are one written word."""
+    words = []
+    t = start
+    for token in tokens:
+        words.append({"word": token, "start": round(t, 3), "end": round(t + 0.25, 3), "score": 0.9})
+        t += 0.3
+    return {"start": start, "end": round(t, 3), "text": " " + text, "words": words}
+
+
+def test_hyphenated_word_from_whisper_is_not_cut_at_a_line_break() -> None:
+    # Whisper's DTW words for "a 24-hour service" are " 24" and "-hour": the line break
+    # falls between them unless they are one unit.
+    prefix = "The city has finally opened a"
+    text = prefix + " 24-hour service for everyone in town."
+    tokens = [*prefix.split(), " 24", "-hour", "service", "for", "everyone", "in", "town."]
+    cues = build([whisper_segment(text, tokens)])
+    check_invariants(cues, RULES)
+    lines = [line for c in cues for line in c.text.split("\n")]
+    assert any("24-hour" in line for line in lines), lines
+    assert " ".join(lines) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens", "whole"),
+    [
+        ("It is the company's best year so far by a long way, they say.", ["company", "'s"], "company's"),
+        ("Prices went up by 12% in one year and nobody was surprised at all.", ["12", "%"], "12%"),
+        ("They really didn't want to go to the party on a school night.", ["did", "n't"], "didn't"),
+    ],
+)
+def test_tokens_without_a_leading_space_stay_with_the_word_before(
+    text: str, tokens: list[str], whole: str
+) -> None:
+    words = text.split()
+    at = words.index(whole if whole in words else whole + ",")
+    split = [*words[:at], *tokens, *words[at + 1 :]]
+    # Narrow lines put a break everywhere it is allowed.
+    for width in range(8, 30):
+        rules = CueSettings(max_line_chars=width)
+        cues = build([whisper_segment(text, split)], rules)
+        check_invariants(cues, rules)
+        pieces = [w for c in cues for line in c.text.split("\n") for w in line.split()]
+        assert pieces == words, (width, cues)
+
+
+def test_japanese_small_kana_and_long_vowel_mark_never_start_a_line() -> None:
+    text = "コーヒーとチョコレートをちょっとだけ"
+    words = [{"word": c, "start": i * 0.2, "end": i * 0.2 + 0.15, "score": 0.9} for i, c in enumerate(text)]
+    for width in range(3, 10):
+        rules = CueSettings(max_line_chars=width)
+        cues = build([{"start": 0.0, "end": len(text) * 0.2, "text": text, "words": words}], rules)
+        lines = [line for c in cues for line in c.text.split("\n")]
+        assert "".join(lines) == text
+        assert not any(line[0] in "ーゃゅょっョッ" for line in lines), lines
+        assert max(len(line) for line in lines) <= width + 1  # glued pairs may overrun by one
+
+
+# --- timing to the speech -----------------------------------------------------------------------
+
+
+def test_lone_word_before_a_long_silence_lingers_briefly() -> None:
+    # "Weekdays." then 7 s of silence: on screen for the minimum duration, not the silence.
+    cues = build([segment("Weekdays.", start=3.0, word_s=0.6), segment("Good morning.", start=10.6)])
+    assert [c.text for c in cues] == ["Weekdays.", "Good morning."]
+    assert cues[0].start == 3.0
+    assert math.isclose(cues[0].end, 3.6 + 0.4)  # the speech end plus the linger
+    cues = build([segment("Yes.", start=3.0, word_s=0.3), segment("Good morning.", start=10.6)])
+    assert math.isclose(cues[0].end, 3.83)  # the minimum duration (speech + linger is 3.7 s)
+
+
+def test_cue_ends_a_linger_after_its_speech_before_a_pause() -> None:
+    first = segment("This is the first sentence here.")  # speech ends at 1.75 s
+    cues = build([first, segment("And this is the second one that follows.", start=2.6)])
+    assert math.isclose(cues[0].end, 1.75 + 0.4)  # the real pause is 0.85 s: not chained
+    cues = build([first, segment("And this is the second one.", start=4.0)])
+    assert math.isclose(cues[0].end, 1.75 + 0.4)
+
+
+def test_no_linger_into_speech_that_has_no_words() -> None:
+    # Music or a voice Whisper skipped from 2.2 s: the cue stops a minimum gap before it.
+    segments = [segment("Right.", start=1.0, word_s=0.3), segment("Then we left.", start=9.0)]
+    speech = [(1.0, 1.3), (1.5, 1.9), (9.0, 9.9)]
+    cues = build_cues(cast(Sequence[AlignedSegment], segments), RULES, speech)
+    assert cues[0].start == 1.0 and math.isclose(cues[0].end, 1.5 - 0.083)
+    assert math.isclose(build(segments)[0].end, 1.83)  # without regions: the minimum duration

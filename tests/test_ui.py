@@ -107,7 +107,7 @@ async def watch_and_edit(page: Any, url: str, media: Path) -> list[dict[str, Any
     """Upload, edit the first line while later ones still arrive, wait for completion.
     Returns the checkpoint lines as they were when the edit was made."""
     await start_job(page, url, media)
-    first = page.locator('.cue-row[data-key="c0"] .cue-text')
+    first = page.locator('.cue-row[data-key="c0.0"] .cue-text')
     await first.wait_for(timeout=90_000)
     await first.fill(EDIT)
     before = await lines(page)
@@ -226,7 +226,7 @@ async def test_oversize_refused_then_pause_and_resume_with_locked_settings(
         assert listed["jobs"] == [] and not any((data_dir / "uploads").iterdir())
 
         await start_job(page, server.url, speech12.path)
-        await page.locator('.cue-row[data-key="c0"]').wait_for(timeout=90_000)
+        await page.locator('.cue-row[data-key="c0.0"]').wait_for(timeout=90_000)
         await page.click("#pause")
         await wait_status(page, "paused")
         job = await job_id(page)

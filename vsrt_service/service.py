@@ -25,7 +25,7 @@ from vsrt_service.core.formats import FORMATS, cues_from_json, render
 from vsrt_service.core.options import JobOptions, OptionError, conflicts, parse_options, track_choice
 from vsrt_service.jobs.datadir import keep_tidy, lock_data_dir
 from vsrt_service.jobs.media import MediaError, check_media, choose_track
-from vsrt_service.jobs.pipeline import JobContext, remove_job_files
+from vsrt_service.jobs.pipeline import JobContext, live_lines, remove_job_files
 from vsrt_service.jobs.scheduler import Scheduler, Stop
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
 from vsrt_service.jobs.store import FINAL, Job, JobStatus, JobStore
@@ -399,7 +399,13 @@ class Service:
             source = "aligned"
         else:
             stored = [s for s in await self.store.segments(job.id) if s.text is not None]
-            segments = [{"id": s.index, "start": s.start, "end": s.end, "text": s.text} for s in stored]
+            speech = await self.store.speech(job.id) if stored else []
+            # The same sentence lines (and ids) the `fragment` events carried.
+            segments = await asyncio.to_thread(
+                lambda: [
+                    line for s in stored for line in live_lines(s.index, s.start, s.end, s.text or "", speech)
+                ]
+            )
             source = "checkpoint" if stored else "none"
         return Transcript(job, source, segments, await self.store.edited_cues(job.id))
 

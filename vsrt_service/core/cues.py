@@ -14,13 +14,14 @@ Pure Python, standard library only. The pipeline:
    pauses, reading speed, flash cues), so the result is the cheapest, deterministically.
 4. `_break_lines`: each cue's units are broken into the fewest lines, balanced, bottom
    heavy rather than top heavy, preferably after punctuation.
-5. `_timings`: cues start at their first word; ends extend into the following silence
-   for minimum duration and reading speed, never closer than the minimum gap to the
-   next cue.
+5. `_timings`: cues start at their first word and end a short linger after their last;
+   longer for minimum duration and reading speed, never closer than the minimum gap to
+   the next speech; chained to the next cue only across a real pause under 0.5 s.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from vsrt_service.core.config import CueSettings
 from vsrt_service.core.protocol import AlignedSegment
+from vsrt_service.core.speech import normalize
 
 __all__ = ["UNTIMED_SECONDS_PER_CHAR", "Cue", "build_cues", "round_ms"]
 
@@ -76,6 +78,9 @@ _CLOSING_PUNCT = frozenset(  # ASCII quotes left out: they may open as well as c
 _OPENING_PUNCT = frozenset(
     "([{\u00ab\u201c\u2018\u300c\u300e\uff08\u300a\u3008\u3010\u3014\uff3b\uff5b\u00bf\u00a1"
 )
+#: Japanese characters that never start a word: small kana and the long-vowel mark.
+_JA_DEPENDENT = frozenset("ぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶー")
+_HYPHENS = frozenset("-\u2010\u2011")
 _ABBREVIATIONS = frozenset(
     {"mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "etc.", "e.g.", "i.e.", "prof.", "jr.", "sr."}
 )
@@ -347,17 +352,31 @@ class _Unit:
     weak_ending: bool
 
 
+def _glued_to_previous(piece: _Piece, previous: _Piece) -> bool:
+    """Whether nothing may separate the piece from the one before: no space between them
+    (`24` `-hour`, `don` `'t`, `50` `%`, a Japanese small kana or `ー`; single CJK
+    characters excepted, which break anywhere), closing punctuation after, opening
+    punctuation before, or a hyphen starting a word (a line starting `-x` reads as a new
+    speaker)."""
+    if _is_closing(piece.text) and not piece.space_before:
+        return True
+    if _is_opening(previous.text) and not piece.space_before:
+        return True
+    if len(piece.text) > 1 and piece.text[0] in _HYPHENS and not piece.text[1].isspace():
+        return True
+    if piece.space_before:
+        return False
+    if piece.text[:1] in _JA_DEPENDENT:
+        return True
+    return not (_has_cjk(piece.text[:1]) or _has_cjk(previous.text[-1:]))
+
+
 def _units(pieces: Sequence[_Piece]) -> list[_Unit]:
-    """Glue closing punctuation to the piece before and opening punctuation to the one after
-    when no space separates them, so no line or cue starts with a full-width comma or ends
-    with an opening bracket."""
+    """Glue pieces that must not be separated (`_glued_to_previous`) into one unit, so no line
+    or cue starts with a full-width comma, `-hour` or `'s`, or ends with an opening bracket."""
     groups: list[list[_Piece]] = []
     for piece in pieces:
-        glue = (
-            bool(groups)
-            and not piece.space_before
-            and (_is_closing(piece.text) or _is_opening(groups[-1][-1].text))
-        )
+        glue = bool(groups) and _glued_to_previous(piece, groups[-1][-1])
         if glue:
             groups[-1].append(piece)
         else:
@@ -401,6 +420,7 @@ class _Limits:
     gap_ms: int
     cps: float
     pause_ms: int
+    linger_ms: int
 
     @classmethod
     def of(cls, rules: CueSettings) -> _Limits:
@@ -413,6 +433,7 @@ class _Limits:
             gap_ms=max(0, round_ms(rules.min_gap_seconds)),
             cps=max(0.001, rules.max_chars_per_second),
             pause_ms=round_ms(rules.min_silence_for_new_cue),
+            linger_ms=max(0, round_ms(rules.linger_seconds)),
         )
 
 
@@ -584,24 +605,32 @@ def _break_lines(units: Sequence[_Unit], line_chars: int) -> list[str]:
 # --- 5. timings ---------------------------------------------------------------------------------
 
 
-def _timings(spans: Sequence[tuple[int, int, int]], lim: _Limits) -> list[tuple[int, int]]:
+def _timings(
+    spans: Sequence[tuple[int, int, int]], lim: _Limits, speech: Sequence[tuple[int, int]] = ()
+) -> list[tuple[int, int]]:
     """Cue (start, end) in ms from (first word start, speech end, characters): each cue
-    starts at its first word and ends after its speech, extended into the silence that
-    follows for minimum duration and reading speed (and to close gaps under half a second),
-    never past the maximum duration or closer than the minimum gap to the next cue."""
+    starts at its first word and ends `linger` after its speech; longer only for the minimum
+    duration and reading speed, and then never into the next speech (the next cue, or a
+    speech region without words) less the minimum gap. Cues are chained (the gap closed to
+    the minimum) only when the real pause before the next speech is under half a second."""
     chain_ms = round_ms(CHAIN_GAP_SECONDS)
+    onsets = [a for a, _ in speech]
     starts = [s for s, _, _ in spans]
     out: list[tuple[int, int]] = []
     for k, (_, speech_end, chars) in enumerate(spans):
         start = starts[k]
         if out:  # only when the words left no room: keep order, gap and positive length
             start = max(start, out[-1][1] + lim.gap_ms)
+        next_speech = starts[k + 1] if k + 1 < len(spans) else math.inf
+        later = bisect.bisect_right(onsets, speech_end)
+        if later < len(onsets):  # speech the transcript has no words for is speech too
+            next_speech = min(next_speech, onsets[later])
         reading = math.ceil(chars * 1000 / lim.cps)
-        end = max(speech_end, start + lim.min_ms, start + reading)
+        end = max(speech_end + lim.linger_ms, start + lim.min_ms, start + reading)
         limit = start + lim.max_ms
-        if k + 1 < len(spans):
-            next_limit = starts[k + 1] - lim.gap_ms
-            if next_limit - end < chain_ms:
+        if next_speech < math.inf:
+            next_limit = int(next_speech) - lim.gap_ms
+            if k + 1 < len(spans) and next_speech - speech_end < chain_ms:
                 end = next_limit
             limit = min(limit, next_limit)
         end = max(min(end, limit), start + 1)
@@ -612,8 +641,14 @@ def _timings(spans: Sequence[tuple[int, int, int]], lim: _Limits) -> list[tuple[
 # --- public -------------------------------------------------------------------------------------
 
 
-def build_cues(segments: Sequence[AlignedSegment], rules: CueSettings = _DEFAULT_RULES) -> list[Cue]:
-    """Subtitle cues for an aligned transcript, sorted, never overlapping, deterministic."""
+def build_cues(
+    segments: Sequence[AlignedSegment],
+    rules: CueSettings = _DEFAULT_RULES,
+    speech: Sequence[Sequence[float]] = (),
+) -> list[Cue]:
+    """Subtitle cues for an aligned transcript, sorted, never overlapping, deterministic.
+    `speech`: the job's speech regions (seconds), so no cue lingers into speech that has no
+    words (music, a voice Whisper skipped); words are expected snapped to them already."""
     units = _units(_pieces(segments))
     if not units:
         return []
@@ -625,7 +660,8 @@ def build_cues(segments: Sequence[AlignedSegment], rules: CueSettings = _DEFAULT
         part = units[i:j]
         texts.append("\n".join(_break_lines(part, lim.line_chars)))
         spans.append((part[0].start, max(u.end for u in part), len(_join(part))))
+    regions = [(round_ms(a), round_ms(b)) for a, b in normalize(speech)]
     return [
         Cue(start / 1000, end / 1000, text)
-        for (start, end), text in zip(_timings(spans, lim), texts, strict=True)
+        for (start, end), text in zip(_timings(spans, lim, regions), texts, strict=True)
     ]

@@ -4,7 +4,7 @@ Cue building and rendering are pure-Python CPU: seconds for hours of speech. In 
 that work still shares the service's GIL, and whenever the busy thread is preempted while
 holding it the event loop waits too (0.1-0.2 s stalls on a loaded machine). A child
 process, `python -m vsrt_service.jobs.outputs JOB_DIR`, shares nothing: it reads
-`{"rules", "meta", "segments"}` as JSON on stdin, writes every format into JOB_DIR and
+`{"rules", "meta", "segments", "speech"}` as JSON on stdin, writes every format into JOB_DIR and
 answers `{"cues": N}` (or `{"error": "ExceptionName"}`) on stdout. Short transcripts, the
 common case, are done in a thread: starting an interpreter costs more than they do.
 """
@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,23 +48,34 @@ def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> Non
 
 
 def build_and_write(
-    job_dir: Path, segments: list[AlignedSegment], rules: CueSettings, meta: dict[str, Any]
+    job_dir: Path,
+    segments: list[AlignedSegment],
+    rules: CueSettings,
+    meta: dict[str, Any],
+    speech: Sequence[Sequence[float]] = (),
 ) -> int:
     """Cues from the transcript, written in every format (blocking); returns their number."""
-    cues = build_cues(segments, rules)
+    cues = build_cues(segments, rules, speech)
     write_subtitles(job_dir, cues, {**meta, "segments": segments})
     return len(cues)
 
 
 async def write_job_outputs(
-    job_dir: Path, segments: list[AlignedSegment], rules: CueSettings, meta: dict[str, Any], nice: int = 0
+    job_dir: Path,
+    segments: list[AlignedSegment],
+    rules: CueSettings,
+    meta: dict[str, Any],
+    nice: int = 0,
+    speech: Sequence[Sequence[float]] = (),
 ) -> int:
     """build_and_write, off the event loop; in a child process for a long transcript."""
     words = sum(len(s.get("words") or ()) for s in segments)
     if words <= CHILD_ABOVE_WORDS:
-        return await asyncio.to_thread(build_and_write, job_dir, segments, rules, meta)
+        return await asyncio.to_thread(build_and_write, job_dir, segments, rules, meta, speech)
     payload = await asyncio.to_thread(
-        bigjson.dumps, {"rules": asdict(rules), "meta": meta, "segments": segments}, 2
+        bigjson.dumps,
+        {"rules": asdict(rules), "meta": meta, "segments": segments, "speech": [list(r) for r in speech]},
+        2,
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -112,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(args.nice)
     try:
         data = json.load(sys.stdin.buffer)
-        count = build_and_write(args.job_dir, data["segments"], CueSettings(**data["rules"]), data["meta"])
+        count = build_and_write(
+            args.job_dir, data["segments"], CueSettings(**data["rules"]), data["meta"], data.get("speech", ())
+        )
     except Exception as exc:
         log.exception("building subtitles failed")
         print(json.dumps({"error": type(exc).__name__}))

@@ -22,6 +22,7 @@ from vsrt_service.core.config import CueSettings, Settings
 from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.options import JobOptions, OptionError, parse_options, track_choice
 from vsrt_service.core.redact import public_text
+from vsrt_service.core.speech import sentence_lines, snap_words
 from vsrt_service.core.vocab import STEPS, Phase, Signal
 from vsrt_service.jobs.media import (
     MediaError,
@@ -215,6 +216,7 @@ class JobRun:
         done = total - len(pending)
         if not pending:
             return
+        speech = await store.speech(self.job.id)
         ref = self._whisper_ref()
         await self.progress(Phase.TRANSCRIBE, done / total, f"transcribing {done}/{total}", done, total)
         in_flight = {s.index for s in pending}
@@ -234,7 +236,7 @@ class JobRun:
                 {
                     "segment_index": msg.index,
                     "language": msg.language,
-                    "segments": [{"id": msg.index, "start": msg.start, "end": msg.end, "text": msg.text}],
+                    "segments": live_lines(msg.index, msg.start, msg.end, msg.text, speech),
                 },
             )
             await self.progress(Phase.TRANSCRIBE, done / total, f"transcribing {done}/{total}", done, total)
@@ -311,8 +313,10 @@ class JobRun:
                 request.align_model = None
                 message = f"alignment model failed ({exc}); using Whisper's word timings"
                 data = await self._call(runner, request, on_reply)
-        aligned: list[p.AlignedSegment] = data["segments"]
         alignment = str(data["alignment"])
+        # Aligners smear words over the silence around them: move them into the speech.
+        speech = await self.ctx.store.speech(self.job.id)
+        aligned: list[p.AlignedSegment] = await asyncio.to_thread(snap_words, data["segments"], speech)
         await self.ctx.store.save_result(self.job.id, aligned, alignment, self.language)
         await self.progress(Phase.ALIGN, 1, f"aligned ({alignment})")
         self.ctx.publish(
@@ -336,6 +340,7 @@ class JobRun:
                 cue_rules(self.ctx.settings, self.options),
                 meta,
                 nice=self.ctx.settings.runners.nice,
+                speech=await self.ctx.store.speech(self.job.id),
             )
         except OutputError as exc:
             raise JobFailed("subtitles", str(exc)) from None
@@ -411,6 +416,17 @@ def _read_marker(path: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def live_lines(
+    index: int, start: float, end: float, text: str, speech: list[tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """A chunk's unaligned text as sentence lines for the live view; ids `"{index}.{k}"` are
+    unique in the job and the same in `fragment` events and the checkpoint's transcript."""
+    return [
+        {"id": f"{index}.{k}", "start": a, "end": b, "text": line}
+        for k, (a, b, line) in enumerate(sentence_lines(text, start, end, speech))
+    ]
 
 
 def wav_duration(path: Path) -> float:
