@@ -38,6 +38,10 @@ log = logging.getLogger("gpu_runner.engine")
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160
+#: faster-whisper's defaults (WhisperModel.transcribe): punctuation joined to the word it
+#: precedes or follows.
+PREPEND_PUNCTUATION = "\"'\u201c\u00bf([{-"
+APPEND_PUNCTUATION = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
 #: Silence (s) kept around the speech of each chunk sent to Whisper, where there is some.
 CHUNK_PAD = 0.2
 
@@ -388,6 +392,7 @@ class Engine:
     ) -> list[AlignedSegment]:
         """Align the stored texts with Whisper's cross-attention (faster-whisper's DTW)."""
         from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import merge_punctuations
         from whisperx.audio import N_SAMPLES, log_mel_spectrogram
 
         pipeline, _ = self.whisper(ref, language)
@@ -403,6 +408,10 @@ class Engine:
             encoder_output = model.encode(features.numpy() if hasattr(features, "numpy") else features)
             tokens = tokenizer.encode(" " + seg["text"].strip())
             found = model.find_alignment(tokenizer, [tokens], encoder_output, clip.shape[0] // HOP_LENGTH)
+            if found:
+                # As faster-whisper's own word timestamps do: "?" or "." is its own token here,
+                # timed on the silence after the word; it belongs to the word before.
+                merge_punctuations(found[0], PREPEND_PUNCTUATION, APPEND_PUNCTUATION)
             words: list[Word] = [
                 Word(
                     word=w["word"].strip(),

@@ -658,7 +658,7 @@ def test_lone_word_before_a_long_silence_lingers_briefly() -> None:
     cues = build([segment("Weekdays.", start=3.0, word_s=0.6), segment("Good morning.", start=10.6)])
     assert [c.text for c in cues] == ["Weekdays.", "Good morning."]
     assert cues[0].start == 3.0
-    assert math.isclose(cues[0].end, 3.6 + 0.4)  # the speech end plus the linger
+    assert math.isclose(cues[0].end, 3.6 + RULES.linger_seconds)  # the speech end plus the linger
     cues = build([segment("Yes.", start=3.0, word_s=0.3), segment("Good morning.", start=10.6)])
     assert math.isclose(cues[0].end, 3.83)  # the minimum duration (speech + linger is 3.7 s)
 
@@ -666,9 +666,9 @@ def test_lone_word_before_a_long_silence_lingers_briefly() -> None:
 def test_cue_ends_a_linger_after_its_speech_before_a_pause() -> None:
     first = segment("This is the first sentence here.")  # speech ends at 1.75 s
     cues = build([first, segment("And this is the second one that follows.", start=2.6)])
-    assert math.isclose(cues[0].end, 1.75 + 0.4)  # the real pause is 0.85 s: not chained
+    assert math.isclose(cues[0].end, 1.75 + RULES.linger_seconds)  # the real pause is 0.85 s: not chained
     cues = build([first, segment("And this is the second one.", start=4.0)])
-    assert math.isclose(cues[0].end, 1.75 + 0.4)
+    assert math.isclose(cues[0].end, 1.75 + RULES.linger_seconds)
 
 
 def test_no_linger_into_speech_that_has_no_words() -> None:

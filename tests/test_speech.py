@@ -58,8 +58,9 @@ def test_edges_within_the_margin_stay() -> None:
 def test_first_and_last_word_of_a_region_take_its_onset_and_offset_when_close() -> None:
     segments = [seg([("one", 5.3, 5.6), ("two", 5.7, 6.1)]), seg([("three", 8.9, 9.4)])]
     out = snap(segments, [(5.0, 6.4), (8.0, 9.5)])
-    # 0.3 s of speech before "one" and after "two" are theirs; 0.9 s before "three" is not.
-    assert times(out) == [(5.0, 5.6), (5.7, 6.4), (8.9, 9.5)]
+    # 0.3 s of speech before "one" and after "two" are theirs; after the pause, "three" starts
+    # with the speech (the aligner put it 0.9 s late).
+    assert times(out) == [(5.0, 5.6), (5.7, 6.4), (8.0, 9.5)]
 
 
 def test_word_wholly_in_a_pause_goes_into_the_nearer_region() -> None:
@@ -147,3 +148,34 @@ def test_chinese_lines_end_at_full_width_marks() -> None:
     text = "\u4eca\u5929\u5929\u6c14\u5f88\u597d\u3002\u6211\u4eec\u53bb\u516c\u56ed\u5427\uff01"
     lines = sentence_lines(text, 0.0, 6.0, [(0.5, 2.5), (3.5, 5.5)])
     assert lines == [(0.5, 2.5, text[:7]), (3.5, 5.5, text[7:])]
+
+
+def test_pauses_fall_between_the_right_words_when_the_aligner_drifts() -> None:
+    # Whisper's cross-attention times as they come for "Which days? Weekdays. He reads.":
+    # "?" a word of its own on the pause, "Weekdays" smeared late over a 7 s silence.
+    segments = [
+        seg(
+            [
+                ("Which", 6.2, 6.39),
+                ("days", 6.39, 6.86),
+                ("?", 7.25, 7.81),
+                ("Weekdays", 7.9, 14.867),
+                (".", 14.867, 15.914),
+                ("He", 15.914, 16.36),
+                ("reads.", 16.36, 17.21),
+            ]
+        )
+    ]
+    speech = [(6.2, 6.86), (7.25, 7.81), (14.8, 17.21)]
+    out = snap(segments, speech)
+    words = {w["word"]: (w["start"], w["end"]) for w in out[0]["words"]}
+    assert words["Weekdays"][0] == 7.25 and words["."][1] <= 7.81  # in its own region
+    assert words["He"][0] == 14.8 and words["days"][1] == 6.86
+
+
+def test_words_between_two_pauses_are_stretched_onto_the_speech_between_them() -> None:
+    # The aligner runs 0.6 s late through a sentence: both pauses are measured.
+    segments = [seg([("dog.", 2.9, 3.9), ("She", 4.2, 4.5), ("sells", 4.5, 6.4), ("bread.", 6.4, 6.9)])]
+    out = snap(segments, [(0.7, 3.3), (3.59, 6.19), (6.58, 9.0)])
+    assert times(out)[1][0] == 3.59 and times(out)[2][1] <= 6.19
+    assert times(out)[0][1] == 3.3

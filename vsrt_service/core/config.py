@@ -103,7 +103,7 @@ class CueSettings:
     max_chars_per_second: float = 20.0
     #: How long a cue stays up after its last word's speech ends (more only where the
     #: minimum duration or reading speed needs it, never into the next speech).
-    linger_seconds: float = 0.4
+    linger_seconds: float = 0.3
     #: A silence at least this long between two words always starts a new cue.
     min_silence_for_new_cue: float = 1.5
 

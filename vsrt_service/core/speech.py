@@ -32,6 +32,15 @@ MARGIN = 0.05
 #: Furthest a region's first (last) word start (end) is moved back (on) to the region's
 #: onset (offset): speech there with no word in it is that word's, unless it is this long.
 PULL = 0.5
+#: Pauses between regions at least this long are fitted to a word boundary (shorter ones can
+#: be a stop consonant's closure inside a word).
+FIT_MIN_PAUSE = 0.15
+#: Furthest (s) a word boundary may be from the pause it is fitted to.
+FIT_REACH = 1.5
+#: A pause is taken to fall after a sentence end this much (s) sooner than elsewhere.
+FIT_SENTENCE_BONUS = 0.3
+#: Seconds of bonus per second of silence the aligner itself left at a boundary in a pause.
+FIT_SILENCE_WEIGHT = 0.1
 #: A live line boundary moves to a pause between regions this close to it.
 LINE_SNAP = 1.5
 #: A pause between regions at least this long ends a live line even without punctuation.
@@ -151,6 +160,15 @@ def snap_words(
         for w in (s.get("words") or [])
         if isinstance(w, dict) and _timed(w)  # type: ignore[arg-type]
     ]
+    sequence: list[dict[str, Any]] = []  # consecutive timed words, across segments
+    for seg in out:
+        for word in seg.get("words") or []:
+            if isinstance(word, dict) and _timed(word):  # type: ignore[arg-type]
+                sequence.append(word)  # type: ignore[arg-type]
+            elif isinstance(word, dict):  # an untimed word's side of a pause is unknown
+                _fit_pauses(sequence, regions)
+                sequence = []
+    _fit_pauses(sequence, regions)
     prev_start = -math.inf
     for w in words:
         start, end = _into_speech(float(w["start"]), float(w["end"]), rs)
@@ -176,6 +194,92 @@ def snap_words(
     for seg in out:
         _snap_segment(seg, rs)
     return out
+
+
+def _fit_pauses(words: list[dict[str, Any]], regions: list[Region]) -> None:
+    """Each pause between regions among the words falls between two of them: in time order,
+    each pause takes the boundary nearest to it (the silence the aligner left between the
+    two words, measured against the pause) after the one the previous pause took, sentence
+    and clause ends preferred. The word before then ends at the pause's start, the one after
+    starts at its end, and the words between two pauses are stretched linearly onto the
+    speech between them. Whisper's cross-attention times drift by a few hundred ms and
+    spill into pauses; the pauses themselves are measured to 10 ms."""
+    if len(words) < 2:
+        return
+    lo, hi = float(words[0]["start"]), float(words[-1]["end"])
+    gaps = [
+        (a1, b0)
+        for (_, a1), (b0, _) in itertools.pairwise(regions)
+        if b0 - a1 >= FIT_MIN_PAUSE and a1 > lo - FIT_REACH and b0 < hi + FIT_REACH
+    ]
+    # The silence between words k and k + 1 as the aligner put it.
+    between = [
+        tuple(sorted((float(words[k]["end"]), float(words[k + 1]["start"])))) for k in range(len(words) - 1)
+    ]
+    bonus = [_break_bonus(str(w.get("word", ""))) for w in words[:-1]]
+    # No pause falls before punctuation written as a word of its own ("days", "?").
+    admissible = [any(c.isalnum() for c in str(w.get("word", ""))) for w in words[1:]]
+    matched: list[tuple[Region, int]] = []
+    used = -1
+    for a, b in gaps:
+        best: tuple[float, int] | None = None
+        for k in range(used + 1, len(between)):
+            e, s = between[k]
+            if e > b + FIT_REACH:
+                break
+            d = max(0.0, a - s, e - b)
+            if d > FIT_REACH or not admissible[k]:
+                continue
+            # Inside the pause, prefer where the aligner itself left the most silence.
+            silent = max(0.0, min(b, s) - max(a, e))
+            cost = d - bonus[k] - FIT_SILENCE_WEIGHT * silent
+            if best is None or cost < best[0]:
+                best = (cost, k)
+        if best is not None:
+            used = best[1]
+            matched.append(((a, b), used))
+    # Runs of words between matched pauses, stretched onto the speech between them; a run
+    # with a free end (the first or last words) is only held to its pause's side.
+    edges: list[tuple[int, Region | None]] = [
+        (-1, None),
+        *((k, g) for g, k in matched),
+        (len(words) - 1, None),
+    ]
+    for (k0, pause0), (k1, pause1) in itertools.pairwise(edges):
+        run = words[k0 + 1 : k1 + 1]
+        if not run:
+            continue
+        old_a, old_b = float(run[0]["start"]), float(run[-1]["end"])
+        new_a = pause0[1] if pause0 is not None else old_a
+        new_b = pause1[0] if pause1 is not None else old_b
+        if new_b <= new_a:
+            continue
+        if pause0 is None or pause1 is None:
+            scale, new_a, old_a = 1.0, 0.0, 0.0  # clamped below, not moved
+        else:
+            scale = (new_b - new_a) / (old_b - old_a) if old_b > old_a else 0.0
+        lo_t = pause0[1] if pause0 is not None else -math.inf
+        hi_t = pause1[0] if pause1 is not None else math.inf
+        for w in run:
+            for key in ("start", "end"):
+                t = new_a + (float(w[key]) - old_a) * scale
+                w[key] = round(min(max(t, lo_t), hi_t), 3)
+        if pause0 is not None:
+            run[0]["start"] = pause0[1]
+        if pause1 is not None:
+            run[-1]["end"] = pause1[0]
+
+
+def _break_bonus(word: str) -> float:
+    """How much nearer (s) a pause is taken to fall after this word: after a sentence most."""
+    word = word.strip().rstrip("\"')]\u201d\u2019")
+    if not word:
+        return 0.0
+    if word[-1] in ".?!\u3002\uff1f\uff01" and word.lower() not in _ABBREVIATIONS:
+        return FIT_SENTENCE_BONUS
+    if word[-1] in _CLAUSE_END:
+        return FIT_SENTENCE_BONUS / 2
+    return 0.0
 
 
 def _snap_segment(seg: AlignedSegment, rs: _Regions) -> None:
