@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ async def _text(svc: Service, path: Path, settings: dict[str, object] | None = N
 async def test_prompt_and_hotwords_reach_whisper_and_never_leak_into_the_next_job(
     make_service: ServiceFactory, tmp_path: Path
 ) -> None:
-    clip = make_speech(tmp_path / "name.wav", [NAME], video=False, lead=0.3).path
+    clip = (await asyncio.to_thread(make_speech, tmp_path / "name.wav", [NAME], video=False, lead=0.3)).path
     svc = await make_service()
     hot = await _text(svc, clip, {"hotwords": ["Siobhan", "Quilliam"], "align": False})
     prompted = await _text(svc, clip, {"initial_prompt": "Siobhan Quilliam", "align": False})
