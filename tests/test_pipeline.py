@@ -135,7 +135,7 @@ async def test_silent_video_completes_with_empty_subtitles(
     make_service: ServiceFactory, tmp_path: Path
 ) -> None:
     svc = await make_service()
-    job = await svc.submit(make_silent_video(tmp_path / "silent.mp4"))
+    job = await svc.submit(await asyncio.to_thread(make_silent_video, tmp_path / "silent.mp4"))
     done = await svc.wait(job.id)
     assert done.status == "completed", done.error
     assert done.total == 0
