@@ -177,6 +177,15 @@ def speech(media_dir: Path) -> Speech:
 
 
 @pytest.fixture(scope="session")
+def long_speech(media_dir: Path) -> Speech:
+    """Ten sentences (42 s): five segments at a 10 s chunk size, enough for a kill or a pause to
+    land between checkpointed segments (each segment costs a full Whisper window, so no more)."""
+    from tests.media import LONG_SENTENCES
+
+    return make_speech(media_dir / "long.mp4", LONG_SENTENCES[:10])
+
+
+@pytest.fixture(scope="session")
 def tiny_align_model(media_dir: Path) -> Path:
     """A randomly initialised wav2vec2 CTC model (a few hundred KB) in a local directory."""
     from tests.tiny_models import make_tiny_wav2vec2

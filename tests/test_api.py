@@ -393,7 +393,8 @@ async def test_pause_conflicts_and_resume_with_original_settings(
     make_client: ClientFactory, speech: Speech
 ) -> None:
     client = await make_client(transcription={"batch_size": 1}, sse={"heartbeat_interval": 0.5})
-    job = await upload(client, speech.path, {"chunk_size": 3})
+    # One segment per sentence (six): room to pause between them, and no more Whisper windows.
+    job = await upload(client, speech.path, {"chunk_size": 5})
     stream = await open_stream(client, job["job_id"])
     await stream.until(lambda e: e.event == "fragment")
     resp = await client.post(f"/api/pause/{job['job_id']}")

@@ -468,11 +468,12 @@ async def tiny_installed(make_settings: SettingsFactory) -> Path:
 
 
 async def busy_runner(client: TestClient[Any, Any], speech: Speech) -> tuple[str, SseReader]:
-    """A job on the bundled tiny.en, once its runner is inside a long call: one-second
-    segments, one at a time (the client's batch_size is 1). Returns its id and stream."""
+    """A job on the bundled tiny.en, once its runner is inside a long call: two-second
+    segments (a dozen; each costs a full Whisper window), one at a time (the client's
+    batch_size is 1). Returns its id and stream."""
     assert (await catalog_entry(client, "whisper", "tiny"))["status"] == "ready"
     job = await upload(
-        client, speech.path, {"model": "tiny.en", "language": "en", "align": False, "chunk_size": 1}
+        client, speech.path, {"model": "tiny.en", "language": "en", "align": False, "chunk_size": 2}
     )
     stream = await open_stream(client, job["job_id"])
     await stream.until(lambda e: e.event == "fragment", wait=180)

@@ -219,7 +219,8 @@ async def test_a_paused_job_resumes_after_its_audio_expired(
 ) -> None:
     settings = make_settings(transcription={"batch_size": 1})
     async with Service(settings) as svc:
-        job = await svc.submit(speech.path, {"chunk_size": 3})
+        # One segment per sentence (six): room to pause between them, and no more Whisper windows.
+        job = await svc.submit(speech.path, {"chunk_size": 5})
         async for ev in svc.events(job.id):
             if ev.event == "fragment":
                 await svc.pause(job.id)

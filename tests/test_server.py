@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.media import LONG_SENTENCES, Speech, make_speech
+from tests.media import Speech
 from tests.procs import runner_pids
 from tests.sse_client import SseReader
 
@@ -88,11 +88,6 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
     finally:
         for server in servers:
             await server.stop()
-
-
-@pytest.fixture(scope="module")
-def long_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
-    return make_speech(tmp_path_factory.mktemp("server") / "talk.mp4", LONG_SENTENCES[:14])
 
 
 async def test_sigkill_mid_job_then_restart_resumes_from_checkpoint(
