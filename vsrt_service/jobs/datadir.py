@@ -38,6 +38,13 @@ log = logging.getLogger("vsrt.datadir")
 LOCK_NAME = "vsrt.lock"
 #: The audio a job extracts into its folder (pipeline.JobRun.audio).
 AUDIO_NAME = "audio.wav"
+#: Which audio track audio.wav was extracted from; it goes with the audio.
+TRACK_NAME = "audio.track"
+
+
+def audio_files(job_dir: Path) -> list[Path]:
+    """A job's extracted audio and what describes it: removed together."""
+    return [job_dir / AUDIO_NAME, job_dir / TRACK_NAME]
 #: How often the audio retention is applied while the service runs.
 SWEEP_SECONDS = 300.0
 #: Names vsrt gives uploads (uploads.stored_name) and job folders (store job ids): nothing
@@ -201,7 +208,7 @@ async def expire_audio(settings: Settings, store: JobStore, now: float | None = 
         current = await store.get_job(job.id)
         if current is None or (current.status, current.updated_at) != (job.status, job.updated_at):
             continue
-        await asyncio.to_thread(remove_paths, [settings.jobs_dir / job.id / AUDIO_NAME])
+        await asyncio.to_thread(remove_paths, audio_files(settings.jobs_dir / job.id))
         removed.append(job.id)
     if removed:
         log.info("removed the extracted audio of %d finished job(s)", len(removed))

@@ -24,6 +24,7 @@ from vsrt_service.core.options import JobOptions, OptionError, parse_options, tr
 from vsrt_service.core.redact import public_text
 from vsrt_service.core.speech import sentence_lines, snap_words
 from vsrt_service.core.vocab import STEPS, Phase, Signal
+from vsrt_service.jobs.datadir import AUDIO_NAME, TRACK_NAME, audio_files, remove_paths
 from vsrt_service.jobs.media import (
     MediaError,
     audio_is_complete,
@@ -101,7 +102,7 @@ class JobRun:
         self.job = job
         self.options = parse_options(job.options, ctx.settings, base=None, catalog=ctx.models.catalog)
         self.dir = ctx.job_dir(job.id)
-        self.audio = self.dir / "audio.wav"
+        self.audio = self.dir / AUDIO_NAME
         self.language: str | None = job.language or self.options.language
 
     async def progress(
@@ -133,7 +134,7 @@ class JobRun:
         await self.write_outputs(aligned, alignment)
         if self.ctx.settings.jobs.keep_audio_hours == 0:
             # Nothing reads it once the subtitles are written; a restart extracts it again.
-            await asyncio.to_thread(self.audio.unlink, missing_ok=True)
+            await asyncio.to_thread(remove_paths, audio_files(self.dir))
 
     # --- phases --------------------------------------------------------------------------
 
@@ -142,7 +143,7 @@ class JobRun:
         limits = self.ctx.settings.media
         choice = track_choice(self.options.audio_track)
         # Which track audio.wav holds: a restart may ask for another one and keeps the audio.
-        marker = self.audio.with_name("audio.track")
+        marker = self.dir / TRACK_NAME
         if await asyncio.to_thread(self.audio.is_file):
             # Audio from an earlier run is kept only if it covers the source: a truncated
             # file (full disk, a copy cut short) keeps the header of the whole one.
