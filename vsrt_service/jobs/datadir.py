@@ -45,6 +45,8 @@ TRACK_NAME = "audio.track"
 def audio_files(job_dir: Path) -> list[Path]:
     """A job's extracted audio and what describes it: removed together."""
     return [job_dir / AUDIO_NAME, job_dir / TRACK_NAME]
+
+
 #: How often the audio retention is applied while the service runs.
 SWEEP_SECONDS = 300.0
 #: Names vsrt gives uploads (uploads.stored_name) and job folders (store job ids): nothing
