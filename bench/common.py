@@ -3,6 +3,7 @@ a comparison use, the wait for a quiet machine, and cached synthetic media."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -56,6 +57,17 @@ async def wait_until_idle(max_wait: float) -> bool:
         log.warning("other test runs are active (%s); waiting", other_test_runs()[:4])
         await asyncio.sleep(15)
     return True
+
+
+def add_wait_idle(parser: argparse.ArgumentParser) -> None:
+    """The `--wait-idle S` flag every benchmark has (a busy machine skews its figures)."""
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before measuring, wait up to S seconds for other pytest runs to end",
+    )
 
 
 def cached_speech(out: Path, make: Callable[[Path], Speech]) -> Speech:

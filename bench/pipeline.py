@@ -56,6 +56,7 @@ from bench.common import (
     OUT,
     ROOT,
     SAMPLE_RATE,
+    add_wait_idle,
     cached_speech,
     other_test_runs,
     save_and_print,
@@ -453,13 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the speech (default 5)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each side, alternating")
     parser.add_argument("--wav", action="store_true", help="measure on a WAV file instead of an mp4")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="before measuring, wait up to S seconds for other pytest runs to end",
-    )
+    add_wait_idle(parser)
     parser.add_argument(
         "--vad",
         choices=[str(m) for m in VadMethod],

@@ -55,6 +55,7 @@ from bench.common import (
     MEDIA,
     OUT,
     ROOT,
+    add_wait_idle,
     cached_speech,
     other_test_runs,
     save_and_print,
@@ -64,6 +65,7 @@ from bench.common import (
 from tests.media import LONG_SENTENCES, Sentence, Speech, make_speech, normalize_text, word_error_rate
 from vsrt_service.core.config import CueSettings
 from vsrt_service.core.cues import Cue, round_ms
+from vsrt_service.core.vocab import VadMethod
 
 RESULT_FILE = OUT / "quality.json"
 SYSTEMS = ("vsrt", "faster-whisper", "whisperx")
@@ -638,15 +640,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", type=_names(SYSTEMS), default=list(SYSTEMS), help="comma-separated")
     parser.add_argument("--clips", type=_names(list(CLIPS)), default=list(CLIPS), help="comma-separated")
     parser.add_argument(
-        "--vad", choices=("silero", "pyannote"), default=None, help="vsrt's vad_method (default: its own)"
+        "--vad",
+        choices=[str(m) for m in VadMethod],
+        default=None,
+        help="vsrt's vad_method (default: its own)",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="before measuring, wait up to S seconds for other pytest runs to end",
-    )
+    add_wait_idle(parser)
     parser.add_argument(
         "--out", type=Path, default=RESULT_FILE, help=f"JSON file (default {RESULT_FILE.relative_to(ROOT)})"
     )

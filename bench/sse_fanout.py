@@ -63,6 +63,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.common import add_wait_idle
 from bench.pipeline import (
     CLK_TCK,
     cached_speech,
@@ -820,13 +821,7 @@ def main(argv: list[str] | None = None) -> int:
         help="length of the real job's speech for the status part (default 2)",
     )
     parser.add_argument("--no-status", action="store_true", help="skip the status-latency part")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="before measuring, wait up to S seconds for other pytest runs to end",
-    )
+    add_wait_idle(parser)
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--max-streams", type=int, default=5000, help=argparse.SUPPRESS)
