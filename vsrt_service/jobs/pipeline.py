@@ -104,6 +104,8 @@ class JobRun:
         self.dir = ctx.job_dir(job.id)
         self.audio = self.dir / AUDIO_NAME
         self.language: str | None = job.language or self.options.language
+        #: The split's speech regions: kept when the split runs, else read once from the store.
+        self._speech: list[tuple[float, float]] | None = None
 
     async def progress(
         self,
@@ -135,6 +137,12 @@ class JobRun:
         if self.ctx.settings.jobs.keep_audio_hours == 0:
             # Nothing reads it once the subtitles are written; a restart extracts it again.
             await asyncio.to_thread(remove_paths, audio_files(self.dir))
+
+    async def speech(self) -> list[tuple[float, float]]:
+        """Where the speech is (empty for jobs split before regions were kept)."""
+        if self._speech is None:
+            self._speech = await self.ctx.store.speech(self.job.id)
+        return self._speech
 
     # --- phases --------------------------------------------------------------------------
 
@@ -205,6 +213,7 @@ class JobRun:
         count = await self.ctx.store.save_segments(
             self.job.id, spans, self.options.locked(), duration, speech
         )
+        self._speech = speech
         message = f"{count} speech segments" if count else "no speech found"
         await self.progress(Phase.SPLIT, 1, message, processed=0, total=count)
         return count
@@ -217,7 +226,7 @@ class JobRun:
         done = total - len(pending)
         if not pending:
             return
-        speech = await store.speech(self.job.id)
+        speech = await self.speech()
         ref = self._whisper_ref()
         await self.progress(Phase.TRANSCRIBE, done / total, f"transcribing {done}/{total}", done, total)
         in_flight = {s.index for s in pending}
@@ -316,7 +325,7 @@ class JobRun:
                 data = await self._call(runner, request, on_reply)
         alignment = str(data["alignment"])
         # Aligners smear words over the silence around them: move them into the speech.
-        speech = await self.ctx.store.speech(self.job.id)
+        speech = await self.speech()
         aligned: list[p.AlignedSegment] = await asyncio.to_thread(snap_words, data["segments"], speech)
         await self.ctx.store.save_result(self.job.id, aligned, alignment, self.language)
         await self.progress(Phase.ALIGN, 1, f"aligned ({alignment})")
@@ -341,7 +350,7 @@ class JobRun:
                 cue_rules(self.ctx.settings, self.options),
                 meta,
                 nice=self.ctx.settings.runners.nice,
-                speech=await self.ctx.store.speech(self.job.id),
+                speech=await self.speech(),
             )
         except OutputError as exc:
             raise JobFailed("subtitles", str(exc)) from None
