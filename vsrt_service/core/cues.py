@@ -31,6 +31,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from vsrt_service.core.config import CueSettings
 from vsrt_service.core.protocol import AlignedSegment
 from vsrt_service.core.speech import normalize
+from vsrt_service.core.text import CJK_CLASS, CLOSING, has_cjk, is_clause_end, is_sentence_end
 
 __all__ = ["UNTIMED_SECONDS_PER_CHAR", "Cue", "build_cues", "round_ms"]
 
@@ -56,23 +57,8 @@ _COST_FLASH = 2.0
 _COST_FILL = 0.3
 _COST_NO_ROOM = 1000.0
 
-_CJK_RANGES = (
-    (0x3000, 0x303F),  # CJK symbols and punctuation
-    (0x3040, 0x30FF),  # Hiragana, Katakana
-    (0x31F0, 0x31FF),  # Katakana phonetic extensions
-    (0x3400, 0x4DBF),  # CJK Extension A
-    (0x4E00, 0x9FFF),  # CJK Unified Ideographs
-    (0xF900, 0xFAFF),  # CJK Compatibility Ideographs
-    (0xFF00, 0xFFEF),  # Halfwidth and fullwidth forms
-    (0x20000, 0x2FA1F),  # CJK Extensions B.. and compatibility supplement
-)
-# Punctuation, full-width forms written as escapes (ruff RUF001): ideographic full stop
-# \u3002, full-width ? ! , ; : (\uff1f \uff01 \uff0c \uff1b \uff1a), ideographic comma \u3001.
-_SENTENCE_END = frozenset(".?!\u3002\uff1f\uff01")
-_CLAUSE_END = frozenset(",;:\uff0c\u3001\uff1b\uff1a\u2014\u2013\u2026")
-_CLOSING = "\"')]}\u201d\u2019\u00bb\u300d\u300f\uff09\u300b\u3009\u3011\u3015\uff3d\uff5d"
 _CLOSING_PUNCT = frozenset(  # ASCII quotes left out: they may open as well as close
-    _CLOSING.replace("'", "").replace('"', "")
+    CLOSING.replace("'", "").replace('"', "")
     + ".,;:?!%\u3002\uff0c\u3001\uff1b\uff1a\uff1f\uff01\u2026\u30fb\u2025"
 )
 _OPENING_PUNCT = frozenset(
@@ -81,9 +67,6 @@ _OPENING_PUNCT = frozenset(
 #: Japanese characters that never start a word: small kana and the long-vowel mark.
 _JA_DEPENDENT = frozenset("ぁぃぅぇぉっゃゅょゎゕゖァィゥェォッャュョヮヵヶー")
 _HYPHENS = frozenset("-\u2010\u2011")
-_ABBREVIATIONS = frozenset(
-    {"mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "etc.", "e.g.", "i.e.", "prof.", "jr.", "sr."}
-)
 #: Words that lead into what follows (English); a line or cue should not end on one.
 _WEAK_ENDINGS = frozenset(
     "a an the and or but nor so to of in on at by for with from into as that than if "
@@ -92,8 +75,8 @@ _WEAK_ENDINGS = frozenset(
 _CJK_SPLIT = re.compile(
     "|".join(
         [
-            "[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _CJK_RANGES) + "]",
-            "[^" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _CJK_RANGES) + "]+",
+            f"[{CJK_CLASS}]",
+            f"[^{CJK_CLASS}]+",
         ]
     )
 )
@@ -122,34 +105,9 @@ def round_ms(seconds: float) -> int:
 # --- text helpers ------------------------------------------------------------------------
 
 
-def is_cjk(char: str) -> bool:
-    """Chinese/Japanese script characters, which are written without spaces between words."""
-    return bool(char) and any(lo <= ord(char) <= hi for lo, hi in _CJK_RANGES)
-
-
-def _has_cjk(text: str) -> bool:
-    return any(is_cjk(c) for c in text)
-
-
 def _clean(text: str) -> str:
     """Whisper words carry leading spaces; inner runs of whitespace become one space."""
     return " ".join(text.split())
-
-
-def _is_sentence_end(text: str) -> bool:
-    """A word ending a sentence (closing quotes allowed after the mark; not "Mr.", "...")."""
-    core = text.rstrip(_CLOSING)
-    if not core or core[-1] not in _SENTENCE_END:
-        return False
-    if core.endswith("..") or core.lower() in _ABBREVIATIONS:
-        return False
-    return True
-
-
-def _is_clause_end(text: str) -> bool:
-    """A word after which a line or cue break reads naturally (comma, semicolon, ellipsis)."""
-    core = text.rstrip(_CLOSING)
-    return bool(core) and (core[-1] in _CLAUSE_END or core.endswith(".."))
 
 
 def _is_weak_ending(text: str) -> bool:
@@ -273,7 +231,7 @@ def _spaces_before(text: str, words: Sequence[str]) -> list[bool | None]:
             space = any(c.isspace() for c in text[pos:found])
             pos = found + len(word)
         else:
-            space = not (_has_cjk(word[:1]) or (k > 0 and _has_cjk(words[k - 1][-1:])))
+            space = not (has_cjk(word[:1]) or (k > 0 and has_cjk(words[k - 1][-1:])))
         result.append(None if k == 0 else space)
     return result
 
@@ -294,7 +252,7 @@ def _segment_bounds(segment: AlignedSegment, raws: list[_Raw]) -> tuple[float, f
 def _split_word(text: str, start: float, end: float) -> list[tuple[str, float, float]]:
     """A word holding CJK characters becomes one piece per character (runs of other
     characters, like "GPU" or "3.5", stay whole), its time shared by character count."""
-    if not _has_cjk(text):
+    if not has_cjk(text):
         return [(text, start, end)]
     parts = [p for p in _CJK_SPLIT.findall(text) if p]
     spans = _spread(start, end, [len(p) for p in parts])
@@ -328,7 +286,7 @@ def _pieces(segments: Sequence[AlignedSegment]) -> list[_Piece]:
             space = piece.space_before
             if space is None:
                 prev = out[-1].text[-1:] if out else ""
-                space = not (_has_cjk(prev) and _has_cjk(piece.text[:1]))
+                space = not (has_cjk(prev) and has_cjk(piece.text[:1]))
             start = max(piece.start, prev_start, 0)
             out.append(_Piece(piece.text, start, max(piece.end, start), space, piece.segment_end))
             prev_start = start
@@ -368,7 +326,7 @@ def _glued_to_previous(piece: _Piece, previous: _Piece) -> bool:
         return False
     if piece.text[:1] in _JA_DEPENDENT:
         return True
-    return not (_has_cjk(piece.text[:1]) or _has_cjk(previous.text[-1:]))
+    return not (has_cjk(piece.text[:1]) or has_cjk(previous.text[-1:]))
 
 
 def _units(pieces: Sequence[_Piece]) -> list[_Unit]:
@@ -390,8 +348,8 @@ def _units(pieces: Sequence[_Piece]) -> list[_Unit]:
                 start=group[0].start,
                 end=max(p.end for p in group),
                 space_before=bool(group[0].space_before),
-                sentence_end=_is_sentence_end(text),
-                clause_end=_is_clause_end(text),
+                sentence_end=is_sentence_end(text),
+                clause_end=is_clause_end(text),
                 segment_end=group[-1].segment_end,
                 weak_ending=_is_weak_ending(text),
             )

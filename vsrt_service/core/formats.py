@@ -16,7 +16,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from vsrt_service.core.cues import Cue, is_cjk, round_ms
+from vsrt_service.core.cues import Cue, round_ms
+from vsrt_service.core.text import is_cjk
 
 __all__ = [
     "FORMATS",

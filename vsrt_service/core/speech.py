@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vsrt_service.core.protocol import AlignedSegment
+from vsrt_service.core.text import CJK_CLASS, is_clause_end, is_sentence_end
 
 __all__ = ["MARGIN", "PULL", "Region", "normalize", "sentence_lines", "snap_words"]
 
@@ -48,14 +49,7 @@ LINE_PAUSE = 1.0
 #: Longest live line, in characters, before a sentence is cut at a clause or between words.
 LINE_CHARS = 84
 
-# A sentence ends at . ? ! (and closing quotes) before a space, or at a full-width mark.
-_SENTENCE_END = re.compile(
-    "(?:[.?!]+[\"')\\]\u201d\u2019]*(?=\\s|$)|[\u3002\uff1f\uff01]+[\u300d\u300f\u201d\uff09]*)"
-)
-_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "etc.", "e.g.", "i.e.", "prof."})
-_CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-_TOKEN = re.compile(f"(\\s*)([{_CJK}]|[^\\s{_CJK}]+)")
-_CLAUSE_END = ",;:\uff0c\u3001\uff1b\uff1a"
+_TOKEN = re.compile(f"(\\s*)([{CJK_CLASS}]|[^\\s{CJK_CLASS}]+)")
 
 
 def normalize(speech: Sequence[Sequence[float]]) -> list[Region]:
@@ -272,14 +266,10 @@ def _fit_pauses(words: list[dict[str, Any]], regions: list[Region]) -> None:
 
 def _break_bonus(word: str) -> float:
     """How much nearer (s) a pause is taken to fall after this word: after a sentence most."""
-    word = word.strip().rstrip("\"')]\u201d\u2019")
-    if not word:
-        return 0.0
-    if word[-1] in ".?!\u3002\uff1f\uff01" and word.lower() not in _ABBREVIATIONS:
+    word = word.strip()
+    if is_sentence_end(word):
         return FIT_SENTENCE_BONUS
-    if word[-1] in _CLAUSE_END:
-        return FIT_SENTENCE_BONUS / 2
-    return 0.0
+    return FIT_SENTENCE_BONUS / 2 if is_clause_end(word) else 0.0
 
 
 def _snap_segment(seg: AlignedSegment, rs: _Regions) -> None:
@@ -308,11 +298,6 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in _TOKEN.finditer(text)]
 
 
-def _ends_sentence(token: str) -> bool:
-    """A word ending in . ? ! (not "Mr."), or a full-width sentence mark."""
-    return _SENTENCE_END.search(token) is not None and token.lower() not in _ABBREVIATIONS
-
-
 def _sentences(tokens: list[tuple[str, str]], pauses: Sequence[int], line_chars: int) -> list[str]:
     """The text cut after each sentence end and before each token in `pauses` (where a long
     pause in the speech falls); a piece longer than `line_chars` is cut again after a clause
@@ -321,7 +306,7 @@ def _sentences(tokens: list[tuple[str, str]], pauses: Sequence[int], line_chars:
     begin = 0
     breaks = set(pauses)
     for k, (_, token) in enumerate(tokens):
-        if _ends_sentence(token) or k + 1 in breaks or k + 1 == len(tokens):
+        if is_sentence_end(token) or k + 1 in breaks or k + 1 == len(tokens):
             piece = tokens[begin][1] + "".join(sep + tok for sep, tok in tokens[begin + 1 : k + 1])
             out.extend(_cut(piece, line_chars))
             begin = k + 1
@@ -340,7 +325,7 @@ def _cut(sentence: str, line_chars: int) -> list[str]:
         if current and len(" ".join([*current, word])) > line_chars:
             # Break after the last clause end in the line when it is not too early.
             cut = max(
-                (i for i, w in enumerate(current) if w and w[-1] in _CLAUSE_END and i >= len(current) // 2),
+                (i for i, w in enumerate(current) if is_clause_end(w) and i >= len(current) // 2),
                 default=len(current) - 1,
             )
             parts.append(" ".join(current[: cut + 1]))
