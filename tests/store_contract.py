@@ -318,6 +318,23 @@ class JobStoreContract:
         await store.save_edited_cues(job_id, None)
         assert await store.edited_cues(job_id) is None
 
+    async def test_edits_are_versioned_compare_and_set(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        assert await store.edits_version(job_id) == 0
+        mine = [{"start": 0.0, "end": 1.0, "text": "mine"}]
+        theirs = [{"start": 0.0, "end": 1.0, "text": "theirs"}]
+        assert await store.save_edited_cues(job_id, mine, expected_version=0) == 1
+        # A second editor that loaded version 0 saves too late: nothing is written.
+        assert await store.save_edited_cues(job_id, theirs, expected_version=0) is None
+        assert await store.edited_cues(job_id) == mine and await store.edits_version(job_id) == 1
+        assert await store.save_edited_cues(job_id, theirs, expected_version=1) == 2
+        # Without an expected version a save always lands; a revert is a version too.
+        assert await store.save_edited_cues(job_id, mine) == 3
+        assert await store.save_edited_cues(job_id, None, expected_version=3) == 4
+        assert await store.edited_cues(job_id) is None and await store.edits_version(job_id) == 4
+        assert await store.save_edited_cues("no-such-job", mine) is None
+        assert await store.edits_version("no-such-job") == 0
+
 
 def aligned(start: float, end: float, text: str) -> AlignedSegment:
     return {

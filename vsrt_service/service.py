@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -18,11 +19,20 @@ from types import TracebackType
 from typing import Any
 
 from vsrt_service.core.broker import Broker, Event, job_channel
-from vsrt_service.core.config import Settings, load_settings
+from vsrt_service.core.config import CueSettings, Settings, load_settings
+from vsrt_service.core.cue_rules import CueWarning, check_cues, cue_rules, rules_json
 from vsrt_service.core.cues import Cue
 from vsrt_service.core.errors import Conflict, InvalidInput, NotFound, Unavailable
-from vsrt_service.core.formats import FORMATS, cues_from_json, render
-from vsrt_service.core.options import JobOptions, OptionError, conflicts, parse_options, track_choice
+from vsrt_service.core.formats import FORMATS, cues_from_json, render, to_json
+from vsrt_service.core.options import (
+    RULE_OPTIONS,
+    JobOptions,
+    OptionError,
+    conflicts,
+    parse_options,
+    track_choice,
+)
+from vsrt_service.core.reflow import reflow
 from vsrt_service.jobs.datadir import keep_tidy, lock_data_dir
 from vsrt_service.jobs.media import MediaError, check_media, choose_track
 from vsrt_service.jobs.pipeline import JobContext, live_lines, remove_job_files
@@ -37,6 +47,8 @@ log = logging.getLogger("vsrt.service")
 
 #: Signals after which a job's event stream has nothing more to say.
 FINAL_SIGNALS = frozenset({"job_complete", "paused", "canceled"})
+#: The most cues one reflow request may re-split (a selection, not a whole film).
+REFLOW_MAX_CUES = 500
 #: How often a control request looks again at a job whose state changed under it.
 CONTROL_ATTEMPTS = 5
 
@@ -54,6 +66,58 @@ class Transcript:
     source: str  # "aligned", "checkpoint" or "none"
     segments: list[dict[str, Any]]
     edited_cues: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class CueDocument:
+    """What the editor edits: the cues downloads serve now and the version to save against."""
+
+    job: Job
+    version: int
+    edited: bool
+    cues: list[Cue]
+    rules: CueSettings
+    meta: dict[str, Any]  # the machine file's (job, model, language, segments...), else job_id
+    speech: list[tuple[float, float]]
+
+    def json(self) -> str:
+        """The JSON download: the machine file's fields, the version, rules and warnings."""
+        return to_json(
+            self.cues,
+            {
+                **self.meta,
+                "job_id": self.job.id,
+                "edited": self.edited,
+                "version": self.version,
+                "rules": rules_json(self.rules),
+                "warnings": check_cues(self.cues, self.rules),
+                "speech": [[round(a, 3), round(b, 3)] for a, b in self.speech],
+            },
+        )
+
+
+@dataclass(frozen=True)
+class SavedCues:
+    version: int
+    cues: list[Cue]
+    warnings: list[CueWarning]
+
+
+def _version(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput("version must be a whole number from the last load", field="version")
+    return value
+
+
+def _version_conflict(current: int) -> Conflict:
+    return Conflict(
+        f"the subtitles were saved elsewhere since you loaded them (now version {current});"
+        " load theirs, or save yours over them",
+        code="version_conflict",
+        field="version",
+    )
 
 
 # --- resources, each opened and closed by one context manager ------------------------------
@@ -374,19 +438,47 @@ class Service:
     # --- results -------------------------------------------------------------------------
 
     async def subtitles(self, job_id: str, fmt: str = "srt") -> str:
-        """The subtitles in a format: the user's edited cues when saved, else the machine's."""
+        """The subtitles in a format: the user's edited cues when saved, else the machine's.
+        JSON also carries the editor's document (`CueDocument.json`)."""
         if fmt not in FORMATS:
             raise InvalidInput(
                 f"format must be one of {', '.join(FORMATS)}", code="bad_format", field="format"
             )
+        doc = await self.cue_document(job_id)
+        if fmt == "json":
+            return await asyncio.to_thread(doc.json)
+        if not doc.edited:  # written whole when the job completed: served as written
+            path = self.ctx.job_dir(job_id) / f"subtitles.{fmt}"
+            return await asyncio.to_thread(path.read_text, encoding="utf-8")
+        return render(fmt, doc.cues, {"job_id": job_id, "edited": True})
+
+    async def cue_document(self, job_id: str) -> CueDocument:
+        """The cues downloads serve now (the user's if saved, else the machine's), with the
+        edits version a save must name, the job's cue rules and what the cues break."""
         job = await self.get(job_id)
-        edited = await self.store.edited_cues(job_id)
-        if edited is not None:
-            return render(fmt, cues_from_json(edited), {"job_id": job_id, "edited": True})
-        path = self.ctx.job_dir(job_id) / f"subtitles.{fmt}"
-        if job.status != "completed" or not await asyncio.to_thread(path.is_file):
+        # The version is read before the cues: a save landing in between makes the next
+        # save of this reader a conflict, never a silent overwrite.
+        version = await self.store.edits_version(job.id)
+        edited = await self.store.edited_cues(job.id)
+        machine = self.ctx.job_dir(job.id) / "subtitles.json"
+        meta: dict[str, Any] = {"job_id": job.id}
+        if job.status == JobStatus.COMPLETED and await asyncio.to_thread(machine.is_file):
+            meta = await asyncio.to_thread(lambda: json.loads(machine.read_text(encoding="utf-8")))
+        elif edited is None:
             raise Conflict("the subtitles are not ready yet", code="not_ready")
-        return await asyncio.to_thread(path.read_text, encoding="utf-8")
+        cues = cues_from_json(edited if edited is not None else meta.pop("cues"))
+        meta.pop("cues", None)
+        speech = await self.store.speech(job.id)
+        return CueDocument(job, version, edited is not None, cues, self.cue_rules(job), meta, speech)
+
+    def cue_rules(self, job: Job) -> CueSettings:
+        """The rules the job's cues were built with (its options over the config)."""
+        picked = {k: job.options[k] for k in RULE_OPTIONS if k in job.options}
+        try:
+            options = parse_options(picked, self.settings, catalog=self.models.catalog)
+        except OptionError:  # stored by an older vsrt with other bounds: the defaults
+            options = parse_options({}, self.settings, catalog=self.models.catalog)
+        return cue_rules(self.settings, options)
 
     async def transcript(self, job_id: str) -> Transcript:
         job = await self.get(job_id)
@@ -409,22 +501,46 @@ class Service:
             source = "checkpoint" if stored else "none"
         return Transcript(job, source, segments, await self.store.edited_cues(job.id))
 
-    async def save_edited_cues(self, job_id: str, items: Any) -> list[Cue]:
-        """Keep the user's cues apart from the machine's; downloads serve them from now on."""
-        await self.get(job_id)
+    async def save_edited_cues(self, job_id: str, items: Any, version: Any = None) -> SavedCues:
+        """Keep the user's cues apart from the machine's; downloads serve them from now on.
+        With `version` (the edits version the editor loaded) a save made meanwhile by
+        someone else is a `version_conflict`, not overwritten. Broken cue rules are
+        warnings, never refusals: the user has the last word on their subtitles."""
+        job = await self.get(job_id)
+        expected = _version(version)
         try:
             cues = cues_from_json(items)
         except ValueError as exc:
             raise InvalidInput(str(exc), code="bad_cues", field="cues") from None
-        await self.store.save_edited_cues(
-            job_id, [{"start": c.start, "end": c.end, "text": c.text} for c in cues]
-        )
-        return cues
+        cues.sort(key=lambda c: (c.start, c.end))
+        stored = [{"start": c.start, "end": c.end, "text": c.text} for c in cues]
+        saved = await self.store.save_edited_cues(job.id, stored, expected)
+        if saved is None:
+            raise _version_conflict(await self.store.edits_version(job.id))
+        return SavedCues(saved, cues, check_cues(cues, self.cue_rules(job)))
 
-    async def discard_edits(self, job_id: str) -> Job:
+    async def discard_edits(self, job_id: str, version: Any = None) -> int:
+        """Back to the machine's cues ("revert"); returns the new edits version."""
         job = await self.get(job_id)
-        await self.store.save_edited_cues(job.id, None)
-        return job
+        saved = await self.store.save_edited_cues(job.id, None, _version(version))
+        if saved is None:
+            raise _version_conflict(await self.store.edits_version(job.id))
+        return saved
+
+    async def reflow(self, job_id: str, items: Any) -> list[Cue]:
+        """A run of cues re-split by the cue builder with the job's rules, reusing the
+        aligned word times where the text still has the same words."""
+        job = await self.get(job_id)
+        try:
+            selection = cues_from_json(items)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), code="bad_cues", field="cues") from None
+        if len(selection) > REFLOW_MAX_CUES:
+            raise InvalidInput(f"reflow at most {REFLOW_MAX_CUES} cues at a time", field="cues")
+        result = await self.store.result(job.id)
+        speech = await self.store.speech(job.id)
+        rules = self.cue_rules(job)
+        return await asyncio.to_thread(reflow, selection, result, rules, speech)
 
     # --- models --------------------------------------------------------------------------
 

@@ -15,6 +15,14 @@ from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import InvalidInput
 from vsrt_service.core.vocab import VadMethod
 
+#: Settings that shape the cues (not the transcript): the cue rules of a job.
+RULE_OPTIONS = (
+    "max_line_chars",
+    "max_lines",
+    "max_cue_seconds",
+    "max_chars_per_second",
+    "min_silence_for_new_cue",
+)
 #: Settings that change stored results; a resume keeps the checkpoint's values.
 LOCKED = (
     "model",

@@ -18,9 +18,10 @@ from typing import Any
 
 from vsrt_service.core import protocol as p
 from vsrt_service.core.broker import Broker, job_channel
-from vsrt_service.core.config import CueSettings, Settings
+from vsrt_service.core.config import Settings
+from vsrt_service.core.cue_rules import cue_rules
 from vsrt_service.core.errors import VsrtError
-from vsrt_service.core.options import JobOptions, OptionError, parse_options, track_choice
+from vsrt_service.core.options import OptionError, parse_options, track_choice
 from vsrt_service.core.redact import public_text
 from vsrt_service.core.speech import sentence_lines, snap_words
 from vsrt_service.core.vocab import STEPS, Phase, Signal
@@ -79,19 +80,6 @@ class JobContext:
 def percent(phase: Phase, fraction: float) -> float:
     lo, hi = PHASES[phase]
     return lo + (hi - lo) * max(0.0, min(1.0, fraction))
-
-
-def cue_rules(settings: Settings, options: JobOptions) -> CueSettings:
-    return CueSettings(
-        max_line_chars=options.max_line_chars,
-        max_lines=options.max_lines,
-        min_cue_seconds=min(settings.cues.min_cue_seconds, options.max_cue_seconds / 2),
-        max_cue_seconds=options.max_cue_seconds,
-        min_gap_seconds=settings.cues.min_gap_seconds,
-        max_chars_per_second=options.max_chars_per_second,
-        linger_seconds=settings.cues.linger_seconds,
-        min_silence_for_new_cue=options.min_silence_for_new_cue,
-    )
 
 
 class JobRun:

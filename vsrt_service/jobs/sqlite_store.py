@@ -23,7 +23,7 @@ from vsrt_service.core.protocol import AlignedSegment
 from vsrt_service.core.sqlite import Writer, connect
 from vsrt_service.jobs.store import RESUMABLE, STATUSES, Job, JobStatus, Segment, StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -91,8 +91,14 @@ SCHEMA_V4 = """
 ALTER TABLE jobs ADD COLUMN speech TEXT;
 """
 
+# The user's cues carry a version, raised by every save or revert: two editors of one job
+# learn of each other when saving instead of overwriting each other.
+SCHEMA_V5 = """
+ALTER TABLE jobs ADD COLUMN edits_version INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: version -> the script that brings the schema from version-1 to it.
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4}
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
 
 
 _JOB_COLUMNS = (
@@ -419,17 +425,28 @@ class SqliteJobStore:
         segments: list[AlignedSegment] = await asyncio.to_thread(bigjson.loads, row[0], 1)
         return segments
 
-    async def save_edited_cues(self, job_id: str, cues: list[dict[str, Any]] | None) -> None:
+    async def save_edited_cues(
+        self, job_id: str, cues: list[dict[str, Any]] | None, expected_version: int | None = None
+    ) -> int | None:
+        text = json.dumps(cues) if cues is not None else None
         async with self._w.transaction() as db:
-            await db.execute(
-                "UPDATE jobs SET edited_cues = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(cues) if cues is not None else None, time.time(), job_id),
-            )
+            async with db.execute(
+                "UPDATE jobs SET edited_cues = ?, edits_version = edits_version + 1, updated_at = ?"
+                " WHERE id = ? AND (? IS NULL OR edits_version = ?) RETURNING edits_version",
+                (text, time.time(), job_id, expected_version, expected_version),
+            ) as cur:
+                row = await cur.fetchone()
+        return int(row[0]) if row else None
 
     async def edited_cues(self, job_id: str) -> list[dict[str, Any]] | None:
         async with self._r.execute("SELECT edited_cues FROM jobs WHERE id = ?", (job_id,)) as cur:
             row = await cur.fetchone()
         return json.loads(row[0]) if row and row[0] else None
+
+    async def edits_version(self, job_id: str) -> int:
+        async with self._r.execute("SELECT edits_version FROM jobs WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     async def interrupted_jobs(self) -> list[Job]:
         async with self._r.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'processing'") as cur:

@@ -252,8 +252,16 @@ class JobStore(Protocol):
         """The stored result exactly as saved; None when there is none."""
         ...
 
-    async def save_edited_cues(self, job_id: str, cues: list[dict[str, Any]] | None) -> None:
-        """Store the user's cues as given (None removes them)."""
+    async def save_edited_cues(
+        self, job_id: str, cues: list[dict[str, Any]] | None, expected_version: int | None = None
+    ) -> int | None:
+        """Store the user's cues as given (None removes them) and raise the job's edits
+        version by one, returning the new version. With `expected_version`, only if the
+        version is still that one (compare-and-set); None when it was not, or no such job."""
         ...
 
     async def edited_cues(self, job_id: str) -> list[dict[str, Any]] | None: ...
+
+    async def edits_version(self, job_id: str) -> int:
+        """How many times the user's cues were saved or removed (0: never; 0 for no job)."""
+        ...

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from vsrt_service.core import bigjson
 from vsrt_service.core.broker import job_channel
+from vsrt_service.core.cues import Cue
 from vsrt_service.core.errors import Forbidden, InvalidInput
 from vsrt_service.core.formats import MEDIA_TYPES
 from vsrt_service.jobs.store import Job
@@ -41,11 +42,15 @@ def job_json(job: Job) -> dict[str, Any]:
     }
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
+async def read_json_value(request: web.Request) -> Any:
     try:
-        body = await request.json()
+        return await request.json()
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("the request body must be JSON", code="bad_json") from None
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    body = await read_json_value(request)
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object", code="bad_json")
     return body
@@ -232,22 +237,47 @@ async def download(request: web.Request) -> web.Response:
     )
 
 
+def cue_dicts(cues: list[Cue]) -> list[dict[str, Any]]:
+    return [{"start": c.start, "end": c.end, "text": c.text} for c in cues]
+
+
 @routes.put("/api/jobs/{job_id}/subtitles")
 async def save_subtitles(request: web.Request) -> web.Response:
+    """Save the user's cues. `version` (from the last load) makes a save made meanwhile by
+    someone else a 409 `version_conflict`; without it the save always lands."""
     svc = request.app[SERVICE]
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the request body must be JSON", code="bad_json") from None
+    body = await read_json_value(request)
     items = body.get("cues") if isinstance(body, dict) else body
-    cues = await svc.save_edited_cues(request.match_info["job_id"], items)
-    return web.json_response({"job_id": request.match_info["job_id"], "cues": len(cues), "edited": True})
+    version = body.get("version") if isinstance(body, dict) else None
+    saved = await svc.save_edited_cues(request.match_info["job_id"], items, version)
+    return web.json_response(
+        {
+            "job_id": request.match_info["job_id"],
+            "cues": len(saved.cues),
+            "edited": True,
+            "version": saved.version,
+            "warnings": saved.warnings,
+        }
+    )
 
 
 @routes.delete("/api/jobs/{job_id}/subtitles")
 async def discard_edits(request: web.Request) -> web.Response:
-    job = await request.app[SERVICE].discard_edits(request.match_info["job_id"])
-    return web.json_response({"job_id": job.id, "edited": False})
+    """Revert to the machine's cues (`?version=N` as for a save)."""
+    raw = request.query.get("version")
+    if raw is not None and not raw.isdigit():
+        raise InvalidInput("version must be a whole number from the last load", field="version")
+    job_id = request.match_info["job_id"]
+    version = await request.app[SERVICE].discard_edits(job_id, int(raw) if raw is not None else None)
+    return web.json_response({"job_id": job_id, "edited": False, "version": version})
+
+
+@routes.post("/api/jobs/{job_id}/reflow")
+async def reflow(request: web.Request) -> web.Response:
+    """A selection of cues re-split by the server's cue builder; nothing is saved."""
+    body = await read_json(request)
+    cues = await request.app[SERVICE].reflow(request.match_info["job_id"], body.get("cues"))
+    return web.json_response({"job_id": request.match_info["job_id"], "cues": cue_dicts(cues)})
 
 
 @routes.get("/api/stream/{job_id}")
