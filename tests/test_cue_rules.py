@@ -53,15 +53,9 @@ def test_cues_the_builder_makes_break_no_layout_rule() -> None:
         for _ in range(rng.randint(5, 120)):
             t += rng.uniform(0.05, 1.2 if rng.random() < 0.1 else 0.2)
             d = rng.uniform(0.15, 0.5)
-            words.append({"word": rng.choice(vocabulary), "start": t, "end": t + d})
+            words.append((rng.choice(vocabulary), t, t + d))
             t += d
-        segment: AlignedSegment = {
-            "start": words[0]["start"],
-            "end": words[-1]["end"],
-            "text": " ".join(w["word"] for w in words),
-            "words": words,  # type: ignore[typeddict-item]
-        }
-        cues = build_cues([segment], RULES)
+        cues = build_cues([aligned(words)], RULES)
         layout = {"overlap", "gap_too_small", "too_many_lines", "line_too_long", "too_long", "empty"}
         assert not [c for c in codes(cues) if c[1] in layout], cues
 

@@ -85,11 +85,10 @@ async def test_one_word_fixed_and_saved_keeps_every_cue(make_client: ClientFacto
     assert await (await client.get(f"{url}?format=srt")).text() == machine_srt
 
     # Reflow: two cues' text as one run is re-split by the builder within their span.
-    pair = [{"start": c.start, "end": c.end, "text": c.text} for c in cues[:2]]
     joined = [{"start": cues[0].start, "end": cues[1].end, "text": " ".join(c.text for c in cues[:2])}]
     resp = await client.post(f"/api/jobs/{job['job_id']}/reflow", json={"cues": joined})
     out = cues_of(await resp.json())
     assert resp.status == 200
     check_invariants(out, rules)
-    assert " ".join(c.text for c in out).split() == " ".join(p["text"] for p in pair).split()
+    assert " ".join(c.text for c in out).split() == " ".join(c.text for c in cues[:2]).split()
     assert out[0].start >= cues[0].start and out[-1].end <= cues[1].end
