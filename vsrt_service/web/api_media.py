@@ -8,9 +8,12 @@ from the request.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict
 
 from vsrt_service.web.keys import GRANTS, SERVICE
 
@@ -20,22 +23,40 @@ routes = web.RouteTableDef()
 CACHE = "private, max-age=3600"
 
 
-def _file(path: Path, mime: str) -> web.FileResponse:
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Type": mime,
-            "Content-Disposition": "inline",
-            "Cache-Control": CACHE,
-        },
-    )
+class _File(web.FileResponse):
+    """A FileResponse that may be told to ignore the request's Range (`whole`)."""
+
+    whole = False
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.whole:
+            kept = CIMultiDict(
+                (k, v) for k, v in request.headers.items() if k.lower() not in ("range", "if-range")
+            )
+            request = request.clone(headers=kept)
+        return await super().prepare(request)
+
+
+async def _file(request: web.Request, path: Path, mime: str, disposition: bool = True) -> web.FileResponse:
+    """The file with Range. aiohttp compares If-Range only as a date and sends the range for
+    an entity tag; RFC 9110 (13.1.5) wants the whole file unless the tag matches strongly
+    (a proxy made again is another file), so then the range is dropped here."""
+    headers = {"Content-Type": mime, "Cache-Control": CACHE}
+    if disposition:
+        headers["Content-Disposition"] = "inline"
+    response = _File(path, headers=headers)
+    if_range = request.headers.get(hdrs.IF_RANGE, "")
+    if hdrs.RANGE in request.headers and if_range.startswith(('"', "W/")):
+        st = await asyncio.to_thread(path.stat)
+        response.whole = if_range != f'"{st.st_mtime_ns:x}-{st.st_size:x}"'  # aiohttp's ETag
+    return response
 
 
 @routes.get("/api/jobs/{job_id}/media")
 async def media(request: web.Request) -> web.StreamResponse:
     """The job's file as uploaded, or `?variant=audio`: the AAC proxy, made when first asked for."""
     found = await request.app[SERVICE].media(request.match_info["job_id"], request.query.get("variant"))
-    return _file(found.path, found.mime)
+    return await _file(request, found.path, found.mime)
 
 
 @routes.get("/api/jobs/{job_id}/media/info")
@@ -47,9 +68,7 @@ async def media_info(request: web.Request) -> web.Response:
 async def peaks(request: web.Request) -> web.StreamResponse:
     """audiowaveform's binary format v1, 8-bit, 50 pairs a second (`jobs/peaks.py`)."""
     path = await request.app[SERVICE].peaks(request.match_info["job_id"])
-    response = _file(path, "application/octet-stream")
-    del response.headers["Content-Disposition"]
-    return response
+    return await _file(request, path, "application/octet-stream", disposition=False)
 
 
 @routes.post("/api/jobs/{job_id}/media/grant")
