@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import ClientFactory
 from tests.http_helpers import is_complete, open_stream, upload
-from tests.media import Speech, _ffmpeg, ffprobe, make_hevc_mkv, make_tone_bursts
+from tests.media import Speech, _decode_pcm, _ffmpeg, ffprobe, make_hevc_mkv, make_tone_bursts
 from vsrt_service.jobs.media import codec_string, playback_of
 from vsrt_service.jobs.peaks import HEADER, wav_peaks
 from vsrt_service.service import Service
@@ -262,6 +262,28 @@ async def test_a_failed_proxy_leaves_nothing_and_says_why(make_client: ClientFac
     folder = await job_dir(client, job["job_id"])
     assert not list(folder.iterdir())  # no proxy, no .part
     assert service(client).media_runs["proxy"] == 1
+
+
+async def test_proxy_info_and_peaks_follow_the_jobs_audio_track(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    two = tmp_path / "two.mkv"  # track 0 silent, track 1 a loud tone
+    _ffmpeg(
+        "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=2",
+        "-f", "lavfi", "-i", "aevalsrc=0.8*sin(2*PI*440*t):s=16000:d=2",
+        "-map", "0:a", "-map", "1:a", "-c:a", "aac", two,
+    )  # fmt: skip
+    client = await make_client()
+    job = await upload(client, two, {"audio_track": 1}, start=False)
+    url = f"/api/jobs/{job['job_id']}"
+    info = await (await client.get(f"{url}/media/info")).json()
+    assert (info["audio_track"], info["mime"], info["codecs"]) == (1, "audio/x-matroska", "mp4a.40.2")
+    proxy, _ = await get_bytes(client, f"{url}/media?variant=audio", 200)
+    served = tmp_path / "proxy.m4a"
+    served.write_bytes(proxy)
+    assert max(abs(v) for v in _decode_pcm(served, 16000)) > 20000  # the tone, not the silence
+    data, _ = await get_bytes(client, f"{url}/peaks", 200)
+    assert max(hi for _, hi in pairs(data)) > 80
 
 
 # --- peaks ----------------------------------------------------------------------------------

@@ -636,7 +636,10 @@ class Service:
             return info
 
         known = await asyncio.to_thread(read)
-        return known if known is not None else await self._once(("info", job.id), make)
+        # media.json holds the track it was probed for; a restart may have chosen another.
+        if known is not None and self._track(job) in (None, known.audio_track):
+            return known
+        return await self._once(("info", job.id), make)
 
     async def media_info(self, job_id: str) -> dict[str, Any]:
         """`playback` and whether the audio proxy is made yet."""
