@@ -602,6 +602,51 @@ def make_text_file(out: Path) -> Path:
     return out
 
 
+def make_hevc_mkv(out: Path, seconds: float = 3.0) -> Path:
+    """A Matroska file with HEVC video (libx265, 320x180) and a 440 Hz AAC tone: a file
+    browsers other than Safari cannot play, so the player falls back to the audio proxy."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=s=320x180:r=10:d={seconds:.3f}",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=f=440:r=48000:d={seconds:.3f}",
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        "log-level=error",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-ac",
+        "2",
+        out,
+    )
+    return out
+
+
+def make_tone_bursts(
+    out: Path, bursts: Sequence[tuple[float, float]], seconds: float, rate: int = 16000
+) -> Path:
+    """Silence with a loud 440 Hz tone during each ``(start, end)`` burst; the container
+    follows ``out``'s extension (16 kHz mono)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gate = "+".join(f"between(t,{a},{b})" for a, b in bursts) or "0"
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"aevalsrc='0.8*sin(2*PI*440*t)*({gate})':s={rate}:d={seconds}", "-ac", "1", out
+    )  # fmt: skip
+    return out
+
+
 # --------------------------------------------------------------------------- hostile media
 
 

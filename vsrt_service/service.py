@@ -12,17 +12,20 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import wave
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from vsrt_service.core.broker import Broker, Event, job_channel
 from vsrt_service.core.config import CueSettings, Settings, load_settings
 from vsrt_service.core.cue_rules import CueWarning, check_cues, cue_rules, rules_json
 from vsrt_service.core.cues import Cue
 from vsrt_service.core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from vsrt_service.core.files import write_atomic
 from vsrt_service.core.formats import FORMATS, cues_from_json, render, to_json
 from vsrt_service.core.options import (
     RULE_OPTIONS,
@@ -32,9 +35,20 @@ from vsrt_service.core.options import (
     parse_options,
     track_choice,
 )
+from vsrt_service.core.redact import public_text
 from vsrt_service.core.reflow import reflow
-from vsrt_service.jobs.datadir import keep_tidy, lock_data_dir
-from vsrt_service.jobs.media import MediaError, check_media, choose_track
+from vsrt_service.jobs.datadir import AUDIO_NAME, keep_tidy, lock_data_dir
+from vsrt_service.jobs.media import (
+    PROXY_CODECS,
+    PROXY_MIME,
+    MediaError,
+    Playback,
+    check_media,
+    choose_track,
+    make_audio_proxy,
+    probe_playback,
+)
+from vsrt_service.jobs.peaks import PEAKS_NAME, decoded_peaks, write_peaks
 from vsrt_service.jobs.pipeline import JobContext, live_lines, remove_job_files
 from vsrt_service.jobs.scheduler import Scheduler, Stop
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
@@ -51,6 +65,11 @@ FINAL_SIGNALS = frozenset({"job_complete", "paused", "canceled"})
 REFLOW_MAX_CUES = 500
 #: How often a control request looks again at a job whose state changed under it.
 CONTROL_ATTEMPTS = 5
+#: Files the player's routes make once per job, in its folder (removed with it).
+MEDIA_INFO_NAME = "media.json"
+PROXY_NAME = "proxy.m4a"
+
+T = TypeVar("T")
 
 
 def is_final_event(ev: Event) -> bool:
@@ -94,6 +113,14 @@ class CueDocument:
                 "speech": [[round(a, 3), round(b, 3)] for a, b in self.speech],
             },
         )
+
+
+@dataclass(frozen=True)
+class MediaFile:
+    """A file of a job the player may fetch, and the type to serve it as."""
+
+    path: Path
+    mime: str
 
 
 @dataclass(frozen=True)
@@ -218,6 +245,10 @@ class Service:
         self.pool: RunnerPool
         self.ctx: JobContext
         self.scheduler: Scheduler
+        #: Media work in progress per (what, job id): concurrent requests share one run.
+        self._flights: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        #: How many times media work really ran, by kind ("info", "proxy", "peaks").
+        self.media_runs: Counter[str] = Counter()
 
     async def __aenter__(self) -> Service:
         s = self.settings
@@ -239,6 +270,9 @@ class Service:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        for task in list(self._flights.values()):
+            task.cancel()
+        await asyncio.gather(*self._flights.values(), return_exceptions=True)
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await asyncio.shield(stack.aclose())
@@ -541,6 +575,140 @@ class Service:
         speech = await self.store.speech(job.id)
         rules = self.cue_rules(job)
         return await asyncio.to_thread(reflow, selection, result, rules, speech)
+
+    # --- media: the player's file, its audio proxy, waveform peaks ------------------------
+
+    async def _once(self, key: tuple[str, str], make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Single flight: the first caller starts `make`, later ones wait for the same run.
+        Shielded, so one caller going away does not stop the run the others wait for."""
+        task = self._flights.get(key)
+        if task is None:
+            task = asyncio.create_task(make())
+            self._flights[key] = task
+
+            def done(t: asyncio.Task[Any]) -> None:
+                if self._flights.get(key) is t:
+                    del self._flights[key]
+                if not t.cancelled():
+                    t.exception()  # retrieved: a failure nobody waits for any more is not logged
+
+            task.add_done_callback(done)
+        result: T = await asyncio.shield(task)
+        return result
+
+    def _media_error(self, exc: MediaError) -> InvalidInput | Unavailable:
+        kind = Unavailable if exc.code == "ffmpeg_missing" else InvalidInput
+        return kind(public_text(str(exc), self.settings.data_dir), code=exc.code)
+
+    async def _media_input(self, job: Job) -> Path:
+        """The job's own input file (the upload or the media-root file); 404 once it is gone."""
+        path = self.ctx.input_file(job)
+        if not await asyncio.to_thread(path.is_file):
+            raise NotFound("the job's media file is no longer on the server", code="no_media")
+        return path
+
+    @staticmethod
+    def _track(job: Job) -> int | None:
+        chosen = job.options.get("audio_track")
+        index = chosen.get("index") if isinstance(chosen, dict) else None
+        return index if isinstance(index, int) else None
+
+    async def playback(self, job_id: str) -> Playback:
+        """What the player needs to know of the job's file: probed once, kept in `media.json`."""
+        job = await self.get(job_id)
+        src = await self._media_input(job)
+        cached = self.ctx.job_dir(job.id) / MEDIA_INFO_NAME
+
+        def read() -> Playback | None:
+            try:
+                return Playback(**json.loads(cached.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError):
+                return None
+
+        async def make() -> Playback:
+            self.media_runs["info"] += 1
+            try:
+                info = await probe_playback(src, job.source_name, self.settings.media, self._track(job))
+            except MediaError as exc:
+                raise self._media_error(exc) from None
+            await asyncio.to_thread(cached.parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(write_atomic, cached, json.dumps(info.json()))
+            return info
+
+        known = await asyncio.to_thread(read)
+        # media.json holds the track it was probed for; a restart may have chosen another.
+        if known is not None and self._track(job) in (None, known.audio_track):
+            return known
+        return await self._once(("info", job.id), make)
+
+    async def media_info(self, job_id: str) -> dict[str, Any]:
+        """`playback` and whether the audio proxy is made yet."""
+        info = await self.playback(job_id)
+        ready = await asyncio.to_thread((self.ctx.job_dir(job_id) / PROXY_NAME).is_file)
+        return {**info.json(), "proxy": {"mime": PROXY_MIME, "codecs": PROXY_CODECS, "ready": ready}}
+
+    async def media(self, job_id: str, variant: str | None = None) -> MediaFile:
+        """The job's file as it is (`variant` None), or its audio proxy (`"audio"`), made once
+        when first asked for: AAC in MP4, which every browser plays."""
+        if variant not in (None, "original", "audio"):
+            raise InvalidInput("variant must be original or audio", code="bad_variant", field="variant")
+        job = await self.get(job_id)
+        if variant != "audio":
+            info = await self.playback(job.id)
+            return MediaFile(await self._media_input(job), info.mime)
+        proxy = self.ctx.job_dir(job.id) / PROXY_NAME
+        if await asyncio.to_thread(proxy.is_file):
+            return MediaFile(proxy, PROXY_MIME)
+
+        async def make() -> Path:
+            if await asyncio.to_thread(proxy.is_file):
+                return proxy
+            src = await self._media_input(job)
+            await asyncio.to_thread(proxy.parent.mkdir, parents=True, exist_ok=True)
+            self.media_runs["proxy"] += 1
+            log.info("job %s: making the audio proxy", job.id)
+            try:
+                await make_audio_proxy(src, proxy, job.source_name, self.settings.media, self._track(job))
+            except MediaError as exc:
+                raise self._media_error(exc) from None
+            return proxy
+
+        return MediaFile(await self._once(("proxy", job.id), make), PROXY_MIME)
+
+    async def peaks(self, job_id: str) -> Path:
+        """The job's waveform peaks file (`jobs/peaks.py`): written by the pipeline after
+        extraction, else made here once from the extracted audio or the input file."""
+        job = await self.get(job_id)
+        folder = self.ctx.job_dir(job.id)
+        peaks = folder / PEAKS_NAME
+        if await asyncio.to_thread(peaks.is_file):
+            return peaks
+
+        async def make() -> Path:
+            if await asyncio.to_thread(peaks.is_file):
+                return peaks
+            self.media_runs["peaks"] += 1
+            audio = folder / AUDIO_NAME
+            if await asyncio.to_thread(audio.is_file):
+                try:
+                    await write_peaks(audio, peaks)
+                    return peaks
+                except (OSError, EOFError, ValueError, wave.Error) as exc:  # removed meanwhile, or cut
+                    log.warning("job %s: no peaks from audio.wav (%s); decoding the input", job.id, exc)
+            src = self.ctx.input_file(job)
+            if not await asyncio.to_thread(src.is_file):
+                raise Conflict(
+                    "the waveform is not ready yet (the job's audio is not extracted)", code="not_ready"
+                )
+            try:
+                data = await decoded_peaks(src, job.source_name, self.settings.media, self._track(job))
+            except MediaError as exc:
+                raise self._media_error(exc) from None
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(write_atomic, peaks, data)
+            return peaks
+
+        return await self._once(("peaks", job.id), make)
 
     # --- models --------------------------------------------------------------------------
 

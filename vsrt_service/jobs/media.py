@@ -29,7 +29,7 @@ import ffmpeg
 
 from vsrt_service.core.config import MediaSettings
 from vsrt_service.core.errors import InvalidInput
-from vsrt_service.core.files import replace_durably
+from vsrt_service.core.files import PART_SUFFIX, replace_durably
 from vsrt_service.core.options import OptionError
 
 SAMPLE_RATE = 16000
@@ -199,11 +199,13 @@ async def run_tool(
     what: str,
     name: str,
     on_line: Callable[[str], Awaitable[None]] | None = None,
+    on_chunk: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> tuple[int, bytes, bytes]:
     """Run ffmpeg or ffprobe for at most `seconds`: its exit code, stdout and stderr's tail.
 
-    `on_line` gets stdout line by line (and stdout is not kept). On timeout, cancellation or
-    any error the process is killed and reaped before this returns; a timeout is a MediaError.
+    `on_line` gets stdout line by line, `on_chunk` in blocks (and stdout is not kept then).
+    On timeout, cancellation or any error the process is killed and reaped before this
+    returns; a timeout is a MediaError.
     """
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -217,6 +219,10 @@ async def run_tool(
     err = bytearray()
 
     async def read_out() -> None:
+        if on_chunk is not None:
+            while chunk := await stdout.read(1 << 20):
+                await on_chunk(chunk)
+            return
         if on_line is None:
             out.extend(await stdout.read())
             return
@@ -457,3 +463,257 @@ def audio_is_complete(seconds: float | None, info: MediaInfo, track: int | None 
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+# --- playback: what a browser needs to know, and an audio proxy it can always play ----------
+
+#: MIME types by demuxer; `mov` and `ogg` depend on whether there is a picture (`_mime`).
+_MIME: dict[str, str] = {
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
+    "w64": "audio/x-w64",
+    "flac": "audio/flac",
+    "aac": "audio/aac",
+    "mpegts": "video/mp2t",
+    "avi": "video/x-msvideo",
+    "asf": "video/x-ms-asf",
+    "amr": "audio/amr",
+    "aiff": "audio/aiff",
+    "caf": "audio/x-caf",
+    "mpeg": "video/mpeg",
+    "flv": "video/x-flv",
+    "ac3": "audio/ac3",
+    "eac3": "audio/eac3",
+    "au": "audio/basic",
+    "wv": "audio/x-wavpack",
+}
+#: Codecs a WebM file may hold: a Matroska file with only these is served as WebM.
+_WEBM_CODECS = frozenset({"vp8", "vp9", "av1", "opus", "vorbis"})
+#: H.264 profile names (as ffprobe spells them) to RFC 6381's profile_idc and constraint byte.
+_AVC_PROFILES: dict[str, str] = {
+    "Constrained Baseline": "42E0",
+    "Baseline": "4200",
+    "Main": "4D40",
+    "Extended": "5800",
+    "High": "6400",
+    "High 10": "6E00",
+    "High 4:2:2": "7A00",
+    "High 4:4:4 Predictive": "F400",
+}
+_AAC_PROFILES = {"LC": "mp4a.40.2", "HE-AAC": "mp4a.40.5", "HE-AACv2": "mp4a.40.29", "Main": "mp4a.40.1"}
+_SIMPLE_CODECS = {
+    "opus": "opus",
+    "vorbis": "vorbis",
+    "mp3": "mp3",
+    "flac": "flac",
+    "vp8": "vp8",
+    "theora": "theora",
+    "ac3": "ac-3",
+    "eac3": "ec-3",
+    "alac": "alac",
+}
+#: The audio proxy: AAC-LC, mono, in MP4 with its index first; every browser plays it.
+PROXY_MIME = "audio/mp4"
+PROXY_CODECS = "mp4a.40.2"
+
+
+@dataclass(frozen=True)
+class Playback:
+    """What the browser's player needs: the type to serve the file as and whether it can play it."""
+
+    mime: str
+    codecs: str | None  # RFC 6381 `codecs=` for canPlayType; None when a stream's is unknown
+    has_video: bool
+    width: int | None
+    height: int | None
+    duration: float
+    audio_track: int | None  # the job's chosen audio track (`0:a:<index>`)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "mime": self.mime,
+            "codecs": self.codecs,
+            "has_video": self.has_video,
+            "width": self.width,
+            "height": self.height,
+            "duration": self.duration,
+            "audio_track": self.audio_track,
+        }
+
+
+def _bit_depth(stream: dict[str, Any]) -> int:
+    return 10 if "10" in str(stream.get("pix_fmt") or "") else 8
+
+
+def codec_string(stream: dict[str, Any]) -> str | None:
+    """One stream's RFC 6381 codec (`avc1.64001F`, `hvc1.1.6.L93.B0`, `mp4a.40.2`), or None."""
+    name = str(stream.get("codec_name") or "")
+    profile = str(stream.get("profile") or "")
+    level = stream.get("level")
+    level = level if isinstance(level, int) and level > 0 else None
+    if name == "h264":
+        head = _AVC_PROFILES.get(profile, "4D40")
+        return f"avc1.{head}{level or 30:02X}"
+    if name == "hevc":
+        space = 2 if profile == "Main 10" else 1
+        return f"hvc1.{space}.{4 if space == 2 else 6}.L{level or 93}.B0"
+    if name == "vp9":
+        number = re.search(r"\d", profile)
+        return f"vp09.0{number.group(0) if number else 0}.10.{_bit_depth(stream):02d}"
+    if name == "av1":
+        tier = {"Main": 0, "High": 1, "Professional": 2}.get(profile, 0)
+        return f"av01.{tier}.05M.{_bit_depth(stream):02d}"
+    if name == "aac":
+        return _AAC_PROFILES.get(profile, "mp4a.40.2")
+    return _SIMPLE_CODECS.get(name)
+
+
+def _mime(demuxer: str, has_video: bool, codecs: set[str]) -> str:
+    if demuxer == "mov":
+        return "video/mp4" if has_video else "audio/mp4"
+    if demuxer == "matroska":
+        if codecs <= _WEBM_CODECS:
+            return "video/webm" if has_video else "audio/webm"
+        return "video/x-matroska" if has_video else "audio/x-matroska"
+    if demuxer == "ogg":
+        return "video/ogg" if has_video else "audio/ogg"
+    return _MIME.get(demuxer, "application/octet-stream")
+
+
+def playback_of(probed: dict[str, Any], track: int | str | None, name: str) -> Playback:
+    """The playback facts of an ffprobe answer (pure: `probe_playback` runs ffprobe)."""
+    streams = [s for s in probed.get("streams") or [] if isinstance(s, dict)]
+    fmt = probed.get("format") or {}
+    demuxer = str(fmt.get("format_name") or "").split(",")[0]
+    pictures = [
+        s
+        for s in streams
+        if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
+    ]
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    tracks = tuple(_track(i, s) for i, s in enumerate(audio))
+    info = MediaInfo(_seconds(fmt.get("duration")), bool(audio), demuxer, 0.0, tracks)
+    chosen = choose_track(info, track, name).index if tracks else None
+    played = pictures[:1] + ([audio[chosen]] if chosen is not None else [])
+    strings = [codec_string(s) for s in played]
+    video = pictures[0] if pictures else {}
+    width, height = video.get("width"), video.get("height")
+    return Playback(
+        mime=_mime(demuxer, bool(pictures), {str(s.get("codec_name")) for s in played}),
+        codecs=None if not strings or None in strings else ", ".join(s for s in strings if s),
+        has_video=bool(pictures),
+        width=width if isinstance(width, int) else None,
+        height=height if isinstance(height, int) else None,
+        duration=_seconds(fmt.get("duration")),
+        audio_track=chosen,
+    )
+
+
+async def probe_playback(path: Path, name: str, limits: MediaSettings, track: int | str | None) -> Playback:
+    """`playback_of` the file, probed with the same allowlists as `probe` (after it)."""
+    await probe(path, name, limits)  # refuses what is not allowed media, with its messages
+    args = [
+        _tool("ffprobe"),
+        "-v",
+        "error",
+        "-format_whitelist",
+        _FORMAT_WHITELIST,
+        "-protocol_whitelist",
+        "file",
+        "-show_entries",
+        "format=format_name,duration:stream=codec_type,codec_name,profile,level,width,height,pix_fmt"
+        ":stream_disposition=default,attached_pic",
+        "-of",
+        "json",
+        _input(path),
+    ]
+    code, out, err = await run_tool(args, seconds=limits.probe_timeout, what="probing", name=name)
+    if code != 0:
+        problem = _last_line(err, path)
+        raise MediaError("not_media", f"{name} is not a readable audio or video file ({problem})")
+    try:
+        probed = json.loads(out)
+    except ValueError:
+        raise MediaError("not_media", f"{name}: ffprobe gave no usable answer") from None
+    return playback_of(probed, track, name)
+
+
+async def make_audio_proxy(
+    src: Path, dst: Path, name: str, limits: MediaSettings, track: int | str | None
+) -> None:
+    """AAC-LC mono ~64 kb/s in MP4 (index first) of the chosen track, written atomically to
+    `dst`: the player's fallback when the browser cannot play the file itself. Locked down as
+    extraction is; a failed run leaves nothing behind."""
+    info = await check_media(src, name, limits)
+    chosen = choose_track(info, track, name)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}{PART_SUFFIX}")
+    source = ffmpeg.input(
+        _input(src), f=info.demuxer, format_whitelist=_FORMAT_WHITELIST, protocol_whitelist="file"
+    )
+    stream = (
+        source[f"a:{chosen.index}"]
+        .output(
+            _input(tmp),
+            format="mp4",
+            acodec="aac",
+            ac=1,
+            audio_bitrate="64k",
+            vn=None,
+            sn=None,
+            dn=None,
+            movflags="+faststart",
+            map_metadata=-1,
+        )
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+        .overwrite_output()
+    )
+    try:
+        code, _, err = await run_tool(
+            stream.compile(cmd=_tool("ffmpeg")),
+            seconds=extract_timeout(info, limits),
+            what="making the audio proxy of",
+            name=name,
+        )
+        if code != 0:
+            problem = _last_line(err, src)
+            raise MediaError("proxy_failed", f"ffmpeg could not make an audio proxy of {name}: {problem}")
+        await asyncio.to_thread(_sync, tmp)
+        await asyncio.to_thread(replace_durably, tmp, dst)
+    except BaseException:
+        await asyncio.to_thread(_unlink, tmp)
+        raise
+
+
+def _sync(path: Path) -> None:
+    with path.open("rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+async def decode_pcm(
+    src: Path,
+    name: str,
+    limits: MediaSettings,
+    track: int | str | None,
+    on_chunk: Callable[[bytes], Awaitable[None]],
+) -> None:
+    """Decode the chosen track to 16 kHz mono s16le on a pipe, handing `on_chunk` the bytes
+    (for waveform peaks when no extracted audio is kept). Locked down as extraction is."""
+    info = await check_media(src, name, limits)
+    chosen = choose_track(info, track, name)
+    source = ffmpeg.input(
+        _input(src), f=info.demuxer, format_whitelist=_FORMAT_WHITELIST, protocol_whitelist="file"
+    )
+    stream = (
+        source[f"a:{chosen.index}"]
+        .output("pipe:1", format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None)
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+    )
+    code, _, err = await run_tool(
+        stream.compile(cmd=_tool("ffmpeg")),
+        seconds=extract_timeout(info, limits),
+        what="decoding the audio of",
+        name=name,
+        on_chunk=on_chunk,
+    )
+    if code != 0:
+        raise MediaError("decode_failed", f"ffmpeg could not decode {name}: {_last_line(err, src)}")

@@ -35,6 +35,7 @@ from vsrt_service.jobs.media import (
     wav_seconds,
 )
 from vsrt_service.jobs.outputs import OutputError, write_job_outputs
+from vsrt_service.jobs.peaks import PEAKS_NAME, write_peaks
 from vsrt_service.jobs.store import Job, JobStore
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
@@ -117,6 +118,7 @@ class JobRun:
     async def run(self) -> None:
         await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
         await self.extract()
+        await self.write_peaks()
         segments = await self.split()
         if segments:
             await self.transcribe()
@@ -178,6 +180,14 @@ class JobRun:
         track = choose_track(info, choice, self.job.source_name).index
         await asyncio.to_thread(marker.write_text, f"{track}\n")
         await self.progress(Phase.EXTRACT, 1, "audio extracted")
+
+    async def write_peaks(self) -> None:
+        """The editor's waveform, from the audio just extracted (it outlives audio.wav); a
+        failure only costs the service decoding the input later, never the job."""
+        try:
+            await write_peaks(self.audio, self.dir / PEAKS_NAME)
+        except Exception as exc:  # peaks are an extra: the job goes on
+            log.warning("job %s: no waveform peaks (%s)", self.job.id, exc)
 
     async def split(self) -> int:
         if self.job.locked_options is not None:

@@ -21,11 +21,12 @@ from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.redact import public_text
 from vsrt_service.service import Service
 from vsrt_service.web.api_jobs import routes as job_routes
+from vsrt_service.web.api_media import routes as media_routes
 from vsrt_service.web.api_meta import routes as meta_routes
 from vsrt_service.web.api_models import routes as model_routes
-from vsrt_service.web.auth import Tickets, token_matches
+from vsrt_service.web.auth import MediaGrants, Tickets, token_matches
 from vsrt_service.web.errors import error_response, vsrt_error_response
-from vsrt_service.web.keys import SERVICE, SETTINGS, STREAMS, TICKETS
+from vsrt_service.web.keys import GRANTS, SERVICE, SETTINGS, STREAMS, TICKETS
 from vsrt_service.web.security import Exposure, add_security_headers
 from vsrt_service.web.sse import Streams
 
@@ -67,10 +68,17 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     ticket = request.query.get("ticket")
     if ticket and path.startswith(STREAM_PREFIXES) and request.app[TICKETS].redeem(ticket):
         return await handler(request)
+    grant = request.query.get("grant")
+    if grant and request.app[GRANTS].allows(grant, request.method, path):
+        return await handler(request)
     return error_response(
         401,
         "unauthorized",
-        "an expired or used ticket" if ticket else "a bearer token is required (Authorization header)",
+        "an expired or used ticket"
+        if ticket
+        else "an expired grant, or one for another job's media"
+        if grant
+        else "a bearer token is required (Authorization header)",
     )
 
 
@@ -188,11 +196,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.on_response_prepare.append(add_security_headers)
     app[SETTINGS] = settings
     app[TICKETS] = Tickets(settings.server.ticket_seconds)
+    app[GRANTS] = MediaGrants()
     app.cleanup_ctx.extend([service_ctx, streams_ctx])
     app.on_shutdown.append(end_streams)
     app.router.add_get("/api/health", health)
     app.router.add_post("/api/auth/ticket", ticket)
     app.router.add_routes(job_routes)
+    app.router.add_routes(media_routes)
     app.router.add_routes(model_routes)
     app.router.add_routes(meta_routes)
     app.router.add_get("/", index)

@@ -109,3 +109,12 @@ export async function streamUrl(path, lastEventId) {
   const q = params.toString();
   return `api/${path}${q ? `?${q}` : ""}`;
 }
+
+/** The query ("grant=...") that lets <video src> and <audio src> fetch a job's media, media
+ * info and peaks: media elements cannot send the Authorization header and make a new Range
+ * request on every seek, so they get a reusable grant for that one job. "" without a token. */
+export async function mediaQuery(jobId) {
+  if (!token.get()) return "";
+  const { query } = await api(`jobs/${encodeURIComponent(jobId)}/media/grant`, { method: "POST" });
+  return query;
+}
