@@ -262,3 +262,104 @@ async def test_completed_job_edits_round_trip_drafts_and_conflicts(
         await wait_for_js(page, f"window.vsrt.cues().length === {n}")
         await screenshot(page, "editor-phone")
         assert not errors, errors
+
+
+async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speech, tmp_path: Path) -> None:
+    texts = ["cue one here", "cue two here", "cue three here", "cue four here", "cue five here", "cue six"]
+    cues = [{"start": 1.0 + i * 3, "end": 3.0 + i * 3, "text": t} for i, t in enumerate(texts)]
+    async with running_server(tmp_path / "data") as server, browser() as ctx:
+        job = await paused_job(server.url, speech.path, cues)
+        page = await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(f"{server.url}#job={job}")
+        await wait_for_js(page, "window.vsrt.cues().length === 6")
+        num = lambda i: page.locator(f'#cues .cue-row[data-index="{i}"] .cue-num')  # noqa: E731
+
+        # Multi-select on the row numbers: click, Shift+click a range, Ctrl+click one out.
+        await num(1).click()
+        await num(3).click(modifiers=["Shift"])
+        await num(2).click(modifiers=["Control"])
+        selected = (
+            "window.vsrt.cues().filter((c) => window.vsrt.model().selected.has(c.id)).map((c) => c.text)"
+        )
+        assert await page.evaluate(selected) == ["cue two here", "cue four here"]
+
+        # Nudge the selection's starts and ends by keys (100 ms).
+        await page.keyboard.press("Alt+]")
+        await page.keyboard.press("Alt+,")
+        got = await page_cues(page)
+        assert got[1][:2] == (4100, 5900) and got[3][:2] == (10100, 11900) and got[2][:2] == (7000, 9000)
+
+        # Shift all cues by -0.5 s from the dialog.
+        await page.keyboard.press("Alt+T")
+        await page.wait_for_selector("#shift-dialog[open]")
+        await page.fill("#shift-amount", "-0.5")
+        await page.check("#shift-all")
+        await page.click("#shift-ok")
+        assert [c[0] for c in await page_cues(page)] == [500, 3600, 6500, 9600, 12500, 15500]
+
+        # Find and replace: all, case-insensitive.
+        await page.keyboard.press("Alt+R")
+        await page.fill("#find-text", "CUE")
+        await page.fill("#replace-text", "line")
+        await page.click("#find-all")
+        assert await page.text_content("#find-status") == "replaced in 6 cues"
+        assert [c[2] for c in await page_cues(page)][:2] == ["line one here", "line two here"]
+        await page.click("#find-close")
+
+        # Undo takes the replace back in one step; redo brings it again.
+        await page.locator('#cues .cue-row[data-index="0"] .cue-text').focus()
+        await page.keyboard.press("Control+Z")
+        assert (await page_cues(page))[0][2] == "cue one here"
+        await page.keyboard.press("Control+Shift+Z")
+        assert (await page_cues(page))[0][2] == "line one here"
+
+        # Reflow the selection with the server's cue builder: one step, the same words.
+        await num(4).click()
+        await num(5).click(modifiers=["Shift"])
+        before = await page_cues(page)
+        await page.keyboard.press("Alt+L")
+        await wait_for_js(
+            page, "window.vsrt.model().lastEdit && window.vsrt.model().lastEdit.label === 'reflow'"
+        )
+        after = await page_cues(page)
+        assert " ".join(c[2] for c in after[4:]).split() == "line five here line six".split()
+        assert after[:4] == before[:4]
+
+        # Insert after and delete, from the action bar (touch) and by key.
+        await page.locator('#cues .cue-row[data-index="0"] .cue-text').focus()
+        await page.click('#action-bar [data-act="insert"]')
+        await wait_for_js(page, f"window.vsrt.cues().length === {len(after) + 1}")
+        assert (await page_cues(page))[1][2] == ""
+        await page.keyboard.press("Alt+Delete")
+        await wait_for_js(page, f"window.vsrt.cues().length === {len(after)}")
+
+        # The sheet lists every key, the player's too (registered through editor.js's hook).
+        await page.evaluate(
+            """async () => {
+              const { addShortcut } = await import(new URL('static/editor.js', document.baseURI).href);
+              const run = () => (window.__ran = true);
+              addShortcut({ key: 'Alt+K', label: 'Set start at the playhead', run });
+            }"""
+        )
+        await page.locator("#cues").click(position={"x": 5, "y": 5})
+        await page.keyboard.press("Alt+K")
+        assert await page.evaluate("window.__ran") is True
+        await page.keyboard.press("Escape")
+        await page.locator("#job-title").click()
+        await page.keyboard.press("?")
+        await page.wait_for_selector("#keys-dialog[open]")
+        sheet = await page.text_content("#keys-list") or ""
+        for key in (
+            "Ctrl+Z",
+            "Ctrl+Enter",
+            "Alt+M",
+            "Alt+T",
+            "Alt+R",
+            "Alt+L",
+            "Alt+K",
+            "Set start at the playhead",
+        ):
+            assert key in sheet, (key, sheet)
+        assert not errors, errors

@@ -259,14 +259,23 @@ async function loadText() {
   }
 }
 
-/** Whatever the server has: the cues when they exist, else the live transcript. */
-async function loadAny(keep = true) {
-  try {
-    await loadDoc(keep);
-  } catch (err) {
-    if (err.code !== "not_ready") return showJobError(err.message);
-    await loadText();
-  }
+/** Whatever the server has: the cues when they exist, else the live transcript. One load at
+ * a time per job: a second caller (the stream's snapshot, the open) waits for the first. */
+function loadAny(keep = true) {
+  const mine = current;
+  // What was in flight may have asked before the cues existed: ask again after it, if need be.
+  if (mine.loading) return mine.loading.then(() => (current === mine && !mine.doc ? loadAny(keep) : null));
+  mine.loading = (async () => {
+    try {
+      await loadDoc(keep);
+    } catch (err) {
+      if (err.code !== "not_ready") return showJobError(err.message);
+      await loadText();
+    } finally {
+      mine.loading = null;
+    }
+  })();
+  return mine.loading;
 }
 
 const when = (at) => new Date(at).toLocaleString();
