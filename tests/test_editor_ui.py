@@ -153,6 +153,11 @@ def _get_text(url: str) -> tuple[int, str]:
         return resp.status, resp.read().decode("utf-8")
 
 
+async def state_is(page: Any, text: str) -> None:
+    shown = "document.querySelector('#save-state').textContent"
+    await wait_for_js(page, f"{shown} === {json.dumps(text)}", ms=5000)
+
+
 async def saved(page: Any) -> None:
     await page.click("#save")
     await wait_for_js(page, "document.querySelector('#save-state').textContent === 'Edits saved'")
@@ -219,10 +224,10 @@ async def test_completed_job_edits_round_trip_drafts_and_conflicts(
         # Undo and redo reach across the save (and back to what was saved).
         await page.keyboard.press("Control+Z")
         assert await page_cues(page) == split
-        assert await page.text_content("#save-state") == "Unsaved edits"
+        await state_is(page, "Unsaved edits")  # the head follows the model on the next frame
         await page.keyboard.press("Control+Y")
         assert await page_cues(page) == merged
-        assert await page.text_content("#save-state") == "Edits saved"
+        await state_is(page, "Edits saved")  # the head follows the model on the next frame
         await page.reload()
         await wait_for_js(page, f"window.vsrt.cues().length === {n}")
         assert await page_cues(page) == merged
@@ -236,7 +241,7 @@ async def test_completed_job_edits_round_trip_drafts_and_conflicts(
         await wait_for_js(page, "!document.querySelector('#draft-note').hidden")
         assert "Restored unsaved edits" in (await page.text_content("#draft-text") or "")
         assert (await page_cues(page))[0][2] == merged[0][2] + " DRAFTED"
-        assert await page.text_content("#save-state") == "Unsaved edits"
+        await state_is(page, "Unsaved edits")  # the head follows the model on the next frame
         await saved(page)
         assert await page.evaluate(f"localStorage.getItem('vsrt.draft.{job}')") is None
 
@@ -256,6 +261,15 @@ async def test_completed_job_edits_round_trip_drafts_and_conflicts(
         held = await srt_of(server.url, job)
         assert held[2][2] == "FROM TAB B" and held[1][2] != "FROM TAB A"
         assert held == await page_cues(tab_b)
+
+        # Revert to the machine subtitles (confirmed): the page and the SRT are the machine's.
+        await tab_b.close()
+        await page.reload()
+        await wait_for_js(page, f"window.vsrt.cues().length === {n}")
+        await page.click("#revert")
+        await shows_exactly(page, machine)
+        assert await srt_of(server.url, job) == machine
+        await state_is(page, "")
 
         await page.set_viewport_size(PHONE)
         await page.reload()
