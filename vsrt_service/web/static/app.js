@@ -365,7 +365,7 @@ function updateEditorHead() {
 editor.addEventListener("counters", (e) => {
   const { count, warned } = e.detail;
   $("#line-count").textContent = count ? `(${count})` : "";
-  $("#warn-count").textContent = warned ? `${warned} break a rule` : "";
+  $("#warn-count").textContent = warned ? `${warned} cue${warned === 1 ? "" : "s"} break${warned === 1 ? "s" : ""} a rule` : "";
 });
 
 const jobHandlers = {
