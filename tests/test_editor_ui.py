@@ -376,4 +376,12 @@ async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speec
             "Set start at the playhead",
         ):
             assert key in sheet, (key, sheet)
+        await page.keyboard.press("Escape")
+
+        # Revert (confirmed) on a job with no machine cues yet: back to an empty, clean list.
+        page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await page.click("#revert")
+        await wait_for_js(page, "window.vsrt.cues().length === 0 && !window.vsrt.model().edited")
+        assert await page.is_hidden("#job-error")
+        assert (await get_json(f"{server.url}api/jobs/{job}"))["status"] == "paused"
         assert not errors, errors

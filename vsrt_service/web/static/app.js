@@ -633,11 +633,19 @@ $("#revert").addEventListener("click", async () => {
   showJobError("");
   try {
     const m = mine.model;
-    if (m.edited) await api(`jobs/${encodeURIComponent(mine.id)}/subtitles?version=${m.version}`, { method: "DELETE" });
+    const r = m.edited ? await api(`jobs/${encodeURIComponent(mine.id)}/subtitles?version=${m.version}`, { method: "DELETE" }) : null;
     clearDraft(mine.id);
     mine.savedHere = false;
-    await loadDoc(false);
     $("#draft-note").hidden = true;
+    try {
+      await loadDoc(false);
+    } catch (err) {
+      if (err.code !== "not_ready") throw err;
+      // No machine cues yet (the job has not completed): back to its live transcript.
+      mine.doc = false;
+      m.load([], { version: r ? r.version : m.version, edited: false });
+      await loadText();
+    }
   } catch (err) {
     showJobError(err.code === "version_conflict" ? "Not reverted: saved elsewhere since you loaded. Reload the job first." : `Revert failed: ${err.message}`);
   }
