@@ -7,8 +7,11 @@
 const SPACE = new Set([..."\t\n\v\f\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"]);
 for (let c = 0x2000; c <= 0x200a; c++) SPACE.add(String.fromCharCode(c));
 
+const PLAIN = /^[\x20-\x7e]*$/; // printable ASCII: JS's trim() and length agree with Python's
+
 /** Python's str.strip(), on code points. */
 export function pyStrip(text) {
+  if (PLAIN.test(text)) return text.trim();
   const chars = [...text];
   let a = 0;
   let b = chars.length;
@@ -19,6 +22,7 @@ export function pyStrip(text) {
 
 /** Length in code points, as Python's len(). */
 export const pyLen = (s) => {
+  if (PLAIN.test(s)) return s.length;
   let n = 0;
   for (const _ of s) n++;
   return n;
@@ -28,6 +32,9 @@ export const pyLen = (s) => {
  * (the shortest decimal of the float, as Python's repr and JS's String both give it). */
 export function roundMs(seconds) {
   if (!Number.isFinite(seconds)) throw new Error(`not a finite time: ${seconds}`);
+  // Away from a half, the float product rounds as the decimal does (its error is ~1e-8 ms).
+  const v = seconds * 1000;
+  if (v >= 0 && Math.abs(v - Math.floor(v) - 0.5) > 1e-6) return Math.round(v);
   const m = /^(-?)(\d+)(?:\.(\d+))?(?:e([+-]\d+))?$/.exec(String(seconds));
   if (!m) throw new Error(`not a finite time: ${seconds}`);
   const [, sign, int, frac = "", exp = "0"] = m;
@@ -54,9 +61,31 @@ export function readingChars(text) {
 
 const fmt = (x, d) => x.toFixed(d);
 
+// What a cue breaks on its own (all but overlap and gap), per frozen cue object and rules:
+// an edit replaces the cue, so a cached answer is never stale.
+const own = new WeakMap();
+
 /** The facts one cue's indicators show, and the rules it breaks (the codes of check_cues).
  * `previousEnd`: the latest end (ms) of all cues before it, or null for the first. */
 export function checkCue(cue, rules, previousEnd) {
+  let base = own.get(cue);
+  if (!base || base.rules !== rules) {
+    base = checkOwn(cue, rules);
+    if (Object.isFrozen(cue)) own.set(cue, base);
+  }
+  const problems = base.problems.slice();
+  const { start, seconds } = base;
+  let gap = null;
+  if (previousEnd !== null) {
+    gap = (start - previousEnd) / 1000;
+    if (start < previousEnd) problems.push({ code: "overlap", message: "starts before the previous cue ends" });
+    else if (start - previousEnd < roundMs(rules.min_gap_seconds))
+      problems.push({ code: "gap_too_small", message: `${fmt(gap, 3)} s after the previous cue, at least ${rules.min_gap_seconds} s` });
+  }
+  return { lines: base.lines, longest: base.longest, cps: base.cps, seconds, gap, problems };
+}
+
+function checkOwn(cue, rules) {
   const problems = [];
   const warn = (code, message) => problems.push({ code, message });
   const start = roundMs(cue.start);
@@ -74,14 +103,7 @@ export function checkCue(cue, rules, previousEnd) {
   }
   if (end - start < roundMs(rules.min_cue_seconds)) warn("too_short", `${fmt(seconds, 3)} s on screen, at least ${rules.min_cue_seconds} s`);
   if (end - start > roundMs(rules.max_cue_seconds)) warn("too_long", `${fmt(seconds, 3)} s on screen, at most ${rules.max_cue_seconds} s`);
-  let gap = null;
-  if (previousEnd !== null) {
-    gap = (start - previousEnd) / 1000;
-    if (start < previousEnd) warn("overlap", "starts before the previous cue ends");
-    else if (start - previousEnd < roundMs(rules.min_gap_seconds))
-      warn("gap_too_small", `${fmt(gap, 3)} s after the previous cue, at least ${rules.min_gap_seconds} s`);
-  }
-  return { lines: lines.length, longest, cps, seconds, gap, problems };
+  return { rules, start, seconds, lines: lines.length, longest, cps, problems };
 }
 
 /** The latest end (ms) before each cue: previousEnds(cues)[i] is what checkCue(cues[i]) takes. */
