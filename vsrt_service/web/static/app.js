@@ -605,7 +605,7 @@ async function save() {
       return true;
     }
     if (choice !== "mine") {
-      $("#save-state").textContent = "Not saved: saved elsewhere since you loaded";
+      showJobError("Not saved: these subtitles were saved elsewhere since you loaded them. Your edits are kept here.");
       return false;
     }
     // Overwrite, knowingly: at the version the server holds now.
