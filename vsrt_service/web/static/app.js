@@ -795,7 +795,7 @@ const LIST_KEYS = [
   ["↑ / ↓", "Previous / next cue (in text: at its first / last character)"],
   ["Tab / Shift+Tab", "Next / previous field, across cues"],
   ["Shift+Enter", "Line break in the text"],
-  ["Click / Shift+click / Ctrl+click on #", "Select a cue / a range / one more"],
+  ["Click / Shift+click / Ctrl+click on #", "Select a cue / a range / one more (touch: a tap on # adds or removes)"],
   ["Esc", "Leave the field; close a bar or dialog"],
 ];
 function openSheet() {

@@ -4,7 +4,7 @@
 // lists (the player and waveform add their playhead keys to it with `addShortcut`).
 
 import { checkCue, checkCues, previousEnds } from "./cuecheck.js";
-import { el, formatTime, parseTime, rafThrottle } from "./store.js";
+import { el, formatTime, parseTime } from "./store.js";
 
 const OVERSCAN = 6;
 const NUDGE = 0.1;
@@ -95,7 +95,15 @@ export class CueEditor extends EventTarget {
     });
     new ResizeObserver(() => this.render()).observe(root);
     this.onChange = (e) => this.changed(e.detail);
-    this.counters = rafThrottle(() => this.updateCounters());
+    // The counters check every cue (~2 ms for 2,000): at most every 150 ms, not every frame,
+    // so a keystroke's frame holds only its own row.
+    let pending = null;
+    this.counters = () => {
+      pending ??= setTimeout(() => {
+        pending = null;
+        this.updateCounters();
+      }, 150);
+    };
   }
 
   /** Show another job's model (one model per open job). */
@@ -197,7 +205,9 @@ export class CueEditor extends EventTarget {
     const text = el("textarea", { class: "cue-text", rows: "2" });
     const ind = el("div", { class: "cue-ind" }, ...[0, 1, 2, 3].map(() => el("span")));
     const row = el("div", { class: "cue-row", role: "listitem" }, num, start, end, text, ind);
-    num.addEventListener("click", (e) => this.clickNumber(row._id, e));
+    // On a touch screen (no Shift or Ctrl) a tap on the number adds or removes the cue.
+    num.addEventListener("pointerdown", (e) => (num._touch = e.pointerType === "touch"));
+    num.addEventListener("click", (e) => this.clickNumber(row._id, e, num._touch));
     start.addEventListener("change", () => this.commitTime(row, "start", start));
     end.addEventListener("change", () => this.commitTime(row, "end", end));
     text.addEventListener("input", () => this.model.setText(row._id, text.value));
@@ -260,14 +270,14 @@ export class CueEditor extends EventTarget {
     row.classList.toggle("warn", messages.length > 0);
   }
 
-  clickNumber(id, e) {
+  clickNumber(id, e, touch = false) {
     const m = this.model;
     if (e.shiftKey && this.anchor && m.get(this.anchor)) {
       const a = m.index(this.anchor);
       const b = m.index(id);
       const ids = m.cues.slice(Math.min(a, b), Math.max(a, b) + 1).map((c) => c.id);
       m.select(ids, { active: id });
-    } else if (e.ctrlKey || e.metaKey) {
+    } else if (e.ctrlKey || e.metaKey || touch) {
       const ids = new Set(m.selected);
       if (ids.has(id)) ids.delete(id);
       else ids.add(id);
