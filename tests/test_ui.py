@@ -111,7 +111,7 @@ async def watch_and_edit(page: Any, url: str, media: Path) -> list[dict[str, Any
     await first.wait_for(timeout=90_000)
     await first.fill(EDIT)
     before = await lines(page)
-    assert all(line["source"] == "checkpoint" for line in before), "alignment arrived before the edit"
+    assert all(line["source"] == "live" for line in before), "the job's cues arrived before the edit"
     assert await page.locator("#job-status").text_content() != "completed"
     await wait_status(page, "completed")
     await wait_for_js(page, "window.__trace.at(-1).status === 'completed'")
@@ -145,36 +145,42 @@ async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_
 
         before = await watch_and_edit(page, server.url, speech12.path)
         check_trace(await page.evaluate("window.__trace"))
-        await wait_for_js(page, "window.vsrt.lines().some(l => l.source === 'aligned')")
+        await wait_for_js(page, "window.vsrt.lines().some(l => l.source === 'machine')")
         after = await lines(page)
 
-        # The edited line kept the user's text and times; the others are the aligned ones.
+        # The edited line kept the user's text and times; the others are the job's cues (its
+        # SRT's), less those overlapping the edited line.
         edited = [line for line in after if line["modified"]]
         mine = [(e["text"], e["start"], e["end"]) for e in edited]
         assert mine == [(EDIT, before[0]["start"], before[0]["end"])]
         others = [line for line in after if not line["modified"]]
-        assert others and all(line["source"] == "aligned" for line in others)
+        assert others and all(line["source"] == "machine" for line in others)
+        srt = await get_json(f"{server.url}api/jobs/{await job_id(page)}/subtitles?format=json")
+        kept = [c for c in srt["cues"] if c["end"] <= before[0]["start"] or c["start"] >= before[0]["end"]]
+        assert [(o["start"], o["end"], o["text"]) for o in others] == [
+            (c["start"], c["end"], c["text"]) for c in kept
+        ]
         old = {(round(b["start"], 2), round(b["end"], 2)) for b in before[1:]}
         assert any((round(o["start"], 2), round(o["end"], 2)) not in old for o in others)
         assert EDIT in await page.input_value(".cue-row.modified .cue-text")
 
         # Keyboard: Enter moves to the next line's text, ArrowUp at the start goes back;
         # an end before the start is refused in place.
-        second = page.locator(".cue-row .cue-text").nth(1)
-        await page.locator(".cue-row .cue-text").first.focus()
+        second = page.locator('.cue-row[data-index="1"] .cue-text')
+        await page.locator('.cue-row[data-index="0"] .cue-text').focus()
         await page.keyboard.press("Enter")
         assert await second.evaluate("e => e === document.activeElement")
-        await page.keyboard.press("Home")
+        await page.keyboard.press("Control+Home")  # cues have two lines: to the very start
         await page.keyboard.press("ArrowUp")
         assert await page.evaluate("document.activeElement.value") == EDIT
-        end = page.locator(".cue-row .cue-end").nth(1)
+        end = page.locator('.cue-row[data-index="1"] .cue-end')
         await end.fill("00:00.000")
         await end.press("Tab")
         assert await end.get_attribute("aria-invalid") == "true"
         await end.fill(await page.evaluate("window.vsrt.lines()[1].end.toFixed(3)"))
         await end.press("Tab")
         assert await end.get_attribute("aria-invalid") is None
-        # Committing the time it already had is not an edit (the line still takes aligned times).
+        # Committing the time it already had is not an edit (the cue stays the machine's).
         assert await page.evaluate("window.vsrt.lines()[1].modified") is False
 
         await screenshot(page, "job-view-desktop")
@@ -283,10 +289,10 @@ async def test_server_killed_mid_job_page_catches_up(speech12: Speech, data_dir:
             await wait_status(page, "completed", 120)
             await wait_for_js(page, "document.querySelector('#conn').dataset.state === 'open'", ms=20_000)
             assert await page.evaluate("window.__noReload") is True
+            final = await get_json(f"{server.url}api/jobs/{await job_id(page)}/subtitles?format=json")
+            await wait_for_js(page, f"window.vsrt.lines().length === {len(final['cues'])}")
             shown = await lines(page)
-            final = await get_json(f"{server.url}api/transcription-text/{await job_id(page)}")
-            assert final["source"] == "aligned"
-            assert [line["text"] for line in shown] == [s["text"].strip() for s in final["segments"]]
+            assert [line["text"] for line in shown] == [c["text"] for c in final["cues"]]
             await screenshot(page, "job-view-after-restart")
     finally:
         await server.stop()
@@ -330,13 +336,13 @@ async def test_thousands_of_lines_render_only_what_is_visible(speech: Speech, tm
                 f"scrolling {count} lines: frame pair p50 {sorted(frames)[50]:.1f} ms, "
                 f"max {max(frames):.1f} ms"
             )
-            last = page.locator(f'#cues .cue-row[data-key="e{count - 1}"] .cue-text')
+            last = page.locator(f'#cues .cue-row[data-index="{count - 1}"] .cue-text')
             assert await last.input_value() == f"line number {count}"
             assert await rows.count() <= 60
             await page.evaluate(
                 f"(r => r.scrollTop = r.scrollHeight * 2500 / {count})(document.querySelector('#cues'))"
             )
-            middle = page.locator('#cues .cue-row[data-key="e2500"] .cue-text')
+            middle = page.locator('#cues .cue-row[data-index="2500"] .cue-text')
             await middle.wait_for()
             assert await middle.input_value() == "line number 2501"
             await middle.fill("an edit far down the list")

@@ -1,10 +1,12 @@
 // The app: new-job form, job list, job view (progress, live lines, editor), connection state.
 
 import { api, ApiError, fetchBlob, token, uploadJob } from "./api.js";
-import { CueEditor } from "./editor.js";
+import { CueModel, makeCue } from "./cues.js";
+import { clearDraft, DraftKeeper, readDraft } from "./drafts.js";
+import { addShortcut, CueEditor, shortcuts } from "./editor.js";
 import { modelStore, setupModelDialog, startModels } from "./models.js";
 import { openStream } from "./sse.js";
-import { el, rafThrottle } from "./store.js";
+import { el, parseTime, rafThrottle } from "./store.js";
 
 const $ = (sel) => document.querySelector(sel);
 const JOB_EVENTS = ["connected", "progress", "fragment", "signal", "error", "ping", "resync"];
@@ -13,17 +15,11 @@ const FINAL = new Set(["completed", "failed", "canceled"]);
 // --- state ---------------------------------------------------------------------------------
 
 let jobs = []; // the list, newest first
-let current = null; // { id, job, lines, stream, dirty, aligned }
+let current = null; // { id, job, model (CueModel), doc (the job's cues are loaded), stream, keeper (drafts), ... }
 let listOnline = true;
 let phases = []; // the server's phase names, in order (GET /api/meta)
 
-const editor = new CueEditor($("#cues"), {
-  onEdit: () => {
-    if (!current) return;
-    current.dirty = true;
-    updateEditorHead();
-  },
-});
+const editor = new CueEditor($("#cues"));
 
 // --- connection state ----------------------------------------------------------------------
 
@@ -193,59 +189,126 @@ function updateListEntry(job) {
 
 // --- job view ------------------------------------------------------------------------------
 
-function lineFrom(seg, source) {
-  return { key: `${source[0]}${seg.id}`, id: seg.id, start: seg.start, end: seg.end, text: (seg.text || "").trim(), source, modified: false };
+const isDirty = () => !!(current && current.model.dirty);
+/** Saving is for a job that no longer writes cues: final, or paused. */
+const canSave = () => !!current && (FINAL.has(current.job.status) || current.job.status === "paused");
+
+function liveCue(seg, prefix) {
+  return makeCue(seg.start, seg.end, (seg.text || "").trim(), { id: `${prefix}${seg.id}`, source: "live" });
 }
 
-/** Merge the server's text into the lines: edited lines keep the user's text and times. */
-function mergeText(body) {
-  if (!current || body.job_id !== current.id) return;
-  const mine = current.lines.filter((l) => l.modified);
-  if (body.edited_cues && !mine.length && !current.aligned) {
-    // Saved edits are the user's version: show them as they were saved.
-    current.lines = body.edited_cues.map((c, i) => ({ key: `e${i}`, id: i, start: c.start, end: c.end, text: c.text, source: "edited", modified: true }));
-    current.aligned = body.source === "aligned";
-  } else if (body.source === "aligned") {
-    // Aligned lines replace the machine lines, except where the user edited a line:
-    // an aligned line centred inside an edited line's span is covered by that edit.
-    const covered = (seg) => mine.some((m) => {
-      const mid = (seg.start + seg.end) / 2;
-      return mid >= m.start && mid <= m.end;
-    });
-    const aligned = body.segments.filter((s) => !covered(s)).map((s) => lineFrom(s, "aligned"));
-    current.lines = [...aligned, ...mine].sort((a, b) => a.start - b.start);
-    current.aligned = true;
-  } else if (!current.aligned) {
-    addFragments(body.segments);
-  }
-  editor.setLines(current.lines);
-  updateEditorHead();
+/** The machine's cues with the user's modified ones in: a machine cue overlapping one of
+ * the user's is dropped (the user's text and times win). */
+function withMine(machine, mine) {
+  const covered = (c) => mine.some((m) => c.start < m.end && c.end > m.start);
+  return [...machine.filter((c) => !covered(c)), ...mine];
 }
 
-/** Unaligned lines (a `fragment` event, or the checkpoint's text) into the lines, in time
- * order; a line the user edited keeps the user's text and times. */
-function addFragments(segments) {
-  for (const seg of segments) {
-    const key = `c${seg.id}`;
-    const found = current.lines.find((l) => l.key === key);
-    if (found) {
-      if (!found.modified) Object.assign(found, lineFrom(seg, "checkpoint"));
-    } else {
-      current.lines.push(lineFrom(seg, "checkpoint"));
+/** Live lines (a `fragment` event, or the transcript so far) into the model, while the job
+ * runs and before its cues exist; the user's lines keep their text and times. */
+function addLive(segments, { aligned = false } = {}) {
+  const m = current.model;
+  if (current.doc) return;
+  const mine = m.cues.filter((c) => c.modified);
+  let machine;
+  if (aligned) machine = segments.map((s) => liveCue(s, "a"));
+  else {
+    const byId = new Map(m.cues.filter((c) => !c.modified).map((c) => [c.id, c]));
+    let changed = false;
+    for (const seg of segments) {
+      const cue = liveCue(seg, "c");
+      const old = byId.get(cue.id);
+      if (old && old.text === cue.text && old.start === cue.start && old.end === cue.end) continue;
+      byId.set(cue.id, cue);
+      changed = true;
     }
+    if (!changed) return;
+    machine = [...byId.values()];
   }
-  current.lines.sort((a, b) => a.start - b.start);
+  m.load(withMine(machine, mine), { saved: !m.dirty, keepHistory: true });
 }
 
+/** The job's cues from the server (as the SRT has them). `keep`: the user's modified cues
+ * stay (edits made while the job ran); else the server's replace everything. */
+async function loadDoc(keep) {
+  const mine = current;
+  const doc = await api(`jobs/${encodeURIComponent(mine.id)}/subtitles?format=json`);
+  if (current !== mine) return null;
+  const m = mine.model;
+  const cues = doc.cues.map((c) => makeCue(c.start, c.end, c.text, { source: doc.edited ? "saved" : "machine" }));
+  const kept = keep ? m.cues.filter((c) => c.modified) : [];
+  mine.doc = true;
+  mine.serverWarnings = doc.warnings.length;
+  m.load(cues, { version: doc.version, edited: doc.edited, rules: doc.rules });
+  if (kept.length) m.load(withMine(cues, kept), { saved: false, keepHistory: true });
+  updateEditorHead();
+  return doc;
+}
+
+/** The transcript so far, while the job runs (its cues do not exist yet). */
 async function loadText() {
-  const id = current && current.id;
-  if (!id) return;
+  const mine = current;
+  if (!mine || mine.doc) return;
   try {
-    mergeText(await api(`transcription-text/${id}`));
+    const body = await api(`transcription-text/${mine.id}`);
+    if (current !== mine || mine.doc) return;
+    if (body.edited_cues) return void (await loadDoc(true)); // the user saved cues: those are the document
+    addLive(body.segments, { aligned: body.source === "aligned" });
   } catch (err) {
     showJobError(err.message);
   }
 }
+
+/** Whatever the server has: the cues when they exist, else the live transcript. One load at
+ * a time per job: a second caller (the stream's snapshot, the open) waits for the first. */
+function loadAny(keep = true) {
+  const mine = current;
+  // What was in flight may have asked before the cues existed: ask again after it, if need be.
+  if (mine.loading) return mine.loading.then(() => (current === mine && !mine.doc ? loadAny(keep) : null));
+  mine.loading = (async () => {
+    try {
+      await loadDoc(keep);
+    } catch (err) {
+      if (err.code !== "not_ready") return showJobError(err.message);
+      await loadText();
+    } finally {
+      mine.loading = null;
+    }
+  })();
+  return mine.loading;
+}
+
+const when = (at) => new Date(at).toLocaleString();
+
+/** A draft left by a reload or a closed tab: restored (the same base), or the user picks
+ * (the server's cues changed since). */
+function restoreDraft(mine, draft) {
+  const m = mine.model;
+  if (!draft || !draft.cues.length) return;
+  const cues = draft.cues.map((c) => makeCue(c.start, c.end, c.text, { modified: c.modified, source: c.source }));
+  if (!mine.doc) {
+    const kept = cues.filter((c) => c.modified);
+    if (!kept.length) return;
+    m.load(withMine(m.cues.filter((c) => !c.modified), kept), { saved: false, keepHistory: true });
+  } else if (draft.base === m.version) {
+    m.load(cues, { saved: false });
+  } else if (confirm(`These subtitles were saved elsewhere after your unsaved edits of ${when(draft.at)}.\n\nOK: keep your edits (a save replaces the other ones).\nCancel: load the saved subtitles and drop your edits.`)) {
+    m.load(cues, { saved: false });
+  } else {
+    clearDraft(mine.id);
+    return;
+  }
+  $("#draft-text").textContent = `Restored unsaved edits from ${when(draft.at)}.`;
+  $("#draft-note").hidden = false;
+}
+
+$("#draft-discard").addEventListener("click", async () => {
+  $("#draft-note").hidden = true;
+  if (!current) return;
+  clearDraft(current.id);
+  const m = current.model;
+  m.load(m.savedCues, { saved: true }); // the server's cues, as loaded before the draft
+});
 
 function showJobError(message) {
   $("#job-error").textContent = message || "";
@@ -284,29 +347,40 @@ function applyStatus(patch) {
 
 function updateEditorHead() {
   if (!current) return;
-  $("#line-count").textContent = current.lines.length ? `(${current.lines.length})` : "";
-  $("#save").disabled = !current.dirty;
-  const ready = current.job.status === "completed" || current.saved;
-  $("#dl-srt").disabled = $("#dl-vtt").disabled = !(ready || current.dirty);
-  $("#save-state").textContent = current.dirty ? "Unsaved edits" : current.saved ? "Edits saved" : "";
+  const m = current.model;
+  const dirty = m.dirty;
+  const save = $("#save");
+  save.disabled = !dirty || !canSave() || current.saving;
+  save.textContent = dirty && !canSave() ? "Save waits for the job to finish" : "Save edits";
+  save.title = dirty && !canSave() ? "Edits are kept in this browser; saving opens when the job completes or is paused." : "";
+  $("#dl-srt").disabled = $("#dl-vtt").disabled = !(current.doc || (dirty && canSave()));
+  $("#revert").disabled = !(m.edited || dirty) || !canSave();
+  $("#undo-btn").disabled = !m.canUndo;
+  $("#redo-btn").disabled = !m.canRedo;
+  $("#save-state").textContent = dirty ? "Unsaved edits" : m.edited && current.savedHere ? "Edits saved" : m.edited ? "Your saved edits" : "";
+  const w = current.serverWarnings;
+  $("#server-warnings").textContent = current.doc && w ? `server: ${w} warning${w === 1 ? "" : "s"}` : "";
 }
+
+editor.addEventListener("counters", (e) => {
+  const { count, warned } = e.detail;
+  $("#line-count").textContent = count ? `(${count})` : "";
+  $("#warn-count").textContent = warned ? `${warned} cue${warned === 1 ? "" : "s"} break${warned === 1 ? "s" : ""} a rule` : "";
+});
 
 const jobHandlers = {
   connected: (d) => {
     applyStatus(d);
-    loadText(); // a fresh snapshot: catch up on everything missed while away
+    if (!current.doc && FINAL.has(d.status)) loadAny();
+    else loadText(); // a fresh snapshot: catch up on everything missed while away
   },
   progress: (d) => applyStatus({ ...d, status: current.job.status === "queued" ? "processing" : current.job.status }),
-  fragment: (d) => {
-    if (current.aligned) return;
-    addFragments(d.segments);
-    renderLines();
-  },
+  fragment: (d) => addLive(d.segments),
   signal: (d) => {
     if (d.code === "alignment_ready") loadText();
     const status = { job_complete: "completed", paused: "paused", canceled: "canceled" }[d.code];
     if (status) applyStatus({ status, ...(status === "completed" ? { percent: 100, phase: "srt" } : {}), message: d.message });
-    if (d.code === "job_complete") loadText();
+    if (d.code === "job_complete" && !current.doc) loadAny(true);
   },
   error: (d) => {
     showJobError(d.message);
@@ -314,10 +388,6 @@ const jobHandlers = {
   },
   resync: () => {},
 };
-const renderLines = rafThrottle(() => {
-  editor.setLines(current ? current.lines : []);
-  updateEditorHead();
-});
 
 async function refreshStatus() {
   if (!current) return;
@@ -331,23 +401,26 @@ async function refreshStatus() {
 /** After a reconnect: the status and the text, whatever the stream replays. */
 function catchUp() {
   refreshStatus();
-  loadText();
+  if (!current.doc) loadAny();
 }
 
 async function openJob(id) {
   if (current && current.id === id) return; // already open: rebuilding it would drop unsaved edits
-  if (current && current.dirty && current.id !== id && !confirm("Leave this job with unsaved edits?")) return;
-  if (current) current.stream.close();
+  if (isDirty() && !confirm("Leave this job with unsaved edits? They stay in this browser until you come back.")) return;
+  if (current) leaveJob();
   const job = jobs.find((j) => j.job_id === id) || { job_id: id, status: "queued", percent: 0 };
-  current = { id, job, lines: [], dirty: false, saved: false, aligned: false, stream: { close() {} } };
+  const draft = readDraft(id); // before anything loads: a clean load clears it
+  const model = new CueModel();
+  model.addEventListener("change", headSoon);
+  current = { id, job, model, doc: false, savedHere: false, serverWarnings: 0, saving: false, keeper: null, stream: { close() {} } };
   history.replaceState(null, "", `#job=${encodeURIComponent(id)}`);
   $("#placeholder").hidden = true;
   $("#job-view").hidden = false;
+  $("#draft-note").hidden = true;
   $("#job-title").textContent = job.source_name || id;
   $("#resume-panel").hidden = true;
   showJobError("");
-  editor.follow = true;
-  editor.setLines(current.lines);
+  editor.setModel(model);
   applyStatus(job);
   renderJobs();
   const mine = current;
@@ -362,18 +435,29 @@ async function openJob(id) {
   });
   try {
     const full = await api(`jobs/${encodeURIComponent(id)}`);
-    if (current === mine) {
-      $("#job-title").textContent = full.source_name || id;
-      current.saved = false;
-      applyStatus(full);
-    }
+    if (current !== mine) return;
+    $("#job-title").textContent = full.source_name || id;
+    applyStatus(full);
   } catch (err) {
-    if (err.status === 404) closeJob("That job no longer exists.");
+    if (err.status === 404) return closeJob("That job no longer exists.");
   }
+  // A running job's list follows its newest line; a finished one opens at its first cue.
+  editor.follow = mine.job.status === "queued" || mine.job.status === "processing";
+  await loadAny(false);
+  if (current !== mine) return;
+  restoreDraft(mine, draft);
+  mine.keeper = new DraftKeeper(id, model);
+}
+
+const headSoon = rafThrottle(updateEditorHead);
+
+function leaveJob() {
+  current.stream.close();
+  current.keeper?.stop();
 }
 
 function closeJob(message) {
-  if (current) current.stream.close();
+  if (current) leaveJob();
   current = null;
   jobStreamState = "open";
   history.replaceState(null, "", location.pathname + location.search);
@@ -401,7 +485,10 @@ $("#delete").addEventListener("click", async () => {
   const id = current.id;
   try {
     await api(`jobs/${id}`, { method: "DELETE" });
-    current.dirty = false;
+    current.keeper?.stop();
+    current.keeper = null;
+    clearDraft(id);
+    current.model.load([], { saved: true });
     jobs = jobs.filter((j) => j.job_id !== id);
     closeJob("The job was deleted.");
   } catch (err) {
@@ -452,9 +539,10 @@ const start = (restart) => control(restart ? "Restart" : "Resume", async () => {
   const r = await api("start", { method: "POST", json: { job_id: current.id, settings: formSettings("r-"), restart } });
   rPanel.hidden = true;
   if (restart) {
-    current.lines = current.lines.filter((l) => l.modified);
-    current.aligned = false;
-    renderLines();
+    // The transcript starts over; the user's own lines stay.
+    const m = current.model;
+    current.doc = false;
+    m.load(m.cues.filter((c) => c.modified), { saved: !m.dirty, keepHistory: true });
   }
   return r;
 });
@@ -464,19 +552,70 @@ rPanel.addEventListener("submit", (e) => {
 });
 $("#r-restart").addEventListener("click", () => confirm("Restart from scratch? The transcript so far is discarded.") && start(true));
 
-// --- save and download -----------------------------------------------------------------------
+// --- save, revert, download -------------------------------------------------------------------
 
+const conflictDialog = $("#conflict-dialog");
+/** "theirs" | "mine" | "cancel": what to do about a save made elsewhere since the load. */
+function askConflict() {
+  return new Promise((resolve) => {
+    conflictDialog.returnValue = "cancel";
+    conflictDialog.addEventListener("close", () => resolve(conflictDialog.returnValue || "cancel"), { once: true });
+    conflictDialog.showModal();
+  });
+}
+
+/** PUT the model's cues at `version`; the server's answer marks them saved. Edits made while
+ * the request was out stay unsaved (dirty). */
+async function putCues(mine, version) {
+  const m = mine.model;
+  const sent = m.cues;
+  const r = await api(`jobs/${encodeURIComponent(mine.id)}/subtitles`, { method: "PUT", json: { cues: m.toJSON(), version } });
+  const now = m.cues;
+  m.markSaved(r.version);
+  if (now !== sent) {
+    m.savedCues = sent;
+    m.emit("edit", { label: "unsaved" });
+  }
+  mine.savedHere = true;
+  mine.serverWarnings = r.warnings.length;
+  mine.keeper?.flush();
+  return r;
+}
+
+/** Save; true when the server holds the editor's cues afterwards. */
 async function save() {
-  const bad = current.lines.findIndex((l) => !(l.end > l.start));
+  const mine = current;
+  const bad = mine.model.cues.findIndex((c) => !(c.end > c.start));
   if (bad >= 0) {
     editor.focus(bad, "cue-end");
-    throw new Error(`line ${bad + 1}: the end must be after the start`);
+    throw new Error(`cue ${bad + 1}: the end must be after the start`);
   }
-  const cues = [...current.lines].sort((a, b) => a.start - b.start).map(({ start, end, text }) => ({ start, end, text }));
-  await api(`jobs/${current.id}/subtitles`, { method: "PUT", json: { cues } });
-  current.dirty = false;
-  current.saved = true;
+  mine.saving = true;
   updateEditorHead();
+  try {
+    await putCues(mine, mine.model.version);
+    return true;
+  } catch (err) {
+    if (err.code !== "version_conflict") throw err;
+    const choice = await askConflict();
+    if (current !== mine) return false;
+    if (choice === "theirs") {
+      clearDraft(mine.id);
+      await loadDoc(false);
+      return true;
+    }
+    if (choice !== "mine") {
+      showJobError("Not saved: these subtitles were saved elsewhere since you loaded them. Your edits are kept here.");
+      return false;
+    }
+    // Overwrite, knowingly: at the version the server holds now.
+    const doc = await api(`jobs/${encodeURIComponent(mine.id)}/subtitles?format=json`);
+    await putCues(mine, doc.version);
+    return true;
+  } finally {
+    mine.saving = false;
+    updateEditorHead();
+  }
 }
 
 $("#save").addEventListener("click", async () => {
@@ -488,10 +627,34 @@ $("#save").addEventListener("click", async () => {
   }
 });
 
+$("#revert").addEventListener("click", async () => {
+  const mine = current;
+  if (!mine || !confirm("Revert to the machine subtitles? Your saved and unsaved edits of this job are dropped.")) return;
+  showJobError("");
+  try {
+    const m = mine.model;
+    const r = m.edited ? await api(`jobs/${encodeURIComponent(mine.id)}/subtitles?version=${m.version}`, { method: "DELETE" }) : null;
+    clearDraft(mine.id);
+    mine.savedHere = false;
+    $("#draft-note").hidden = true;
+    try {
+      await loadDoc(false);
+    } catch (err) {
+      if (err.code !== "not_ready") throw err;
+      // No machine cues yet (the job has not completed): back to its live transcript.
+      mine.doc = false;
+      m.load([], { version: r ? r.version : m.version, edited: false });
+      await loadText();
+    }
+  } catch (err) {
+    showJobError(err.code === "version_conflict" ? "Not reverted: saved elsewhere since you loaded. Reload the job first." : `Revert failed: ${err.message}`);
+  }
+});
+
 async function downloadAs(format) {
   showJobError("");
   try {
-    if (current.dirty) await save(); // the download is of what the user sees
+    if (isDirty() && !(await save())) return; // the download is of what the user sees
     const blob = await fetchBlob(`jobs/${current.id}/subtitles?format=${format}`);
     const stem = (current.job.source_name || "subtitles").replace(/\.[^.]+$/, "");
     const a = el("a", { href: URL.createObjectURL(blob), download: `${stem}.${format}` });
@@ -507,7 +670,182 @@ $("#dl-srt").addEventListener("click", () => downloadAs("srt"));
 $("#dl-vtt").addEventListener("click", () => downloadAs("vtt"));
 
 window.addEventListener("beforeunload", (e) => {
-  if (current && current.dirty) e.preventDefault();
+  current?.keeper?.flush();
+  if (isDirty()) e.preventDefault();
+});
+
+// --- editing actions: the action bar, the find bar, the shift dialog, the shortcut sheet ---------
+
+async function reflowSelection() {
+  const mine = current;
+  const ids = editor.selection();
+  if (!mine || !ids.length) return;
+  const cues = ids.map((id) => mine.model.get(id)).map(({ start, end, text }) => ({ start, end, text }));
+  try {
+    const r = await api(`jobs/${encodeURIComponent(mine.id)}/reflow`, { method: "POST", json: { cues } });
+    if (current === mine) mine.model.replaceRun(ids, r.cues);
+  } catch (err) {
+    showJobError(`Reflow failed: ${err.message}`);
+  }
+}
+
+const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+function findRe(global) {
+  const text = $("#find-text").value;
+  if (!text) return null;
+  return new RegExp(escapeRe(text), (global ? "g" : "") + ($("#find-case").checked ? "" : "i"));
+}
+const findStatus = (text) => ($("#find-status").textContent = text);
+
+/** The next match after the caret (or the cue worked on), wrapping; selects it in its cue. */
+function findNext() {
+  const re = findRe(false);
+  const m = current && current.model;
+  if (!re || !m || !m.cues.length) return;
+  const { id } = editor.target();
+  const a = document.activeElement;
+  let i = id ? m.index(id) : 0;
+  let from = id && a && a.classList.contains("cue-text") ? a.selectionEnd : 0;
+  if (i < 0) [i, from] = [0, 0];
+  for (let k = 0; k <= m.cues.length; k++) {
+    const j = (i + k) % m.cues.length;
+    const offset = k === 0 ? from : 0;
+    const found = re.exec(m.cues[j].text.slice(offset));
+    if (!found) continue;
+    const at = offset + found.index;
+    editor.focusCue(m.cues[j].id, "cue-text");
+    document.activeElement.setSelectionRange(at, at + found[0].length);
+    findStatus(`cue ${j + 1}`);
+    return;
+  }
+  findStatus("not found");
+}
+
+function replaceOne() {
+  const re = findRe(false);
+  const a = document.activeElement;
+  const { id } = editor.target();
+  if (re && id && a && a.classList.contains("cue-text")) {
+    const picked = a.value.slice(a.selectionStart, a.selectionEnd);
+    const whole = re.exec(picked);
+    if (whole && whole[0] === picked && picked) {
+      const text = a.value.slice(0, a.selectionStart) + $("#replace-text").value + a.value.slice(a.selectionEnd);
+      const caret = a.selectionStart + $("#replace-text").value.length;
+      current.model.update(id, { text }, "replace");
+      a.setSelectionRange(caret, caret);
+    }
+  }
+  findNext();
+}
+
+function replaceAll() {
+  const re = findRe(true);
+  if (!re || !current) return;
+  const n = current.model.replaceAll(re, $("#replace-text").value.replace(/\$/g, "$$$$"));
+  findStatus(`replaced in ${n} cue${n === 1 ? "" : "s"}`);
+}
+
+function openFind() {
+  $("#find-bar").hidden = false;
+  $("#find-text").focus();
+  $("#find-text").select();
+}
+$("#find-bar").addEventListener("submit", (e) => {
+  e.preventDefault();
+  findNext();
+});
+$("#find-replace").addEventListener("click", replaceOne);
+$("#find-all").addEventListener("click", replaceAll);
+$("#find-close").addEventListener("click", () => ($("#find-bar").hidden = true));
+$("#find-bar").addEventListener("keydown", (e) => {
+  if (e.key === "Escape") $("#find-bar").hidden = true;
+});
+
+const shiftDialog = $("#shift-dialog");
+function openShift() {
+  if (!current) return;
+  const selected = editor.selection().length;
+  $("#shift-sel").disabled = !current.model.selected.size;
+  $("#shift-sel-label").textContent = `Selected cues (${current.model.selected.size})`;
+  (current.model.selected.size ? $("#shift-sel") : $("#shift-all")).checked = true;
+  $("#shift-error").textContent = "";
+  shiftDialog.returnValue = "";
+  shiftDialog.dataset.selected = String(selected);
+  shiftDialog.showModal();
+  $("#shift-amount").select();
+}
+$("#shift-form").addEventListener("submit", (e) => {
+  if (e.submitter && e.submitter.value === "cancel") return;
+  const raw = $("#shift-amount").value.trim();
+  const sign = raw.startsWith("-") ? -1 : 1;
+  const seconds = parseTime(raw.replace(/^[+-]/, ""));
+  if (!Number.isFinite(seconds) || seconds === 0) {
+    e.preventDefault();
+    $("#shift-error").textContent = "Give an amount like 1.5, -0.250 or +00:02.000";
+    return;
+  }
+  const m = current.model;
+  const ids = $("#shift-sel").checked ? m.cues.filter((c) => m.selected.has(c.id)).map((c) => c.id) : m.cues.map((c) => c.id);
+  m.shift(ids, sign * seconds, "both", "shift");
+});
+
+// Navigation keys the list handles itself, listed in the sheet after the registry's.
+const LIST_KEYS = [
+  ["Enter", "Next cue (same field)"],
+  ["↑ / ↓", "Previous / next cue (in text: at its first / last character)"],
+  ["Tab / Shift+Tab", "Next / previous field, across cues"],
+  ["Shift+Enter", "Line break in the text"],
+  ["Click / Shift+click / Ctrl+click on #", "Select a cue / a range / one more (touch: a tap on # adds or removes)"],
+  ["Esc", "Leave the field; close a bar or dialog"],
+];
+function openSheet() {
+  const rows = [...shortcuts.map((s) => [s.key, s.label]), ...LIST_KEYS];
+  $("#keys-list").replaceChildren(...rows.flatMap(([k, label]) => [el("dt", {}, el("kbd", { text: k })), el("dd", { text: label })]));
+  $("#keys-dialog").showModal();
+}
+
+const acts = {
+  undo: () => editor.undo(),
+  redo: () => editor.redo(),
+  split: () => editor.splitAtCaret(),
+  merge: () => editor.mergeNext(),
+  insert: () => editor.insertAfter(),
+  delete: () => editor.removeSelection(),
+  "start-": () => editor.nudge("start", -NUDGE_S),
+  "start+": () => editor.nudge("start", NUDGE_S),
+  "end-": () => editor.nudge("end", -NUDGE_S),
+  "end+": () => editor.nudge("end", NUDGE_S),
+  shift: openShift,
+  find: openFind,
+  reflow: reflowSelection,
+  keys: openSheet,
+  save: () => $("#save").click(),
+};
+const NUDGE_S = 0.1;
+const onJob = (fn) => () => current && fn();
+for (const [key, label, act] of [
+  ["Ctrl+Z", "Undo", "undo"],
+  ["Ctrl+Y / Ctrl+Shift+Z", "Redo", "redo"],
+  ["Ctrl+Enter", "Split the cue at the caret", "split"],
+  ["Alt+M", "Merge the cue with the next", "merge"],
+  ["Alt+I", "Insert a cue after this one", "insert"],
+  ["Alt+Delete", "Delete the selected cues (or this one)", "delete"],
+  ["Alt+[", "Start 100 ms earlier (selection or this cue)", "start-"],
+  ["Alt+]", "Start 100 ms later", "start+"],
+  ["Alt+,", "End 100 ms earlier", "end-"],
+  ["Alt+.", "End 100 ms later", "end+"],
+  ["Alt+T", "Shift the selection or all cues by an amount…", "shift"],
+  ["Alt+R", "Find and replace", "find"],
+  ["Alt+L", "Reflow the selection with the server's cue builder", "reflow"],
+  ["Ctrl+S", "Save", "save"],
+  ["?", "This sheet of keys", "keys"],
+]) addShortcut({ key, label, run: onJob(acts[act]) });
+
+// The buttons keep the focus (and the caret) where it was, so "split" splits where you typed.
+$("#action-bar").addEventListener("mousedown", (e) => e.target.closest("button") && e.preventDefault());
+$("#action-bar").addEventListener("click", (e) => {
+  const b = e.target.closest("button[data-act]");
+  if (b && current) acts[b.dataset.act]();
 });
 
 // --- token -----------------------------------------------------------------------------------
@@ -548,7 +886,8 @@ loadMeta().then((meta) => {
   startModels(meta.model_types);
 });
 pollJobs();
-// For the console and the browser tests: the lines as the editor holds them.
-window.vsrt = { lines: () => (current ? current.lines.map((l) => ({ ...l })) : []) };
+// For the console and the browser tests: the cues as the editor holds them, and the model.
+const cuesNow = () => (current ? current.model.cues.map((c) => ({ ...c })) : []);
+window.vsrt = { cues: cuesNow, lines: cuesNow, model: () => current && current.model, editor, open: (id) => openJob(id) };
 const fromHash = new URLSearchParams(location.hash.slice(1)).get("job");
 if (fromHash) openJob(fromHash);
