@@ -3,7 +3,10 @@
 import { api, ApiError, fetchBlob, token, uploadJob } from "./api.js";
 import { CueEditor } from "./editor.js";
 import { modelStore, setupModelDialog, startModels } from "./models.js";
+import { CueModel, makeCue } from "./cues.js";
+import { Player } from "./player.js";
 import { openStream } from "./sse.js";
+import { Waveform } from "./waveform.js";
 import { el, rafThrottle } from "./store.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -24,6 +27,25 @@ const editor = new CueEditor($("#cues"), {
     updateEditorHead();
   },
 });
+
+// --- player and waveform: views of the editor's CueModel (player.js, waveform.js) -----------
+
+const cueModel = new CueModel();
+const player = new Player($("#media-pane"), cueModel);
+const waveform = new Waveform($("#media-pane"), player, cueModel);
+
+/** Until the cue list works on the CueModel (branch ed-ui), the model holds the job's built
+ * cues once the document exists; the list's own model replaces this bridge. */
+async function loadModelCues(id) {
+  try {
+    const doc = await api(`jobs/${encodeURIComponent(id)}/subtitles?format=json`);
+    if (current && current.id === id && !cueModel.dirty) {
+      cueModel.load(doc.cues.map((c) => makeCue(c.start, c.end, c.text)), { version: doc.version, edited: doc.edited, rules: doc.rules });
+    }
+  } catch {
+    /* not ready yet: job_complete brings it */
+  }
+}
 
 // --- connection state ----------------------------------------------------------------------
 
@@ -242,6 +264,7 @@ async function loadText() {
   if (!id) return;
   try {
     mergeText(await api(`transcription-text/${id}`));
+    loadModelCues(id);
   } catch (err) {
     showJobError(err.message);
   }
@@ -348,6 +371,9 @@ async function openJob(id) {
   showJobError("");
   editor.follow = true;
   editor.setLines(current.lines);
+  cueModel.load([]);
+  waveform.close();
+  player.open(id);
   applyStatus(job);
   renderJobs();
   const mine = current;
@@ -375,6 +401,9 @@ async function openJob(id) {
 function closeJob(message) {
   if (current) current.stream.close();
   current = null;
+  waveform.close();
+  player.close();
+  $("#media-pane").hidden = true;
   jobStreamState = "open";
   history.replaceState(null, "", location.pathname + location.search);
   $("#job-view").hidden = true;
@@ -549,6 +578,6 @@ loadMeta().then((meta) => {
 });
 pollJobs();
 // For the console and the browser tests: the lines as the editor holds them.
-window.vsrt = { lines: () => (current ? current.lines.map((l) => ({ ...l })) : []) };
+window.vsrt = { lines: () => (current ? current.lines.map((l) => ({ ...l })) : []), model: cueModel, player, waveform };
 const fromHash = new URLSearchParams(location.hash.slice(1)).get("job");
 if (fromHash) openJob(fromHash);
