@@ -295,7 +295,7 @@ async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speec
         await num(3).click(modifiers=["Shift"])
         await num(2).click(modifiers=["Control"])
         selected = (
-            "window.vsrt.cues().filter((c) => window.vsrt.model().selected.has(c.id)).map((c) => c.text)"
+            "window.vsrt.cues().filter((c) => window.vsrt.model.selected.has(c.id)).map((c) => c.text)"
         )
         assert await page.evaluate(selected) == ["cue two here", "cue four here"]
 
@@ -333,9 +333,9 @@ async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speec
         await num(4).click()
         await num(5).click(modifiers=["Shift"])
         before = await page_cues(page)
-        await page.keyboard.press("Alt+L")
+        await page.keyboard.press("Alt+W")
         await wait_for_js(
-            page, "window.vsrt.model().lastEdit && window.vsrt.model().lastEdit.label === 'reflow'"
+            page, "window.vsrt.model.lastEdit && window.vsrt.model.lastEdit.label === 'reflow'"
         )
         after = await page_cues(page)
         assert " ".join(c[2] for c in after[4:]).split() == "line five here line six".split()
@@ -354,11 +354,11 @@ async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speec
             """async () => {
               const { addShortcut } = await import(new URL('static/editor.js', document.baseURI).href);
               const run = () => (window.__ran = true);
-              addShortcut({ key: 'Alt+K', label: 'Set start at the playhead', run });
+              addShortcut({ key: 'Alt+Q', label: 'Set start at the playhead', run });
             }"""
         )
         await page.locator("#cues").click(position={"x": 5, "y": 5})
-        await page.keyboard.press("Alt+K")
+        await page.keyboard.press("Alt+Q")
         assert await page.evaluate("window.__ran") is True
         await page.keyboard.press("Escape")
         await page.locator("#job-title").click()
@@ -371,8 +371,8 @@ async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speec
             "Alt+M",
             "Alt+T",
             "Alt+R",
-            "Alt+L",
-            "Alt+K",
+            "Alt+W",
+            "Alt+Q",
             "Set start at the playhead",
         ):
             assert key in sheet, (key, sheet)
@@ -381,7 +381,7 @@ async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speec
         # Revert (confirmed) on a job with no machine cues yet: back to an empty, clean list.
         page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
         await page.click("#revert")
-        await wait_for_js(page, "window.vsrt.cues().length === 0 && !window.vsrt.model().edited")
+        await wait_for_js(page, "window.vsrt.cues().length === 0 && !window.vsrt.model.edited")
         assert await page.is_hidden("#job-error")
         assert (await get_json(f"{server.url}api/jobs/{job}"))["status"] == "paused"
         assert not errors, errors

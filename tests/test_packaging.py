@@ -34,6 +34,10 @@ PACKAGED = (
     "vsrt_service/data/vsrt.toml",
     "vsrt_service/web/static/index.html",
     "vsrt_service/web/static/app.js",
+    "vsrt_service/web/static/player.js",
+    "vsrt_service/web/static/vendor/wavesurfer/wavesurfer.esm.js",
+    "vsrt_service/web/static/vendor/wavesurfer/plugins/regions.esm.js",
+    "vsrt_service/web/static/vendor/wavesurfer/SHA256SUMS",
 )
 
 

@@ -34,12 +34,20 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BODY_TYPES = frozenset({"application/json", "multipart/form-data"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-#: The UI is same-origin module scripts and one stylesheet with no inline code; it sets
-#: styles through CSSOM (not style attributes), its favicon is a data: URL, and downloads
-#: open blob: URLs by navigation, which no fetch directive governs.
+#: The one inline style the UI needs: the <style> wavesurfer.js (vendored) writes into its
+#: waveform's shadow root, with the waveform's height (static/waveform.js WAVE_HEIGHT) in it.
+#: Allowed by hash, not 'unsafe-inline'; tests/test_player_ui.py recomputes it from the
+#: vendored source.
+WAVESURFER_STYLE = "'sha256-Y/8t1dAKa3ay+RZEiEFEDr8dFiQhpaFvYXXUfT3p6ZU='"
+
+#: The UI is same-origin module scripts and stylesheets with no inline code but that style; it
+#: sets styles through CSSOM (not style attributes), its favicon is a data: URL, the player
+#: streams same-origin media, and downloads open blob: URLs by navigation, which no fetch
+#: directive governs.
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
+        f"style-src 'self' {WAVESURFER_STYLE}",
         "img-src 'self' data:",
         "object-src 'none'",
         "base-uri 'none'",

@@ -5,8 +5,10 @@ import { CueModel, makeCue } from "./cues.js";
 import { clearDraft, DraftKeeper, readDraft } from "./drafts.js";
 import { addShortcut, CueEditor, shortcuts } from "./editor.js";
 import { modelStore, setupModelDialog, startModels } from "./models.js";
+import { Player, PLAYER_KEYS } from "./player.js";
 import { openStream } from "./sse.js";
 import { el, parseTime, rafThrottle } from "./store.js";
+import { Waveform } from "./waveform.js";
 
 const $ = (sel) => document.querySelector(sel);
 const JOB_EVENTS = ["connected", "progress", "fragment", "signal", "error", "ping", "resync"];
@@ -20,6 +22,11 @@ let listOnline = true;
 let phases = []; // the server's phase names, in order (GET /api/meta)
 
 const editor = new CueEditor($("#cues"));
+
+// --- player and waveform: views of the open job's CueModel (player.js, waveform.js) --------
+
+const player = new Player($("#media-pane"), new CueModel());
+const waveform = new Waveform($("#media-pane"), player, player.model);
 
 // --- connection state ----------------------------------------------------------------------
 
@@ -421,6 +428,10 @@ async function openJob(id) {
   $("#resume-panel").hidden = true;
   showJobError("");
   editor.setModel(model);
+  waveform.close();
+  player.setModel(model);
+  waveform.setModel(model);
+  player.open(id);
   applyStatus(job);
   renderJobs();
   const mine = current;
@@ -459,6 +470,9 @@ function leaveJob() {
 function closeJob(message) {
   if (current) leaveJob();
   current = null;
+  waveform.close();
+  player.close();
+  $("#media-pane").hidden = true;
   jobStreamState = "open";
   history.replaceState(null, "", location.pathname + location.search);
   $("#job-view").hidden = true;
@@ -828,7 +842,7 @@ for (const [key, label, act] of [
   ["Ctrl+Y / Ctrl+Shift+Z", "Redo", "redo"],
   ["Ctrl+Enter", "Split the cue at the caret", "split"],
   ["Alt+M", "Merge the cue with the next", "merge"],
-  ["Alt+I", "Insert a cue after this one", "insert"],
+  ["Alt+N", "Insert a new cue after this one", "insert"],
   ["Alt+Delete", "Delete the selected cues (or this one)", "delete"],
   ["Alt+[", "Start 100 ms earlier (selection or this cue)", "start-"],
   ["Alt+]", "Start 100 ms later", "start+"],
@@ -836,10 +850,12 @@ for (const [key, label, act] of [
   ["Alt+.", "End 100 ms later", "end+"],
   ["Alt+T", "Shift the selection or all cues by an amount…", "shift"],
   ["Alt+R", "Find and replace", "find"],
-  ["Alt+L", "Reflow the selection with the server's cue builder", "reflow"],
+  ["Alt+W", "Reflow (re-wrap) the selection with the server's cue builder", "reflow"],
   ["Ctrl+S", "Save", "save"],
   ["?", "This sheet of keys", "keys"],
 ]) addShortcut({ key, label, run: onJob(acts[act]) });
+// The player's keys act at the playhead, from anywhere on the page (player.js PLAYER_KEYS).
+for (const k of PLAYER_KEYS) addShortcut({ key: k.keys, label: k.label, run: onJob(() => player.run(k.action)), typing: true });
 
 // The buttons keep the focus (and the caret) where it was, so "split" splits where you typed.
 $("#action-bar").addEventListener("mousedown", (e) => e.target.closest("button") && e.preventDefault());
@@ -886,8 +902,19 @@ loadMeta().then((meta) => {
   startModels(meta.model_types);
 });
 pollJobs();
-// For the console and the browser tests: the cues as the editor holds them, and the model.
+// For the console and the browser tests: the cues as the editor holds them, the open job's
+// model and its views.
 const cuesNow = () => (current ? current.model.cues.map((c) => ({ ...c })) : []);
-window.vsrt = { cues: cuesNow, lines: cuesNow, model: () => current && current.model, editor, open: (id) => openJob(id) };
+window.vsrt = {
+  cues: cuesNow,
+  lines: cuesNow,
+  get model() {
+    return current && current.model;
+  },
+  editor,
+  player,
+  waveform,
+  open: (id) => openJob(id),
+};
 const fromHash = new URLSearchParams(location.hash.slice(1)).get("job");
 if (fromHash) openJob(fromHash);

@@ -294,6 +294,13 @@ export class CueModel extends EventTarget {
     this.emit("active", { id });
   }
 
+  /** Ask the player to move the playhead to `time` (seconds): views that want a seek (the
+   * list on a click, the waveform) dispatch a "seek" event, `detail: {time}`, which the
+   * player listens for; nothing in the model changes. */
+  seek(time) {
+    this.dispatchEvent(new CustomEvent("seek", { detail: { time } }));
+  }
+
   /** The cues as the server takes them. */
   toJSON() {
     return this.cues.map(({ start, end, text }) => ({ start, end, text }));

@@ -25,6 +25,7 @@ function parseKey(key) {
 /** The key an event names: letters and digits by their physical key (Alt+letter types other
  * characters on a Mac), the rest by e.key. */
 function eventMain(e) {
+  if (e.code === "Space") return "Space";
   if (/^Key[A-Z]$/.test(e.code)) return e.code.slice(3);
   if (/^Digit\d$/.test(e.code)) return e.code.slice(5);
   const codes = { BracketLeft: "[", BracketRight: "]", Comma: ",", Period: "." };
