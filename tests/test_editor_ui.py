@@ -107,7 +107,8 @@ async def test_two_thousand_cues_open_fast_and_typing_touches_one_row(speech: Sp
         assert max(per_key["times"]) < 16, per_key
         assert per_key["rows"] == 1, per_key  # only the typed-in row changed in the DOM
         assert (await page.evaluate("window.vsrt.cues()[3].text")) == "cue number 4 typed fast"
-        assert await page.text_content("#line-count") == "(2000)"
+        # The counters follow at most every 150 ms.
+        await wait_for_js(page, "document.querySelector('#line-count').textContent === '(2000)'")
         print(f"2,000 cues: opened in {opened:.0f} ms; keystroke max {max(per_key['times']):.2f} ms")
         assert not errors, errors
 
@@ -294,9 +295,7 @@ async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speec
         await num(1).click()
         await num(3).click(modifiers=["Shift"])
         await num(2).click(modifiers=["Control"])
-        selected = (
-            "window.vsrt.cues().filter((c) => window.vsrt.model.selected.has(c.id)).map((c) => c.text)"
-        )
+        selected = "window.vsrt.cues().filter((c) => window.vsrt.model.selected.has(c.id)).map((c) => c.text)"
         assert await page.evaluate(selected) == ["cue two here", "cue four here"]
 
         # Nudge the selection's starts and ends by keys (100 ms).
@@ -334,9 +333,7 @@ async def test_selection_nudge_shift_find_reflow_and_the_key_sheet(speech: Speec
         await num(5).click(modifiers=["Shift"])
         before = await page_cues(page)
         await page.keyboard.press("Alt+W")
-        await wait_for_js(
-            page, "window.vsrt.model.lastEdit && window.vsrt.model.lastEdit.label === 'reflow'"
-        )
+        await wait_for_js(page, "window.vsrt.model.lastEdit && window.vsrt.model.lastEdit.label === 'reflow'")
         after = await page_cues(page)
         assert " ".join(c[2] for c in after[4:]).split() == "line five here line six".split()
         assert after[:4] == before[:4]
