@@ -187,7 +187,7 @@ async def measure(url: str, job_id: str, n: int) -> dict[str, Any]:
         await page.keyboard.press("Escape")
         for name, args in {
             "list_scroll": ["#cues", None, "y", 240, 3],
-            "waveform_scroll": ["#waveform", ".scroll", "x", 300, 3],
+            "waveform_scroll": ["#wave-box > div", ".scroll", "x", 300, 3],
         }.items():
             result = await page.evaluate(SCROLL_JS, args)
             if result:
