@@ -277,6 +277,24 @@ def _seconds(value: object) -> float:
     return seconds if seconds > 0 and seconds != float("inf") else 0.0
 
 
+def _ffprobe_args(path: Path, entries: str) -> list[str]:
+    """ffprobe of a local file as JSON, locked to the allowed containers and to file access."""
+    return [
+        _tool("ffprobe"),
+        "-v",
+        "error",
+        "-format_whitelist",
+        _FORMAT_WHITELIST,
+        "-protocol_whitelist",
+        "file",
+        "-show_entries",
+        entries,
+        "-of",
+        "json",
+        _input(path),
+    ]
+
+
 async def probe(path: Path, name: str | None = None, limits: MediaSettings | None = None) -> MediaInfo:
     """Streams and duration, or a MediaError saying why the file is unusable.
 
@@ -288,22 +306,13 @@ async def probe(path: Path, name: str | None = None, limits: MediaSettings | Non
     limits = limits or MediaSettings()
     if not await asyncio.to_thread(path.is_file):
         raise MediaError("not_found", f"{name}: no such file")
-    args = [
-        _tool("ffprobe"),
-        "-v",
-        "error",
-        "-format_whitelist",
-        _FORMAT_WHITELIST,
-        "-protocol_whitelist",
-        "file",
-        "-show_entries",
+    entries = (
         "format=format_name,duration:stream=codec_type,codec_name,channels,duration"
-        ":stream_tags=language,title,duration:stream_disposition=default",
-        "-of",
-        "json",
-        _input(path),
-    ]
-    code, out, err = await run_tool(args, seconds=limits.probe_timeout, what="probing", name=name)
+        ":stream_tags=language,title,duration:stream_disposition=default"
+    )
+    code, out, err = await run_tool(
+        _ffprobe_args(path, entries), seconds=limits.probe_timeout, what="probing", name=name
+    )
     if code != 0:
         refused = _REFUSED_FORMAT.search(err.decode(errors="replace"))
         if refused:
@@ -612,22 +621,13 @@ def playback_of(probed: dict[str, Any], track: int | str | None, name: str) -> P
 async def probe_playback(path: Path, name: str, limits: MediaSettings, track: int | str | None) -> Playback:
     """`playback_of` the file, probed with the same allowlists as `probe` (after it)."""
     await probe(path, name, limits)  # refuses what is not allowed media, with its messages
-    args = [
-        _tool("ffprobe"),
-        "-v",
-        "error",
-        "-format_whitelist",
-        _FORMAT_WHITELIST,
-        "-protocol_whitelist",
-        "file",
-        "-show_entries",
+    entries = (
         "format=format_name,duration:stream=codec_type,codec_name,profile,level,width,height,pix_fmt"
-        ":stream_disposition=default,attached_pic",
-        "-of",
-        "json",
-        _input(path),
-    ]
-    code, out, err = await run_tool(args, seconds=limits.probe_timeout, what="probing", name=name)
+        ":stream_disposition=default,attached_pic"
+    )
+    code, out, err = await run_tool(
+        _ffprobe_args(path, entries), seconds=limits.probe_timeout, what="probing", name=name
+    )
     if code != 0:
         problem = _last_line(err, path)
         raise MediaError("not_media", f"{name} is not a readable audio or video file ({problem})")
