@@ -478,13 +478,16 @@ class Service:
             raise InvalidInput(
                 f"format must be one of {', '.join(FORMATS)}", code="bad_format", field="format"
             )
-        doc = await self.cue_document(job_id)
         if fmt == "json":
-            return await asyncio.to_thread(doc.json)
-        if not doc.edited:  # written whole when the job completed: served as written
-            path = self.ctx.job_dir(job_id) / f"subtitles.{fmt}"
-            return await asyncio.to_thread(path.read_text, encoding="utf-8")
-        return render(fmt, doc.cues, {"job_id": job_id, "edited": True})
+            return await asyncio.to_thread((await self.cue_document(job_id)).json)
+        job = await self.get(job_id)
+        edited = await self.store.edited_cues(job.id)
+        if edited is not None:
+            return render(fmt, cues_from_json(edited), {"job_id": job.id, "edited": True})
+        path = self.ctx.job_dir(job.id) / f"subtitles.{fmt}"  # written whole at completion
+        if job.status != JobStatus.COMPLETED or not await asyncio.to_thread(path.is_file):
+            raise Conflict("the subtitles are not ready yet", code="not_ready")
+        return await asyncio.to_thread(path.read_text, encoding="utf-8")
 
     async def cue_document(self, job_id: str) -> CueDocument:
         """The cues downloads serve now (the user's if saved, else the machine's), with the
