@@ -197,8 +197,9 @@ async def test_a_finished_job_drops_its_audio_and_a_restart_extracts_it_again(
     folder = make_settings().jobs_dir / job["job_id"]
     stream = await open_stream(client, job["job_id"])
     await stream.until(is_complete, wait=180)
-    outputs = ["subtitles.json", "subtitles.srt", "subtitles.txt", "subtitles.vtt"]
-    assert sorted(p.name for p in folder.iterdir()) == outputs  # no audio.wav, no .part
+    # The waveform's peaks stay for the editor; no audio.wav, no .part.
+    outputs = ["peaks.dat", "subtitles.json", "subtitles.srt", "subtitles.txt", "subtitles.vtt"]
+    assert sorted(p.name for p in folder.iterdir()) == outputs
     url = f"/api/jobs/{job['job_id']}/subtitles?format=srt"
     first = await (await client.get(url)).text()
 
