@@ -25,6 +25,7 @@ from vsrt_service.web.app import create_app
 from vsrt_service.web.keys import SERVICE, STREAMS
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 async def test_real_job_over_http_and_sse(make_client: ClientFactory, speech: Speech, tmp_path: Path) -> None:
     client = await make_client()
@@ -194,6 +195,7 @@ async def test_heartbeats_have_their_own_ids(make_client: ClientFactory, speech:
     again.resp.close()
 
 
+@pytest.mark.serial
 async def test_stalled_subscriber_does_not_slow_others_and_is_told_to_resync(
     make_client: ClientFactory, speech: Speech
 ) -> None:

@@ -58,6 +58,7 @@ async def download_srt(page: Any) -> list[tuple[int, int, str]]:
     return [(round(c.start * 1000), round(c.end * 1000), c.text) for c in parse_srt(text)]
 
 
+@pytest.mark.serial
 async def test_two_thousand_cues_open_fast_and_typing_touches_one_row(speech: Speech, tmp_path: Path) -> None:
     count = 2000
     cues = [{"start": i * 2.0, "end": i * 2.0 + 1.5, "text": f"cue number {i + 1}"} for i in range(count)]

@@ -29,6 +29,7 @@ from vsrt_service.web.keys import SERVICE
 MAX_LAG = 0.1
 
 
+@pytest.mark.serial
 async def test_storing_and_writing_a_three_hour_result_leaves_the_loop_free(
     make_settings: SettingsFactory,
 ) -> None:
@@ -56,6 +57,7 @@ async def test_storing_and_writing_a_three_hour_result_leaves_the_loop_free(
         assert len(lags) > 50 and max(lags) < MAX_LAG, f"loop lag up to {max(lags) * 1000:.0f} ms"
 
 
+@pytest.mark.serial
 async def test_transcription_text_of_a_three_hour_job_leaves_the_loop_free(
     aiohttp_client: Any, make_settings: SettingsFactory
 ) -> None:

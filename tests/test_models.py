@@ -337,6 +337,7 @@ async def test_unknown_models_are_404(make_client: ClientFactory) -> None:
         assert (await resp.json())["error"]["code"] == "not_found", path
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 async def test_event_loop_stays_responsive_during_a_job_and_a_download(
     make_client: ClientFactory, hub: FakeHub, speech: Speech

@@ -254,6 +254,7 @@ async def test_hevc_mkv_plays_the_audio_copy_with_captions_and_seeks(speech: Spe
 
 
 @needs_chromium
+@pytest.mark.serial
 async def test_two_thousand_cues_stay_cheap(speech: Speech, tmp_path: Path) -> None:
     """A 2,000-cue document (every 1/40 of the clip): loading it into the player and the
     waveform, and one edit, take few milliseconds; regions exist only near the view."""

@@ -140,6 +140,7 @@ async def peer_slot(make_settings: SettingsFactory) -> AsyncIterator[RunnerSlot]
         await slot.close()
 
 
+@pytest.mark.serial
 async def test_a_three_hour_alignment_reply_is_decoded_off_the_event_loop(
     make_settings: SettingsFactory,
 ) -> None:
