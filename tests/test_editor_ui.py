@@ -27,7 +27,7 @@ from vsrt_service.core.formats import parse_srt
 
 pytestmark = [
     pytest.mark.timeout(300),
-    pytest.mark.block_limit(2.0),  # this loop only drives Playwright (see test_ui.py)
+    pytest.mark.block_limit(5.0),  # this loop only drives Playwright (see test_ui.py)
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
 ]
 playwright = pytest.importorskip("playwright")
@@ -86,10 +86,15 @@ async def test_two_thousand_cues_open_fast_and_typing_touches_one_row(speech: Sp
         assert opened < 1000, f"2,000 cues took {opened:.0f} ms to open"
 
         # Typing: each keystroke is one model change and one row rebound, well under a frame.
-        text = page.locator('#cues .cue-row[data-index="3"] .cue-text')
-        await text.focus()
+        # Once the player has loaded (its first `active` cue moves no rows any more), focus and
+        # type in one go, so nothing re-renders the list between the focus and the keys.
+        await wait_for_js(page, "!!window.vsrt.player.media && window.vsrt.player.media.readyState >= 1")
+        row = '#cues .cue-row[data-index="3"] .cue-text'
+        await page.evaluate(f"document.querySelector({row!r}).focus()")  # selects it; the player seeks
+        await page.wait_for_timeout(300)
         per_key = await page.evaluate("""() => {
           const ta = document.activeElement;
+          if (!ta.matches('#cues .cue-row[data-index="3"] .cue-text')) return { focus: 'lost' };
           const rows = document.querySelectorAll('#cues .cue-row');
           const seen = new Set();
           const obs = new MutationObserver((ms) => ms.forEach((m) => seen.add(m.target.closest('.cue-row'))));
@@ -102,8 +107,13 @@ async def test_two_thousand_cues_open_fast_and_typing_touches_one_row(speech: Sp
             ta.dispatchEvent(new InputEvent('input', { bubbles: true, data: ch, inputType: 'insertText' }));
             times.push(performance.now() - t);
           }
-          // Mutation records arrive in a microtask after the last input event.
-          return Promise.resolve().then(() => { obs.disconnect(); return { times, rows: seen.size }; });
+          // The row's indicators follow at most every 150 ms: count the rows that changed once
+          // they have (mutation records arrive in a microtask after each change).
+          const done = () => {
+            obs.disconnect();
+            return { times, rows: seen.size };
+          };
+          return new Promise((r) => setTimeout(r, 400)).then(done);
         }""")
         assert max(per_key["times"]) < 16, per_key
         assert per_key["rows"] == 1, per_key  # only the typed-in row changed in the DOM
