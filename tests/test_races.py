@@ -24,9 +24,9 @@ from tests.conftest import ServiceFactory
 from tests.http_helpers import upload
 from tests.media import Speech, make_speech
 from vsrt_service.core.errors import VsrtError
-from vsrt_service.jobs.scheduler import Scheduler
+from vsrt_service.jobs.scheduler import Scheduler, Stop
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
-from vsrt_service.jobs.store import Job, JobStore
+from vsrt_service.jobs.store import Job, JobStatus, JobStore
 from vsrt_service.service import Service
 from vsrt_service.web.app import create_app
 from vsrt_service.web.keys import SERVICE
@@ -179,6 +179,45 @@ async def test_stop_requests_close_together_keep_the_scheduler_whole(
     fresh = await svc.submit(short_speech.path)
     done = await asyncio.wait_for(svc.wait(fresh.id), 180)
     assert done.status == "completed", done
+
+
+async def test_a_cancel_while_a_pause_is_being_written_still_wins(
+    make_service: ServiceFactory, short_speech: Speech, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel that reaches a running job after its pause was decided, while the paused state
+    is still being written, is not lost: the job ends canceled and the cancel answers so.
+
+    The paused write is held at a gate (the real write follows) until the cancel has reached
+    the scheduler, which is the window a close pause and cancel fell into on CI."""
+    svc = await make_service()
+    job = await svc.submit(short_speech.path)
+    await until(functools.partial(claimed, svc, job.id))
+    writing, release, cancel_arrived = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    real_set_status, real_stop = svc.store.set_status, svc.scheduler.stop
+
+    async def gated_set_status(job_id: str, status: JobStatus, *args: Any, **kwargs: Any) -> Job | None:
+        if status == JobStatus.PAUSED and kwargs.get("claim") is not None:  # the run's final write
+            writing.set()
+            await release.wait()
+        return await real_set_status(job_id, status, *args, **kwargs)
+
+    async def seen_stop(job_id: str, reason: Stop) -> Stop | None:
+        if reason is Stop.CANCELED:
+            cancel_arrived.set()  # the real stop runs on, in this step, up to its first wait
+        return await real_stop(job_id, reason)
+
+    monkeypatch.setattr(svc.store, "set_status", gated_set_status)
+    monkeypatch.setattr(svc.scheduler, "stop", seen_stop)
+    pause = asyncio.create_task(request(svc.pause(job.id)))
+    await asyncio.wait_for(writing.wait(), 60)
+    cancel = asyncio.create_task(request(svc.cancel(job.id)))
+    await asyncio.wait_for(cancel_arrived.wait(), 60)
+    release.set()
+    answers = await asyncio.wait_for(asyncio.gather(pause, cancel), 60)
+    final = await settled(svc, job.id)
+    assert final is not None and final.status == "canceled", (answers, final)
+    assert answers[1] == "canceled", answers
+    await check_consistent(svc)
 
 
 @pytest.mark.slow

@@ -68,6 +68,7 @@ class Running:
     pipeline: asyncio.Task[None]
     supervisor: asyncio.Task[None] | None = None
     stop: Stop | None = None
+    decided: bool = False  # the final state is chosen (maybe not yet written); stops come too late
 
 
 def _owner_alive(owner: str | None, me: str) -> bool:
@@ -192,20 +193,23 @@ class Scheduler:
         """Stop a job running here and wait until its final state is written.
 
         Returns the reason that took effect (a stronger one asked for meanwhile wins, so it
-        may differ from `reason`), or None if the job does not run here. The caller's own
-        cancellation is not swallowed; the job still stops.
+        may differ from `reason`), or None if the job does not run here, or its final state
+        was already chosen when the request came (it is written by the time this returns, so
+        the caller can act on it). The caller's own cancellation is not swallowed; the job
+        still stops.
         """
         async with self._claiming:
             run = self._running.get(job_id)
         if run is None:
             return None
+        late = run.decided
         self._request_stop(run, reason)
         assert run.supervisor is not None
         await asyncio.wait({run.supervisor})
-        return run.stop
+        return None if late else run.stop
 
     def _request_stop(self, run: Running, reason: Stop) -> None:
-        if run.stop is None or reason > run.stop:
+        if not run.decided and (run.stop is None or reason > run.stop):
             run.stop = reason
         run.pipeline.cancel()
 
@@ -245,7 +249,9 @@ class Scheduler:
         finally:
             renewer.cancel()
             await settle(asyncio.wait({renewer}))
-            await settle(self._finish(run, self._outcome(run)))
+            outcome = self._outcome(run)
+            run.decided = True
+            await settle(self._finish(run, outcome))
 
     def _outcome(self, run: Running) -> Outcome:
         pipeline = run.pipeline
