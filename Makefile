@@ -26,7 +26,8 @@ test: setup-test
 # `make lint` installs only the linters and what mypy needs to see the code's types: the
 # service's dependencies and the test tools (not whisperx and torch; mypy skips those).
 LINT_PACKAGES = "ruff>=0.5" "mypy>=1.10" "aiohttp>=3.14.5" "aiosqlite>=0.20" \
-	"huggingface_hub>=0.24,<1.0" "pytest>=8" "pytest-aiohttp>=1.0" "playwright>=1.45"
+	"huggingface_hub>=0.24,<1.0" "pytest>=8" "pytest-aiohttp>=1.0" "playwright>=1.45" \
+	"openai>=1.40" "openapi-spec-validator>=0.7" "types-PyYAML"
 LINTED = vsrt_service gpu_runner tests bench
 PYTHON ?= python3
 

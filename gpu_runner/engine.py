@@ -21,6 +21,7 @@ import numpy as np
 from vsrt_service.core.protocol import (
     AlignedSegment,
     AlignResult,
+    DetectLanguageResult,
     LoadedModel,
     MemoryInfo,
     ModelRef,
@@ -347,6 +348,40 @@ class Engine:
             if canceled.is_set():
                 raise Canceled()
         return language
+
+    def detect_language(
+        self, audio_path: str, ref: ModelRef, seconds: float, top: int
+    ) -> DetectLanguageResult:
+        """Whisper's language guess over the first `seconds` of speech (Silero skips the
+        silence and music before it), with the `top` candidates."""
+        pipeline, _ = self.whisper(ref, None)
+        model = pipeline.model  # faster_whisper.WhisperModel
+        audio = load_wav(audio_path)
+        if not model.model.is_multilingual:
+            # An English-only model has no language tokens to compare: it can only hear English.
+            return {
+                "language": "en",
+                "probability": 1.0,
+                "candidates": [{"language": "en", "probability": 1.0}],
+                "speech_seconds": round(min(seconds, audio.size / SAMPLE_RATE), 3),
+            }
+        from faster_whisper.vad import collect_chunks, get_speech_timestamps
+
+        chunks = get_speech_timestamps(audio) if audio.size else []
+        if chunks:
+            pieces, _ = collect_chunks(audio, chunks)
+            audio = np.concatenate(pieces)
+        audio = audio[: int(seconds * SAMPLE_RATE)]
+        if audio.size == 0:
+            raise EngineError("no_speech", "no speech was heard to tell its language")
+        _, _, ranked = model.detect_language(audio=audio, language_detection_segments=1)
+        best = [{"language": code, "probability": round(float(prob), 4)} for code, prob in ranked[:top]]
+        return {
+            "language": best[0]["language"],
+            "probability": best[0]["probability"],
+            "candidates": best,  # type: ignore[typeddict-item]
+            "speech_seconds": round(audio.size / SAMPLE_RATE, 3),
+        }
 
     def align(
         self,

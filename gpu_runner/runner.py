@@ -247,6 +247,9 @@ class Runner:
         )
         return {"language": language, "count": count, "load_count": self.engine.load_count}
 
+    def _do_detect_language(self, req: p.DetectLanguage, canceled: threading.Event) -> p.DetectLanguageResult:
+        return self.engine.detect_language(req.audio_path, req.model, req.seconds, req.top)
+
     def _do_download(self, req: p.Download, canceled: threading.Event) -> p.DownloadResult:
         from .download import download
 

@@ -335,6 +335,20 @@ class JobStoreContract:
         assert await store.save_edited_cues("no-such-job", mine) is None
         assert await store.edits_version("no-such-job") == 0
 
+    async def test_a_request_key_finds_its_newest_live_job(self, store: JobStore) -> None:
+        assert await store.find_request("k") is None
+        first = await store.create_job(source_name="a", input_path="a", options={}, request_key="k")
+        await store.create_job(source_name="b", input_path="b", options={}, request_key="other")
+        await store.create_job(source_name="c", input_path="c", options={})
+        found = await store.find_request("k")
+        assert found is not None and found.id == first.id
+        # A failed or canceled job is not a result to share: the next identical request runs anew.
+        assert await store.set_status(first.id, JobStatus.CANCELED, "x", expect=(JobStatus.QUEUED,))
+        assert await store.find_request("k") is None
+        second = await store.create_job(source_name="a", input_path="a", options={}, request_key="k")
+        found = await store.find_request("k")
+        assert found is not None and found.id == second.id
+
 
 def aligned(start: float, end: float, text: str) -> AlignedSegment:
     return {

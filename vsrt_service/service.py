@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import uuid
 import wave
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -20,13 +22,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from vsrt_service.core import protocol as p
 from vsrt_service.core.broker import Broker, Event, job_channel
 from vsrt_service.core.config import CueSettings, Settings, load_settings
 from vsrt_service.core.cue_rules import CueWarning, check_cues, cue_rules, rules_json
 from vsrt_service.core.cues import Cue
-from vsrt_service.core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from vsrt_service.core.errors import Conflict, InvalidInput, JobFailedError, NotFound, Unavailable
 from vsrt_service.core.files import write_atomic
 from vsrt_service.core.formats import FORMATS, cues_from_json, render, to_json
+from vsrt_service.core.integrity import file_sha256
 from vsrt_service.core.options import (
     RULE_OPTIONS,
     JobOptions,
@@ -42,9 +46,11 @@ from vsrt_service.jobs.media import (
     PROXY_CODECS,
     PROXY_MIME,
     MediaError,
+    MediaInfo,
     Playback,
     check_media,
     choose_track,
+    extract_audio,
     make_audio_proxy,
     probe_playback,
 )
@@ -55,7 +61,7 @@ from vsrt_service.jobs.sqlite_store import SqliteJobStore
 from vsrt_service.jobs.store import FINAL, Job, JobStatus, JobStore
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.models.state_store import ModelStateStore
-from vsrt_service.runners.pool import RunnerPool
+from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, new_id
 
 log = logging.getLogger("vsrt.service")
 
@@ -121,6 +127,24 @@ class MediaFile:
 
     path: Path
     mime: str
+
+
+@dataclass(frozen=True)
+class SharedJob:
+    """The job a synchronous request follows; `attached`: an identical request's job."""
+
+    job: Job
+    attached: bool
+
+
+@dataclass(frozen=True)
+class DetectedLanguage:
+    model: str
+    result: p.DetectLanguageResult
+
+
+#: How much of a file language detection decodes, looking for its first 30 s of speech.
+LISTEN_SECONDS = 180.0
 
 
 @dataclass(frozen=True)
@@ -249,6 +273,8 @@ class Service:
         self._flights: dict[tuple[str, str], asyncio.Task[Any]] = {}
         #: How many times media work really ran, by kind ("info", "proxy", "peaks").
         self.media_runs: Counter[str] = Counter()
+        #: Held while a synchronous request looks for an identical one and creates its job.
+        self._shared = asyncio.Lock()
 
     async def __aenter__(self) -> Service:
         s = self.settings
@@ -290,23 +316,72 @@ class Service:
     ) -> Job:
         """Create a job for a file on this machine; queued unless `start` is False.
 
-        What is not self-contained media with sound is refused here, before a job exists,
-        whether it came as an upload (`field` "file"), a `path` job or from the CLI.
+        What is not media with sound is refused before a job exists, whether it came as an
+        upload (`field` "file"), a `path` job or from the CLI.
         """
-        options = parse_options(settings, self.settings, catalog=self.models.catalog)
         file = Path(path)
         name = source_name or file.name
+        options = await self._checked_options(file, settings, name, field)
+        return await self._create(file, name, options, start=start)
+
+    async def submit_shared(
+        self, path: str | Path, settings: dict[str, Any] | None, *, source_name: str, field: str = "file"
+    ) -> SharedJob:
+        """Submit an upload of a synchronous request (the OpenAI and whisper-asr-webservice
+        APIs), or attach to the job of an identical one (same audio bytes and settings).
+
+        Clients such as Bazarr and subgen retry after a disconnect: the retry follows the
+        job still running, or gets the finished result at once, instead of transcribing the
+        same audio twice. A paused match is started; a failed or canceled one is not reused.
+        The attached request's own upload is removed.
+        """
+        file = Path(path)
+        options = await self._checked_options(file, settings, source_name, field)
+        digest = await asyncio.to_thread(file_sha256, file)
+        key = hashlib.sha256(
+            f"{digest}\n{json.dumps(options.to_dict(), sort_keys=True)}".encode()
+        ).hexdigest()
+        async with self._shared:
+            found = await self.store.find_request(key)
+            if found is None:
+                return SharedJob(await self._create(file, source_name, options, request_key=key), False)
+        if self.ctx.input_file(found) != file and file.parent == self.settings.uploads_dir:
+            await asyncio.to_thread(file.unlink, missing_ok=True)
+        if found.status == JobStatus.PAUSED:
+            with contextlib.suppress(Conflict):  # started meanwhile by someone else: fine too
+                found = await self.resume(found.id)
+        return SharedJob(found, True)
+
+    async def _checked_options(
+        self, file: Path, settings: dict[str, Any] | None, name: str, field: str
+    ) -> JobOptions:
+        """Parsed settings for a file that exists and is media with the chosen audio track.
+
+        What is not self-contained media with sound is refused here, before a job exists.
+        The track is chosen now too: the job shows the one it uses (`{index, language, title}`).
+        """
+        options = parse_options(settings, self.settings, catalog=self.models.catalog)
+        info = await self._media_info(file, name, field)
+        track = choose_track(info, track_choice(options.audio_track), name)
+        return replace(options, audio_track=track.public())
+
+    async def _media_info(self, file: Path, name: str, field: str) -> MediaInfo:
         if not await asyncio.to_thread(file.is_file):
             raise InvalidInput(f"{name}: no such file", code="not_found", field=field)
         try:
-            info = await check_media(file, name, self.settings.media)
-        except MediaError as exc:  # a missing ffmpeg is the server's fault, not the file's
-            kind = Unavailable if exc.code == "ffmpeg_missing" else InvalidInput
-            raise kind(str(exc), code=exc.code, field=field) from None
-        # The track is chosen now: one the file lacks is refused before a job exists, and the
-        # job shows the track it uses (`{index, language, title}`).
-        track = choose_track(info, track_choice(options.audio_track), name)
-        options = replace(options, audio_track=track.public())
+            return await check_media(file, name, self.settings.media)
+        except MediaError as exc:
+            raise self._media_error(exc, field) from None
+
+    async def _create(
+        self,
+        file: Path,
+        name: str,
+        options: JobOptions,
+        *,
+        start: bool = True,
+        request_key: str | None = None,
+    ) -> Job:
         resolved = await asyncio.to_thread(file.resolve)
         try:
             stored = str(resolved.relative_to(self.settings.data_dir))
@@ -317,12 +392,64 @@ class Service:
             input_path=stored,
             options=options.to_dict(),
             status="queued" if start else "paused",
+            request_key=request_key,
         )
         if self.scheduler.restrict_to is not None:
             self.scheduler.restrict_to.add(job.id)
         if start:
             self.scheduler.wake()
         return job
+
+    async def finished(self, job_id: str) -> Job:
+        """Wait for the job to end and return it completed; any other end is raised, so a
+        synchronous API answers it with an error status and never an empty success."""
+        job = await self.wait(job_id)
+        if job.status == JobStatus.COMPLETED:
+            return job
+        if job.status == JobStatus.FAILED:
+            raise JobFailedError(job.error or "the job failed", code=job.error_code or "failed")
+        raise Conflict(f"the job was {job.status} before it finished", code=str(job.status))
+
+    async def detect_language(
+        self,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        source_name: str | None = None,
+        field: str = "file",
+    ) -> DetectedLanguage:
+        """The language a file speaks, from its first 30 s of speech (what precedes the
+        speech is skipped, up to `LISTEN_SECONDS` of the file), with the top candidates."""
+        file = Path(path)
+        name = source_name or file.name
+        options = parse_options(
+            {"model": model} if model else None, self.settings, catalog=self.models.catalog
+        )
+        ref = self.models.whisper_ref(options.model)
+        if ref is None:
+            raise Unavailable(
+                f"Whisper model {options.model} is not downloaded; download it in the model manager",
+                code="model_missing",
+                field="model",
+            )
+        await self._media_info(file, name, field)
+        wav = self.settings.uploads_dir / f"{uuid.uuid4().hex}.wav"
+        try:
+            try:
+                await extract_audio(file, wav, name=name, limits=self.settings.media, seconds=LISTEN_SECONDS)
+            except MediaError as exc:
+                raise self._media_error(exc, field) from None
+            async with self.pool.lease() as runner:
+                try:
+                    result = await runner.call(p.DetectLanguage(id=new_id(), audio_path=str(wav), model=ref))
+                except RunnerLost as exc:
+                    raise Unavailable(f"the runner was lost ({exc}); try again", code="runner_lost") from None
+                except RunnerError as exc:
+                    kind = InvalidInput if exc.code == "no_speech" else Unavailable
+                    raise kind(public_text(str(exc), self.settings.data_dir), code=exc.code) from None
+        finally:
+            await asyncio.shield(asyncio.to_thread(wav.unlink, missing_ok=True))
+        return DetectedLanguage(options.model, result)
 
     async def get(self, job_id: str) -> Job:
         job = await self.store.get_job(job_id)
@@ -599,9 +726,10 @@ class Service:
         result: T = await asyncio.shield(task)
         return result
 
-    def _media_error(self, exc: MediaError) -> InvalidInput | Unavailable:
+    def _media_error(self, exc: MediaError, field: str | None = None) -> InvalidInput | Unavailable:
+        """A missing ffmpeg is the server's fault, not the file's."""
         kind = Unavailable if exc.code == "ffmpeg_missing" else InvalidInput
-        return kind(public_text(str(exc), self.settings.data_dir), code=exc.code)
+        return kind(public_text(str(exc), self.settings.data_dir), code=exc.code, field=field)
 
     async def _media_input(self, job: Job) -> Path:
         """The job's own input file (the upload or the media-root file); 404 once it is gone."""

@@ -53,3 +53,9 @@ class Unavailable(VsrtError):
     """Something vsrt needs is missing or switched off (ffmpeg, the runners)."""
 
     code = "unavailable"
+
+
+class JobFailedError(VsrtError):
+    """A job a synchronous request waited for failed; `code` is the job's error code."""
+
+    code = "failed"

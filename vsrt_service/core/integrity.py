@@ -43,6 +43,11 @@ def file_problem(path: Path, expected: ManifestFile, *, hashes: bool = True) -> 
     return None
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (blocking; run it in a thread)."""
+    return _digest(path, hashlib.sha256())
+
+
 def _digest(path: Path, digest: Any) -> str:
     """Hex digest of a file read in chunks (model weights are gigabytes)."""
     with path.open("rb") as fh:

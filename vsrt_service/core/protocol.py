@@ -143,6 +143,20 @@ class TranscribeResult(TypedDict):
     load_count: int
 
 
+class LanguageCandidate(TypedDict):
+    language: str  # an ISO 639-1 code, as Whisper names languages
+    probability: float
+
+
+class DetectLanguageResult(TypedDict):
+    """The best guess and the top candidates, best first (English-only models: "en", 1.0)."""
+
+    language: str
+    probability: float
+    candidates: list[LanguageCandidate]
+    speech_seconds: float  # how much speech the guess heard (silence is skipped)
+
+
 class AlignResult(TypedDict):
     alignment: Literal["wav2vec2", "whisper"]
     segments: list[AlignedSegment]
@@ -245,6 +259,18 @@ class Transcribe(Request[TranscribeResult]):
 
 
 @dataclass
+class DetectLanguage(Request[DetectLanguageResult]):
+    """Which language a 16 kHz mono WAV speaks, from its first `seconds` of speech."""
+
+    type: ClassVar[str] = "detect_language"
+    Result: ClassVar[ResultType] = DetectLanguageResult
+    audio_path: str = ""
+    model: ModelRef = field(default_factory=lambda: ModelRef(kind="whisper", key="", path=""))
+    seconds: float = 30.0
+    top: int = 5
+
+
+@dataclass
 class Align(Request[AlignResult]):
     """Word timings for stored texts: wav2vec2 when `align_model` is given, else Whisper's."""
 
@@ -339,7 +365,19 @@ Message: TypeAlias = Request[Any] | Reply
 
 REQUEST_TYPES: dict[str, type[Request[Any]]] = {
     cls.type: cls
-    for cls in (Hello, Ping, LoadModel, Unload, Split, Transcribe, Align, Download, Cancel, Shutdown)
+    for cls in (
+        Hello,
+        Ping,
+        LoadModel,
+        Unload,
+        Split,
+        Transcribe,
+        DetectLanguage,
+        Align,
+        Download,
+        Cancel,
+        Shutdown,
+    )
 }
 REPLY_TYPES: dict[str, type[Reply]] = {cls.type: cls for cls in (Progress, Fragment, Result, Error)}
 

@@ -387,9 +387,10 @@ async def extract_audio(
     name: str | None = None,
     limits: MediaSettings | None = None,
     track: int | str | None = None,
+    seconds: float | None = None,
 ) -> MediaInfo:
     """16 kHz mono 16-bit WAV of one audio track (`choose_track`: the default one unless
-    `track` names another), written atomically to `dst`."""
+    `track` names another), written atomically to `dst`; only the first `seconds` if given."""
     name = name or src.name
     limits = limits or MediaSettings()
     info = await check_media(src, name, limits)
@@ -398,9 +399,12 @@ async def extract_audio(
     source = ffmpeg.input(
         _input(src), f=info.demuxer, format_whitelist=_FORMAT_WHITELIST, protocol_whitelist="file"
     )
+    limit = {} if seconds is None else {"t": f"{seconds:.3f}"}
     stream = (
         source[f"a:{chosen.index}"]
-        .output(_input(tmp), format="wav", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None)
+        .output(
+            _input(tmp), format="wav", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, vn=None, sn=None, **limit
+        )
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1")
         .overwrite_output()
     )

@@ -23,7 +23,7 @@ from vsrt_service.core.protocol import AlignedSegment
 from vsrt_service.core.sqlite import Writer, connect
 from vsrt_service.jobs.store import RESUMABLE, STATUSES, Job, JobStatus, Segment, StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -97,8 +97,16 @@ SCHEMA_V5 = """
 ALTER TABLE jobs ADD COLUMN edits_version INTEGER NOT NULL DEFAULT 0;
 """
 
+# A job made for a synchronous request (the OpenAI and whisper-asr-webservice APIs) carries a
+# key of its audio bytes and settings: a retried identical request finds it instead of
+# transcribing the same audio again.
+SCHEMA_V6 = """
+ALTER TABLE jobs ADD COLUMN request_key TEXT;
+CREATE INDEX IF NOT EXISTS jobs_by_request_key ON jobs (request_key, created_at);
+"""
+
 #: version -> the script that brings the schema from version-1 to it.
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5, 6: SCHEMA_V6}
 
 
 _JOB_COLUMNS = (
@@ -150,6 +158,7 @@ class SqliteJobStore:
         options: dict[str, Any],
         status: str = "queued",
         job_id: str | None = None,
+        request_key: str | None = None,
     ) -> Job:
         job_id = job_id or uuid.uuid4().hex
         now = time.time()
@@ -157,8 +166,18 @@ class SqliteJobStore:
         async with self._w.transaction() as db:
             await db.execute(
                 "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
-                " input_path, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, now, now, status, message, source_name, input_path, json.dumps(options)),
+                " input_path, settings, request_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    now,
+                    now,
+                    status,
+                    message,
+                    source_name,
+                    input_path,
+                    json.dumps(options),
+                    request_key,
+                ),
             )
             await _transition(db, job_id, now, status, "queued", message)
         job = await self.get_job(job_id)
@@ -167,6 +186,15 @@ class SqliteJobStore:
 
     async def get_job(self, job_id: str) -> Job | None:
         async with self._r.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        return _job(row) if row else None
+
+    async def find_request(self, request_key: str) -> Job | None:
+        async with self._r.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE request_key = ? AND status NOT IN ('failed', 'canceled')"
+            " ORDER BY created_at DESC LIMIT 1",
+            (request_key,),
+        ) as cur:
             row = await cur.fetchone()
         return _job(row) if row else None
 

@@ -116,9 +116,15 @@ class JobStore(Protocol):
         options: dict[str, Any],
         status: str = "queued",
         job_id: str | None = None,
+        request_key: str | None = None,
     ) -> Job:
         """Add a job (`queued`, or `paused` to start later) with phase `queued` and one
-        transition; a new random id unless `job_id` is given (an existing id is an error)."""
+        transition; a new random id unless `job_id` is given (an existing id is an error).
+        `request_key` names the request that made it (`find_request`)."""
+        ...
+
+    async def find_request(self, request_key: str) -> Job | None:
+        """The newest job made for this request key that has not failed or been canceled."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None:

@@ -20,7 +20,7 @@ from vsrt_service.jobs.store import Job
 from vsrt_service.service import Service, Transcript
 from vsrt_service.web import sse
 from vsrt_service.web.keys import SERVICE, SETTINGS, STREAMS
-from vsrt_service.web.uploads import receive
+from vsrt_service.web.uploads import receive, receive_form
 
 routes = web.RouteTableDef()
 
@@ -99,6 +99,38 @@ async def create_job(request: web.Request) -> web.Response:
         path = await asyncio.to_thread(resolve_media_path, svc, body.get("path"))
         job = await svc.submit(path, body.get("settings"), start=_flag(body.get("start", True), "start"))
     return web.json_response({"job_id": job.id, **job_json(job)}, status=201)
+
+
+@routes.post("/api/detect-language")
+async def detect_language(request: web.Request) -> web.Response:
+    """The language of an upload (part `file`, optional `model`) or of a file under a media
+    root (JSON `{"path", "model"?}`), with the top candidates."""
+    svc = request.app[SERVICE]
+    if request.content_type == "multipart/form-data":
+        form = await receive_form(
+            request, svc.settings.uploads_dir, svc.settings.server.max_upload_mb << 20, allowed=("model",)
+        )
+        try:
+            if form.path is None:
+                raise InvalidInput("the form has no `file` part", code="missing_file", field="file")
+            found = await svc.detect_language(
+                form.path, model=form.fields.get("model"), source_name=form.name
+            )
+        finally:
+            if form.path is not None:
+                await asyncio.shield(asyncio.to_thread(form.path.unlink, missing_ok=True))
+    else:
+        body = await read_json(request)
+        unknown = set(body) - {"path", "model"}
+        if unknown:
+            field = sorted(unknown)[0]
+            raise InvalidInput(f"unknown field {field!r}", field=field)
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise InvalidInput("model must be a catalog id", field="model")
+        path = await asyncio.to_thread(resolve_media_path, svc, body.get("path"))
+        found = await svc.detect_language(path, model=model, field="path")
+    return web.json_response({"model": found.model, **found.result})
 
 
 @routes.get("/api/jobs")

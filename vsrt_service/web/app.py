@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from vsrt_service.web.api_media import routes as media_routes
 from vsrt_service.web.api_meta import routes as meta_routes
 from vsrt_service.web.api_models import routes as model_routes
 from vsrt_service.web.auth import MediaGrants, Tickets, token_matches
-from vsrt_service.web.errors import error_response, vsrt_error_response
+from vsrt_service.web.errors import ErrorShape, error_response, vsrt_error_response
 from vsrt_service.web.keys import GRANTS, SERVICE, SETTINGS, STREAMS, TICKETS
 from vsrt_service.web.security import Exposure, add_security_headers
 from vsrt_service.web.sse import Streams
@@ -38,31 +39,60 @@ STREAM_PREFIXES = ("/api/stream/", "/api/models/events/")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+@dataclass(frozen=True)
+class Api:
+    """One API the app serves: where its routes live and how it words an error. A prefix
+    ending in "/" holds routes under it; another is a route of its own."""
+
+    prefix: str
+    error: ErrorShape
+
+
+#: The APIs, first match wins (so `/api/detect-language` is vsrt's, `/detect-language` not).
+#: Each has the bearer token (when configured) and its own error bodies.
+APIS = (Api("/api/", error_response),)
+
+
+def _api(request: web.Request) -> tuple[Api, str] | None:
+    """The API a request is for and its path from the API's prefix on, also when the app is
+    mounted under a prefix; None for the UI's pages and files."""
+    for api in APIS:
+        index = request.path.find(api.prefix)
+        if index < 0:
+            continue
+        path = request.path[index:]
+        if api.prefix.endswith("/") or path.rstrip("/") == api.prefix:
+            return api, path
+    return None
+
+
 def _api_path(request: web.Request) -> str | None:
-    """The path from `/api` on, also when the app is mounted under a prefix."""
-    index = request.path.find("/api/")
-    return request.path[index:] if index >= 0 else None
+    found = _api(request)
+    return found[1] if found else None
 
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /api failure as `{"error": {"code", "message", "field"?}}`."""
+    """Every API failure in that API's shape (`{"error": {"code", "message", "field"?}}` for /api)."""
     try:
         return await handler(request)
     except VsrtError as exc:
-        return vsrt_error_response(exc)
+        found = _api(request)
+        return vsrt_error_response(exc, found[0].error if found else error_response)
     except web.HTTPException as exc:
-        if _api_path(request) is None or exc.status < 400:
+        found = _api(request)
+        if found is None or exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        return found[0].error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, None)
 
 
 @web.middleware
 async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SETTINGS].server.auth_token
-    path = _api_path(request)
-    if token is None or path is None or request.method == "OPTIONS" or path == "/api/health":
+    found = _api(request)
+    if token is None or found is None or request.method == "OPTIONS" or found[1] == "/api/health":
         return await handler(request)  # health stays open for load balancers
+    path = found[1]
     if token_matches(request.headers.get("Authorization"), token):
         return await handler(request)
     ticket = request.query.get("ticket")
@@ -71,7 +101,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     grant = request.query.get("grant")
     if grant and request.app[GRANTS].allows(grant, request.method, path):
         return await handler(request)
-    return error_response(
+    return found[0].error(
         401,
         "unauthorized",
         "an expired or used ticket"
@@ -79,6 +109,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         else "an expired grant, or one for another job's media"
         if grant
         else "a bearer token is required (Authorization header)",
+        None,
     )
 
 

@@ -7,6 +7,7 @@ body shape beside this one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -14,6 +15,7 @@ from vsrt_service.core.errors import (
     Conflict,
     Forbidden,
     InvalidInput,
+    JobFailedError,
     NotFound,
     TooLarge,
     TooManyRequests,
@@ -33,6 +35,7 @@ STATUS: dict[type[VsrtError], int] = {
     TooLarge: 413,
     TooManyRequests: 429,
     Unavailable: 503,
+    JobFailedError: 500,  # the job's own error message is public (paths redacted), so it is shown
 }
 
 
@@ -52,9 +55,13 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return web.json_response({"error": body}, status=status)
 
 
-def vsrt_error_response(exc: VsrtError) -> web.Response:
+#: How an API words an error: (status, code, message, field or None) -> the response.
+ErrorShape = Callable[[int, str, str, str | None], web.Response]
+
+
+def vsrt_error_response(exc: VsrtError, shape: ErrorShape = error_response) -> web.Response:
     status = status_of(exc)
-    if status == 500:
+    if status == 500 and not isinstance(exc, JobFailedError):
         log.error("internal error", exc_info=exc)
-        return error_response(500, "internal", "internal error; the server log has the details")
-    return error_response(status, exc.code, str(exc), exc.field)
+        return shape(500, "internal", "internal error; the server log has the details", None)
+    return shape(status, exc.code, str(exc), exc.field)

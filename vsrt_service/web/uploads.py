@@ -12,12 +12,14 @@ import json
 import re
 import unicodedata
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
+from multidict import MultiDict
 
 from vsrt_service.core.config import parse_flag
 from vsrt_service.core.errors import InvalidInput, TooLarge
@@ -59,49 +61,86 @@ def _parse_bool(value: str, field: str) -> bool:
     return flag
 
 
-async def receive(request: web.Request, upload_dir: Path, max_bytes: int) -> Upload:
-    """Read a multipart job upload: parts `file`, optional `settings` (JSON) and `start`."""
+@dataclass(frozen=True)
+class Form:
+    """A multipart form with one file part: where the file was stored, and the other fields
+    as text, repeated keys kept in order (`timestamp_granularities[]=word&...`)."""
+
+    path: Path | None
+    name: str
+    fields: MultiDict[str]
+
+
+async def receive_form(
+    request: web.Request,
+    upload_dir: Path,
+    max_bytes: int,
+    *,
+    file_field: str = "file",
+    allowed: Collection[str] | None = None,
+) -> Form:
+    """Stream the file part `file_field` to `upload_dir`; other parts are read as short text.
+
+    A field outside `allowed` (when given) is refused; nothing is left on disk when the form
+    is refused. The caller owns the stored file from then on.
+    """
     if request.content_length is not None and request.content_length > max_bytes + MAX_SETTINGS_BYTES:
         raise TooLarge(f"the upload is over the {max_bytes // 2**20} MB limit", code="too_large")
     try:
         reader = await request.multipart()
     except (AssertionError, ValueError, KeyError) as exc:
         raise InvalidInput(f"expected multipart/form-data: {exc}") from None
-    settings: dict[str, Any] | None = None
-    start = _parse_bool(request.query.get("start", "true"), "start")
+    fields: MultiDict[str] = MultiDict()
     stored: Path | None = None
     name = ""
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise InvalidInput("nested multipart is not supported")
-            if part.name == "file":
+            field = part.name or ""
+            if field == file_field:
                 if stored is not None:
-                    raise InvalidInput("one file per job", field="file")
-                name = display_name(part.filename)
+                    raise InvalidInput(f"one file per request ({file_field})", field=file_field)
+                name = display_name(part.filename or file_field)
                 stored = upload_dir / stored_name(name)
                 await _save(part, stored, max_bytes)
-            elif part.name == "settings":
+            elif allowed is not None and field not in allowed:
+                raise InvalidInput(f"unexpected form field {field!r}", field=field)
+            else:
                 raw = await part.read(decode=True)
                 if len(raw) > MAX_SETTINGS_BYTES:
-                    raise InvalidInput("settings are too large", code="bad_settings", field="settings")
-                try:
-                    settings = json.loads(raw or b"{}")
-                except ValueError:
-                    raise InvalidInput(
-                        "settings must be JSON", code="bad_settings", field="settings"
-                    ) from None
-            elif part.name == "start":
-                start = _parse_bool((await part.read(decode=True)).decode(errors="replace"), "start")
-            else:
-                raise InvalidInput(f"unexpected form field {part.name!r}", field=part.name)
+                    raise InvalidInput(f"{field} is too large", field=field)
+                fields.add(field, raw.decode(errors="replace"))
     except BaseException:
         if stored is not None:
             await asyncio.to_thread(_unlink, stored)
         raise
-    if stored is None:
-        raise InvalidInput("the form has no `file` part", code="missing_file", field="file")
-    return Upload(stored, name, settings, start)
+    return Form(stored, name, fields)
+
+
+async def receive(request: web.Request, upload_dir: Path, max_bytes: int) -> Upload:
+    """Read a multipart job upload: parts `file`, optional `settings` (JSON) and `start`."""
+    start = _parse_bool(request.query.get("start", "true"), "start")
+    form = await receive_form(request, upload_dir, max_bytes, allowed=("settings", "start"))
+    try:
+        if form.path is None:
+            raise InvalidInput("the form has no `file` part", code="missing_file", field="file")
+        for field in ("settings", "start"):
+            if len(form.fields.getall(field, [])) > 1:
+                raise InvalidInput(f"one {field} part per job", field=field)
+        settings: dict[str, Any] | None = None
+        if "settings" in form.fields:
+            try:
+                settings = json.loads(form.fields["settings"] or "{}")
+            except ValueError:
+                raise InvalidInput("settings must be JSON", code="bad_settings", field="settings") from None
+        if "start" in form.fields:
+            start = _parse_bool(form.fields["start"], "start")
+    except BaseException:
+        if form.path is not None:
+            await asyncio.to_thread(_unlink, form.path)
+        raise
+    return Upload(form.path, form.name, settings, start)
 
 
 async def _save(part: BodyPartReader, target: Path, max_bytes: int) -> None:
