@@ -147,6 +147,8 @@ async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_
         before = await watch_and_edit(page, server.url, speech12.path)
         check_trace(await page.evaluate("window.__trace"))
         await wait_for_js(page, "window.vsrt.lines().some(l => l.source === 'machine')")
+        # The job says which language it is in (the form's English here).
+        assert await page.text_content("#job-language") == "Language: English"
         after = await lines(page)
 
         # The edited line kept the user's text and times; the others are the job's cues (its

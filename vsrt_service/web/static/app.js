@@ -348,8 +348,28 @@ function applyStatus(patch) {
   $("#cancel").disabled = !running && job.status !== "paused";
   $("#resume").disabled = !(job.status === "paused" || job.status === "failed" || job.status === "canceled");
   if (job.status !== "paused" && job.status !== "failed" && job.status !== "canceled") $("#resume-panel").hidden = true;
+  showLanguage(job);
   updateEditorHead();
   updateListEntry({ job_id: current.id, status: job.status, percent: job.percent, phase: job.phase });
+}
+
+const languageNames = new Intl.DisplayNames(["en"], { type: "language" });
+
+/** The job's language; "detected" when the settings left it to Whisper, so the user sees what
+ * detection chose before reading a word. */
+function showLanguage(job) {
+  const asked = job.settings ? job.settings.language : undefined;
+  const label = $("#job-language");
+  const code = job.language || asked;
+  label.hidden = !code && asked !== null;
+  if (label.hidden) return;
+  let name = code || "";
+  try {
+    if (code) name = languageNames.of(code) || code;
+  } catch {
+    // a code the browser does not know: show it as it is
+  }
+  label.textContent = !code ? "Language: detecting…" : asked === null ? `Language: ${name} (detected)` : `Language: ${name}`;
 }
 
 function updateEditorHead() {
@@ -382,7 +402,10 @@ const jobHandlers = {
     else loadText(); // a fresh snapshot: catch up on everything missed while away
   },
   progress: (d) => applyStatus({ ...d, status: current.job.status === "queued" ? "processing" : current.job.status }),
-  fragment: (d) => addLive(d.segments),
+  fragment: (d) => {
+    if (d.language && !current.job.language) applyStatus({ language: d.language });
+    addLive(d.segments);
+  },
   signal: (d) => {
     if (d.code === "alignment_ready") loadText();
     const status = { job_complete: "completed", paused: "paused", canceled: "canceled" }[d.code];
