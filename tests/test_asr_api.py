@@ -278,6 +278,19 @@ async def test_every_output_from_one_job_and_bad_requests_refused(
     assert {"id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob"} <= set(segment)
     assert segment["words"] and {"word", "start", "end", "probability"} <= set(segment["words"][0])
 
+    # A job canceled (from the job API) while its request waits: a non-2xx answer, not a 200.
+    waiting = asyncio.create_task(asr(output="srt", initial_prompt="Another request."))
+    other: list[dict[str, Any]] = []
+    while not other:
+        assert not waiting.done(), await (await waiting).text()
+        listed = (await (await client.get("/api/jobs")).json())["jobs"]
+        other = [j for j in listed if j["job_id"] != jobs[0]["job_id"]]
+        await asyncio.sleep(0.02)  # polling for the new job
+    assert (await client.post(f"/api/cancel/{other[0]['job_id']}")).status == 200
+    resp = await waiting
+    body = await resp.json()
+    assert resp.status == 409 and body["error"]["code"] == "canceled", body
+
     # Bad requests: a clear 4xx naming the parameter, nothing left in the uploads.
     resp = await asr(diarize="true")
     body = await resp.json()
@@ -295,10 +308,8 @@ async def test_every_output_from_one_job_and_bad_requests_refused(
     form.add_field("audio_file", b"plain text, not media", filename="notes.mp4")
     resp = await client.post("/asr", data=form)
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "audio_file"
-    uploads = svc.settings.uploads_dir
-    assert sorted(p.name for p in uploads.iterdir()) == [
-        Path(str((await svc.get(jobs[0]["job_id"])).input_path)).name
-    ]
+    kept = {Path((await svc.get(j["job_id"])).input_path).name for j in (jobs[0], other[0])}
+    assert {p.name for p in svc.settings.uploads_dir.iterdir()} <= kept  # only the jobs' own files
 
 
 @pytest.mark.slow
