@@ -54,7 +54,7 @@ def test_query_defaults_and_every_bad_value_names_its_parameter() -> None:
     bazarr = parse_asr_query(
         query(task="translate", language="de", output="srt", encode="false", video_file="/tv/a.mkv")
     )
-    assert bazarr == AsrQuery(encode=False, task="translate", language="de", output="srt")
+    assert bazarr == AsrQuery(encode=False, task="translate", language="de", output="srt", video_name="a.mkv")
     full = parse_asr_query(
         query(
             initial_prompt="Names: Ada.",
@@ -159,7 +159,13 @@ def requests_form(pcm: bytes) -> tuple[bytes, str]:
     )
 
 
-BAZARR_ASR = {"task": "transcribe", "language": "en", "output": "srt", "encode": "false"}
+BAZARR_ASR = {
+    "task": "transcribe",
+    "language": "en",
+    "output": "srt",
+    "encode": "false",
+    "video_file": "/tv/Show/episode.mkv",
+}
 
 
 def transcribe_counts(data_dir: Path, job_id: str) -> list[int]:
@@ -214,7 +220,7 @@ async def test_bazarr_requests_against_live_server_with_disconnect_and_retry(
 
         listed = (await (await http.get("/api/jobs")).json())["jobs"]
         assert [j["job_id"] for j in listed] == [job["job_id"]]
-        assert listed[0]["status"] == "completed" and listed[0]["source_name"] == "audio_file"
+        assert listed[0]["status"] == "completed" and listed[0]["source_name"] == "episode.mkv"
         counts = await asyncio.to_thread(transcribe_counts, server.data_dir, job["job_id"])
         assert counts and all(c == 1 for c in counts), counts
 

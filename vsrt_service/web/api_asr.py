@@ -30,7 +30,7 @@ from vsrt_service.core.pcm import pcm_to_wav
 from vsrt_service.jobs.store import Job
 from vsrt_service.service import Service, Transcript
 from vsrt_service.web.keys import SERVICE
-from vsrt_service.web.uploads import Form, receive_form
+from vsrt_service.web.uploads import Form, display_name, receive_form
 
 routes = web.RouteTableDef()
 
@@ -95,6 +95,9 @@ class AsrQuery:
     vad_filter: bool = False
     min_speakers: int | None = None
     max_speakers: int | None = None
+    #: Bazarr's `video_file` (the video's path, with "pass video name"): the job's name in the
+    #: job list instead of the part's "audio_file"; not a setting, so it does not split a job.
+    video_name: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """The vsrt job settings (no language: detected, as that service does)."""
@@ -152,8 +155,9 @@ def parse_encode(query: MultiMapping[str]) -> bool:
 
 
 def parse_asr_query(query: MultiMapping[str]) -> AsrQuery:
-    """Check every parameter that service takes; others (Bazarr's `video_file`) are ignored,
-    as there. Diarization (speakers) is not built yet: `diarize=true` is refused, not ignored."""
+    """Check every parameter that service takes; others are ignored, as there (Bazarr's
+    `video_file` only names the job). Diarization is not built yet: `diarize=true` is refused,
+    not ignored, and the speaker counts are checked anyway."""
     language = _last(query, "language") or None
     if language is not None and language not in LANGUAGES:
         raise InvalidInput(
@@ -176,6 +180,7 @@ def parse_asr_query(query: MultiMapping[str]) -> AsrQuery:
         vad_filter=_bool(query, "vad_filter", False),
         min_speakers=minimum,
         max_speakers=maximum,
+        video_name=display_name(video) if (video := _last(query, "video_file")) else None,
     )
     if _bool(query, "diarize", False):
         raise InvalidInput(
@@ -306,7 +311,9 @@ async def asr(request: web.Request) -> web.Response:
     form = await receive_audio(request, svc, query.encode)
     assert form.path is not None
     try:
-        shared = await svc.submit_shared(form.path, query.settings(), source_name=form.name, field=FILE_FIELD)
+        shared = await svc.submit_shared(
+            form.path, query.settings(), source_name=query.video_name or form.name, field=FILE_FIELD
+        )
     except BaseException:
         await _discard(form.path)
         raise
