@@ -21,6 +21,9 @@ from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.redact import public_text
 from vsrt_service.service import Service
+from vsrt_service.web.api_asr import PREFIXES as ASR_PREFIXES
+from vsrt_service.web.api_asr import asr_error
+from vsrt_service.web.api_asr import routes as asr_routes
 from vsrt_service.web.api_jobs import routes as job_routes
 from vsrt_service.web.api_media import routes as media_routes
 from vsrt_service.web.api_meta import routes as meta_routes
@@ -50,7 +53,10 @@ class Api:
 
 #: The APIs, first match wins (so `/api/detect-language` is vsrt's, `/detect-language` not).
 #: Each has the bearer token (when configured) and its own error bodies.
-APIS = (Api("/api/", error_response),)
+APIS = (
+    Api("/api/", error_response),
+    *(Api(prefix, asr_error) for prefix in ASR_PREFIXES),
+)
 
 
 def _api(request: web.Request) -> tuple[Api, str] | None:
@@ -236,6 +242,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_routes(media_routes)
     app.router.add_routes(model_routes)
     app.router.add_routes(meta_routes)
+    app.router.add_routes(asr_routes)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=True)
