@@ -408,6 +408,20 @@ class JobStoreContract:
             store.use_outbox(None)
             assert await store.set_status(ids[3], JobStatus.CANCELED, "c", expect=[JobStatus.QUEUED])
             assert len(await store.deliveries()) == 2
+        # The state and its delivery commit together or not at all: a crash in between
+        # (here the write interrupted while the row is made) leaves neither.
+        async with opener() as store:
+
+            def crash(job: Job) -> Notice | None:
+                raise _Crash
+
+            store.use_outbox(crash)
+            job = await store.create_job(source_name="k", input_path="k", options={})
+            with pytest.raises(_Crash):
+                await store.set_status(job.id, JobStatus.CANCELED, "c", expect=[JobStatus.QUEUED])
+            still = await store.get_job(job.id)
+            assert still is not None and still.status == "queued"
+            assert await store.deliveries(job.id) == []
         # Durable, and a deleted job keeps its pending delivery.
         async with opener() as store:
             assert await store.delete_job(ids[1])
@@ -449,6 +463,10 @@ class JobStoreContract:
             assert await store.next_delivery_at() == later and await store.claim_deliveries(10, 60) == []
             assert await store.record_attempt(one.id, one.attempts, DeliveryStatus.FAILED, error="gave up")
             assert (await store.deliveries())[0].status == "failed" and await store.next_delivery_at() is None
+
+
+class _Crash(BaseException):
+    """Stands for the process dying in the middle of a write."""
 
 
 def aligned(start: float, end: float, text: str) -> AlignedSegment:

@@ -112,6 +112,7 @@ def test_allow_private_lets_networks_and_host_names_through() -> None:
         ("http://api.localhost/", "this machine"),
         ("http://2130706433/", "loopback"),  # 127.0.0.1 as one number
         ("http://0x7f.1/", "loopback"),
+        ("http://127.1/", "loopback"),
         ("http://10.0.0.1/", "private"),
         ("http://0.0.0.0:80/", "unspecified"),
     ],
@@ -174,6 +175,10 @@ async def test_an_unset_secret_is_generated_once_and_kept(tmp_path: Path) -> Non
     first = await load_secret(settings)
     assert len(first) == 64 and await load_secret(settings) == first
     assert (tmp_path / SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    # An empty file (a crash while it was made) is no key: a new one is made.
+    (tmp_path / SECRET_FILE).write_text("")
+    second = await load_secret(settings)
+    assert len(second) == 64 and second != first
     assert await load_secret(load_settings(env={}, data_dir=tmp_path, webhooks={"secret": SECRET})) == (
         SECRET.encode()
     )
@@ -212,9 +217,13 @@ class Receiver:
         self.arrived.put_nowait(got)
         return web.Response(status=204)
 
+    async def _moved(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/hook")
+
     async def up(self) -> None:
         app = web.Application()
         app.router.add_post("/hook", self._hook)
+        app.router.add_post("/moved", self._moved)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -337,6 +346,24 @@ async def test_a_receiver_down_for_a_while_gets_it_once_when_back(
     assert (await receiver.next()).verified()["job_id"] == job.id
     row = await settled_delivery(svc, job.id)
     assert row.status == "delivered" and len(receiver.got) == 1
+
+
+async def test_redirects_are_not_followed_and_retries_end(
+    make_service: ServiceFactory, receiver: Receiver, speech: Speech
+) -> None:
+    """A 302 is a failed attempt (never followed: it could point anywhere); after
+    retry_for_seconds the delivery is given up with the last error kept."""
+    await receiver.up()
+    svc = await make_service(
+        runners={"enabled": False},
+        **allowed(default_url=receiver.url[: -len("hook")] + "moved", retry_for_seconds=1),
+    )
+    job = await svc.submit(speech.path, start=False)
+    await svc.cancel(job.id)
+    row = await settled_delivery(svc, job.id)
+    assert row.status == "failed" and row.attempts >= 2
+    assert row.last_error == "HTTP 302: redirects are not followed"
+    assert receiver.got == []
 
 
 async def test_private_targets_are_refused(

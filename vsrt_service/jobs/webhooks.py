@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import secrets
 import socket
@@ -28,7 +29,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from vsrt_service.core import netguard
 from vsrt_service.core.config import Settings
-from vsrt_service.core.files import write_atomic
 from vsrt_service.jobs.store import Delivery, DeliveryStatus, Job, JobStatus, JobStore, Notice, NoticePolicy
 
 log = logging.getLogger(__name__)
@@ -102,13 +102,21 @@ async def load_secret(settings: Settings) -> bytes:
     path = settings.data_dir / SECRET_FILE
 
     def read_or_make() -> bytes:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             text = path.read_text().strip()
-            if text:
-                return text.encode()
+        except FileNotFoundError:
+            text = ""
+        if text:
+            return text.encode()
+        # Readable by this user only, from its first byte (the data directory's lock makes
+        # this process the only one here).
         text = secrets.token_hex(32)
-        write_atomic(path, (text + "\n").encode())
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         log.info("generated a webhook secret into %s (set webhooks.secret to choose one)", SECRET_FILE)
         return text.encode()
 
