@@ -308,7 +308,8 @@ async def test_one_signed_delivery_per_final_state(
     # Canceled from the queue.
     queued = await svc.submit(speech.path, hook, start=False)
     await svc.cancel(queued.id)
-    assert (await receiver.next()).verified()["event"] == "job.canceled"
+    # The new row wakes the sender at once (it otherwise looks every 30 s).
+    assert (await receiver.next(10)).verified()["event"] == "job.canceled"
     # Failed for real: its input vanished before it ran.
     doomed = tmp_path / "doomed.mp4"
     await asyncio.to_thread(shutil.copyfile, speech.path, doomed)
