@@ -1,10 +1,17 @@
-"""Finding runner and ffmpeg processes through /proc (tests and benchmarks check none is orphaned)."""
+"""Finding runner and ffmpeg processes through /proc (tests and benchmarks check none is orphaned),
+and `vsrt serve` as a real subprocess."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import aiohttp
 
 
 def _live_processes() -> Iterator[tuple[int, list[bytes], int]]:
@@ -50,3 +57,53 @@ def tool_pids(tool: str, mentioning: str, parent: int | None = None) -> list[int
         and Path(args[0].decode(errors="replace")).name == tool
         and any(mentioning.encode() in a for a in args)
     ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One `vsrt serve` subprocess; `start()` polls /api/health until it answers."""
+
+    def __init__(self, data_dir: Path, port: int, env: dict[str, str]) -> None:
+        self.data_dir, self.port, self.env = data_dir, port, env
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "vsrt_service.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{self.url}/api/health") as resp:
+                        if resp.status == 200:
+                            return
+                assert self.proc.returncode is None, "server exited during start-up"
+                await asyncio.sleep(0.1)
+        raise AssertionError("server never answered /api/health")
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
