@@ -291,4 +291,3 @@ async def open_sender(settings: Settings, store: JobStore, run: bool = True) -> 
     finally:
         await asyncio.shield(sender.close())
         store.use_outbox(None)
-
