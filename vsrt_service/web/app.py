@@ -21,6 +21,8 @@ from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.redact import public_text
 from vsrt_service.service import Service
+from vsrt_service.web.api_docs import PUBLIC_PATHS
+from vsrt_service.web.api_docs import routes as docs_routes
 from vsrt_service.web.api_jobs import routes as job_routes
 from vsrt_service.web.api_media import routes as media_routes
 from vsrt_service.web.api_meta import routes as meta_routes
@@ -92,6 +94,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     found = _api(request)
     if token is None or found is None or request.method == "OPTIONS" or found[1] == "/api/health":
         return await handler(request)  # health stays open for load balancers
+    if found[1] in PUBLIC_PATHS:
+        return await handler(request)  # the API's description and docs page, public like the UI
     path = found[1]
     if token_matches(request.headers.get("Authorization"), token):
         return await handler(request)
@@ -236,6 +240,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_routes(media_routes)
     app.router.add_routes(model_routes)
     app.router.add_routes(meta_routes)
+    app.router.add_routes(docs_routes)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=True)

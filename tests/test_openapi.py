@@ -1,0 +1,179 @@
+"""The OpenAPI description (`GET /api/openapi.json`) against the app's real routes, both ways,
+validated as OpenAPI 3.1; the fragment merge; the vendored Swagger UI against its pins; and the
+docs page (`/api/docs`) in real chromium: every operation shown, no request leaving the server,
+no console error or CSP violation, and a call made from the page reaching this server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from openapi_spec_validator import validate
+
+from tests.conftest import ClientFactory, SettingsFactory
+from tests.ui_helpers import CHROMIUM, ROOT, browser, wait_for_js
+from vsrt_service.web import openapi
+from vsrt_service.web.app import create_app
+
+STATIC = ROOT / "vsrt_service" / "web" / "static"
+VENDOR = STATIC / "vendor" / "swagger-ui"
+PINS = ROOT / "vsrt_service" / "web" / "vendor"
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+TOKEN = "docs-test-token-0123456789"
+
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+
+
+def app_operations(app: web.Application) -> set[tuple[str, str]]:
+    """(METHOD, path) of every route the app serves, in OpenAPI's `{name}` style; without
+    aiohttp's HEAD twins of GET routes and the UI's page and files."""
+    found = set()
+    for route in app.router.routes():
+        resource = route.resource
+        if resource is None or isinstance(resource, web.StaticResource) or route.method == "HEAD":
+            continue
+        path = re.sub(r"\{(\w+)(:[^}]*)?\}", r"{\1}", resource.canonical)
+        if path == "/":
+            continue
+        found.add((route.method, path))
+    return found
+
+
+def described_operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(m.upper(), path) for path, item in doc["paths"].items() for m in item if m in METHODS}
+
+
+def test_every_route_is_described_and_every_description_is_a_route(make_settings: SettingsFactory) -> None:
+    routes = app_operations(create_app(make_settings()))
+    described = described_operations(openapi.document())
+    undescribed = sorted(routes - described)
+    phantom = sorted(described - routes)
+    assert not undescribed and not phantom, (
+        f"routes of the app missing from the OpenAPI description: {undescribed}; "
+        f"described operations the app does not serve: {phantom}"
+    )
+    assert ("GET", "/api/openapi.json") in routes and ("POST", "/api/jobs") in routes
+
+
+def test_description_is_valid_openapi_31_with_unique_operation_ids() -> None:
+    doc = openapi.document()
+    assert doc["openapi"].startswith("3.1")
+    validate(doc)  # raises OpenAPIValidationError with the path at fault
+    ids = [op["operationId"] for item in doc["paths"].values() for m, op in item.items() if m in METHODS]
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    # Every operation says how it fails: the API's error shape, or a default.
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method in METHODS:
+                codes = set(op["responses"])
+                assert any(c.startswith(("4", "5")) or c == "default" for c in codes), (method, path)
+    # The token applies everywhere but the open routes.
+    assert doc["security"] == [{"bearer": []}]
+    ops = [(p, op) for p, item in doc["paths"].items() for m, op in item.items() if m in METHODS]
+    open_ops = {p for p, op in ops if op.get("security") == []}
+    assert open_ops == {"/api/health", "/api/openapi.json", "/api/docs"}
+
+
+def test_fragments_merge_and_a_duplicate_path_or_schema_is_an_error() -> None:
+    a = {
+        "paths": {"/a": {"get": {"responses": {"200": {"description": "ok"}}}}},
+        "components": {"schemas": {"A": {"type": "object"}}},
+    }
+    b = {
+        "paths": {"/b": {"get": {"responses": {"200": {"description": "ok"}}}}},
+        "components": {"schemas": {"OpenAIB": {"type": "string"}}},
+    }
+    doc = openapi.merge({"api.yaml": a, "openai.yaml": b}, "1.2.3")
+    assert set(doc["paths"]) == {"/a", "/b"} and set(doc["components"]["schemas"]) == {"A", "OpenAIB"}
+    assert doc["info"]["version"] == "1.2.3" and "bearer" in doc["components"]["securitySchemes"]
+    validate(doc)
+
+    clash = {"paths": {"/a": {"post": {"responses": {"200": {"description": "ok"}}}}}}
+    with pytest.raises(openapi.FragmentError, match=r"asr.yaml: path /a is already described by api.yaml"):
+        openapi.merge({"api.yaml": a, "asr.yaml": clash}, "1")
+    schema_clash = {"components": {"schemas": {"A": {"type": "string"}}}}
+    with pytest.raises(openapi.FragmentError, match=r"components.schemas.A is already defined by api.yaml"):
+        openapi.merge({"api.yaml": a, "asr.yaml": schema_clash}, "1")
+    with pytest.raises(openapi.FragmentError, match="holds only paths and components"):
+        openapi.merge({"asr.yaml": {"info": {"title": "x"}, "paths": {}}}, "1")
+
+
+async def test_description_and_docs_page_are_served_without_the_token(make_client: ClientFactory) -> None:
+    """Public like the UI's page: the same contract for every install, no data in it."""
+    client = await make_client(server={"auth_token": TOKEN})
+    resp = await client.get("/api/openapi.json")
+    assert resp.status == 200 and resp.content_type == "application/json"
+    served = await resp.json()
+    await asyncio.to_thread(validate, served)  # a second of CPU: off the loop
+    assert served == json.loads(json.dumps(await asyncio.to_thread(openapi.document)))
+    page = await client.get("/api/docs")
+    assert page.status == 200 and page.content_type == "text/html"
+    assert "swagger-ui-bundle.js" in await page.text()
+    denied = await client.get("/api/jobs")  # the rest still needs it
+    assert denied.status == 401 and (await denied.json())["error"]["code"] == "unauthorized"
+
+
+def test_vendored_swagger_ui_matches_its_pins_and_checksums() -> None:
+    listed: dict[str, str] = {}
+    for line in (VENDOR / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name] = digest
+    on_disk = {p.relative_to(VENDOR).as_posix() for p in VENDOR.rglob("*") if p.is_file()} - {"SHA256SUMS"}
+    assert set(listed) == on_disk, "SHA256SUMS lists other files than the vendored ones"
+    for name, digest in listed.items():
+        assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
+    version = json.loads((PINS / "package.json").read_text())["dependencies"]["swagger-ui-dist"]
+    assert re.fullmatch(r"5\.\d+\.\d+", version), version
+    locked = json.loads((PINS / "package-lock.json").read_text())["packages"]["node_modules/swagger-ui-dist"]
+    assert locked["version"] == version and locked["integrity"].startswith("sha512-")
+    assert (VENDOR / "VERSION").read_text().strip() == version
+    # Nothing the page loads points elsewhere: no font or stylesheet import, no source map.
+    css = (VENDOR / "swagger-ui.css").read_text()
+    assert "@import" not in css and not re.search(r"url\(\s*['\"]?(https?:)?//", css)
+    assert "sourceMappingURL" not in (VENDOR / "swagger-ui-bundle.js").read_text()[-500:]
+
+
+@needs_chromium
+@pytest.mark.timeout(120)
+@pytest.mark.block_limit(5.0)  # the loop only drives Playwright and serves files (test_ui.py)
+async def test_docs_page_renders_offline_under_the_csp(make_client: ClientFactory) -> None:
+    client = await make_client(server={"auth_token": TOKEN})
+    origin = str(client.make_url("/")).rstrip("/")
+    operations = described_operations(await asyncio.to_thread(openapi.document))
+    async with browser() as ctx:  # fails the test on any CSP violation
+        page = await ctx.new_page()
+        requests: list[str] = []
+        errors: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        await page.goto(f"{origin}/api/docs")
+        await wait_for_js(page, f"document.querySelectorAll('.opblock').length >= {len(operations)}")
+        shown = await page.evaluate(
+            """[...document.querySelectorAll('.opblock')].map(b => [
+                b.querySelector('.opblock-summary-method').textContent,
+                b.querySelector('.opblock-summary-path').dataset.path])"""
+        )
+        assert {(m, p) for m, p in shown} == operations
+        assert await page.title() == "vsrt — API"
+
+        # A call from the page goes to this server (the relative server URL resolves to it).
+        health = page.locator("#operations-meta-health")
+        await health.locator(".opblock-summary").click()
+        await health.get_by_role("button", name="Try it out").click()
+        await health.get_by_role("button", name="Execute").click()
+        await wait_for_js(page, "!!document.querySelector('#operations-meta-health .live-responses-table')")
+        status = await health.locator(".live-responses-table tbody .response-col_status").first.text_content()
+        assert status and status.strip() == "200", status
+        assert f"{origin}/api/health" in requests
+
+        assert not errors, errors
+        elsewhere = [u for u in requests if not u.startswith((origin + "/", "data:", "blob:"))]
+        assert not elsewhere, f"the docs page made requests off the server: {elsewhere}"
