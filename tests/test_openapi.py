@@ -143,9 +143,16 @@ def test_vendored_swagger_ui_matches_its_pins_and_checksums() -> None:
 @needs_chromium
 @pytest.mark.timeout(120)
 @pytest.mark.block_limit(5.0)  # the loop only drives Playwright and serves files (test_ui.py)
-async def test_docs_page_renders_offline_under_the_csp(make_client: ClientFactory) -> None:
-    client = await make_client(server={"auth_token": TOKEN})
+async def test_docs_page_renders_offline_under_the_csp(
+    aiohttp_client: Any, make_settings: SettingsFactory
+) -> None:
+    """Mounted as a sub-app under a prefix, the hardest case for the page's relative URLs (its
+    files, the description, the description's relative server); at the root they are the same."""
+    parent = web.Application()
+    parent.add_subapp("/subtitles/", create_app(make_settings(server={"auth_token": TOKEN})))
+    client = await aiohttp_client(parent)
     origin = str(client.make_url("/")).rstrip("/")
+    base = f"{origin}/subtitles"
     operations = described_operations(await asyncio.to_thread(openapi.document))
     async with browser() as ctx:  # fails the test on any CSP violation
         page = await ctx.new_page()
@@ -154,7 +161,7 @@ async def test_docs_page_renders_offline_under_the_csp(make_client: ClientFactor
         page.on("request", lambda r: requests.append(r.url))
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        await page.goto(f"{origin}/api/docs")
+        await page.goto(f"{base}/api/docs")  # no token: the page and description are open
         await wait_for_js(page, f"document.querySelectorAll('.opblock').length >= {len(operations)}")
         shown = await page.evaluate(
             """[...document.querySelectorAll('.opblock')].map(b => [
@@ -164,7 +171,7 @@ async def test_docs_page_renders_offline_under_the_csp(make_client: ClientFactor
         assert {(m, p) for m, p in shown} == operations
         assert await page.title() == "vsrt — API"
 
-        # A call from the page goes to this server (the relative server URL resolves to it).
+        # A call from the page goes to this server, under the prefix (the relative server).
         health = page.locator("#operations-meta-health")
         await health.locator(".opblock-summary").click()
         await health.get_by_role("button", name="Try it out").click()
@@ -172,8 +179,10 @@ async def test_docs_page_renders_offline_under_the_csp(make_client: ClientFactor
         await wait_for_js(page, "!!document.querySelector('#operations-meta-health .live-responses-table')")
         status = await health.locator(".live-responses-table tbody .response-col_status").first.text_content()
         assert status and status.strip() == "200", status
-        assert f"{origin}/api/health" in requests
+        assert f"{base}/api/health" in requests
 
         assert not errors, errors
-        elsewhere = [u for u in requests if not u.startswith((origin + "/", "data:", "blob:"))]
-        assert not elsewhere, f"the docs page made requests off the server: {elsewhere}"
+        elsewhere = [u for u in requests if not u.startswith((base + "/", "data:", "blob:"))]
+        assert not elsewhere, (
+            f"the docs page made requests off the server (or outside its prefix): {elsewhere}"
+        )
