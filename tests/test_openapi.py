@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
 from tests.conftest import ClientFactory, SettingsFactory
+from tests.http_helpers import upload
+from tests.media import Speech
 from tests.ui_helpers import CHROMIUM, ROOT, browser, wait_for_js
 from vsrt_service.web import openapi
 from vsrt_service.web.app import create_app
@@ -118,6 +121,70 @@ async def test_description_and_docs_page_are_served_without_the_token(make_clien
     assert "swagger-ui-bundle.js" in await page.text()
     denied = await client.get("/api/jobs")  # the rest still needs it
     assert denied.status == 401 and (await denied.json())["error"]["code"] == "unauthorized"
+
+
+def response_schema(doc: dict[str, Any], method: str, template: str, status: int, mime: str) -> Any:
+    """The described schema of one response (its status, else `default`), or a failure naming
+    what the description lacks."""
+    responses = doc["paths"][template][method.lower()]["responses"]
+    described = responses.get(str(status)) or responses.get("default")
+    assert described, (
+        f"{method} {template} answered {status}, which it does not describe: {sorted(responses)}"
+    )
+    if "$ref" in described:
+        described = doc["components"]["responses"][described["$ref"].rsplit("/", 1)[1]]
+    content = described.get("content", {})
+    assert mime in content, f"{method} {template} {status} answered {mime}, described: {sorted(content)}"
+    # Refs point into the document: resolve them against it.
+    return {**content[mime]["schema"], "components": doc["components"]}
+
+
+def schema_errors(body: Any, schema: Any) -> list[tuple[str, list[Any]]]:
+    return [(e.message, list(e.path)) for e in OAS31Validator(schema).iter_errors(body)]
+
+
+async def test_real_answers_match_the_described_responses(make_client: ClientFactory, speech: Speech) -> None:
+    """The routes that need no transcription answer what the description says, errors included
+    (the shapes are checked with the OpenAPI 3.1 schema dialect)."""
+    doc = await asyncio.to_thread(openapi.document)
+    client = await make_client(server={"auth_token": TOKEN})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    job = (await upload(client, speech.path, start=False, headers=auth))["job_id"]
+    calls: list[tuple[str, str, str, dict[str, Any]]] = [
+        ("GET", "/api/health", "/api/health", {}),
+        ("GET", "/api/health", "/api/health", {"headers": auth}),
+        ("GET", "/api/meta", "/api/meta", {"headers": auth}),
+        ("GET", "/api/jobs", "/api/jobs", {}),  # 401
+        ("GET", "/api/jobs", "/api/jobs", {"headers": auth}),
+        ("GET", "/api/jobs", "/api/jobs?limit=many", {"headers": auth}),  # 400
+        ("POST", "/api/auth/ticket", "/api/auth/ticket", {"headers": auth}),
+        ("GET", "/api/jobs/{job_id}", f"/api/jobs/{job}", {"headers": auth}),
+        ("GET", "/api/status/{job_id}", f"/api/status/{job}", {"headers": auth}),
+        ("GET", "/api/status/{job_id}", "/api/status/nope", {"headers": auth}),  # 404
+        ("GET", "/api/checkpoint-settings/{job_id}", f"/api/checkpoint-settings/{job}", {"headers": auth}),
+        ("GET", "/api/transcription-text/{job_id}", f"/api/transcription-text/{job}", {"headers": auth}),
+        ("GET", "/api/jobs/{job_id}/media/info", f"/api/jobs/{job}/media/info", {"headers": auth}),
+        ("POST", "/api/jobs/{job_id}/media/grant", f"/api/jobs/{job}/media/grant", {"headers": auth}),
+        (
+            "POST",
+            "/api/validate-resume-settings",
+            "/api/validate-resume-settings",
+            {"headers": auth, "json": {"job_id": job, "settings": {"task": "translate"}}},
+        ),
+        ("POST", "/api/jobs", "/api/jobs", {"headers": auth, "json": {"path": "x.mp4", "bogus": 1}}),  # 400
+        ("GET", "/api/models/{type}", "/api/models/whisper", {"headers": auth}),
+        ("GET", "/api/models/{type}", "/api/models/nope", {"headers": auth}),  # 404
+        ("GET", "/api/models/progress", "/api/models/progress", {"headers": auth}),
+        ("GET", "/api/models/preload/status", "/api/models/preload/status", {"headers": auth}),
+        ("GET", "/api/models/cache/status", "/api/models/cache/status", {"headers": auth}),
+        ("DELETE", "/api/jobs/{job_id}", f"/api/jobs/{job}", {"headers": auth}),
+    ]
+    for method, template, url, kw in calls:
+        resp = await client.request(method, url, **kw)
+        body = await resp.json()
+        schema = response_schema(doc, method, template, resp.status, resp.content_type)
+        wrong = await asyncio.to_thread(schema_errors, body, schema)
+        assert not wrong, f"{method} {url} -> {resp.status} differs from its description: {wrong}"
 
 
 def test_vendored_swagger_ui_matches_its_pins_and_checksums() -> None:
