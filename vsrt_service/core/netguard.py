@@ -113,9 +113,7 @@ def address_refusal(address: IPAddress | str, allow: Allowance = Allowance()) ->
     if any(ip in net for net in allow.networks):
         return None
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or (
-            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None
-        )
+        embedded = ip.ipv4_mapped or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
         if embedded is not None:
             return address_refusal(embedded, allow)
     for kind, flag in (

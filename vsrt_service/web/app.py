@@ -24,6 +24,8 @@ from vsrt_service.service import Service
 from vsrt_service.web.api_asr import PREFIXES as ASR_PREFIXES
 from vsrt_service.web.api_asr import asr_error
 from vsrt_service.web.api_asr import routes as asr_routes
+from vsrt_service.web.api_docs import PUBLIC_PATHS
+from vsrt_service.web.api_docs import routes as docs_routes
 from vsrt_service.web.api_jobs import routes as job_routes
 from vsrt_service.web.api_media import routes as media_routes
 from vsrt_service.web.api_meta import routes as meta_routes
@@ -98,6 +100,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     found = _api(request)
     if token is None or found is None or request.method == "OPTIONS" or found[1] == "/api/health":
         return await handler(request)  # health stays open for load balancers
+    if found[1] in PUBLIC_PATHS:
+        return await handler(request)  # the API's description and docs page, public like the UI
     path = found[1]
     if token_matches(request.headers.get("Authorization"), token):
         return await handler(request)
@@ -243,6 +247,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_routes(model_routes)
     app.router.add_routes(meta_routes)
     app.router.add_routes(asr_routes)
+    app.router.add_routes(docs_routes)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=True)
