@@ -7,6 +7,7 @@ no console error or CSP violation, and a call made from the page reaching this s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ from tests.conftest import ClientFactory, SettingsFactory
 from tests.http_helpers import upload
 from tests.media import Speech
 from tests.ui_helpers import CHROMIUM, ROOT, browser, wait_for_js
+from vsrt_service.core.options import JobOptions
 from vsrt_service.web import openapi
 from vsrt_service.web.app import create_app
 
@@ -254,3 +256,9 @@ async def test_docs_page_renders_offline_under_the_csp(
         assert not elsewhere, (
             f"the docs page made requests off the server (or outside its prefix): {elsewhere}"
         )
+
+
+def test_job_settings_schema_names_every_setting() -> None:
+    """The described settings are exactly the job options the service accepts."""
+    described = set(openapi.document()["components"]["schemas"]["JobSettings"]["properties"])
+    assert described == {f.name for f in dataclasses.fields(JobOptions)}
