@@ -1,0 +1,219 @@
+"""The OpenAI-compatible API (/v1) with the real `openai` SDK against a live `vsrt serve`.
+
+One server serves the whole module. Every request with the same audio and settings is one
+vsrt job (`Service.submit_shared`): the first transcribes, the others (another
+`response_format`, word timestamps, a translation by the English-only model) attach to the
+finished job and answer at once. So the module transcribes the clip three times in all: once
+plainly, once with a prompt (the stream), once with a model that is not downloaded (a
+failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai.types.audio import Transcription, TranscriptionVerbose, Translation, TranslationVerbose
+
+from tests.media import Speech, make_speech, normalize_text, word_error_rate
+from tests.procs import vsrt_serve
+from vsrt_service.core.formats import parse_srt, parse_vtt
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "openai-test-token-0123456789"
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "She sells fresh bread at the market."]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Speech:
+    return make_speech(tmp_path_factory.mktemp("openai") / "clip.mp3", SENTENCES, video=False)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("openai-data")
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path) -> Iterator[str]:
+    # chunk_size 4: each sentence is a segment of its own, so a stream has a fragment per sentence.
+    env = {"VSRT_SERVER_AUTH_TOKEN": TOKEN, "VSRT_TRANSCRIPTION_CHUNK_SIZE": "4"}
+    with vsrt_serve(data_dir, env) as url:
+        yield url
+
+
+@pytest.fixture
+async def client(server: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=0, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture
+async def api(server: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """vsrt's own /api, to see the jobs the OpenAI requests made."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(server, headers=headers) as http:
+        yield http
+
+
+async def audio(clip: Speech) -> tuple[str, bytes]:
+    return clip.path.name, await asyncio.to_thread(clip.path.read_bytes)
+
+
+def stored(uploads: Path) -> set[str]:
+    return {p.name for p in uploads.iterdir()} if uploads.exists() else set()
+
+
+async def jobs(api: aiohttp.ClientSession) -> list[dict[str, Any]]:
+    async with api.get("/api/jobs") as resp:
+        assert resp.status == 200
+        return list((await resp.json())["jobs"])
+
+
+async def test_each_response_format_is_one_job(
+    client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech
+) -> None:
+    file = await audio(clip)
+    first = await client.audio.transcriptions.create(file=file, model="whisper-1")
+    assert isinstance(first, Transcription)
+    assert word_error_rate(clip.text, first.text) < 0.3, first.text
+    mine = [
+        j
+        for j in await jobs(api)
+        if j["settings"]["initial_prompt"] is None and j["settings"]["model"] == "tiny.en"
+    ]
+    assert len(mine) == 1 and mine[0]["status"] == "completed" and mine[0]["source_name"] == "clip.mp3"
+    job_id = mine[0]["job_id"]
+
+    # The same audio and settings: the finished job answers, in each format.
+    text = await client.audio.transcriptions.create(file=file, model="whisper-1", response_format="text")
+    srt = await client.audio.transcriptions.create(file=file, model="tiny.en", response_format="srt")
+    vtt = await client.audio.transcriptions.create(
+        file=file, model="Systran/faster-whisper-tiny.en", response_format="vtt", language="en"
+    )
+    for fmt, body in (("txt", text), ("srt", srt), ("vtt", vtt)):
+        async with api.get(f"/api/jobs/{job_id}/subtitles", params={"format": fmt}) as resp:
+            assert isinstance(body, str) and body == await resp.text(), fmt
+    assert [c.text for c in parse_srt(srt)] == [c.text for c in parse_vtt(vtt)]
+    assert normalize_text(" ".join(c.text for c in parse_srt(srt))) == normalize_text(first.text)
+
+    verbose = await client.audio.transcriptions.create(
+        file=file, model="whisper-1", response_format="verbose_json", temperature=0.2
+    )
+    assert isinstance(verbose, TranscriptionVerbose)
+    assert verbose.language == "english" and verbose.text == first.text and verbose.words is None
+    assert verbose.duration == pytest.approx(clip.duration, abs=0.1)
+    assert verbose.segments and [s.id for s in verbose.segments] == list(range(len(verbose.segments)))
+    assert " ".join(s.text.strip() for s in verbose.segments) == first.text
+    assert all(0 <= s.start < s.end <= verbose.duration + 0.01 for s in verbose.segments)
+
+    words = await client.audio.transcriptions.create(
+        file=file,
+        model="whisper-1",
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
+    assert words.words and words.segments
+    assert normalize_text(" ".join(w.word for w in words.words)) == normalize_text(first.text)
+    starts = [w.start for w in words.words]
+    assert starts == sorted(starts)
+    assert all(0 <= w.start <= w.end <= clip.duration + 0.01 for w in words.words)
+    # Inside the speech: the first word starts near the first sentence, the last ends near the last.
+    assert abs(words.words[0].start - clip.sentences[0].start) < 0.5
+    assert abs(words.words[-1].end - clip.sentences[-1].end) < 0.5
+
+    # An English-only model "translates" English speech to English: the same job again.
+    translation = await client.audio.translations.create(file=file, model="whisper-1")
+    assert isinstance(translation, Translation) and translation.text == first.text
+    verbose_translation = await client.audio.translations.create(
+        file=file, model="whisper-1", response_format="verbose_json"
+    )
+    assert isinstance(verbose_translation, TranslationVerbose)
+    assert verbose_translation.language == "english" and verbose_translation.segments
+
+    # Seven requests, one job, each segment transcribed once.
+    again = [j for j in await jobs(api) if j["settings"] == mine[0]["settings"]]
+    assert [j["job_id"] for j in again] == [job_id]
+
+
+async def test_stream_sends_a_delta_per_fragment(
+    client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech
+) -> None:
+    prompt = "A fox, and bread at the market."  # another request: a job of its own, transcribed live
+    stream = await client.audio.transcriptions.create(
+        file=await audio(clip), model="whisper-1", prompt=prompt, stream=True
+    )
+    events = [event async for event in stream]
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    done = events[-1]
+    assert done.type == "transcript.text.done"
+    assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * len(deltas)
+    assert "".join(deltas) == done.text
+    assert word_error_rate(clip.text, done.text) < 0.3, done.text
+    job = next(j for j in await jobs(api) if j["settings"]["initial_prompt"] == prompt)
+    assert job["status"] == "completed"
+    assert len(deltas) == job["total"] >= 2  # one per checkpointed segment
+
+
+async def test_models(client: openai.AsyncOpenAI) -> None:
+    listed = {m.id: m async for m in client.models.list()}
+    assert {"tiny.en", "large-v3", "whisper-1"} <= set(listed)
+    assert all(m.object == "model" and isinstance(m.created, int) for m in listed.values())
+    tiny = await client.models.retrieve("tiny.en")
+    assert tiny.id == "tiny.en" and tiny.owned_by == "Systran"
+    assert tiny.model_extra and tiny.model_extra["downloaded"] is True
+    assert listed["large-v3"].model_extra and listed["large-v3"].model_extra["downloaded"] is False
+    by_repo = await client.models.retrieve("Systran/faster-whisper-tiny.en")
+    assert by_repo.id == "tiny.en"
+    with pytest.raises(openai.NotFoundError) as info:
+        await client.models.retrieve("no-such-model")
+    assert info.value.code == "model_not_found" and "no-such-model" in info.value.message
+
+
+async def test_errors_in_openai_shape(
+    server: str, client: openai.AsyncOpenAI, clip: Speech, data_dir: Path
+) -> None:
+    file = await audio(clip)
+    uploads = data_dir / "uploads"
+    before = await asyncio.to_thread(stored, uploads)  # the inputs of earlier tests' jobs
+    with pytest.raises(openai.NotFoundError) as info:
+        await client.audio.transcriptions.create(file=file, model="no-such-model")
+    assert info.value.code == "model_not_found" and "no-such-model" in info.value.message
+    assert info.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.audio.transcriptions.create(file=file, model="whisper-1", temperature=1.5)
+    assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.audio.transcriptions.create(
+            file=file, model="whisper-1", response_format="diarized_json"
+        )
+    assert bad.value.param == "response_format"
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.audio.transcriptions.create(file=("notes.mp3", b"not audio at all"), model="whisper-1")
+    assert bad.value.param == "file"
+    assert await asyncio.to_thread(stored, uploads) == before, "a refused request left its upload behind"
+
+    async with openai.AsyncOpenAI(
+        base_url=f"{server}/v1", api_key="a-wrong-key-0123456789", max_retries=0
+    ) as wrong:
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.models.list()
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.audio.transcriptions.create(file=file, model="whisper-1")
+
+    # A job that fails (its model is not downloaded) is a 500 with the job's message, never a 200.
+    with pytest.raises(openai.InternalServerError) as failed:
+        await client.audio.transcriptions.create(file=file, model="base.en")
+    assert failed.value.code == "model_missing" and "base.en is not downloaded" in failed.value.message
+    # Streamed, the same failure ends the stream with an error event, which the SDK raises.
+    stream = await client.audio.transcriptions.create(file=file, model="base.en", stream=True)
+    with pytest.raises(openai.APIError) as streamed:
+        async for _ in stream:
+            pass
+    assert "base.en is not downloaded" in streamed.value.message
