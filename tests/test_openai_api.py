@@ -1,6 +1,7 @@
 """The OpenAI-compatible API (/v1) with the real `openai` SDK against a live `vsrt serve`.
 
-One server serves the whole module. Every request with the same audio and settings is one
+The form, model names, words and stream pieces are pure functions, tested first without a
+server. One server serves the rest of the module. Every request with the same audio and settings is one
 vsrt job (`Service.submit_shared`): the first transcribes, the others (another
 `response_format`, word timestamps, a translation by the English-only model) attach to the
 finished job and answer at once. So the module transcribes the clip three times in all: once
@@ -13,18 +14,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import openai
 import pytest
+from multidict import MultiDict
 from openai.types.audio import Transcription, TranscriptionVerbose, Translation, TranslationVerbose
 
 from tests.media import Speech, make_speech, normalize_text, word_error_rate
 from tests.procs import vsrt_serve
+from vsrt_service.core.catalog import Catalog
+from vsrt_service.core.errors import InvalidInput, NotFound
 from vsrt_service.core.formats import parse_srt, parse_vtt
-
-pytestmark = pytest.mark.slow
+from vsrt_service.jobs.store import Job
+from vsrt_service.service import Transcript
+from vsrt_service.web.api_openai import error_body, parse_request, resolve_model, stored_pieces, timed_words
 
 TOKEN = "openai-test-token-0123456789"
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "She sells fresh bread at the market."]
@@ -76,6 +81,7 @@ async def jobs(api: aiohttp.ClientSession) -> list[dict[str, Any]]:
         return list((await resp.json())["jobs"])
 
 
+@pytest.mark.slow
 async def test_each_response_format_is_one_job(
     client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech
 ) -> None:
@@ -142,6 +148,7 @@ async def test_each_response_format_is_one_job(
     assert [j["job_id"] for j in again] == [job_id]
 
 
+@pytest.mark.slow
 async def test_stream_sends_a_delta_per_fragment(
     client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech
 ) -> None:
@@ -161,6 +168,7 @@ async def test_stream_sends_a_delta_per_fragment(
     assert len(deltas) == job["total"] >= 2  # one per checkpointed segment
 
 
+@pytest.mark.slow
 async def test_models(client: openai.AsyncOpenAI) -> None:
     listed = {m.id: m async for m in client.models.list()}
     assert {"tiny.en", "large-v3", "whisper-1"} <= set(listed)
@@ -176,6 +184,7 @@ async def test_models(client: openai.AsyncOpenAI) -> None:
     assert info.value.code == "model_not_found" and "no-such-model" in info.value.message
 
 
+@pytest.mark.slow
 async def test_errors_in_openai_shape(
     server: str, client: openai.AsyncOpenAI, clip: Speech, data_dir: Path
 ) -> None:
@@ -217,3 +226,144 @@ async def test_errors_in_openai_shape(
         async for _ in stream:
             pass
     assert "base.en is not downloaded" in streamed.value.message
+
+
+# --- pure functions ------------------------------------------------------------------------------
+
+
+def test_model_names() -> None:
+    catalog = Catalog.load()
+    for alias in ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"):
+        assert resolve_model(catalog, "tiny.en", alias) == "tiny.en"
+    assert resolve_model(catalog, "tiny.en", "small") == "small"
+    assert resolve_model(catalog, "tiny.en", "Systran/faster-whisper-small") == "small"
+    assert resolve_model(catalog, "tiny.en", "systran/FASTER-whisper-small.en") == "small.en"
+    assert (
+        resolve_model(catalog, "tiny.en", "mobiuslabsgmbh/faster-whisper-large-v3-turbo") == "large-v3-turbo"
+    )
+    with pytest.raises(NotFound) as info:
+        resolve_model(catalog, "tiny.en", "whisper-2")
+    assert info.value.code == "model_not_found" and info.value.field == "model"
+    assert "whisper-2" in str(info.value)
+
+
+def form(**fields: str | list[str]) -> MultiDict[str]:
+    out: MultiDict[str] = MultiDict()
+    for key, value in fields.items():
+        for v in value if isinstance(value, list) else [value]:
+            out.add(key.replace("__", "[]"), v)
+    return out
+
+
+def test_form_fields_to_job_settings() -> None:
+    catalog = Catalog.load()
+    plain = parse_request(form(model="whisper-1"), "transcribe", catalog, "tiny.en")
+    assert plain.settings == {"model": "tiny.en", "task": "transcribe"}
+    assert (plain.response_format, plain.temperature, plain.words, plain.stream) == (
+        "json",
+        0.0,
+        False,
+        False,
+    )
+    full = parse_request(
+        form(
+            model="small",
+            language="DE",
+            prompt="Namen: Jürgen",
+            response_format="verbose_json",
+            temperature="0.4",
+            timestamp_granularities__=["word", "segment"],
+            include__="logprobs",
+            stream="true",
+        ),
+        "transcribe",
+        catalog,
+        "tiny.en",
+    )
+    assert full.settings == {
+        "model": "small",
+        "task": "transcribe",
+        "language": "de",
+        "initial_prompt": "Namen: Jürgen",
+    }
+    assert (full.response_format, full.temperature, full.words, full.stream) == (
+        "verbose_json",
+        0.4,
+        True,
+        True,
+    )
+    # A multilingual model translates; an English-only one transcribes English (its only language).
+    assert parse_request(form(model="small"), "translate", catalog, "tiny.en").settings["task"] == "translate"
+    english = parse_request(form(model="whisper-1"), "translate", catalog, "tiny.en")
+    assert english.task == "translate" and english.settings == {
+        "model": "tiny.en",
+        "task": "transcribe",
+        "language": "en",
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({}, "model"),
+        ({"model": ["whisper-1", "small"]}, "model"),
+        ({"model": "whisper-1", "temperature": "hot"}, "temperature"),
+        ({"model": "whisper-1", "temperature": "1.5"}, "temperature"),
+        ({"model": "whisper-1", "temperature": "-0.1"}, "temperature"),
+        ({"model": "whisper-1", "response_format": "diarized_json"}, "response_format"),
+        ({"model": "whisper-1", "timestamp_granularities__": "char"}, "timestamp_granularities[]"),
+        ({"model": "whisper-1", "include__": "everything"}, "include[]"),
+        ({"model": "whisper-1", "stream": "maybe"}, "stream"),
+    ],
+)
+def test_bad_form_fields_name_the_field(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_request(form(**fields), "transcribe", Catalog.load(), "tiny.en")
+    assert info.value.field == field
+
+
+def test_every_word_has_times_in_order() -> None:
+    segment = {
+        "start": 1.0,
+        "end": 4.0,
+        "text": "I have 42 cats",
+        "words": [
+            {"word": "I", "start": 1.0, "end": 1.2},
+            {"word": "have", "start": 1.3, "end": 1.6},
+            {"word": "42"},  # the aligner could not place digits
+            {"word": "cats", "start": 3.0, "end": 3.5},
+        ],
+    }
+    assert timed_words(segment) == [
+        {"word": "I", "start": 1.0, "end": 1.2},
+        {"word": "have", "start": 1.3, "end": 1.6},
+        {"word": "42", "start": 1.6, "end": 3.0},
+        {"word": "cats", "start": 3.0, "end": 3.5},
+    ]
+    assert timed_words({"start": 0.0, "end": 1.0, "text": "", "words": []}) == []
+
+
+def test_stored_pieces_are_what_fragments_carry() -> None:
+    job = cast(Job, None)
+    lines = [
+        {"id": "1.0", "start": 5.0, "end": 6.0, "text": "Second chunk."},
+        {"id": "0.0", "start": 0.0, "end": 1.0, "text": "First sentence."},
+        {"id": "0.1", "start": 1.0, "end": 2.0, "text": " Still the first chunk. "},
+    ]
+    checkpoint = Transcript(job, "checkpoint", lines, None)
+    assert stored_pieces(checkpoint) == [(0, "First sentence. Still the first chunk."), (1, "Second chunk.")]
+    aligned = Transcript(job, "aligned", [{"id": 0, "text": " All of it. "}], None)
+    assert stored_pieces(aligned) == [(None, "All of it.")]
+
+
+def test_error_body_is_openais() -> None:
+    assert error_body(404, "model_not_found", "no such model", "model") == {
+        "error": {
+            "message": "no such model",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
+    assert error_body(401, "unauthorized", "a bearer token is required")["error"]["code"] == "invalid_api_key"
+    assert error_body(500, "model_missing", "not downloaded")["error"]["type"] == "server_error"

@@ -281,18 +281,18 @@ def timed_words(segment: dict[str, Any]) -> list[dict[str, Any]]:
     takes the gap between its neighbours, so every word has times, in order."""
     words: list[Word] = segment.get("words") or []
     out: list[dict[str, Any]] = []
-    last = float(segment["start"])
+    last_start = last_end = float(segment["start"])
     for i, w in enumerate(words):
-        start = float(w["start"]) if "start" in w else last
+        start = float(w["start"]) if "start" in w else last_end
         if "end" in w:
             end = float(w["end"])
         else:
             later = next((float(n["start"]) for n in words[i + 1 :] if "start" in n), float(segment["end"]))
             end = max(start, later)
-        start = max(start, last)
+        start = max(start, last_start)
         end = max(end, start)
         out.append({"word": w["word"].strip(), "start": round(start, 3), "end": round(end, 3)})
-        last = start
+        last_start, last_end = start, end
     return out
 
 
