@@ -1,17 +1,19 @@
 """The OpenAI-compatible API (/v1) with the real `openai` SDK against a live `vsrt serve`.
 
-The form, model names, words and stream pieces are pure functions, tested first without a
-server. One server serves the rest of the module. Every request with the same audio and settings is one
-vsrt job (`Service.submit_shared`): the first transcribes, the others (another
+The form, model names, word times and stream pieces are pure functions, tested without a
+server. One server serves the rest of the module. Requests with the same audio and settings
+are one vsrt job (`Service.submit_shared`): the first transcribes, the others (another
 `response_format`, word timestamps, a translation by the English-only model) attach to the
-finished job and answer at once. So the module transcribes the clip three times in all: once
-plainly, once with a prompt (the stream), once with a model that is not downloaded (a
-failure).
+finished job and answer at once. So the clip is transcribed three times in all (plainly, with
+one prompt for the stream, with another for the client that leaves), and twice more it fails
+after the split (a model that is not downloaded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -82,6 +84,7 @@ async def jobs(api: aiohttp.ClientSession) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK marks translations so
 async def test_each_response_format_is_one_job(
     client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech
 ) -> None:
@@ -166,6 +169,32 @@ async def test_stream_sends_a_delta_per_fragment(
     job = next(j for j in await jobs(api) if j["settings"]["initial_prompt"] == prompt)
     assert job["status"] == "completed"
     assert len(deltas) == job["total"] >= 2  # one per checkpointed segment
+
+
+@pytest.mark.slow
+async def test_a_client_that_leaves_mid_job_gets_the_result_on_retry(
+    client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech, data_dir: Path
+) -> None:
+    file = await audio(clip)
+    prompt = "Brown fox, fresh bread."
+    stream = await client.audio.transcriptions.create(
+        file=file, model="whisper-1", prompt=prompt, stream=True
+    )
+    first = await anext(aiter(stream))
+    assert first.type == "transcript.text.delta"
+    await stream.close()  # the client leaves after the first fragment
+    again = await client.audio.transcriptions.create(file=file, model="whisper-1", prompt=prompt)
+    assert word_error_rate(clip.text, again.text) < 0.3, again.text
+    mine = [j for j in await jobs(api) if j["settings"]["initial_prompt"] == prompt]
+    assert len(mine) == 1 and mine[0]["status"] == "completed"
+    counts = await asyncio.to_thread(transcribe_counts, data_dir, mine[0]["job_id"])
+    assert counts and all(count == 1 for count in counts), counts  # no segment transcribed twice
+
+
+def transcribe_counts(data_dir: Path, job_id: str) -> list[int]:
+    with contextlib.closing(sqlite3.connect(data_dir / "vsrt.sqlite3")) as db:
+        rows = db.execute("SELECT transcribe_count FROM segments WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [int(count) for (count,) in rows.fetchall()]
 
 
 @pytest.mark.slow
