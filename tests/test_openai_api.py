@@ -50,7 +50,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(data_dir: Path) -> Iterator[str]:
     # chunk_size 4: each sentence is a segment of its own, so a stream has a fragment per sentence.
-    env = {"VSRT_SERVER_AUTH_TOKEN": TOKEN, "VSRT_TRANSCRIPTION_CHUNK_SIZE": "4"}
+    # A 1 MB upload limit: the clip is far under it, a 2 MB body over it.
+    env = {
+        "VSRT_SERVER_AUTH_TOKEN": TOKEN,
+        "VSRT_TRANSCRIPTION_CHUNK_SIZE": "4",
+        "VSRT_SERVER_MAX_UPLOAD_MB": "1",
+    }
     with vsrt_serve(data_dir, env) as url:
         yield url
 
@@ -235,6 +240,9 @@ async def test_errors_in_openai_shape(
     with pytest.raises(openai.BadRequestError) as bad:
         await client.audio.transcriptions.create(file=("notes.mp3", b"not audio at all"), model="whisper-1")
     assert bad.value.param == "file"
+    with pytest.raises(openai.APIStatusError) as big:
+        await client.audio.transcriptions.create(file=("big.mp3", bytes(2 << 20)), model="whisper-1")
+    assert big.value.status_code == 413 and big.value.code == "too_large"
     assert await asyncio.to_thread(stored, uploads) == before, "a refused request left its upload behind"
 
     async with openai.AsyncOpenAI(
