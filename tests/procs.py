@@ -1,5 +1,6 @@
-"""Finding runner and ffmpeg processes through /proc (tests and benchmarks check none is orphaned),
-and `vsrt serve` as a real subprocess."""
+"""Processes of the tests: runner and ffmpeg processes found through /proc (tests and benchmarks
+check none is orphaned), and `vsrt serve` as a real subprocess: `Server` for one test's own
+server (async, started and stopped by the test), `vsrt_serve` for a module to share (sync)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +111,38 @@ class Server:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+@contextlib.contextmanager
+def vsrt_serve(data_dir: Path, env: dict[str, str] | None = None, wait: float = 30.0) -> Iterator[str]:
+    """A real `vsrt serve` process on a free port for a module's tests (a sync fixture can
+    share it, so several tests pay for one start): yields its base URL, then stops and
+    reaps it (SIGTERM, then SIGKILL), its runners with it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vsrt_service.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            assert proc.poll() is None, "vsrt serve exited during start-up"
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "vsrt serve never answered /api/health"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -26,6 +26,7 @@ from vsrt_service.core.config import parse_flag
 from vsrt_service.core.cues import Cue, round_ms
 from vsrt_service.core.errors import InvalidInput
 from vsrt_service.core.formats import to_srt, to_txt
+from vsrt_service.core.languages import LANGUAGE_NAMES, language_name
 from vsrt_service.core.pcm import pcm_to_wav
 from vsrt_service.jobs.store import Job
 from vsrt_service.service import Service, Transcript
@@ -42,31 +43,6 @@ TASKS = ("transcribe", "translate")
 #: The `Asr-Engine` header: vsrt transcribes and aligns with WhisperX.
 ENGINE = "whisperx"
 MAX_SPEAKERS = 100
-
-#: Whisper's languages (`whisper.tokenizer.LANGUAGES`): the codes `language` accepts and the
-#: names `/detect-language` answers with.
-LANGUAGES: dict[str, str] = {
-    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian",
-    "ko": "korean", "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish",
-    "pl": "polish", "ca": "catalan", "nl": "dutch", "ar": "arabic", "sv": "swedish",
-    "it": "italian", "id": "indonesian", "hi": "hindi", "fi": "finnish", "vi": "vietnamese",
-    "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay", "cs": "czech",
-    "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
-    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian",
-    "la": "latin", "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak",
-    "te": "telugu", "fa": "persian", "lv": "latvian", "bn": "bengali", "sr": "serbian",
-    "az": "azerbaijani", "sl": "slovenian", "kn": "kannada", "et": "estonian", "mk": "macedonian",
-    "br": "breton", "eu": "basque", "is": "icelandic", "hy": "armenian", "ne": "nepali",
-    "mn": "mongolian", "bs": "bosnian", "kk": "kazakh", "sq": "albanian", "sw": "swahili",
-    "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala", "km": "khmer",
-    "sn": "shona", "yo": "yoruba", "so": "somali", "af": "afrikaans", "oc": "occitan",
-    "ka": "georgian", "be": "belarusian", "tg": "tajik", "sd": "sindhi", "gu": "gujarati",
-    "am": "amharic", "yi": "yiddish", "lo": "lao", "uz": "uzbek", "fo": "faroese",
-    "ht": "haitian creole", "ps": "pashto", "tk": "turkmen", "nn": "nynorsk", "mt": "maltese",
-    "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar", "bo": "tibetan", "tl": "tagalog",
-    "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian", "ln": "lingala",
-    "ha": "hausa", "ba": "bashkir", "jw": "javanese", "su": "sundanese", "yue": "cantonese",
-}  # fmt: skip
 
 
 def asr_error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -159,7 +135,7 @@ def parse_asr_query(query: MultiMapping[str]) -> AsrQuery:
     `video_file` only names the job). Diarization is not built yet: `diarize=true` is refused,
     not ignored, and the speaker counts are checked anyway."""
     language = _last(query, "language") or None
-    if language is not None and language not in LANGUAGES:
+    if language is not None and language not in LANGUAGE_NAMES:
         raise InvalidInput(
             f"language must be a Whisper language code such as 'en', not {language!r}",
             code="bad_parameter",
@@ -344,7 +320,7 @@ async def detect_language(request: web.Request) -> web.Response:
     code = str(found.result["language"])
     return web.json_response(
         {
-            "detected_language": LANGUAGES.get(code, code),
+            "detected_language": language_name(code),
             "language_code": code,
             "confidence": found.result["probability"],
         }

@@ -30,6 +30,8 @@ from vsrt_service.web.api_jobs import routes as job_routes
 from vsrt_service.web.api_media import routes as media_routes
 from vsrt_service.web.api_meta import routes as meta_routes
 from vsrt_service.web.api_models import routes as model_routes
+from vsrt_service.web.api_openai import openai_error
+from vsrt_service.web.api_openai import routes as openai_routes
 from vsrt_service.web.auth import MediaGrants, Tickets, token_matches
 from vsrt_service.web.errors import ErrorShape, error_response, vsrt_error_response
 from vsrt_service.web.keys import GRANTS, SERVICE, SETTINGS, STREAMS, TICKETS
@@ -57,6 +59,7 @@ class Api:
 #: Each has the bearer token (when configured) and its own error bodies.
 APIS = (
     Api("/api/", error_response),
+    Api("/v1/", openai_error),
     *(Api(prefix, asr_error) for prefix in ASR_PREFIXES),
 )
 
@@ -248,6 +251,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_routes(meta_routes)
     app.router.add_routes(asr_routes)
     app.router.add_routes(docs_routes)
+    app.router.add_routes(openai_routes)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=True)
