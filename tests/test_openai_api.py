@@ -220,7 +220,7 @@ async def test_models(client: openai.AsyncOpenAI) -> None:
 
 @pytest.mark.slow
 async def test_errors_in_openai_shape(
-    server: str, client: openai.AsyncOpenAI, clip: Speech, data_dir: Path
+    server: str, client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech, data_dir: Path
 ) -> None:
     file = await audio(clip)
     uploads = data_dir / "uploads"
@@ -263,6 +263,17 @@ async def test_errors_in_openai_shape(
         async for _ in stream:
             pass
     assert "base.en is not downloaded" in streamed.value.message
+
+    # The SDK retries a 500 twice by default unless the answer says not to: a failed job is not
+    # run three times over (a retry cannot help it, and a failed job is never shared).
+    async def base_en_jobs() -> int:
+        return sum(j["settings"]["model"] == "base.en" for j in await jobs(api))
+
+    before_retries = await base_en_jobs()
+    async with openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=TOKEN, max_retries=2) as retrying:
+        with pytest.raises(openai.InternalServerError):
+            await retrying.audio.transcriptions.create(file=file, model="base.en")
+    assert await base_en_jobs() == before_retries + 1
 
 
 # --- pure functions ------------------------------------------------------------------------------

@@ -63,8 +63,15 @@ def error_body(status: int, code: str, message: str, field: str | None = None) -
     return {"error": {"message": message, "type": kind, "param": field, "code": code}}
 
 
+#: The statuses worth the SDK's automatic retries (it retries 408, 409, 429 and 5xx unless told).
+RETRYABLE = (429, 503)
+
+
 def openai_error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    return web.json_response(error_body(status, code, message, field), status=status)
+    """OpenAI's error body; `x-should-retry: false` (which the SDK obeys) where a retry cannot
+    help: a failed job would run again, a paused or canceled one would be resumed."""
+    headers = {"x-should-retry": "true" if status in RETRYABLE else "false"}
+    return web.json_response(error_body(status, code, message, field), status=status, headers=headers)
 
 
 # --- models ------------------------------------------------------------------------------------
