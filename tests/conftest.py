@@ -165,6 +165,17 @@ async def loop_lag(every: float = 0.01) -> AsyncIterator[list[float]]:
         task.cancel()
 
 
+async def until(check: Callable[[], Awaitable[bool]], within: float = 60.0, every: float = 0.0) -> None:
+    """Poll `check`, by default with bare yields to the loop so the moment it turns true is
+    not missed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(every)
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")

@@ -86,6 +86,8 @@ def test_an_output_that_cannot_be_written_fails_clearly_and_leaves_nothing(
         (["--min-silence-for-new-cue", "100"], "invalid --min-silence-for-new-cue: "),
         (["--audio-track", "second"], "invalid --audio-track: audio_track must be a track index"),
         (["--initial-prompt", "x" * 1001], "invalid --initial-prompt: initial_prompt must be at most"),
+        (["--webhook-url", "ftp://example.com/x"], "invalid --webhook-url: "),
+        (["--webhook-url", "http://127.0.0.1/hook"], "invalid --webhook-url: webhook_url refused"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, speech: Speech, args: list[str], words: str) -> None:

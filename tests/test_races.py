@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServiceFactory
+from tests.conftest import ServiceFactory, until
 from tests.http_helpers import upload
 from tests.media import Speech, make_speech
 from vsrt_service.core.errors import VsrtError
@@ -55,17 +55,6 @@ def write_failures() -> Iterator[list[str]]:
         yield records
     finally:
         logger.removeHandler(handler)
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float = 60.0, every: float = 0.0) -> None:
-    """Poll `check`, by default with bare yields to the loop so the moment it turns true is
-    not missed."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(every)
 
 
 async def settled(svc: Service, job_id: str, within: float = 60.0) -> Job | None:

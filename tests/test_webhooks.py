@@ -5,6 +5,7 @@ local receiver (allowed through `webhooks.allow_private`), from a service and fr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -12,6 +13,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import ClientFactory, ServiceFactory
+from tests.conftest import ClientFactory, ServiceFactory, until
 from tests.http_helpers import post_upload
-from tests.media import Speech
+from tests.media import Speech, make_speech
 from tests.procs import Server, free_port
-from tests.test_races import until
 from vsrt_service.core import netguard
 from vsrt_service.core.config import ConfigError, load_settings
 from vsrt_service.core.errors import InvalidInput
@@ -210,11 +211,14 @@ class Receiver:
         self.got: list[Received] = []
         self.arrived = asyncio.Queue[Received]()
         self._runner: web.AppRunner | None = None
+        #: How long it takes to answer (a slow receiver).
+        self.delay = 0.0
 
     async def _hook(self, request: web.Request) -> web.Response:
         got = Received(dict(request.headers), await request.read())
         self.got.append(got)
         self.arrived.put_nowait(got)
+        await asyncio.sleep(self.delay)
         return web.Response(status=204)
 
     async def _moved(self, request: web.Request) -> web.Response:
@@ -463,3 +467,31 @@ async def test_sigkill_with_a_delivery_pending_then_restart_delivers_once(
         assert len(receiver.got) == 1
     finally:
         await server.stop()
+
+
+@pytest.mark.slow
+async def test_vsrt_transcribe_sends_its_webhook_before_it_exits(receiver: Receiver, tmp_path: Path) -> None:
+    """The CLI's process is short-lived: its notice is sent, and known to be, before it exits
+    (not left in the outbox for a next start), even to a receiver slow to answer."""
+    receiver.delay = 2.0
+    await receiver.up()
+    clip = make_speech(tmp_path / "clip.wav", ["One short sentence."], video=False, lead=0.3)
+    config = tmp_path / "vsrt.toml"
+    config.write_text(f'[webhooks]\nallow_private = ["127.0.0.1"]\nsecret = "{SECRET}"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vsrt_service.cli", "transcribe", str(clip.path), "-o", str(tmp_path / "out"),
+        "--webhook-url", receiver.url, "--config", str(config), "--data-dir", str(tmp_path / "data"),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 180)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, stderr.decode()
+    assert len(receiver.got) == 1, stderr.decode()
+    notice = receiver.got[0].verified()
+    assert notice["event"] == "job.completed" and notice["source_name"] == "clip.wav"
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "vsrt.sqlite3")) as db:
+        assert db.execute("SELECT status FROM deliveries").fetchall() == [("delivered",)]

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--min-silence-for-new-cue", type=float, metavar="SECONDS", help="a pause this long starts a new cue"
     )
+    tr.add_argument(
+        "--webhook-url", metavar="URL", help="an http(s) URL to POST each job's final state to (signed)"
+    )
 
     models = sub.add_parser("models", help="list, download or delete models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -190,7 +193,14 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
         job_settings["task"] = args.task
     if args.no_align:
         job_settings["align"] = False
-    for key in ("vad_method", "initial_prompt", "hotwords", "audio_track", "min_silence_for_new_cue"):
+    for key in (
+        "vad_method",
+        "initial_prompt",
+        "hotwords",
+        "audio_track",
+        "min_silence_for_new_cue",
+        "webhook_url",
+    ):
         if getattr(args, key) is not None:
             job_settings[key] = getattr(args, key)
     try:  # a bad flag stops the run before any work; a file without the audio track fails alone
@@ -248,6 +258,8 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
             )
 
         await asyncio.gather(*(follow(i, job_id) for i, job_id in jobs))
+        if not await svc.send_notices([job_id for _, job_id in jobs]):
+            print("vsrt: some webhooks are not sent yet; the next start sends them", file=sys.stderr)
     for line in failures:
         print(f"vsrt: failed: {line}", file=sys.stderr)
     return EXIT_FAILED if failures else EXIT_OK

@@ -16,7 +16,7 @@ import logging
 import uuid
 import wave
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -402,6 +402,11 @@ class Service:
         if start:
             self.scheduler.wake()
         return job
+
+    async def send_notices(self, job_ids: Collection[str]) -> bool:
+        """Give these jobs' webhooks their first attempt before a short-lived caller exits
+        (a notice not sent by then stays in the outbox for the next start)."""
+        return await self.webhooks.tried(job_ids, self.settings.webhooks.timeout_seconds + 5.0)
 
     async def finished(self, job_id: str) -> Job:
         """Wait for the job to end and return it completed; any other end is raised, so a

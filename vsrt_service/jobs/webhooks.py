@@ -20,7 +20,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from importlib import metadata
 from typing import Any
 
@@ -195,6 +195,20 @@ class Sender:
             self._task.cancel()
             await asyncio.wait({self._task})
             self._task = None
+
+    async def tried(self, job_ids: Collection[str], within: float) -> bool:
+        """Wait up to `within` s until every delivery of these jobs has had its first attempt,
+        so a short-lived process (`vsrt transcribe`) sends its notices before it exits rather
+        than at its next start. True if they all have."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            rows = [d for job_id in job_ids for d in await self.store.deliveries(job_id)]
+            if all(d.status != DeliveryStatus.PENDING or d.last_error is not None for d in rows):
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
 
     async def _loop(self) -> None:
         while True:
