@@ -77,6 +77,9 @@ class JobOptions:
     #: `{"index", "language", "title"}`, which is accepted back as that index.
     audio_track: int | str | dict[str, Any] | None
     min_silence_for_new_cue: float
+    #: Transcripts (TXT) as speaker turns, each starting "[SPEAKER_00] "; the subtitle
+    #: formats keep their own conventions (dialogue dashes, VTT voices, JSON fields).
+    speaker_labels: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +107,7 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "hotwords": None,
         "audio_track": None,
         "min_silence_for_new_cue": c.min_silence_for_new_cue,
+        "speaker_labels": False,
     }
 
 
@@ -200,6 +204,9 @@ def parse_options(
     align = merged["align"]
     if not isinstance(align, bool):
         raise OptionError("align", "align must be true or false")
+    speaker_labels = merged.get("speaker_labels", False)  # absent from older jobs
+    if not isinstance(speaker_labels, bool):
+        raise OptionError("speaker_labels", "speaker_labels must be true or false")
     return JobOptions(
         model=model,
         language=language,
@@ -219,6 +226,7 @@ def parse_options(
         min_silence_for_new_cue=_number(
             "min_silence_for_new_cue", merged["min_silence_for_new_cue"], 0.1, 30
         ),
+        speaker_labels=speaker_labels,
     )
 
 
