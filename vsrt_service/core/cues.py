@@ -516,15 +516,16 @@ class _Segmenter:
             out.extend(self._dialogues(i))
         return out
 
-    def _line_len(self, a: int, b: int) -> int | None:
-        """Characters of units [a, b) on one line, or None when a long pause splits them."""
+    def _line_len(self, a: int, b: int, most: int) -> int | None:
+        """Characters of units [a, b) on one line, or None when they pass `most` or a long
+        pause splits them (stopping there, so a long turn costs no more than a line)."""
         units = self.units
         length = len(units[a].text)
         for k in range(a + 1, b):
-            if self.gap_after[k - 1] > self.lim.pause_ms:
+            if length > most or self.gap_after[k - 1] > self.lim.pause_ms:
                 return None
             length += (1 if units[k].space_before else 0) + len(units[k].text)
-        return length
+        return length if length <= most else None
 
     def _dialogues(self, i: int) -> list[tuple[int, int, int | None]]:
         """Two-line dialogue cues from unit i: the rest of this speaker's turn on the first
@@ -534,11 +535,11 @@ class _Segmenter:
         units, lim = self.units, self.lim
         n = len(units)
         split = self.turn_end[i]
-        first = self._line_len(i, split)
         dash = len(lim.dash)
-        if split >= n or first is None or dash + first > lim.line_chars:
+        if split >= n or self.gap_after[split - 1] > lim.pause_ms:
             return []
-        if self.gap_after[split - 1] > lim.pause_ms:
+        first = self._line_len(i, split, lim.line_chars - dash)
+        if first is None:
             return []
         out: list[tuple[int, int, int | None]] = []
         speech_end = max(u.end for u in units[i:split])
