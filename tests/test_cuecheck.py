@@ -59,6 +59,19 @@ def node_check(rules: CueSettings, cue_sets: list[list[Cue]], times: list[float]
     return json.loads(out.stdout)
 
 
+DASHES = ["- ", "- ", "-", "\u2013 ", " - "]
+
+
+def random_speakers(rng: random.Random) -> tuple[str | None, tuple[str, ...]]:
+    """No speaker, one, or a dialogue cue's (sometimes one person twice, or three lines)."""
+    kind = rng.random()
+    if kind < 0.4:
+        return None, ()
+    if kind < 0.7:
+        return rng.choice(["SPEAKER_00", "Ann"]), ()
+    return None, tuple(rng.choice(["A", "B"]) for _ in range(rng.choice([2, 2, 3])))
+
+
 def random_cues(rng: random.Random) -> list[Cue]:
     cues = []
     t = rng.uniform(0, 5)
@@ -67,7 +80,13 @@ def random_cues(rng: random.Random) -> list[Cue]:
         t = max(0.0, t)
         length = rng.choice([0.0004, 0.05, 0.83, 0.8305, 7.0, 7.0005, rng.uniform(0.1, 9)])
         text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 60)))
-        cues.append(Cue(round(t, rng.choice([3, 4, 6])), round(t + length, rng.choice([3, 4, 6])), text))
+        speaker, speakers = random_speakers(rng)
+        if speakers and rng.random() < 0.5:  # the dialogue form, or a near miss of it
+            text = "\n".join(
+                rng.choice(DASHES) + rng.choice(PIECES[:6]) for _ in range(rng.choice([2, 2, 3]))
+            )
+        start, end = round(t, rng.choice([3, 4, 6])), round(t + length, rng.choice([3, 4, 6]))
+        cues.append(Cue(start, end, text, speaker, speakers))
         t += length
     return cues
 
@@ -77,7 +96,8 @@ def test_cuecheck_js_names_the_same_problems_as_check_cues() -> None:
     sets = [random_cues(rng) for _ in range(400)]
     tight = CueSettings(max_line_chars=12, max_lines=1, max_chars_per_second=9.5, min_gap_seconds=0.2)
     times = [rng.uniform(0, 8000) for _ in range(300)] + [0.0005, 1.2345, 3661.2346, 2.0005, 1e-7, 0.0015]
-    for rules in (RULES, tight):
+    en_dash = CueSettings(dialogue_dash="\u2013 ")
+    for rules in (RULES, tight, en_dash):
         got = node_check(rules, sets, times)
         want = [[list(c) for c in codes(cues, rules)] for cues in sets]
         mismatched = [i for i, (a, b) in enumerate(zip(got["cases"], want, strict=True)) if a != b]
@@ -92,5 +112,6 @@ def test_cuecheck_js_names_the_same_problems_as_check_cues() -> None:
             "too_long",
             "overlap",
             "gap_too_small",
+            "mixed_speakers",
         }
         assert got["ms"] == [round_ms(t) for t in times]

@@ -224,7 +224,7 @@ def test_parse_vtt_skips_header_notes_styles_and_settings() -> None:
         "intro\n00:01.000 --> 00:02.500 align:start position:10%\n<v Roger>Hi &amp; <i>bye</i>\n\n"
         "00:00:03.000 --> 00:00:04.000\nsecond\nline\n"
     )
-    assert parse_vtt(text) == [Cue(1.0, 2.5, "Hi & bye"), Cue(3.0, 4.0, "second\nline")]
+    assert parse_vtt(text) == [Cue(1.0, 2.5, "Hi & bye", speaker="Roger"), Cue(3.0, 4.0, "second\nline")]
 
 
 def test_parse_vtt_without_blank_line_after_header() -> None:

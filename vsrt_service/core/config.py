@@ -109,6 +109,10 @@ class CueSettings:
     linger_seconds: float = 0.3
     #: A silence at least this long between two words always starts a new cue.
     min_silence_for_new_cue: float = 1.5
+    #: Two short turns of two speakers may share one two-line cue (else each gets its own).
+    dialogue_cues: bool = True
+    #: What starts each line of such a dialogue cue, its space included (Netflix: "- ").
+    dialogue_dash: str = "- "
 
 
 @dataclass(frozen=True)
@@ -307,6 +311,12 @@ def _validate(s: Settings) -> None:
         (
             0.1 <= s.cues.min_silence_for_new_cue <= 30,
             "cues.min_silence_for_new_cue must be 0.1..30 seconds",
+        ),
+        (
+            1 <= len(s.cues.dialogue_dash) <= 3
+            and not s.cues.dialogue_dash[0].isspace()
+            and all(c.isprintable() for c in s.cues.dialogue_dash),
+            "cues.dialogue_dash must be 1 to 3 printable characters, not starting with a space",
         ),
         (
             s.transcription.vad_method in tuple(VadMethod),

@@ -29,6 +29,7 @@ class CueProblem(StrEnum):
     TOO_LONG = "too_long"
     OVERLAP = "overlap"
     GAP_TOO_SMALL = "gap_too_small"
+    MIXED_SPEAKERS = "mixed_speakers"
 
 
 class CueWarning(TypedDict):
@@ -48,6 +49,8 @@ def cue_rules(settings: Settings, options: JobOptions) -> CueSettings:
         max_chars_per_second=options.max_chars_per_second,
         linger_seconds=settings.cues.linger_seconds,
         min_silence_for_new_cue=options.min_silence_for_new_cue,
+        dialogue_cues=settings.cues.dialogue_cues,
+        dialogue_dash=settings.cues.dialogue_dash,
     )
 
 
@@ -59,6 +62,15 @@ def rules_json(rules: CueSettings) -> dict[str, Any]:
 def reading_chars(text: str) -> int:
     """Characters a viewer reads: line breaks and the spaces around them do not count."""
     return sum(len(line.strip()) for line in text.split("\n"))
+
+
+def mixed_speakers(cue: Cue, lines: Sequence[str], dash: str) -> int:
+    """How many people a cue holds when that is more than one and the cue is not the
+    dialogue form (two lines, one speaker each, each starting with the dash); else 0."""
+    who = cue.speakers or ((cue.speaker,) if cue.speaker is not None else ())
+    count = len(set(who))
+    dialogue = len(lines) == 2 == len(cue.speakers) and all(line.startswith(dash) for line in lines)
+    return count if count > 1 and not dialogue else 0
 
 
 def check_cues(cues: Sequence[Cue], rules: CueSettings) -> list[CueWarning]:
@@ -102,6 +114,14 @@ def check_cues(cues: Sequence[Cue], rules: CueSettings) -> list[CueWarning]:
         if end - start > round_ms(rules.max_cue_seconds):
             warn(
                 index, CueProblem.TOO_LONG, f"{seconds:.3f} s on screen, at most {rules.max_cue_seconds:g} s"
+            )
+        mixed = mixed_speakers(cue, lines, rules.dialogue_dash)
+        if mixed:
+            warn(
+                index,
+                CueProblem.MIXED_SPEAKERS,
+                f"{mixed} speakers in one cue: only a two-line dialogue cue,"
+                f" each line starting with '{rules.dialogue_dash}'",
             )
         if previous_end is not None:
             if start < previous_end:

@@ -25,7 +25,7 @@ import bisect
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from vsrt_service.core.config import CueSettings
@@ -84,11 +84,17 @@ _CJK_SPLIT = re.compile(
 
 @dataclass(frozen=True)
 class Cue:
-    """One subtitle: times in seconds (whole milliseconds), lines joined with "\\n"."""
+    """One subtitle: times in seconds (whole milliseconds), lines joined with "\\n".
+
+    `speaker` is who says a one-speaker cue. A two-line dialogue cue has `speakers`, one per
+    line in order, and no `speaker`: one label cannot say who says which line, and VTT needs
+    a voice per line. Both empty: nobody is known (no diarization)."""
 
     start: float
     end: float
     text: str
+    speaker: str | None = None
+    speakers: tuple[str, ...] = ()
 
 
 def round_ms(seconds: float) -> int:
@@ -135,6 +141,7 @@ class _Raw:
     text: str
     start: float | None
     end: float | None
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,7 @@ class _Piece:
     end: int
     space_before: bool | None  # None: first of its segment, decided against the previous one
     segment_end: bool
+    speaker: str | None = None
 
 
 def _number(value: object) -> float | None:
@@ -155,18 +163,30 @@ def _number(value: object) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _speaker(value: object) -> str | None:
+    """A speaker label as whisperx's assign_word_speakers sets it, else None (unknown)."""
+    return value.strip() or None if isinstance(value, str) else None
+
+
 def _raw_words(segment: AlignedSegment) -> list[_Raw]:
-    """The segment's words, or its text cut at spaces when whisperx gave no words."""
+    """The segment's words, or its text cut at spaces when whisperx gave no words. A word
+    without a speaker takes its segment's, when the segment has one."""
     words = segment.get("words") or []
+    default = _speaker(segment.get("speaker"))
     raws = [
-        _Raw(_clean(str(w.get("word", ""))), _number(w.get("start")), _number(w.get("end")))
+        _Raw(
+            _clean(str(w.get("word", ""))),
+            _number(w.get("start")),
+            _number(w.get("end")),
+            _speaker(w.get("speaker")) or default,
+        )
         for w in words
         if isinstance(w, dict)
     ]
     raws = [r for r in raws if r.text]
     if raws:
         return raws
-    return [_Raw(t, None, None) for t in str(segment.get("text") or "").split()]
+    return [_Raw(t, None, None, default) for t in str(segment.get("text") or "").split()]
 
 
 def _spread(start: float, end: float, weights: Sequence[int]) -> list[tuple[float, float]]:
@@ -271,9 +291,11 @@ def _segment_pieces(segment: AlignedSegment) -> list[_Piece]:
     pieces: list[_Piece] = []
     for raw, (start, end), space in zip(raws, times, spaces, strict=True):
         for n, (part, a, b) in enumerate(_split_word(raw.text, start, end)):
-            pieces.append(_Piece(part, round_ms(a), round_ms(b), space if n == 0 else False, False))
+            pieces.append(
+                _Piece(part, round_ms(a), round_ms(b), space if n == 0 else False, False, raw.speaker)
+            )
     last = pieces[-1]
-    pieces[-1] = _Piece(last.text, last.start, last.end, last.space_before, True)
+    pieces[-1] = _Piece(last.text, last.start, last.end, last.space_before, True, last.speaker)
     return pieces
 
 
@@ -288,7 +310,9 @@ def _pieces(segments: Sequence[AlignedSegment]) -> list[_Piece]:
                 prev = out[-1].text[-1:] if out else ""
                 space = not (has_cjk(prev) and has_cjk(piece.text[:1]))
             start = max(piece.start, prev_start, 0)
-            out.append(_Piece(piece.text, start, max(piece.end, start), space, piece.segment_end))
+            out.append(
+                _Piece(piece.text, start, max(piece.end, start), space, piece.segment_end, piece.speaker)
+            )
             prev_start = start
     return out
 
@@ -308,6 +332,7 @@ class _Unit:
     clause_end: bool
     segment_end: bool
     weak_ending: bool
+    speaker: str | None = None
 
 
 def _glued_to_previous(piece: _Piece, previous: _Piece) -> bool:
@@ -352,9 +377,27 @@ def _units(pieces: Sequence[_Piece]) -> list[_Unit]:
                 clause_end=is_clause_end(text),
                 segment_end=group[-1].segment_end,
                 weak_ending=_is_weak_ending(text),
+                speaker=next((p.speaker for p in group if p.speaker is not None), None),
             )
         )
-    return units
+    return _known_speakers(units)
+
+
+def _known_speakers(units: list[_Unit]) -> list[_Unit]:
+    """A unit without a speaker (a word outside every diarized turn) takes the one before it,
+    or the first known after it at the start: it stays in its neighbours' cue rather than
+    forcing a speaker change. Without any speaker the units are left as they are."""
+    known = [u.speaker for u in units if u.speaker is not None]
+    if not known:
+        return units
+    current: str | None = known[0]
+    out: list[_Unit] = []
+    for unit in units:
+        if unit.speaker is None:
+            unit = replace(unit, speaker=current)
+        current = unit.speaker
+        out.append(unit)
+    return out
 
 
 def _join(units: Sequence[_Unit]) -> str:
@@ -379,6 +422,8 @@ class _Limits:
     cps: float
     pause_ms: int
     linger_ms: int
+    dialogue: bool  # two-line dialogue cues allowed (and room for their two lines)
+    dash: str
 
     @classmethod
     def of(cls, rules: CueSettings) -> _Limits:
@@ -392,11 +437,19 @@ class _Limits:
             cps=max(0.001, rules.max_chars_per_second),
             pause_ms=round_ms(rules.min_silence_for_new_cue),
             linger_ms=max(0, round_ms(rules.linger_seconds)),
+            dialogue=rules.dialogue_cues and rules.max_lines >= 2,
+            dash=rules.dialogue_dash,
         )
 
 
+#: A cue over units [i, j); for a two-line dialogue cue, where the second speaker's line
+#: starts (`split`), else None.
+_Span = tuple[int, int, int | None]
+
+
 class _Segmenter:
-    """Chooses cue boundaries by dynamic programming over the units (cheapest total cost)."""
+    """Chooses cue boundaries by dynamic programming over the units (cheapest total cost).
+    A speaker change is a hard boundary, crossed only by a two-line dialogue cue."""
 
     def __init__(self, units: Sequence[_Unit], limits: _Limits) -> None:
         self.units = units
@@ -410,34 +463,42 @@ class _Segmenter:
             self.sentences[k + 1] = self.sentences[k] + unit.sentence_end
             excess = max(0.0, self.gap_after[k] / 1000 - _INNER_PAUSE_FREE_S)
             self.pauses[k + 1] = self.pauses[k] + excess
+        # turn_end[k]: the first unit after k said by someone else (n: nobody else). All n
+        # without speakers, so the speaker-less path is exactly what it was.
+        self.turn_end = [n] * n
+        for k in range(n - 2, -1, -1):
+            same = units[k + 1].speaker == units[k].speaker
+            self.turn_end[k] = self.turn_end[k + 1] if same else k + 1
 
-    def choose(self) -> list[tuple[int, int]]:
+    def choose(self) -> list[_Span]:
         """Cue spans [i, j) over the units, covering all of them in order."""
         n = len(self.units)
         best = [math.inf] * (n + 1)
-        back = [0] * (n + 1)
+        back: list[tuple[int, int | None]] = [(0, None)] * (n + 1)
         best[0] = 0.0
         for i in range(n):
-            for j, chars in self._candidates(i):
-                cost = best[i] + self._cost(i, j, chars)
+            for j, chars, split in self._candidates(i):
+                cost = best[i] + self._cost(i, j, chars, split)
                 if cost < best[j]:
                     best[j] = cost
-                    back[j] = i
-        spans: list[tuple[int, int]] = []
+                    back[j] = (i, split)
+        spans: list[_Span] = []
         j = n
         while j > 0:
-            spans.append((back[j], j))
-            j = back[j]
+            i, split = back[j]
+            spans.append((i, j, split))
+            j = i
         return spans[::-1]
 
-    def _candidates(self, i: int) -> list[tuple[int, int]]:
+    def _candidates(self, i: int) -> list[tuple[int, int, int | None]]:
         """Every end j for a cue starting at unit i that respects the hard limits, with the
-        cue's length in characters. A single unit is always allowed, however long."""
+        cue's length in characters and where a dialogue cue's second line starts (else
+        None). A single unit is always allowed, however long."""
         units, lim = self.units, self.lim
-        out = [(i + 1, len(units[i].text))]
+        out: list[tuple[int, int, int | None]] = [(i + 1, len(units[i].text), None)]
         lines, line_len, chars = 1, len(units[i].text), len(units[i].text)
         speech_end = units[i].end
-        for j in range(i + 2, len(units) + 1):
+        for j in range(i + 2, self.turn_end[i] + 1):
             unit = units[j - 1]
             if self.gap_after[j - 2] > lim.pause_ms:
                 break
@@ -450,10 +511,54 @@ class _Segmenter:
             speech_end = max(speech_end, unit.end)
             if lines > lim.lines or speech_end - units[i].start > lim.max_ms:
                 break
-            out.append((j, chars))
+            out.append((j, chars, None))
+        if lim.dialogue and units[i].speaker is not None:
+            out.extend(self._dialogues(i))
         return out
 
-    def _cost(self, i: int, j: int, chars: int) -> float:
+    def _line_len(self, a: int, b: int, most: int) -> int | None:
+        """Characters of units [a, b) on one line, or None when they pass `most` or a long
+        pause splits them (stopping there, so a long turn costs no more than a line)."""
+        units = self.units
+        length = len(units[a].text)
+        for k in range(a + 1, b):
+            if length > most or self.gap_after[k - 1] > self.lim.pause_ms:
+                return None
+            length += (1 if units[k].space_before else 0) + len(units[k].text)
+        return length if length <= most else None
+
+    def _dialogues(self, i: int) -> list[tuple[int, int, int | None]]:
+        """Two-line dialogue cues from unit i: the rest of this speaker's turn on the first
+        line, the start of the next speaker's on the second, each line (dash included)
+        within the line length, the speech within the duration and no long pause inside,
+        and the reading speed kept in the time there is before the next cue."""
+        units, lim = self.units, self.lim
+        n = len(units)
+        split = self.turn_end[i]
+        dash = len(lim.dash)
+        if split >= n or self.gap_after[split - 1] > lim.pause_ms:
+            return []
+        first = self._line_len(i, split, lim.line_chars - dash)
+        if first is None:
+            return []
+        out: list[tuple[int, int, int | None]] = []
+        speech_end = max(u.end for u in units[i:split])
+        second = -1  # the space before the second line's first unit is dropped
+        for j in range(split + 1, self.turn_end[split] + 1):
+            unit = units[j - 1]
+            if j > split + 1 and self.gap_after[j - 2] > lim.pause_ms:
+                break
+            second += (1 if unit.space_before or j == split + 1 else 0) + len(unit.text)
+            speech_end = max(speech_end, unit.end)
+            if dash + second > lim.line_chars or speech_end - units[i].start > lim.max_ms:
+                break
+            chars = dash + first + 1 + dash + second
+            room = lim.max_ms if j == n else min(lim.max_ms, units[j].start - lim.gap_ms - units[i].start)
+            if room >= 1 and chars * 1000 <= lim.cps * room:
+                out.append((j, chars, split))
+        return out
+
+    def _cost(self, i: int, j: int, chars: int, split: int | None = None) -> float:
         """How bad a cue over units [i, j) is: the sum of the soft rules it bends."""
         units, lim = self.units, self.lim
         start = units[i].start
@@ -462,10 +567,14 @@ class _Segmenter:
         room = lim.max_ms
         if j < len(units):
             room = min(room, units[j].start - lim.gap_ms - start)
-            cost += self._end_cost(last, self.gap_after[j - 1])
+            if units[j].speaker == last.speaker:  # a speaker change ends a cue anyway
+                cost += self._end_cost(last, self.gap_after[j - 1])
             if room < 1:
                 cost += _COST_NO_ROOM  # the next cue would start before this one can end
-        cost += _COST_INNER_SENTENCE_END * (self.sentences[j - 1] - self.sentences[i])
+        inner = self.sentences[j - 1] - self.sentences[i]
+        if split is not None and units[split - 1].sentence_end:
+            inner -= 1  # the first speaker's sentence ends their line, not inside it
+        cost += _COST_INNER_SENTENCE_END * inner
         cost += _COST_INNER_PAUSE_PER_S * (self.pauses[j - 1] - self.pauses[i])
         room_s = max(room, 1) / 1000
         if chars / room_s > lim.cps:
@@ -612,14 +721,22 @@ def build_cues(
         return []
     lim = _Limits.of(rules)
     chosen = _Segmenter(units, lim).choose()
-    texts: list[str] = []
+    texts: list[tuple[str, str | None, tuple[str, ...]]] = []
     spans: list[tuple[int, int, int]] = []
-    for i, j in chosen:
+    for i, j, split in chosen:
         part = units[i:j]
-        texts.append("\n".join(_break_lines(part, lim.line_chars)))
-        spans.append((part[0].start, max(u.end for u in part), len(_join(part))))
+        if split is None:
+            text = "\n".join(_break_lines(part, lim.line_chars))
+            texts.append((text, part[0].speaker, ()))
+            chars = len(_join(part))
+        else:
+            lines = [lim.dash + _join(units[i:split]), lim.dash + _join(units[split:j])]
+            who = (units[i].speaker or "", units[split].speaker or "")
+            texts.append(("\n".join(lines), None, who))
+            chars = len(lines[0]) + 1 + len(lines[1])
+        spans.append((part[0].start, max(u.end for u in part), chars))
     regions = [(round_ms(a), round_ms(b)) for a, b in normalize(speech)]
     return [
-        Cue(start / 1000, end / 1000, text)
-        for (start, end), text in zip(_timings(spans, lim, regions), texts, strict=True)
+        Cue(start / 1000, end / 1000, text, speaker, speakers)
+        for (start, end), (text, speaker, speakers) in zip(_timings(spans, lim, regions), texts, strict=True)
     ]

@@ -13,7 +13,9 @@ import html
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from vsrt_service.core.cues import Cue, round_ms
@@ -45,6 +47,14 @@ MEDIA_TYPES = {
 _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{1,2})[,.](\d{1,3})"
 _TIMING_LINE = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}(?:\s.*)?$")
 _VTT_TAG = re.compile(r"<[^>]*>")
+#: A WebVTT voice span's start tag, `<v Name>` or `<v.class Name>`: group 1 is the name.
+_VTT_VOICE = re.compile(r"<v(?:\.[^\s>]*)?[ \t]+([^>]*)>")
+_VTT_VOICE_END = re.compile(r"</v\s*>")
+#: A dialogue line's dash, whichever convention: a hyphen or dash, then spaces.
+_DIALOGUE_DASH = re.compile(r"^[-\u2010-\u2015]\s*")
+
+#: Longest speaker label accepted from a client (a renamed speaker: "Dr. Ann Lee").
+MAX_SPEAKER_CHARS = 64
 
 
 # --- writing -----------------------------------------------------------------------------
@@ -79,12 +89,29 @@ def _vtt_escape(line: str) -> str:
     return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _voiced(lines: list[str], cue: Cue) -> list[str]:
+    """The cue's (escaped) lines in voice spans: one span over all the lines of a
+    one-speaker cue, one per line of a dialogue cue; none when nobody is known."""
+    if not lines:
+        return lines
+    if cue.speakers:  # lines past the last speaker (an edited cue) stay with that speaker
+        names = [cue.speakers[min(k, len(cue.speakers) - 1)] for k in range(len(lines))]
+        return [f"<v {_vtt_escape(who)}>{line}</v>" for who, line in zip(names, lines, strict=True)]
+    if cue.speaker is None:
+        return lines
+    out = list(lines)
+    out[0] = f"<v {_vtt_escape(cue.speaker)}>{out[0]}"
+    out[-1] += "</v>"
+    return out
+
+
 def to_vtt(cues: Sequence[Cue]) -> str:
-    """WebVTT: a "WEBVTT" header, then "HH:MM:SS.mmm --> HH:MM:SS.mmm" cues."""
+    """WebVTT: a "WEBVTT" header, then "HH:MM:SS.mmm --> HH:MM:SS.mmm" cues; speakers as
+    voice spans (`<v SPEAKER_00>`)."""
     blocks = ["WEBVTT\n"]
     for cue in cues:
         timing = f"{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}"
-        lines = [_vtt_escape(line) for line in _text_lines(cue.text)]
+        lines = _voiced([_vtt_escape(line) for line in _text_lines(cue.text)], cue)
         blocks.append("\n".join([timing, *lines]) + "\n")
     return "\n".join(blocks)
 
@@ -100,42 +127,81 @@ def _join_lines(lines: Sequence[str]) -> str:
     return out
 
 
-def to_txt(cues: Sequence[Cue]) -> str:
-    """Plain text, one cue per line, for reading or pasting elsewhere."""
-    lines = [_join_lines(_text_lines(cue.text)) for cue in cues]
-    return "".join(line + "\n" for line in lines)
+def _turn_lines(cue: Cue) -> list[tuple[str | None, str]]:
+    """(speaker, text) of each turn in a cue: one per line of a dialogue cue, its dash
+    dropped; else the whole cue on one line."""
+    lines = _text_lines(cue.text)
+    if not cue.speakers:
+        return [(cue.speaker, _join_lines(lines))] if lines else []
+    last = len(cue.speakers) - 1
+    return [(cue.speakers[min(k, last)], _DIALOGUE_DASH.sub("", line)) for k, line in enumerate(lines)]
+
+
+def to_txt(cues: Sequence[Cue], speaker_labels: bool = False) -> str:
+    """Plain text, one cue per line (a dialogue cue: one line per speaker, dashes kept), for
+    reading or pasting elsewhere. `speaker_labels`: a transcript instead, one line per
+    speaker turn, each starting "[SPEAKER_00] " (no dashes); lines of no known speaker
+    stay one per cue."""
+    if not speaker_labels:
+        out = [
+            line
+            for cue in cues
+            for line in (_text_lines(cue.text) if cue.speakers else [_join_lines(_text_lines(cue.text))])
+        ]
+        return "".join(line + "\n" for line in out)
+    turns: list[tuple[str | None, list[str]]] = []
+    for cue in cues:
+        for speaker, text in _turn_lines(cue):
+            if turns and speaker is not None and turns[-1][0] == speaker:
+                turns[-1][1].append(text)
+            else:
+                turns.append((speaker, [text]))
+    return "".join(
+        ("" if speaker is None else f"[{speaker}] ") + _join_lines(parts) + "\n" for speaker, parts in turns
+    )
 
 
 def _cue_dict(index: int, cue: Cue) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "index": index,
         "start": round_ms(cue.start) / 1000,
         "end": round_ms(cue.end) / 1000,
         "text": cue.text,
     }
+    if cue.speaker is not None:
+        out["speaker"] = cue.speaker
+    if cue.speakers:
+        out["speakers"] = list(cue.speakers)
+    return out
 
 
 def to_json(cues: Sequence[Cue], meta: Mapping[str, Any]) -> str:
-    """`{**meta, "cues": [{index, start, end, text}]}`, indented, UTF-8 text kept as is."""
+    """`{**meta, "cues": [{index, start, end, text, speaker?, speakers?}]}`, indented, UTF-8
+    text kept as is. `speaker` only where known; `speakers` (one per line) only on a
+    dialogue cue. Words in the meta's segments carry their own `speaker`."""
     payload = {**meta, "cues": [_cue_dict(i, cue) for i, cue in enumerate(cues, start=1)]}
     return json.dumps(payload, ensure_ascii=False, indent=2) + "\n"
 
 
-_WRITERS: dict[str, Callable[[Sequence[Cue], Mapping[str, Any]], str]] = {
-    "srt": lambda cues, _meta: to_srt(cues),
-    "vtt": lambda cues, _meta: to_vtt(cues),
-    "json": to_json,
-    "txt": lambda cues, _meta: to_txt(cues),
+_WRITERS: dict[str, Callable[[Sequence[Cue], Mapping[str, Any], bool], str]] = {
+    "srt": lambda cues, _meta, _labels: to_srt(cues),
+    "vtt": lambda cues, _meta, _labels: to_vtt(cues),
+    "json": lambda cues, meta, _labels: to_json(cues, meta),
+    "txt": lambda cues, _meta, labels: to_txt(cues, labels),
 }
 
 
-def render(fmt: str, cues: Sequence[Cue], meta: Mapping[str, Any] | None = None) -> str:
-    """The cues in the named format (one of FORMATS, any case, a leading dot allowed)."""
+def render(
+    fmt: str, cues: Sequence[Cue], meta: Mapping[str, Any] | None = None, *, speaker_labels: bool = False
+) -> str:
+    """The cues in the named format (one of FORMATS, any case, a leading dot allowed).
+    `speaker_labels` (the job option) makes TXT a transcript with "[SPEAKER_00] " turns; the
+    subtitle formats keep the conventions (dialogue dashes, VTT voices, JSON fields)."""
     key = fmt.strip().lower().lstrip(".") if isinstance(fmt, str) else ""
     writer = _WRITERS.get(key)
     if writer is None:
         raise ValueError(f"unknown subtitle format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    return writer(cues, meta or {})
+    return writer(cues, meta or {}, speaker_labels)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -185,7 +251,7 @@ def _append_text(cues: list[Cue], lines: Sequence[str]) -> None:
     """Text after a blank line inside a cue belongs to that cue (a common editing slip)."""
     last = cues[-1]
     text = "\n".join([last.text, *lines]) if last.text else "\n".join(lines)
-    cues[-1] = Cue(last.start, last.end, text)
+    cues[-1] = replace(last, text=text)
 
 
 def parse_srt(text: str) -> list[Cue]:
@@ -213,9 +279,32 @@ def _vtt_text(line: str) -> str:
     return html.unescape(_VTT_TAG.sub("", line))
 
 
+def _vtt_voices(lines: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
+    """A cue's speaker (all its voiced lines say one name) or its speakers, one per line
+    (several names), from voice spans; a span left open lasts to the cue's end."""
+    names: list[str | None] = []
+    current: str | None = None
+    for line in lines:
+        opens = list(_VTT_VOICE.finditer(line))
+        names.append(html.unescape(opens[0].group(1)).strip() or None if opens else current)
+        closes = list(_VTT_VOICE_END.finditer(line))
+        if opens and not (closes and closes[-1].start() > opens[-1].start()):
+            current = html.unescape(opens[-1].group(1)).strip() or None
+        elif closes:
+            current = None
+    known = [n for n in names if n is not None]
+    if len(set(known)) <= 1:
+        return (known[0] if known else None), ()
+    filled: list[str] = []
+    for name in names:  # a line without a voice goes with the line before (or after)
+        filled.append(name if name is not None else filled[-1] if filled else known[0])
+    return None, tuple(filled)
+
+
 def parse_vtt(text: str) -> list[Cue]:
     """Cues of a WebVTT file (header, NOTE, STYLE and REGION blocks skipped, cue settings
-    ignored); a malformed timing line raises ValueError with its line number."""
+    ignored), speakers read from voice spans (`<v Name>`); a malformed timing line raises
+    ValueError with its line number."""
     cues: list[Cue] = []
     blocks = _blocks(_lines(text))
     if blocks and blocks[0][1][0].startswith("WEBVTT"):
@@ -240,7 +329,8 @@ def parse_vtt(text: str) -> list[Cue]:
             raise ValueError(f"line {first + 1}: expected a cue identifier or a timing line")
         start, end = _timing(block[timing_at], first + timing_at + 1)
         body = [_vtt_text(line) for line in block[timing_at + 1 :]]
-        cues.append(Cue(start, end, "\n".join(body)))
+        speaker, speakers = _vtt_voices(block[timing_at + 1 :])
+        cues.append(Cue(start, end, "\n".join(body), speaker, speakers))
     return cues
 
 
@@ -278,9 +368,41 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _speaker_name(value: Any, where: str) -> str:
+    """A speaker label from a client: a short, printable, non-blank string (stripped)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {type(value).__name__}")
+    name = value.strip()
+    if not name:
+        raise ValueError(f"{where}: must not be blank")
+    if len(name) > MAX_SPEAKER_CHARS:
+        raise ValueError(f"{where}: at most {MAX_SPEAKER_CHARS} characters, got {len(name)}")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise ValueError(f"{where}: must not hold control characters")
+    return name
+
+
+def _speakers(item: Mapping[str, Any], where: str) -> tuple[str | None, tuple[str, ...]]:
+    """A cue's optional `speaker`, or `speakers` (one per line of a dialogue cue)."""
+    raw = item.get("speaker")
+    speaker = None if raw is None else _speaker_name(raw, f"{where}.speaker")
+    many = item.get("speakers")
+    if many is None or many == []:
+        return speaker, ()
+    if not isinstance(many, list):
+        raise ValueError(f"{where}.speakers: expected a list of names, got {type(many).__name__}")
+    if not 2 <= len(many) <= 5:
+        raise ValueError(f"{where}.speakers: at least two and at most 5 names, one per line")
+    speakers = tuple(_speaker_name(n, f"{where}.speakers[{k}]") for k, n in enumerate(many))
+    if speaker is not None:
+        raise ValueError(f"{where}: give speaker or speakers, not both")
+    return None, speakers
+
+
 def cues_from_json(items: Any) -> list[Cue]:
-    """Validated cues from a JSON value: a list of {"start", "end", "text"} objects (or an
-    object holding one under "cues"). Errors name the cue's index and the field at fault."""
+    """Validated cues from a JSON value: a list of {"start", "end", "text", "speaker"?,
+    "speakers"?} objects (or an object holding one under "cues"). Errors name the cue's
+    index and the field at fault."""
     if isinstance(items, Mapping) and "cues" in items:
         items = items["cues"]
     if not isinstance(items, list):
@@ -299,5 +421,6 @@ def cues_from_json(items: Any) -> list[Cue]:
             raise ValueError(f"{where}.text: expected a string, got {type(text).__name__}")
         if round_ms(end) <= round_ms(start):
             raise ValueError(f"{where}.end: must be after start ({end!r} <= {start!r})")
-        cues.append(Cue(start, end, text.replace("\r\n", "\n").replace("\r", "\n")))
+        speaker, speakers = _speakers(item, where)
+        cues.append(Cue(start, end, text.replace("\r\n", "\n").replace("\r", "\n"), speaker, speakers))
     return cues

@@ -80,6 +80,9 @@ class JobOptions:
     min_silence_for_new_cue: float
     #: Where the job's final state is POSTed (None: the configured default, if any).
     webhook_url: str | None = None
+    #: Transcripts (TXT) as speaker turns, each starting "[SPEAKER_00] "; the subtitle
+    #: formats keep their own conventions (dialogue dashes, VTT voices, JSON fields).
+    speaker_labels: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +111,7 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "audio_track": None,
         "min_silence_for_new_cue": c.min_silence_for_new_cue,
         "webhook_url": None,
+        "speaker_labels": False,
     }
 
 
@@ -204,6 +208,9 @@ def parse_options(
     align = merged["align"]
     if not isinstance(align, bool):
         raise OptionError("align", "align must be true or false")
+    speaker_labels = merged.get("speaker_labels", False)  # absent from older jobs
+    if not isinstance(speaker_labels, bool):
+        raise OptionError("speaker_labels", "speaker_labels must be true or false")
     return JobOptions(
         model=model,
         language=language,
@@ -224,6 +231,7 @@ def parse_options(
             "min_silence_for_new_cue", merged["min_silence_for_new_cue"], 0.1, 30
         ),
         webhook_url=_webhook(merged.get("webhook_url"), settings),
+        speaker_labels=speaker_labels,
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Generic, Literal, Required, TypeAlias, TypedDict, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NotRequired, Required, TypeAlias, TypedDict, TypeVar
 
 from vsrt_service.core import bigjson
 from vsrt_service.core.integrity import ManifestFile
@@ -58,6 +58,8 @@ class Word(TypedDict, total=False):
     start: float
     end: float
     score: float | None
+    #: Who says it (whisperx's assign_word_speakers, "SPEAKER_00"); missing when unknown.
+    speaker: str
 
 
 class AlignedSegment(TypedDict):
@@ -65,6 +67,8 @@ class AlignedSegment(TypedDict):
     end: float
     text: str
     words: list[Word]
+    #: The segment's main speaker after diarization; its words may differ or lack one.
+    speaker: NotRequired[str]
 
 
 class ModelRef(TypedDict):

@@ -103,7 +103,19 @@ function checkOwn(cue, rules) {
   }
   if (end - start < roundMs(rules.min_cue_seconds)) warn("too_short", `${fmt(seconds, 3)} s on screen, at least ${rules.min_cue_seconds} s`);
   if (end - start > roundMs(rules.max_cue_seconds)) warn("too_long", `${fmt(seconds, 3)} s on screen, at most ${rules.max_cue_seconds} s`);
+  const mixed = mixedSpeakers(cue, lines, rules.dialogue_dash ?? "- ");
+  if (mixed) warn("mixed_speakers", `${mixed} speakers in one cue: only a two-line dialogue cue, each line starting with '${rules.dialogue_dash ?? "- "}'`);
   return { rules, start, seconds, lines: lines.length, longest, cps, problems };
+}
+
+/** How many people a cue holds when that is more than one and the cue is not the dialogue
+ * form (two lines, one speaker each, each starting with the dash); else 0. As cue_rules.py. */
+export function mixedSpeakers(cue, lines, dash) {
+  const speakers = cue.speakers ?? [];
+  const who = speakers.length ? speakers : cue.speaker != null ? [cue.speaker] : [];
+  const count = new Set(who).size;
+  const dialogue = lines.length === 2 && speakers.length === 2 && lines.every((l) => l.startsWith(dash));
+  return count > 1 && !dialogue ? count : 0;
 }
 
 /** The latest end (ms) before each cue: previousEnds(cues)[i] is what checkCue(cues[i]) takes. */
