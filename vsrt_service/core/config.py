@@ -125,6 +125,10 @@ class ModelSettings:
     max_concurrent_downloads: int = 1
     mirrors: tuple[str, ...] = ()
     preload_on_start: bool = True
+    #: The Hugging Face token for gated models (else env HF_TOKEN); never printed (repr=False).
+    hf_token: str = field(default="", repr=False)
+    #: The diarization model (a `diarize` id of the catalog) jobs use for speakers.
+    default_diarize: str = "community-1"
 
 
 @dataclass(frozen=True)
@@ -303,6 +307,11 @@ def _validate(s: Settings) -> None:
             "sse.max_connections_* must be at least 1",
         ),
         (s.models.max_concurrent_downloads >= 1, "models.max_concurrent_downloads must be >= 1"),
+        (
+            not any(c.isspace() for c in s.models.hf_token),
+            "models.hf_token (or HF_TOKEN) must be one word, as the hub gives it",
+        ),
+        (bool(s.models.default_diarize.strip()), "models.default_diarize must name a diarize model"),
     ]
     for ok, message in checks:
         if not ok:
@@ -338,5 +347,8 @@ def load_settings(
     settings = _merge(settings, _env_overrides(os.environ if env is None else env), "")
     settings = _merge(settings, {k: v for k, v in overrides.items() if v is not None}, "")
     settings = replace(settings, data_dir=settings.data_dir.expanduser().resolve())
+    hf_token = (os.environ if env is None else env).get("HF_TOKEN", "")
+    if not settings.models.hf_token and hf_token:  # the hub's own variable, when no setting says
+        settings = replace(settings, models=replace(settings.models, hf_token=hf_token))
     _validate(settings)
     return settings
