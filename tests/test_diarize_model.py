@@ -172,7 +172,7 @@ def test_without_turns_no_word_gets_a_speaker() -> None:
 
 def test_random_streams_agree_with_whisperx_where_words_have_times() -> None:
     """The same choice as whisperx.assign_word_speakers(fill_nearest=True), on random data."""
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
     from whisperx.diarize import assign_word_speakers
 
     rng = random.Random(13)
@@ -275,7 +275,7 @@ async def test_gated_download_diarize_and_delete_never_show_the_token(
     assert turns and result["speakers"] == list(dict.fromkeys(t["speaker"] for t in turns))
     assert 1 <= len(result["speakers"]) <= 3
     for t in turns:
-        assert 0 <= t["start"] < t["end"] <= dialogue.duration + 0.05, t
+        assert 0 <= t["start"] < t["end"] <= dialogue.duration + 0.001, t  # (ms rounding)
     assert [t["start"] for t in turns] == sorted(t["start"] for t in turns)
     for sentence in dialogue.sentences:  # the speech is covered (who speaks: random weights)
         covered = sum(
