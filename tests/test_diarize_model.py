@@ -125,6 +125,21 @@ async def test_a_gated_repo_without_the_token_or_its_licence_is_a_clear_error(
     assert gated_hub.authorized, "the hub saw the token"
 
 
+def test_diarize_refuses_bad_speaker_counts_and_a_directory_without_its_pipeline(tmp_path: Path) -> None:
+    """Checked before any model loads: pyannote would read a missing directory as a hub id."""
+    from gpu_runner.engine import Engine, EngineError
+
+    engine = Engine("cpu")
+    ref: p.ModelRef = {"kind": "diarize", "key": "diarize:community-1", "path": str(tmp_path)}
+    for (num, low, high), words in (((0, None, None), "num_speakers"), ((None, 3, 2), "min_speakers")):
+        with pytest.raises(EngineError, match=words) as bad:
+            engine.diarize(str(tmp_path / "a.wav"), ref, num, low, high, lambda pct: None)
+        assert bad.value.code == "bad_request"
+    with pytest.raises(EngineError, match=r"no config\.yaml") as missing:
+        engine.load(ref, None)
+    assert missing.value.code == "model" and engine.load_count == 0
+
+
 # --- speakers for aligned words (pure) -------------------------------------------------------
 
 
