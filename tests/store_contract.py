@@ -17,7 +17,7 @@ import pytest
 
 from vsrt_service.core.protocol import AlignedSegment
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
-from vsrt_service.jobs.store import FINAL, JobStatus, JobStore, StoreError
+from vsrt_service.jobs.store import FINAL, DeliveryStatus, Job, JobStatus, JobStore, Notice, StoreError
 
 #: Opens a store on the one database a test uses; each call is another client of it.
 Opener = Callable[[], AbstractAsyncContextManager[JobStore]]
@@ -348,6 +348,125 @@ class JobStoreContract:
         second = await store.create_job(source_name="a", input_path="a", options={}, request_key="k")
         found = await store.find_request("k")
         assert found is not None and found.id == second.id
+
+    # --- outbox --------------------------------------------------------------------------
+
+    async def test_a_final_state_writes_its_one_delivery(self, opener: Opener) -> None:
+        seen: list[Job] = []
+        wakes: list[int] = []
+
+        def policy(job: Job) -> Notice | None:
+            seen.append(job)
+            return None if job.options.get("quiet") else Notice(f"job.{job.status}", "https://h/x", b"{}")
+
+        async with opener() as store:
+            store.use_outbox(policy, lambda: wakes.append(1))
+            ids = await make_jobs(store, 4)
+            # Not final, or a compare-and-set that lost: no delivery.
+            await store.set_status(ids[0], JobStatus.PAUSED, "p", expect=[JobStatus.QUEUED])
+            assert await store.set_status(ids[1], JobStatus.FAILED, "f", expect=[JobStatus.PAUSED]) is None
+            assert await store.deliveries() == [] and seen == [] and wakes == []
+            claimed = await store.claim_next("me", 60)
+            assert claimed is not None and claimed.id == ids[1]
+            done = await store.set_status(
+                ids[1], JobStatus.FAILED, "boom", expect=[JobStatus.PROCESSING], error="boom", error_code="x"
+            )
+            assert done is not None and wakes == [1]
+            # The policy saw the job as written (final status, error), inside the write.
+            assert (seen[-1].status, seen[-1].error, seen[-1].updated_at) == (
+                "failed",
+                "boom",
+                done.updated_at,
+            )
+            await store.set_status(ids[0], JobStatus.CANCELED, "c", expect=[JobStatus.PAUSED])
+            [first, second] = await store.deliveries()
+            assert (first.job_id, first.event, first.url, first.body) == (
+                ids[1],
+                "job.failed",
+                "https://h/x",
+                b"{}",
+            )
+            assert (first.status, first.attempts, first.delivered_at, first.last_error) == (
+                "pending",
+                0,
+                None,
+                None,
+            )
+            assert first.next_at is not None and first.next_at <= first.created_at + 1
+            assert second.event == "job.canceled" and [d.id for d in await store.deliveries(ids[0])] == [
+                second.id
+            ]
+            # A policy that sends nothing, or one that fails: the state is written all the same.
+            await store.create_job(source_name="q", input_path="q", options={"quiet": True}, job_id="quiet")
+            assert await store.set_status("quiet", JobStatus.CANCELED, "c", expect=[JobStatus.QUEUED])
+
+            def broken(job: Job) -> Notice | None:
+                raise RuntimeError("bug")
+
+            store.use_outbox(broken)
+            assert await store.set_status(ids[2], JobStatus.CANCELED, "c", expect=[JobStatus.QUEUED])
+            store.use_outbox(None)
+            assert await store.set_status(ids[3], JobStatus.CANCELED, "c", expect=[JobStatus.QUEUED])
+            assert len(await store.deliveries()) == 2
+        # The state and its delivery commit together or not at all: a crash in between
+        # (here the write interrupted while the row is made) leaves neither.
+        async with opener() as store:
+
+            def crash(job: Job) -> Notice | None:
+                raise _Crash
+
+            store.use_outbox(crash)
+            job = await store.create_job(source_name="k", input_path="k", options={})
+            with pytest.raises(_Crash):
+                await store.set_status(job.id, JobStatus.CANCELED, "c", expect=[JobStatus.QUEUED])
+            still = await store.get_job(job.id)
+            assert still is not None and still.status == "queued"
+            assert await store.deliveries(job.id) == []
+        # Durable, and a deleted job keeps its pending delivery.
+        async with opener() as store:
+            assert await store.delete_job(ids[1])
+            assert [d.id for d in await store.deliveries(ids[1])] == [first.id]
+
+    async def test_deliveries_are_claimed_under_a_lease_and_recorded_once(self, opener: Opener) -> None:
+        async with opener() as store, opener() as other:
+            store.use_outbox(lambda job: Notice("job.canceled", "https://h/x", b'{"a": 1}'))
+            ids = await make_jobs(store, 2)
+            for job_id in ids:
+                await store.set_status(job_id, JobStatus.CANCELED, "c", expect=[JobStatus.QUEUED])
+            assert await store.next_delivery_at() is not None
+            # A sender that died mid-attempt: once its lease runs out the row is due again.
+            [died, _] = await store.claim_deliveries(10, 0)
+            [d] = await store.claim_deliveries(1, 60)
+            assert (d.id, d.job_id, d.attempts, d.body) == (died.id, ids[0], 2, b'{"a": 1}')
+            assert not await store.record_attempt(died.id, died.attempts, DeliveryStatus.DELIVERED)
+            # Another client (another process) gets only what is not under a lease.
+            [r] = await other.claim_deliveries(10, 60)
+            assert (r.job_id, r.attempts) == (ids[1], 2) and await other.claim_deliveries(10, 60) == []
+            # Tried again later: due only then.
+            later = d.created_at + 1000
+            assert await store.record_attempt(
+                d.id, d.attempts, DeliveryStatus.PENDING, error="HTTP 500", next_at=later
+            )
+            with pytest.raises(StoreError):
+                await store.record_attempt(d.id, d.attempts, DeliveryStatus.PENDING)
+            assert await other.record_attempt(r.id, r.attempts, DeliveryStatus.DELIVERED)
+            # Recorded once: a second outcome for the same attempt changes nothing.
+            assert not await other.record_attempt(r.id, r.attempts, DeliveryStatus.FAILED, error="late")
+            [one, two] = await store.deliveries()
+            assert (one.status, one.last_error, one.next_at, one.delivered_at) == (
+                "pending",
+                "HTTP 500",
+                later,
+                None,
+            )
+            assert two.status == "delivered" and two.delivered_at is not None and two.next_at is None
+            assert await store.next_delivery_at() == later and await store.claim_deliveries(10, 60) == []
+            assert await store.record_attempt(one.id, one.attempts, DeliveryStatus.FAILED, error="gave up")
+            assert (await store.deliveries())[0].status == "failed" and await store.next_delivery_at() is None
+
+
+class _Crash(BaseException):
+    """Stands for the process dying in the middle of a write."""
 
 
 def aligned(start: float, end: float, text: str) -> AlignedSegment:

@@ -38,6 +38,9 @@ PACKAGED = (
     "vsrt_service/web/static/vendor/wavesurfer/wavesurfer.esm.js",
     "vsrt_service/web/static/vendor/wavesurfer/plugins/regions.esm.js",
     "vsrt_service/web/static/vendor/wavesurfer/SHA256SUMS",
+    "vsrt_service/web/static/docs.html",
+    "vsrt_service/web/static/vendor/swagger-ui/swagger-ui-bundle.js",
+    "vsrt_service/web/openapi/api.yaml",
 )
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import socket
 import sqlite3
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,60 +13,10 @@ import aiohttp
 import pytest
 
 from tests.media import Speech
-from tests.procs import runner_pids
+from tests.procs import Server, free_port, runner_pids
 from tests.sse_client import SseReader
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """One `vsrt serve` subprocess; `start()` polls /api/health until it answers."""
-
-    def __init__(self, data_dir: Path, port: int, env: dict[str, str]) -> None:
-        self.data_dir, self.port, self.env = data_dir, port, env
-        self.proc: asyncio.subprocess.Process | None = None
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vsrt_service.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{self.url}/api/health") as resp:
-                        if resp.status == 200:
-                            return
-                assert self.proc.returncode is None, "server exited during start-up"
-                await asyncio.sleep(0.1)
-        raise AssertionError("server never answered /api/health")
-
-    async def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 20)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 @pytest.fixture

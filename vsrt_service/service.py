@@ -59,6 +59,7 @@ from vsrt_service.jobs.pipeline import JobContext, live_lines, remove_job_files
 from vsrt_service.jobs.scheduler import Scheduler, Stop
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
 from vsrt_service.jobs.store import FINAL, Job, JobStatus, JobStore
+from vsrt_service.jobs.webhooks import Sender, open_sender
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.models.state_store import ModelStateStore
 from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, new_id
@@ -269,6 +270,7 @@ class Service:
         self.pool: RunnerPool
         self.ctx: JobContext
         self.scheduler: Scheduler
+        self.webhooks: Sender
         #: Media work in progress per (what, job id): concurrent requests share one run.
         self._flights: dict[tuple[str, str], asyncio.Task[Any]] = {}
         #: How many times media work really ran, by kind ("info", "proxy", "peaks").
@@ -287,6 +289,7 @@ class Service:
                 open_models(s, state, self.broker, self.pool, self._validate_models)
             )
             self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models)
+            self.webhooks = await stack.enter_async_context(open_sender(s, self.store, self._run_jobs))
             self.scheduler = await stack.enter_async_context(
                 open_scheduler(self.ctx, self._run_jobs, set() if self._own_jobs_only else None)
             )

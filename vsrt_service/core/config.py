@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from vsrt_service.core import netguard
 from vsrt_service.core.errors import InvalidInput
 from vsrt_service.core.vocab import VadMethod
 
@@ -36,6 +37,8 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    #: The address clients reach this server at (https://vsrt.example.org); makes links absolute.
+    public_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,20 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """The `[webhooks]` section: where a job's final state is posted, signed and retried."""
+
+    default_url: str | None = None
+    #: HMAC key; unset: one is generated into the data directory (`webhook-secret`) and kept.
+    secret: str | None = None
+    retry_for_seconds: float = 86400.0
+    timeout_seconds: float = 10.0
+    backoff_initial_seconds: float = 10.0
+    backoff_max_seconds: float = 1800.0
+    allow_private: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./data")
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -143,6 +160,7 @@ class Settings:
     cues: CueSettings = field(default_factory=CueSettings)
     sse: SseSettings = field(default_factory=SseSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def path(self, name: str) -> Path:
         """An absolute path for one of the [paths] entries, under the data directory."""
@@ -312,6 +330,16 @@ def _validate(s: Settings) -> None:
             "models.hf_token (or HF_TOKEN) must be one word, as the hub gives it",
         ),
         (bool(s.models.default_diarize.strip()), "models.default_diarize must name a diarize model"),
+        (
+            s.webhooks.secret is None or len(s.webhooks.secret) >= 16,
+            "webhooks.secret must be at least 16 characters",
+        ),
+        (s.webhooks.retry_for_seconds > 0, "webhooks.retry_for_seconds must be positive"),
+        (s.webhooks.timeout_seconds > 0, "webhooks.timeout_seconds must be positive"),
+        (
+            0 < s.webhooks.backoff_initial_seconds <= s.webhooks.backoff_max_seconds,
+            "webhooks.backoff_initial_seconds must be positive and at most webhooks.backoff_max_seconds",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -323,6 +351,17 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 f"server.trusted_proxies: {entry!r} is not an IP address or network (e.g. 10.0.0.0/8)"
             ) from None
+    urls = (("server.public_url", s.server.public_url), ("webhooks.default_url", s.webhooks.default_url))
+    for name, url in urls:
+        if url is not None:
+            try:
+                netguard.parse_target(url)
+            except netguard.TargetRefused as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+    try:
+        netguard.parse_allowance(s.webhooks.allow_private)
+    except ValueError as exc:
+        raise ConfigError(f"webhooks.allow_private: {exc}") from None
     for device in s.runners.devices:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"runners.devices: {device!r} is neither 'cpu' nor 'cuda:N'")

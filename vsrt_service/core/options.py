@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from vsrt_service.core import netguard
 from vsrt_service.core.catalog import Catalog
 from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import InvalidInput
@@ -77,6 +78,8 @@ class JobOptions:
     #: `{"index", "language", "title"}`, which is accepted back as that index.
     audio_track: int | str | dict[str, Any] | None
     min_silence_for_new_cue: float
+    #: Where the job's final state is POSTed (None: the configured default, if any).
+    webhook_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +107,7 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "hotwords": None,
         "audio_track": None,
         "min_silence_for_new_cue": c.min_silence_for_new_cue,
+        "webhook_url": None,
     }
 
 
@@ -219,7 +223,22 @@ def parse_options(
         min_silence_for_new_cue=_number(
             "min_silence_for_new_cue", merged["min_silence_for_new_cue"], 0.1, 30
         ),
+        webhook_url=_webhook(merged.get("webhook_url"), settings),
     )
+
+
+def _webhook(value: Any, settings: Settings) -> str | None:
+    """An http(s) URL without credentials; a literal private address or localhost is refused
+    here already (a name is checked again, resolved, at every delivery)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise OptionError("webhook_url", "webhook_url must be a URL string or null")
+    allow = netguard.parse_allowance(settings.webhooks.allow_private)
+    refusal = netguard.literal_refusal(value.strip(), allow)
+    if refusal is not None:
+        raise OptionError("webhook_url", f"webhook_url refused: {refusal}")
+    return value.strip()
 
 
 def track_choice(value: int | str | dict[str, Any] | None) -> int | str | None:

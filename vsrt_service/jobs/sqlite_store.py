@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,22 @@ import aiosqlite
 from vsrt_service.core import bigjson
 from vsrt_service.core.protocol import AlignedSegment
 from vsrt_service.core.sqlite import Writer, connect
-from vsrt_service.jobs.store import RESUMABLE, STATUSES, Job, JobStatus, Segment, StoreError
+from vsrt_service.jobs.store import (
+    FINAL,
+    RESUMABLE,
+    STATUSES,
+    Delivery,
+    DeliveryStatus,
+    Job,
+    JobStatus,
+    NoticePolicy,
+    Segment,
+    StoreError,
+)
 
-SCHEMA_VERSION = 6
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 7
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -105,8 +119,46 @@ ALTER TABLE jobs ADD COLUMN request_key TEXT;
 CREATE INDEX IF NOT EXISTS jobs_by_request_key ON jobs (request_key, created_at);
 """
 
+# The webhook outbox: a job's final state and its delivery row are written in one transaction.
+# No foreign key to jobs: a job deleted later keeps its pending delivery.
+SCHEMA_V7 = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id           TEXT PRIMARY KEY,
+    job_id       TEXT NOT NULL,
+    event        TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_at      REAL,
+    delivered_at REAL,
+    last_error   TEXT,
+    created_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_at);
+CREATE INDEX IF NOT EXISTS deliveries_by_job ON deliveries (job_id, created_at);
+"""
+
 #: version -> the script that brings the schema from version-1 to it.
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5, 6: SCHEMA_V6}
+MIGRATIONS = {
+    1: SCHEMA_V1,
+    2: SCHEMA_V2,
+    3: SCHEMA_V3,
+    4: SCHEMA_V4,
+    5: SCHEMA_V5,
+    6: SCHEMA_V6,
+    7: SCHEMA_V7,
+}
+
+_DELIVERY_COLUMNS = (
+    "id, job_id, event, url, body, status, attempts, next_at, delivered_at, last_error, created_at"
+)
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    values = list(row)
+    values[4] = bytes(values[4])
+    return Delivery(*values)
 
 
 _JOB_COLUMNS = (
@@ -132,6 +184,8 @@ class SqliteJobStore:
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._w = Writer(writer)
         self._r = reader
+        self._policy: NoticePolicy | None = None
+        self._added: Callable[[], None] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -315,7 +369,31 @@ class SqliteJobStore:
                 (status, message, error_code, error, phase, percent, now, job_id),
             )
             await _transition(db, job_id, now, status, await _phase(db, job_id), message)
+            added = status in FINAL and await self._add_delivery(db, job_id, now)
+        if added and self._added is not None:
+            self._added()
         return await self.get_job(job_id)
+
+    async def _add_delivery(self, db: aiosqlite.Connection, job_id: str, now: float) -> bool:
+        """The policy's notice about the job as just written, into the outbox (same transaction)."""
+        if self._policy is None:
+            return False
+        async with db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        try:
+            notice = self._policy(_job(row))
+        except Exception:  # the final state must still be written
+            log.exception("job %s: could not build its webhook notice; none sent", job_id)
+            return False
+        if notice is None:
+            return False
+        await db.execute(
+            "INSERT INTO deliveries (id, job_id, event, url, body, status, next_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (uuid.uuid4().hex, job_id, notice.event, notice.url, notice.body, now, now),
+        )
+        return True
 
     async def requeue(self, job_id: str, options: dict[str, Any], *, restart: bool) -> Job | None:
         """Queue a job that is not running, with these options; `restart` forgets every
@@ -479,6 +557,64 @@ class SqliteJobStore:
     async def interrupted_jobs(self) -> list[Job]:
         async with self._r.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status = 'processing'") as cur:
             return [_job(r) for r in await cur.fetchall()]
+
+    # --- outbox --------------------------------------------------------------------------
+
+    def use_outbox(self, policy: NoticePolicy | None, added: Callable[[], None] | None = None) -> None:
+        self._policy, self._added = policy, added
+
+    async def claim_deliveries(self, limit: int, lease_seconds: float) -> list[Delivery]:
+        now = time.time()
+        async with self._w.transaction() as db:
+            async with db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_at = ? WHERE id IN"
+                " (SELECT id FROM deliveries WHERE status = 'pending' AND next_at <= ?"
+                "  ORDER BY next_at, created_at LIMIT ?)"
+                f" RETURNING {_DELIVERY_COLUMNS}",
+                (now + lease_seconds, now, limit),
+            ) as cur:
+                rows = await cur.fetchall()
+        return sorted((_delivery(r) for r in rows), key=lambda d: d.created_at)
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        attempt: int,
+        status: DeliveryStatus,
+        *,
+        error: str | None = None,
+        next_at: float | None = None,
+    ) -> bool:
+        now = time.time()
+        if status is DeliveryStatus.PENDING and next_at is None:
+            raise StoreError("a delivery tried again needs its next_at")
+        async with self._w.transaction() as db:
+            cur = await db.execute(
+                "UPDATE deliveries SET status = ?, last_error = ?, next_at = ?, delivered_at = ?"
+                " WHERE id = ? AND attempts = ? AND status = 'pending'",
+                (
+                    status,
+                    error,
+                    next_at if status is DeliveryStatus.PENDING else None,
+                    now if status is DeliveryStatus.DELIVERED else None,
+                    delivery_id,
+                    attempt,
+                ),
+            )
+            return cur.rowcount == 1
+
+    async def next_delivery_at(self) -> float | None:
+        async with self._r.execute("SELECT min(next_at) FROM deliveries WHERE status = 'pending'") as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def deliveries(self, job_id: str | None = None) -> list[Delivery]:
+        where = " WHERE job_id = ?" if job_id is not None else ""
+        async with self._r.execute(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries{where} ORDER BY created_at, id",
+            (job_id,) if job_id is not None else (),
+        ) as cur:
+            return [_delivery(r) for r in await cur.fetchall()]
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:

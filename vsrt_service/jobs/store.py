@@ -10,7 +10,7 @@ scheduler, its claim), so a request that lost a race changes nothing and learns 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -96,6 +96,43 @@ class Segment:
     language: str | None
     transcribe_count: int
     crashes: int
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # given up: refused, or retried for as long as allowed
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What a job's final state sends: the event, the target and the exact body bytes (built
+    once, so every retry signs and sends the same bytes)."""
+
+    event: str
+    url: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One row of the outbox: a notice and how its delivery goes."""
+
+    id: str
+    job_id: str
+    event: str
+    url: str
+    body: bytes
+    status: str
+    attempts: int
+    next_at: float | None
+    delivered_at: float | None
+    last_error: str | None
+    created_at: float
+
+
+#: Decides, from a job as its final state is committed, what to send (None: nothing).
+NoticePolicy = Callable[[Job], Notice | None]
 
 
 class JobStore(Protocol):
@@ -195,7 +232,11 @@ class JobStore(Protocol):
         when given, its claim is `claim` and its lease holder `lease_owner`). The lease and claim
         are released, the error set to the given one (or cleared), phase and percent (never
         lower) changed when given, a transition added. None, with nothing changed, when the
-        job was not in such a state or is gone."""
+        job was not in such a state or is gone.
+
+        When `status` is final and a notice policy is set (`use_outbox`), the policy's notice
+        is added to the outbox in the same transaction: a final state never lacks its
+        delivery, and no retry of the write makes two."""
         ...
 
     async def requeue(self, job_id: str, options: dict[str, Any], *, restart: bool) -> Job | None:
@@ -206,8 +247,9 @@ class JobStore(Protocol):
         ...
 
     async def delete_job(self, job_id: str) -> bool:
-        """Delete a job that is not `processing`, with its segments and transitions; False
-        (nothing changed) when it is gone or runs (stop it first)."""
+        """Delete a job that is not `processing`, with its segments and transitions (its
+        deliveries stay: a pending one is still sent); False (nothing changed) when it is gone
+        or runs (stop it first)."""
         ...
 
     async def transitions(self, job_id: str) -> list[dict[str, Any]]:
@@ -270,4 +312,42 @@ class JobStore(Protocol):
 
     async def edits_version(self, job_id: str) -> int:
         """How many times the user's cues were saved or removed (0: never; 0 for no job)."""
+        ...
+
+    # --- outbox (webhook deliveries) --------------------------------------------------------
+
+    def use_outbox(self, policy: NoticePolicy | None, added: Callable[[], None] | None = None) -> None:
+        """Set what `set_status` adds to the outbox on a final state; `added` is called after
+        each commit that added a delivery (to wake the sender in this process). The policy
+        runs inside the write: it must be quick and pure; if it raises, the state is still
+        written, without a delivery."""
+        ...
+
+    async def claim_deliveries(self, limit: int, lease_seconds: float) -> list[Delivery]:
+        """Take up to `limit` pending deliveries that are due (next_at <= now), oldest due
+        first: attempts + 1 and next_at pushed `lease_seconds` ahead, so no other sender takes
+        them meanwhile and an attempt that died (crash) is made again after the lease."""
+        ...
+
+    async def record_attempt(
+        self,
+        delivery_id: str,
+        attempt: int,
+        status: DeliveryStatus,
+        *,
+        error: str | None = None,
+        next_at: float | None = None,
+    ) -> bool:
+        """The outcome of attempt number `attempt` (the claim's `attempts`): delivered (stamps
+        delivered_at), pending again at `next_at`, or failed (given up); `error` is kept as
+        last_error. False, with nothing changed, when the row is gone, no longer pending or
+        was claimed again since (a late sender changes nothing)."""
+        ...
+
+    async def next_delivery_at(self) -> float | None:
+        """When the earliest pending delivery is due (None: none pending)."""
+        ...
+
+    async def deliveries(self, job_id: str | None = None) -> list[Delivery]:
+        """The deliveries of a job (or all), oldest first."""
         ...

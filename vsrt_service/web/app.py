@@ -21,10 +21,17 @@ from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.core.errors import VsrtError
 from vsrt_service.core.redact import public_text
 from vsrt_service.service import Service
+from vsrt_service.web.api_asr import PREFIXES as ASR_PREFIXES
+from vsrt_service.web.api_asr import asr_error
+from vsrt_service.web.api_asr import routes as asr_routes
+from vsrt_service.web.api_docs import PUBLIC_PATHS
+from vsrt_service.web.api_docs import routes as docs_routes
 from vsrt_service.web.api_jobs import routes as job_routes
 from vsrt_service.web.api_media import routes as media_routes
 from vsrt_service.web.api_meta import routes as meta_routes
 from vsrt_service.web.api_models import routes as model_routes
+from vsrt_service.web.api_openai import openai_error
+from vsrt_service.web.api_openai import routes as openai_routes
 from vsrt_service.web.auth import MediaGrants, Tickets, token_matches
 from vsrt_service.web.errors import ErrorShape, error_response, vsrt_error_response
 from vsrt_service.web.keys import GRANTS, SERVICE, SETTINGS, STREAMS, TICKETS
@@ -50,7 +57,11 @@ class Api:
 
 #: The APIs, first match wins (so `/api/detect-language` is vsrt's, `/detect-language` not).
 #: Each has the bearer token (when configured) and its own error bodies.
-APIS = (Api("/api/", error_response),)
+APIS = (
+    Api("/api/", error_response),
+    Api("/v1/", openai_error),
+    *(Api(prefix, asr_error) for prefix in ASR_PREFIXES),
+)
 
 
 def _api(request: web.Request) -> tuple[Api, str] | None:
@@ -92,6 +103,8 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     found = _api(request)
     if token is None or found is None or request.method == "OPTIONS" or found[1] == "/api/health":
         return await handler(request)  # health stays open for load balancers
+    if found[1] in PUBLIC_PATHS:
+        return await handler(request)  # the API's description and docs page, public like the UI
     path = found[1]
     if token_matches(request.headers.get("Authorization"), token):
         return await handler(request)
@@ -236,6 +249,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_routes(media_routes)
     app.router.add_routes(model_routes)
     app.router.add_routes(meta_routes)
+    app.router.add_routes(asr_routes)
+    app.router.add_routes(docs_routes)
+    app.router.add_routes(openai_routes)
     app.router.add_get("/", index)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, append_version=True)
