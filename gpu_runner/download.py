@@ -62,10 +62,18 @@ def _install_progress_hook() -> None:
         _installed = True
 
 
-def describe(exc: BaseException, endpoint: str) -> str:
+def gated(repo: str) -> str:
+    """What to do about a gated repository the hub would not serve (401 or 403)."""
+    return (
+        f"{repo} is gated: accept its licence at https://hf.co/{repo} and set models.hf_token (or HF_TOKEN)"
+    )
+
+
+def describe(exc: BaseException, endpoint: str, repo: str = "") -> str:
     """A failure in words a user can act on."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
@@ -79,6 +87,11 @@ def describe(exc: BaseException, endpoint: str) -> str:
     text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if isinstance(cause, OfflineModeIsEnabled):
         return "offline mode is on (HF_HUB_OFFLINE): nothing can be downloaded"
+    status = (
+        cause.response.status_code if isinstance(cause, HfHubHTTPError) and cause.response is not None else 0
+    )
+    if isinstance(cause, GatedRepoError):  # before RepositoryNotFoundError, which it also is
+        return f"{endpoint}: {gated(repo or 'the repository')}"
     if isinstance(cause, RepositoryNotFoundError):
         return f"{endpoint}: repository not found (check the model's repo name)"
     if isinstance(cause, RevisionNotFoundError):
@@ -87,10 +100,10 @@ def describe(exc: BaseException, endpoint: str) -> str:
         return f"{endpoint}: file not found in the repository"
     if isinstance(cause, OSError) and getattr(cause, "errno", None) == 28:
         return "disk full: free space in the data directory's models folder"
-    if isinstance(cause, HfHubHTTPError) and cause.response is not None:
-        status = cause.response.status_code
+    if status:
         if status in (401, 403):
-            return f"{endpoint}: access denied ({status}); the model may need a token (HF_TOKEN)"
+            need = "the model may need a token (models.hf_token or HF_TOKEN)"
+            return f"{endpoint}: access denied ({status}); {need}"
         if status == 407:
             return f"{endpoint}: the proxy wants authentication (check HTTPS_PROXY)"
         return f"{endpoint}: the hub answered {status} ({text[:120]})"
@@ -147,10 +160,18 @@ class _Tally:
         return hook
 
 
+def _without(secret: str | None, text: str) -> str:
+    """`text` with the token cut out (a library's message could quote a header)."""
+    return text.replace(secret, "***") if secret else text
+
+
 def download(
     req: p.Download, canceled: threading.Event, progress: Callable[[int, int, str], None]
 ) -> p.DownloadResult:
-    """Fetch the repository's wanted files; returns the manifest the service records."""
+    """Fetch the repository's wanted files; returns the manifest the service records.
+
+    The token goes to huggingface_hub only; without one, none is sent (`False`: not even a
+    token huggingface_hub finds on this machine), so what the service configured decides."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub import constants as hf_constants
 
@@ -160,11 +181,14 @@ def download(
     target = Path(req.target_dir)
     target.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
+    token: str | bool = req.token or False
     for endpoint in req.endpoints:
         try:
-            info = HfApi(endpoint=endpoint).model_info(req.repo, revision=req.revision, files_metadata=True)
+            info = HfApi(endpoint=endpoint, token=token).model_info(
+                req.repo, revision=req.revision, files_metadata=True
+            )
         except Exception as exc:
-            failures.append(describe(exc, endpoint))
+            failures.append(_without(req.token, describe(exc, endpoint, req.repo)))
             continue
         manifest = _manifest(list(info.siblings or []), req.patterns, req.prefer)
         if not manifest:
@@ -183,7 +207,12 @@ def download(
                 _current.hook = tally.file_hook(file_start, item["name"])
                 try:
                     hf_hub_download(
-                        req.repo, item["name"], revision=info.sha, local_dir=target, endpoint=endpoint
+                        req.repo,
+                        item["name"],
+                        revision=info.sha,
+                        local_dir=target,
+                        endpoint=endpoint,
+                        token=token,
                     )
                 finally:
                     _current.hook = None
@@ -198,7 +227,7 @@ def download(
         except Exception as exc:
             if canceled.is_set():
                 raise Canceled() from exc
-            failures.append(describe(exc, endpoint))
+            failures.append(_without(req.token, describe(exc, endpoint, req.repo)))
             log.warning("download of %s from %s failed: %s", req.repo, endpoint, failures[-1])
             continue
         _clean_cache(target)

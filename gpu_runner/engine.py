@@ -14,6 +14,7 @@ import wave
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,12 @@ from vsrt_service.core.protocol import (
     AlignedSegment,
     AlignResult,
     DetectLanguageResult,
+    DiarizeResult,
     LoadedModel,
     MemoryInfo,
     ModelRef,
     SegmentSpan,
+    SpeakerSegment,
     SpeechSpan,
     SplitResult,
     TextSegment,
@@ -266,9 +269,36 @@ class Engine:
         self._remember(loaded, generation)
         return loaded, True
 
+    def diarizer(self, ref: ModelRef) -> tuple[Any, bool]:
+        """whisperx's DiarizationPipeline over a pyannote pipeline directory; (it, loaded_now).
+
+        Local files only: a directory without its config.yaml is refused here, since
+        pyannote would take the path for a hub id and try to download it."""
+        cached = self._cached(ref["key"])
+        if cached is not None:
+            return cached.model, False
+        generation = self._generation(ref["key"])
+        if not (Path(ref["path"]) / "config.yaml").is_file():
+            raise EngineError(
+                "model", f"diarization model {ref['key']} has no config.yaml: download it again"
+            )
+        from whisperx.diarize import DiarizationPipeline
+
+        started = time.monotonic()
+        try:
+            pipeline = DiarizationPipeline(model_name=ref["path"], token=None, device=self.torch_device)
+        except Exception as exc:
+            raise EngineError("model", f"cannot load diarization model {ref['key']}: {exc}") from exc
+        self.load_count += 1
+        log.info("loaded %s in %.1f s", ref["key"], time.monotonic() - started)
+        self._remember(Loaded(ref, pipeline), generation)
+        return pipeline, True
+
     def load(self, ref: ModelRef, language: str | None) -> bool:
         if ref["kind"] == "whisper":
             return self.whisper(ref, language)[1]
+        if ref["kind"] == "diarize":
+            return self.diarizer(ref)[1]
         return self.align_model(ref, language or "en")[1]
 
     # --- operations ------------------------------------------------------------------
@@ -416,6 +446,46 @@ class Engine:
             "alignment": "whisper",
             "segments": self._whisper_word_times(audio, language, transcript, whisper_ref, progress),
         }
+
+    def diarize(
+        self,
+        audio_path: str,
+        ref: ModelRef,
+        num_speakers: int | None,
+        min_speakers: int | None,
+        max_speakers: int | None,
+        progress: Callable[[float], None],
+    ) -> DiarizeResult:
+        """Speaker turns over the whole file; `progress` gets percent done (and may raise
+        Canceled: pyannote calls it between batches)."""
+        for name, value in (
+            ("num_speakers", num_speakers),
+            ("min_speakers", min_speakers),
+            ("max_speakers", max_speakers),
+        ):
+            if value is not None and value < 1:
+                raise EngineError("bad_request", f"{name} must be at least 1")
+        if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
+            raise EngineError("bad_request", "min_speakers must not be above max_speakers")
+        audio = load_wav(audio_path)
+        if audio.size == 0:
+            return {"segments": [], "speakers": []}
+        pipeline, _ = self.diarizer(ref)
+        frame = pipeline(
+            audio,
+            num_speakers=num_speakers,
+            min_speakers=min_speakers,
+            max_speakers=max_speakers,
+            progress_callback=progress,
+        )
+        turns: list[SpeakerSegment] = []
+        duration = audio.size / SAMPLE_RATE  # pyannote pads the last window: turns may run past it
+        for row in frame.itertuples(index=False):
+            start, end = round(float(row.start), 3), round(min(float(row.end), duration), 3)
+            if end > start:
+                turns.append({"start": start, "end": end, "speaker": str(row.speaker)})
+        turns.sort(key=lambda t: (t["start"], t["end"]))
+        return {"segments": turns, "speakers": list(dict.fromkeys(t["speaker"] for t in turns))}
 
     def _whisper_word_times(
         self,

@@ -258,19 +258,31 @@ class Runner:
 
         return download(req, canceled, progress)
 
-    def _do_align(self, req: p.Align, canceled: threading.Event) -> p.AlignResult:
+    def _percent(self, req: p.Request[Any], canceled: threading.Event, what: str) -> Callable[[float], None]:
+        """A progress callback: percent replies at most four a second (and 100), and the
+        cancel check between the model's batches."""
         last = [0.0]
 
         def progress(percent: float) -> None:
             now = time.monotonic()
             if now - last[0] >= 0.25 or percent >= 100:
                 last[0] = now
-                self.send(p.Progress(id=req.id, done=round(percent, 1), total=100, message="aligning"))
+                self.send(p.Progress(id=req.id, done=round(percent, 1), total=100, message=what))
             if canceled.is_set():
                 raise Canceled()
 
+        return progress
+
+    def _do_align(self, req: p.Align, canceled: threading.Event) -> p.AlignResult:
+        progress = self._percent(req, canceled, "aligning")
         return self.engine.align(
             req.audio_path, req.language, req.segments, req.align_model, req.whisper_model, progress
+        )
+
+    def _do_diarize(self, req: p.Diarize, canceled: threading.Event) -> p.DiarizeResult:
+        progress = self._percent(req, canceled, "diarizing")
+        return self.engine.diarize(
+            req.audio_path, req.model, req.num_speakers, req.min_speakers, req.max_speakers, progress
         )
 
 
@@ -313,5 +325,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NLTK_DATA"] = str(ensure_punkt_tab(Path(args.nltk_data)))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # plain HTTP: resumable, verified, tested
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")  # pyannote would report usage online
     engine = Engine(args.device, args.compute_type, args.cpu_threads, args.cache_size)
     return Runner(engine, proto_out, warm=args.role == "work").serve(sys.stdin.buffer)

@@ -204,6 +204,25 @@ def tiny_align_model(media_dir: Path) -> Path:
     return make_tiny_wav2vec2(media_dir / "tiny-wav2vec2-en")
 
 
+@pytest.fixture(scope="session")
+def tiny_diarization(media_dir: Path) -> Path:
+    """A randomly initialised pyannote pipeline laid out as speaker-diarization-community-1."""
+    from tests.tiny_models import make_tiny_diarization
+
+    return make_tiny_diarization(media_dir / "tiny-diarization")
+
+
+@pytest.fixture(scope="session")
+def dialogue(media_dir: Path) -> Speech:
+    """A two-person exchange, one espeak-ng voice each, as a 16 kHz mono WAV (11 s)."""
+    return make_speech(
+        media_dir / "dialogue.wav",
+        ["I didn't know you were there.", "Neither did I, to be honest.", "Well, now we both know."],
+        voices=["en-us", "en-us+f3", "en-us"],
+        video=False,
+    )
+
+
 @pytest.fixture
 def make_settings(tmp_path: Path) -> SettingsFactory:
     """Settings for a fresh data directory; nested overrides as in a TOML file."""

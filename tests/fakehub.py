@@ -9,7 +9,10 @@ Serves what `huggingface_hub` 0.x needs to run unmodified against `endpoint=<bas
   `X-Linked-Etag`/`X-Linked-Size` (LFS files), `Content-Length`, `Accept-Ranges` and
   `Range: bytes=N-` resumption (206 + `Content-Range`).
 - Errors carry the hub's `X-Error-Code` header (`RepoNotFound`, `RevisionNotFound`,
-  `EntryNotFound`), which huggingface_hub maps to its exception classes.
+  `EntryNotFound`, `GatedRepo`), which huggingface_hub maps to its exception classes.
+- Gated repos (`gated_tokens=`): their metadata is public, as on the real hub, but a file
+  needs `Authorization: Bearer <token>` with a token whose licence is accepted: 401 without
+  one, 403 with any other.
 
 Faults and observations are plain attributes a test can change while the hub runs.
 Files given as a `Path` are streamed from disk and hashed lazily (in a worker thread), so a
@@ -136,6 +139,8 @@ class FakeRepo:
     sha: str
     files: dict[str, FakeFile]
     last_modified: str = "2024-01-01T00:00:00.000Z"
+    #: Gated: the tokens whose users accepted the licence (None: a public repo).
+    gated_tokens: frozenset[str] | None = None
 
     def hashed(self) -> None:
         for f in self.files.values():
@@ -150,6 +155,8 @@ class FakeHub:
         # observation
         self.requests: list[tuple[str, str]] = []
         self.ranges: list[tuple[str, str]] = []
+        self.denied: list[int] = []  # statuses of refused requests for gated files, in order
+        self.authorized: list[tuple[str, str]] = []  # gated-file requests let through (method, path)
         self._downloads: dict[tuple[str, str], int] = {}
         self._sent: dict[tuple[str, str], int] = {}
         # faults
@@ -178,8 +185,10 @@ class FakeHub:
         *,
         revision_sha: str | None = None,
         lfs: Iterable[str] | None = None,
+        gated_tokens: Iterable[str] | None = None,
     ) -> FakeRepo:
-        """Publish a repo. `lfs` names the LFS files (default: ≥ 1 MiB or a weights suffix).
+        """Publish a repo. `lfs` names the LFS files (default: ≥ 1 MiB or a weights suffix);
+        `gated_tokens` makes it gated, readable with those tokens only.
 
         Path files are neither read nor hashed here; that happens on first request, in a thread.
         """
@@ -196,12 +205,18 @@ class FakeHub:
             revision_sha = hashlib.sha1(f"{repo_id}\n{listing}\n{len(self.repos)}".encode()).hexdigest()
         if not _SHA_RE.match(revision_sha):
             raise ValueError(f"revision_sha must be 40 lowercase hex digits: {revision_sha!r}")
-        repo = FakeRepo(repo_id, revision_sha, fake_files)
+        gate = frozenset(gated_tokens) if gated_tokens is not None else None
+        repo = FakeRepo(repo_id, revision_sha, fake_files, gated_tokens=gate)
         self.repos[repo_id] = repo
         return repo
 
     def add_repo_from_dir(
-        self, repo_id: str, directory: Path, *, revision_sha: str | None = None
+        self,
+        repo_id: str,
+        directory: Path,
+        *,
+        revision_sha: str | None = None,
+        gated_tokens: Iterable[str] | None = None,
     ) -> FakeRepo:
         """Publish every file under `directory` (recursively; dot-files and dot-dirs skipped)."""
         files: dict[str, bytes | Path] = {}
@@ -209,7 +224,7 @@ class FakeHub:
             rel = p.relative_to(directory)
             if p.is_file() and not any(part.startswith(".") for part in rel.parts):
                 files[rel.as_posix()] = p
-        return self.add_repo(repo_id, files, revision_sha=revision_sha)
+        return self.add_repo(repo_id, files, revision_sha=revision_sha, gated_tokens=gated_tokens)
 
     def file(self, repo_id: str, filename: str) -> FakeFile:
         return self.repos[repo_id].files[filename]
@@ -227,6 +242,8 @@ class FakeHub:
     def reset_counters(self) -> None:
         self.requests.clear()
         self.ranges.clear()
+        self.denied.clear()
+        self.authorized.clear()
         self._downloads.clear()
         self._sent.clear()
 
@@ -277,7 +294,7 @@ class FakeHub:
             "lastModified": repo.last_modified,
             "createdAt": repo.last_modified,
             "private": False,
-            "gated": False,
+            "gated": "manual" if repo.gated_tokens is not None else False,
             "disabled": False,
             "downloads": 0,
             "likes": 0,
@@ -303,6 +320,9 @@ class FakeHub:
         fake = repo.files.get(filename)
         if fake is None:
             return _error(404, "EntryNotFound", f'{filename} does not exist on "{revision}"', repo.sha)
+        refused = self._gate(request, repo)
+        if refused is not None:
+            return refused
         if filename in self.fail_files:
             return _error(self.fail_files[filename], None, f"injected failure for {filename}", repo.sha)
         await asyncio.to_thread(fake._hash)
@@ -321,6 +341,28 @@ class FakeHub:
                 headers["Location"] = location
                 return web.Response(status=302, headers=headers)
         return await self._body(request, repo, fake, headers)
+
+    def _gate(self, request: web.Request, repo: FakeRepo) -> web.Response | None:
+        """The real hub's answers for a gated repo's file: 401 anonymous, 403 not accepted."""
+        if repo.gated_tokens is None:
+            return None
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            self.denied.append(401)
+            message = (
+                f"Access to model {repo.repo_id} is restricted. You must have access to it and be "
+                "authenticated to access it. Please log in."
+            )
+            return _error(401, "GatedRepo", message, repo.sha)
+        if token not in repo.gated_tokens:
+            self.denied.append(403)
+            message = (
+                f"Access to model {repo.repo_id} is restricted and you are not in the authorized "
+                f"list. Visit https://huggingface.co/{repo.repo_id} to ask for access."
+            )
+            return _error(403, "GatedRepo", message, repo.sha)
+        self.authorized.append((request.method, request.path))
+        return None
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         """Where LFS files redirect to when `redirect_lfs` is set (the real hub's CDN)."""

@@ -1,9 +1,10 @@
-"""Jobs over a test client's HTTP API: upload, open the event stream, spot completion."""
+"""Jobs and models over a test client's HTTP API: upload, open the event streams, spot completion."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,28 @@ async def open_stream(client: TestClient[Any, Any], job_id: str, **headers: str)
 
 def is_complete(ev: SseEvent) -> bool:
     return ev.event == "signal" and ev.data["code"] == "job_complete"
+
+
+async def model_events(client: TestClient[Any, Any]) -> SseReader:
+    resp = await client.get("/api/models/events/progress")
+    assert resp.status == 200
+    reader = SseReader(resp)
+    first = await reader.next()
+    assert first.event == "initial_state"
+    return reader
+
+
+def done_for(kind: str, model_id: str) -> Callable[[SseEvent], bool]:
+    def check(ev: SseEvent) -> bool:
+        return (
+            ev.event in ("model_complete", "model_error")
+            and ev.data["type"] == kind
+            and ev.data["model_id"] == model_id
+        )
+
+    return check
+
+
+async def catalog_entry(client: TestClient[Any, Any], kind: str, model_id: str) -> dict[str, Any]:
+    body = await (await client.get(f"/api/models/{kind}")).json()
+    return next(m for m in body["models"] if m["id"] == model_id)

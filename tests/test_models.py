@@ -17,9 +17,9 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import SettingsFactory, loop_lag
 from tests.fakehub import FakeHub, start_fake_hub
-from tests.http_helpers import is_complete, open_stream, upload
+from tests.http_helpers import catalog_entry, done_for, is_complete, model_events, open_stream, upload
 from tests.media import Speech
-from tests.sse_client import SseEvent, SseReader
+from tests.sse_client import SseReader
 from vsrt_service.core.config import Settings
 from vsrt_service.models.bundled import bundled_tiny_en
 from vsrt_service.web.keys import SERVICE
@@ -55,31 +55,6 @@ def make_client(make_client: ClientFactory) -> ClientFactory:
         return await make_client(**overrides)
 
     return make
-
-
-async def model_events(client: TestClient[Any, Any]) -> SseReader:
-    resp = await client.get("/api/models/events/progress")
-    assert resp.status == 200
-    reader = SseReader(resp)
-    first = await reader.next()
-    assert first.event == "initial_state"
-    return reader
-
-
-def done_for(kind: str, model_id: str) -> Callable[[SseEvent], bool]:
-    def check(ev: SseEvent) -> bool:
-        return (
-            ev.event in ("model_complete", "model_error")
-            and ev.data["type"] == kind
-            and ev.data["model_id"] == model_id
-        )
-
-    return check
-
-
-async def catalog_entry(client: TestClient[Any, Any], kind: str, model_id: str) -> dict[str, Any]:
-    body = await (await client.get(f"/api/models/{kind}")).json()
-    return next(m for m in body["models"] if m["id"] == model_id)
 
 
 @pytest.mark.slow

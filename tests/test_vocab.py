@@ -57,11 +57,11 @@ def custom_catalog(tmp_path: Path, extra: str) -> Catalog:
 
 
 def test_model_types_come_from_the_catalog_in_file_order(tmp_path: Path) -> None:
-    assert Catalog.load().types == ("whisper", "align")
-    extra = '\n[diarize."pyannote-3.1"]\nrepo = "pyannote/speaker-diarization-3.1"\n'
+    assert Catalog.load().types == ("whisper", "align", "diarize")
+    extra = '\n[separate."htdemucs"]\nrepo = "facebook/htdemucs"\n'
     catalog = custom_catalog(tmp_path, extra)
-    assert catalog.types == ("whisper", "align", "diarize")
-    assert [e.id for e in catalog.of_type("diarize")] == ["pyannote-3.1"]
+    assert catalog.types == ("whisper", "align", "diarize", "separate")
+    assert [e.id for e in catalog.of_type("separate")] == ["htdemucs"]
     assert Catalog.load() is Catalog.load(), "the packaged catalog is read once, not per request"
 
 

@@ -22,7 +22,7 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    type: str  # a catalog type: whisper, align, ...
+    type: str  # a catalog type: whisper, align, diarize, ...
     id: str  # model id, or language code for aligners
     repo: str
     size_mb: float
@@ -30,6 +30,7 @@ class CatalogEntry:
     files: tuple[str, ...]  # glob patterns of what to fetch
     required: tuple[str, ...]  # must exist for a local directory to count without a manifest
     english_only: bool = False  # transcribes English only, cannot translate
+    gated: bool = False  # the hub serves it only with a token whose licence is accepted
 
     @property
     def key(self) -> str:
@@ -82,6 +83,7 @@ def _load(path: Path) -> Catalog:
                     files=tuple(spec.get("files", base.get("files", ()))),
                     required=tuple(spec.get("required", base.get("required", ()))),
                     english_only=bool(spec.get("english_only", False)),
+                    gated=bool(spec.get("gated", False)),
                 )
             )
     return Catalog(entries, types)

@@ -132,6 +132,10 @@ class ModelSettings:
     max_concurrent_downloads: int = 1
     mirrors: tuple[str, ...] = ()
     preload_on_start: bool = True
+    #: The Hugging Face token for gated models (else env HF_TOKEN); never printed (repr=False).
+    hf_token: str = field(default="", repr=False)
+    #: The diarization model (a `diarize` id of the catalog) jobs use for speakers.
+    default_diarize: str = "community-1"
 
 
 @dataclass(frozen=True)
@@ -332,6 +336,11 @@ def _validate(s: Settings) -> None:
         ),
         (s.models.max_concurrent_downloads >= 1, "models.max_concurrent_downloads must be >= 1"),
         (
+            not any(c.isspace() for c in s.models.hf_token),
+            "models.hf_token (or HF_TOKEN) must be one word, as the hub gives it",
+        ),
+        (bool(s.models.default_diarize.strip()), "models.default_diarize must name a diarize model"),
+        (
             s.webhooks.secret is None or len(s.webhooks.secret) >= 16,
             "webhooks.secret must be at least 16 characters",
         ),
@@ -387,5 +396,8 @@ def load_settings(
     settings = _merge(settings, _env_overrides(os.environ if env is None else env), "")
     settings = _merge(settings, {k: v for k, v in overrides.items() if v is not None}, "")
     settings = replace(settings, data_dir=settings.data_dir.expanduser().resolve())
+    hf_token = (os.environ if env is None else env).get("HF_TOKEN", "")
+    if not settings.models.hf_token and hf_token:  # the hub's own variable, when no setting says
+        settings = replace(settings, models=replace(settings.models, hf_token=hf_token))
     _validate(settings)
     return settings

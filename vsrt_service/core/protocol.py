@@ -52,7 +52,8 @@ class TextSegment(TypedDict):
 
 
 class Word(TypedDict, total=False):
-    """A word; `start`/`end` are missing where the aligner could not place it (digits...)."""
+    """A word; `start`/`end` are missing where the aligner could not place it (digits...);
+    `speaker` is there once the job's speakers are known (core/speakers.py)."""
 
     word: Required[str]
     start: float
@@ -71,11 +72,15 @@ class AlignedSegment(TypedDict):
     speaker: NotRequired[str]
 
 
+#: The kinds of model a runner loads (each with its own loader in gpu_runner/engine.py).
+ModelKind: TypeAlias = Literal["whisper", "align", "diarize"]
+
+
 class ModelRef(TypedDict):
     """What the runner needs to load a model: a local directory, never a hub id."""
 
-    kind: Literal["whisper", "align"]
-    key: str  # cache key, e.g. "whisper:tiny.en" or "align:en"
+    kind: ModelKind
+    key: str  # cache key, e.g. "whisper:tiny.en", "align:en" or "diarize:community-1"
     path: str  # absolute local directory
 
 
@@ -164,6 +169,19 @@ class DetectLanguageResult(TypedDict):
 class AlignResult(TypedDict):
     alignment: Literal["wav2vec2", "whisper"]
     segments: list[AlignedSegment]
+
+
+class SpeakerSegment(TypedDict):
+    """One speaker's turn, global times in seconds; labels are the model's (SPEAKER_00...)."""
+
+    start: float
+    end: float
+    speaker: str
+
+
+class DiarizeResult(TypedDict):
+    segments: list[SpeakerSegment]  # by start; turns of different speakers may overlap
+    speakers: list[str]  # each label once, in order of first appearance
 
 
 class DownloadResult(TypedDict):
@@ -288,12 +306,29 @@ class Align(Request[AlignResult]):
 
 
 @dataclass
+class Diarize(Request[DiarizeResult]):
+    """Who speaks when in a 16 kHz mono WAV. The speaker counts are hints the model honours
+    (None: it decides); `progress` replies give percent done. Words get their speakers in
+    the service (core/speakers.py), from these turns."""
+
+    type: ClassVar[str] = "diarize"
+    Result: ClassVar[ResultType] = DiarizeResult
+    audio_path: str = ""
+    model: ModelRef = field(default_factory=lambda: ModelRef(kind="diarize", key="", path=""))
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+
+@dataclass
 class Download(Request[DownloadResult]):
     """Fetch a hub repository's files into `target_dir`, trying `endpoints` in order.
 
     Files already present and matching the hub's manifest are not fetched again; every
     fetched file is checked against the hub's sha256 (or git blob hash). `prefer` lists
     alternatives of which only the first the hub has is fetched (safetensors over bin).
+    `token` is the hub token for gated repositories; it is never printed (repr=False) and
+    the runner never writes it anywhere.
     """
 
     type: ClassVar[str] = "download"
@@ -304,6 +339,7 @@ class Download(Request[DownloadResult]):
     target_dir: str = ""
     patterns: list[str] = field(default_factory=list)
     prefer: list[str] = field(default_factory=list)
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -378,6 +414,7 @@ REQUEST_TYPES: dict[str, type[Request[Any]]] = {
         Transcribe,
         DetectLanguage,
         Align,
+        Diarize,
         Download,
         Cancel,
         Shutdown,

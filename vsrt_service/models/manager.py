@@ -62,6 +62,10 @@ def official_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+#: The runner's loader for each catalog type; another type loads as an aligner did before.
+REF_KINDS: dict[str, p.ModelKind] = {"whisper": "whisper", "align": "align", "diarize": "diarize"}
+
+
 class ModelManager:
     def __init__(
         self,
@@ -157,10 +161,14 @@ class ModelManager:
         path = self.directory(st)
         if not path.is_dir() and st.bundled_path is not None:
             path = st.bundled_path
-        return p.ModelRef(kind="whisper" if kind == "whisper" else "align", key=st.entry.key, path=str(path))
+        return p.ModelRef(kind=REF_KINDS.get(kind, "align"), key=st.entry.key, path=str(path))
 
     def whisper_ref(self, model_id: str) -> p.ModelRef | None:
         return self.ref("whisper", model_id)
+
+    def diarize_ref(self, model_id: str | None = None) -> p.ModelRef | None:
+        """The diarization model (the settings' default unless named), if it is ready."""
+        return self.ref("diarize", model_id or self.settings.models.default_diarize)
 
     def align_ref(self, language: str) -> p.ModelRef | None:
         return self.ref("align", language)
@@ -186,6 +194,7 @@ class ModelManager:
             "model_id": e.id,
             "repo": e.repo,
             "description": e.description,
+            "gated": e.gated,
             "size_bytes": size,
             "status": st.status,
             "progress": progress,
@@ -303,6 +312,7 @@ class ModelManager:
             target_dir=str(self.directory(st)),
             patterns=list(e.files),
             prefer=PREFER_WEIGHTS,
+            token=self.settings.models.hf_token or None,
         )
         outcome = "error"
         try:
@@ -336,8 +346,8 @@ class ModelManager:
         except Exception as exc:  # any failure ends as a model_error, never a stuck "downloading"
             canceled = isinstance(exc, RunnerError) and exc.code == "canceled"
             if not isinstance(exc, RunnerError):
-                log.exception("download of %s failed", e.key)
-            st.error = None if canceled else str(exc)
+                log.error("download of %s failed: %s", e.key, self._secret_free(repr(exc)))
+            st.error = None if canceled else self._secret_free(str(exc))
             st.status = await self._settle_status(st) if canceled else ModelStatus.ERROR
             await self.model_state.save(e.type, e.id, st.status, error=st.error)
             if canceled:
@@ -353,6 +363,11 @@ class ModelManager:
             st.task = None
             st.finished.set()
             self._pump()
+
+    def _secret_free(self, text: str) -> str:
+        """The hub token cut out of text that leaves the manager (errors, events, logs)."""
+        token = self.settings.models.hf_token
+        return text.replace(token, "***") if token else text
 
     async def _settle_status(self, st: ModelState) -> ModelStatus:
         return await asyncio.to_thread(self._disk_status, st, False)
