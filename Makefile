@@ -27,7 +27,7 @@ test: setup-test
 # service's dependencies and the test tools (not whisperx and torch; mypy skips those).
 LINT_PACKAGES = "ruff>=0.5" "mypy>=1.10" "aiohttp>=3.14.5" "aiosqlite>=0.20" \
 	"huggingface_hub>=0.24,<1.0" "pytest>=8" "pytest-aiohttp>=1.0" "playwright>=1.45" \
-	"openai>=1.40" "openapi-spec-validator>=0.7" "types-PyYAML"
+	"openai>=1.40" "openapi-spec-validator>=0.7" "types-PyYAML" "asyncpg>=0.29"
 LINTED = vsrt_service gpu_runner tests bench
 PYTHON ?= python3
 
