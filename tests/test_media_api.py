@@ -268,7 +268,8 @@ async def test_proxy_info_and_peaks_follow_the_jobs_audio_track(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
     two = tmp_path / "two.mkv"  # track 0 silent, track 1 a loud tone
-    _ffmpeg(
+    await asyncio.to_thread(
+        _ffmpeg,
         "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono:d=2",
         "-f", "lavfi", "-i", "aevalsrc=0.8*sin(2*PI*440*t):s=16000:d=2",
         "-map", "0:a", "-map", "1:a", "-c:a", "aac", two,
@@ -306,7 +307,7 @@ async def test_peaks_of_tone_bursts(make_client: ClientFactory, tmp_path: Path) 
     assert (version, flags, rate, per_pixel) == (1, 1, 16000, 320)
     # What ffmpeg decodes of the AAC track (its priming and padding included).
     decoded = tmp_path / "decoded.wav"
-    _ffmpeg("-i", source, "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", decoded)
+    await asyncio.to_thread(_ffmpeg, "-i", source, "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", decoded)
     with wave.open(str(decoded), "rb") as wav:
         samples = wav.getnframes()
     assert length == math.ceil(samples / 320) == len(pairs(data))

@@ -443,4 +443,8 @@ def fill(pattern: str, values: dict[str, Any]) -> list[str]:
         ]
     if names == ["type"]:
         return sorted({pattern.replace("{type}", kind) for kind, _ in values["type/model_id"]})
+    if names == ["id"]:  # the OpenAI API's models: an id, a repo name, one that is not there
+        return [
+            pattern.replace("{id}", name) for name in ("tiny.en", "Systran/faster-whisper-tiny.en", "nope")
+        ]
     raise AssertionError(f"no test values for the parameters of {pattern}")

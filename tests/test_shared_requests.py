@@ -82,7 +82,9 @@ async def test_detect_language_over_http(
     media = tmp_path / "media"
     media.mkdir()
     # Twenty seconds of silence before the speech: detection listens for speech, not the start.
-    late = make_speech(media / "late.m4a", ["Good evening, and welcome to the news."], lead=20.0, video=False)
+    late = await asyncio.to_thread(
+        make_speech, media / "late.m4a", ["Good evening, and welcome to the news."], lead=20.0, video=False
+    )
     client = await make_client(server={"media_roots": [str(media)]})
     with short_speech.path.open("rb") as fh:
         resp = await client.post("/api/detect-language", data={"file": fh})
