@@ -38,6 +38,12 @@ class StoreError(VsrtError):
     code = "store"
 
 
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached or refuses us (a startup error, not a bug)."""
+
+    code = "store_unavailable"
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
