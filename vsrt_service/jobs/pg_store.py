@@ -39,9 +39,6 @@ from vsrt_service.jobs.store import (
 
 log = logging.getLogger(__name__)
 
-#: URL schemes this store opens.
-SCHEMES = ("postgresql", "postgres")
-
 #: The advisory lock key migrations run under (any constant; "vsrt" in ASCII).
 MIGRATION_LOCK = 0x76737274
 
