@@ -75,7 +75,9 @@ def running_cluster(bindir: Path) -> Iterator[Cluster]:
     """Start a cluster; stop it (immediate: nothing in it is kept) and remove it on exit."""
     account = _account()
     run_as: dict[str, Any] = {}
-    root = Path(tempfile.mkdtemp(prefix="vsrt-pg-"))
+    # Under /tmp when another account runs the server: it must reach the directory (and a unix
+    # socket's path must stay short).
+    root = Path(tempfile.mkdtemp(prefix="vsrt-pg-", dir="/tmp" if account is not None else None))
     if account is not None:
         os.chown(root, account.pw_uid, account.pw_gid)
         run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
@@ -123,7 +125,9 @@ async def fresh_database(cluster: Cluster) -> AsyncIterator[str]:
     name = f"test_{uuid.uuid4().hex[:16]}"
     admin = await asyncpg.connect(cluster.url())
     try:
-        await admin.execute(f"CREATE DATABASE {name}")
+        # A file copy of the pristine template: the quickest way here (checkpoints cost nothing
+        # without fsync), about half the time of the default WAL-logged copy.
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE template0 STRATEGY FILE_COPY")
         try:
             yield cluster.url(name)
         finally:
