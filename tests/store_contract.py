@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -320,6 +321,23 @@ class JobStoreContract:
         assert job is not None and job.processed == 1 and job.total == 2
         assert job.locked_options == {"model": "tiny.en"}
         assert job.duration == 3.0 and job.language == "en"
+
+    async def test_concurrent_checkpoints_of_one_job_all_count(self, opener: Opener) -> None:
+        """Segments of one job checkpointed at once by two clients (two runners of a job, or two
+        nodes): `processed` counts every one of them, none is lost to the other's write."""
+        async with opener() as a, opener() as b:
+            (job_id,) = await make_jobs(a, 1)
+            n = 16
+            await a.save_segments(job_id, [(float(i), i + 1.0) for i in range(n)], {}, float(n))
+            saved = await asyncio.gather(
+                *(
+                    store.save_transcript(job_id, i, f"t{i}", "en")
+                    for i, store in zip(range(n), itertools.cycle((a, b)))
+                )
+            )
+            assert saved == [True] * n
+            job = await b.get_job(job_id)
+            assert job is not None and job.processed == n
 
     async def test_crashes_are_counted_per_segment(self, store: JobStore) -> None:
         (job_id,) = await make_jobs(store, 1)

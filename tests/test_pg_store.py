@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -14,7 +15,7 @@ import pytest
 
 from tests.conftest import ServiceFactory
 from tests.media import Speech, word_error_rate
-from tests.pg import Cluster
+from tests.pg import USER, Cluster
 from tests.test_pipeline import transcript
 from vsrt_service.jobs.pg_store import SCHEMA_VERSION, PgJobStore
 from vsrt_service.jobs.store import StoreError, StoreUnavailable
@@ -63,6 +64,21 @@ async def test_an_unreachable_server_is_a_clear_error_without_the_password(pg_cl
     # A server that is there but has no such database says so too.
     with pytest.raises(StoreUnavailable, match="no_such_db"):
         async with PgJobStore.open(pg_cluster.url("no_such_db")):
+            pass
+
+
+async def test_a_role_that_may_not_make_the_schema_is_a_clear_error(pg_url: str) -> None:
+    """A server that answers but refuses the schema (PostgreSQL 15 lets only the database's owner
+    create tables in `public`) says so at start, as a store error, not an asyncpg traceback."""
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    db = await asyncpg.connect(pg_url)
+    try:
+        await db.execute(f"CREATE ROLE {role} LOGIN")
+    finally:
+        await db.close()
+    as_reader = pg_url.replace(f"{USER}@", f"{role}@")
+    with pytest.raises(StoreUnavailable, match=r"cannot prepare the job store at .*: permission denied"):
+        async with PgJobStore.open(as_reader):
             pass
 
 

@@ -177,8 +177,8 @@ class PgJobStore:
     @classmethod
     @asynccontextmanager
     async def open(cls, url: str, max_connections: int = 10) -> AsyncIterator[PgJobStore]:
-        """Connect (StoreUnavailable, naming the server without its password, when it cannot)
-        and bring the schema up to date."""
+        """Connect and bring the schema up to date; StoreUnavailable (naming the server without
+        its password) when it cannot be reached or refuses the schema."""
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=1, max_size=max_connections, timeout=CONNECT_TIMEOUT
@@ -187,7 +187,10 @@ class PgJobStore:
             reason = str(exc) or type(exc).__name__
             raise StoreUnavailable(f"cannot open the job store at {redact_url(url)}: {reason}") from None
         try:
-            await _migrate(pool)
+            try:
+                await _migrate(pool)
+            except asyncpg.PostgresError as exc:  # rights, a read-only server: an operator's fix
+                raise StoreUnavailable(f"cannot prepare the job store at {redact_url(url)}: {exc}") from None
             yield cls(pool)
         finally:
             await pool.close()
