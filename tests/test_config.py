@@ -81,6 +81,8 @@ def test_bad_files_are_reported(tmp_path: Path) -> None:
 def test_store_url_picks_the_job_store() -> None:
     """Empty (the default): the SQLite file in the data directory; else a server's URL."""
     assert load_settings(env={}).store.url == ""
-    url = "postgresql://vsrt@db.example.org:5433/vsrt"
-    assert load_settings(env={"VSRT_STORE_URL": url}).store.url == url
+    url = "postgresql://vsrt:s3cret@db.example.org:5433/vsrt"
+    settings = load_settings(env={"VSRT_STORE_URL": url})
+    assert settings.store.url == url
+    assert "s3cret" not in repr(settings)  # settings get logged; the password must not be
     assert load_settings(env={}, store={"url": "postgres://h/db"}).store.url == "postgres://h/db"

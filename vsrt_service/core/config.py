@@ -53,9 +53,10 @@ class PathSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     """The `[store]` section: where jobs live. Empty: the SQLite file in the data directory
-    (one host); `postgresql://user:password@host:port/database`: a server every node shares."""
+    (one host); `postgresql://user:password@host:port/database`: a server every node shares.
+    Never printed (repr=False): the URL may hold the password."""
 
-    url: str = ""
+    url: str = field(default="", repr=False)
 
 
 #: URL schemes of `store.url` that name a PostgreSQL server.
