@@ -14,11 +14,14 @@ import asyncpg
 import pytest
 
 from tests.conftest import ServiceFactory
-from tests.media import Speech, word_error_rate
+from tests.media import make_speech, word_error_rate
 from tests.pg import USER, Cluster
 from tests.test_pipeline import transcript
 from vsrt_service.jobs.pg_store import SCHEMA_VERSION, PgJobStore
 from vsrt_service.jobs.store import StoreError, StoreUnavailable
+
+#: A few seconds of speech: the store is under test here, not the recognition.
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Subtitles are stored in the database."]
 
 
 async def test_nodes_starting_together_migrate_the_schema_once(pg_url: str) -> None:
@@ -84,10 +87,11 @@ async def test_a_role_that_may_not_make_the_schema_is_a_clear_error(pg_url: str)
 
 @pytest.mark.slow
 async def test_a_service_runs_a_real_job_on_postgresql(
-    make_service: ServiceFactory, pg_url: str, speech: Speech, tmp_path: Path
+    make_service: ServiceFactory, pg_url: str, tmp_path: Path
 ) -> None:
     """`store.url` puts the jobs in PostgreSQL: a real job runs to completion there, each segment
     transcribed once, while the host's model state stays in its SQLite file."""
+    speech = await asyncio.to_thread(make_speech, tmp_path / "short.wav", SENTENCES, video=False)
     svc = await make_service(store={"url": pg_url})
     assert isinstance(svc.store, PgJobStore)
     job = await svc.submit(speech.path)
