@@ -3,7 +3,8 @@
 #   scripts/setup.sh          what `vsrt serve` needs (ffmpeg, the runner's whisperx)
 #   scripts/setup.sh test     also what the tests need (espeak-ng, sox, pytest, linters, and for
 #                             the browser tests Debian's chromium and nginx; Playwright drives that
-#                             chromium, so `playwright install` is never run)
+#                             chromium, so `playwright install` is never run; postgresql, whose
+#                             binaries the tests use to start a throwaway cluster of their own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ mode=${1:-serve}
 packages=(ffmpeg)
 extras=runner
 if [ "$mode" = test ]; then
-  packages+=(espeak-ng sox chromium nginx)
+  packages+=(espeak-ng sox chromium nginx postgresql)
   extras=runner,test
 fi
 

@@ -26,6 +26,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.media import Speech, make_speech
+from tests.pg import MISSING, Cluster, fresh_database, pg_bin, running_cluster
 from tests.procs import runner_pids
 from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.service import Service
@@ -221,6 +222,24 @@ def dialogue(media_dir: Path) -> Speech:
         voices=["en-us", "en-us+f3", "en-us"],
         video=False,
     )
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (per xdist worker), started on first use;
+    the test is skipped where PostgreSQL is not installed."""
+    bindir = pg_bin()
+    if bindir is None:
+        pytest.skip(MISSING)
+    with running_cluster(bindir) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def pg_url(pg_cluster: Cluster) -> AsyncIterator[str]:
+    """The URL of a fresh, empty PostgreSQL database of this test's own."""
+    async with fresh_database(pg_cluster) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
 
+from tests.pg import Cluster, fresh_database
 from vsrt_service.core.protocol import AlignedSegment
+from vsrt_service.jobs.pg_store import PgJobStore
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
 from vsrt_service.jobs.store import FINAL, DeliveryStatus, Job, JobStatus, JobStore, Notice, StoreError
 
@@ -24,14 +27,27 @@ Opener = Callable[[], AbstractAsyncContextManager[JobStore]]
 
 
 @contextlib.asynccontextmanager
-async def sqlite_backend(tmp_path: Path) -> AsyncIterator[Opener]:
+async def sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
     """A fresh database file per test; pytest's tmp_path removes it."""
     db = tmp_path / "jobs.sqlite3"
     yield lambda: SqliteJobStore.open(db)
 
 
+@contextlib.asynccontextmanager
+async def pg_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """A fresh database per test on the session's PostgreSQL cluster (skipped without one)."""
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    async with fresh_database(cluster) as url:
+        yield lambda: PgJobStore.open(url)
+
+
 #: name -> a context manager giving an opener on a fresh, empty database (cleaned up on exit).
-BACKENDS: dict[str, Callable[[Path], AbstractAsyncContextManager[Opener]]] = {"sqlite": sqlite_backend}
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], AbstractAsyncContextManager[Opener]]] = {
+    "sqlite": sqlite_backend,
+    "postgresql": pg_backend,
+}
+#: name -> the session fixtures a backend needs started (before the test's loop runs).
+BACKEND_FIXTURES: dict[str, tuple[str, ...]] = {"postgresql": ("pg_cluster",)}
 
 
 async def make_jobs(store: JobStore, n: int) -> list[str]:
@@ -43,8 +59,18 @@ async def make_jobs(store: JobStore, n: int) -> list[str]:
 
 class JobStoreContract:
     @pytest.fixture(params=sorted(BACKENDS))
-    async def opener(self, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-        async with BACKENDS[request.param](tmp_path) as opener:
+    def backend(self, request: pytest.FixtureRequest) -> str:
+        """The backend's name; its session resources start here, outside the test's event loop
+        (starting a server would block it)."""
+        for name in BACKEND_FIXTURES.get(request.param, ()):
+            request.getfixturevalue(name)
+        return str(request.param)
+
+    @pytest.fixture
+    async def opener(
+        self, backend: str, request: pytest.FixtureRequest, tmp_path: Path
+    ) -> AsyncIterator[Opener]:
+        async with BACKENDS[backend](request, tmp_path) as opener:
             yield opener
 
     @pytest.fixture
@@ -295,6 +321,23 @@ class JobStoreContract:
         assert job is not None and job.processed == 1 and job.total == 2
         assert job.locked_options == {"model": "tiny.en"}
         assert job.duration == 3.0 and job.language == "en"
+
+    async def test_concurrent_checkpoints_of_one_job_all_count(self, opener: Opener) -> None:
+        """Segments of one job checkpointed at once by two clients (two runners of a job, or two
+        nodes): `processed` counts every one of them, none is lost to the other's write."""
+        async with opener() as a, opener() as b:
+            (job_id,) = await make_jobs(a, 1)
+            n = 16
+            await a.save_segments(job_id, [(float(i), i + 1.0) for i in range(n)], {}, float(n))
+            saved = await asyncio.gather(
+                *(
+                    store.save_transcript(job_id, i, f"t{i}", "en")
+                    for i, store in zip(range(n), itertools.cycle((a, b)))
+                )
+            )
+            assert saved == [True] * n
+            job = await b.get_job(job_id)
+            assert job is not None and job.processed == n
 
     async def test_crashes_are_counted_per_segment(self, store: JobStore) -> None:
         (job_id,) = await make_jobs(store, 1)

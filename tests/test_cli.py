@@ -195,6 +195,20 @@ async def _vsrt_async(*args: str | Path, data_dir: Path) -> tuple[int, str, floa
     return proc.returncode, err.decode(), time.monotonic() - started
 
 
+async def test_serve_reports_a_bad_or_unreachable_store_in_one_line(tmp_path: Path) -> None:
+    """A store URL of no known kind is a configuration error (2); a server that cannot be
+    reached is EX_UNAVAILABLE (69), named without its password; neither is a traceback."""
+    port = str(free_port())
+    code, err, _ = await _vsrt_async("serve", "--port", port, "--store", "mysql://h/db", data_dir=tmp_path)
+    assert code == 2 and "store.url: 'mysql' is not" in err and "Traceback" not in err, err
+    url = f"postgresql://vsrt:s3cret@127.0.0.1:{free_port()}/vsrt"
+    code, err, seconds = await _vsrt_async("serve", "--port", port, "--store", url, data_dir=tmp_path)
+    lines = [line for line in err.splitlines() if line.startswith("vsrt:")]
+    assert code == 69 and len(lines) == 1 and "cannot open the job store at" in lines[0], err
+    assert "s3cret" not in err and "Traceback" not in err, err
+    assert seconds < 20
+
+
 async def test_a_running_server_owns_its_data_dir(tmp_path: Path, speech: Speech) -> None:
     data = tmp_path / "data"
     server = Server(data, free_port(), dict(os.environ))

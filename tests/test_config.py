@@ -56,6 +56,8 @@ def test_relative_paths_live_under_the_data_dir(tmp_path: Path) -> None:
         ({"VSRT_RUNNERS_DEVICES": ""}, "at least one device"),
         ({"VSRT_CUES_MAX_LINES": "0"}, r"cues\.max_lines"),
         ({"VSRT_RUNNERS_HEARTBEAT_TIMEOUT": "1"}, "heartbeat_timeout must be longer"),
+        ({"VSRT_STORE_URL": "mysql://db.example.org/vsrt"}, r"store\.url: 'mysql' is not"),
+        ({"VSRT_STORE_URL": "postgresql://h:port/db"}, r"store\.url: .*port"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], words: str) -> None:
@@ -74,3 +76,13 @@ def test_bad_files_are_reported(tmp_path: Path) -> None:
     unknown.write_text("[server]\nprot = 1\n")
     with pytest.raises(ConfigError, match=r"unknown setting 'server\.prot'"):
         load_settings(unknown, env={})
+
+
+def test_store_url_picks_the_job_store() -> None:
+    """Empty (the default): the SQLite file in the data directory; else a server's URL."""
+    assert load_settings(env={}).store.url == ""
+    url = "postgresql://vsrt:s3cret@db.example.org:5433/vsrt"
+    settings = load_settings(env={"VSRT_STORE_URL": url})
+    assert settings.store.url == url
+    assert "s3cret" not in repr(settings)  # settings get logged; the password must not be
+    assert load_settings(env={}, store={"url": "postgres://h/db"}).store.url == "postgres://h/db"

@@ -19,7 +19,7 @@ from vsrt_service.jobs.store import StoreError
 from vsrt_service.models.state_store import ModelStateStore
 
 
-class TestSqliteJobStore(JobStoreContract):
+class TestJobStoreContract(JobStoreContract):
     """The contract suite, run against every implementation in `store_contract.BACKENDS`."""
 
 

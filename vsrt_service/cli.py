@@ -1,8 +1,8 @@
 """The `vsrt` command: serve, transcribe files in-process, list models.
 
-Exit codes: 0 success, 1 a file failed, 2 bad usage or configuration, 75 the data directory
-is in use by another process (EX_TEMPFAIL: try again once it stops, or use another
---data-dir), 130 interrupted.
+Exit codes: 0 success, 1 a file failed, 2 bad usage or configuration, 69 the job store's server
+(store.url) cannot be reached, 75 the data directory is in use by another process (EX_TEMPFAIL:
+try again once it stops, or use another --data-dir), 130 interrupted.
 
 Every command opens the data directory for itself and locks it (vsrt_service.jobs.datadir): while
 `vsrt serve` runs on ./data, `vsrt transcribe` and `vsrt models ...` on ./data stop at once
@@ -30,10 +30,12 @@ from vsrt_service.core.formats import FORMATS
 from vsrt_service.core.options import OptionError, parse_options
 from vsrt_service.core.vocab import VadMethod
 from vsrt_service.jobs.datadir import DataDirLocked
+from vsrt_service.jobs.store import StoreUnavailable
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.service import Service
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the job store's server cannot be reached
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="the job store: postgresql://user@host:port/db shared by several nodes (default: the SQLite"
+        " file in the data directory; a password is better given in $VSRT_STORE_URL)",
+    )
 
     tr = sub.add_parser("transcribe", help="make subtitles for files, without a server")
     _common(tr)
@@ -91,6 +99,8 @@ def _settings(args: argparse.Namespace, **server: Any) -> Settings:
     overrides: dict[str, Any] = {}
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
+    if getattr(args, "store", None):
+        overrides["store"] = {"url": args.store}
     server = {k: v for k, v in server.items() if v is not None}
     if server:
         overrides["server"] = server
@@ -118,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirLocked as exc:
         print(f"vsrt: {exc}", file=sys.stderr)
         return EXIT_BUSY
+    except StoreUnavailable as exc:
+        print(f"vsrt: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         print("vsrt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -21,10 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from vsrt_service.core import protocol as p
 from vsrt_service.core.broker import Broker, Event, job_channel
-from vsrt_service.core.config import CueSettings, Settings, load_settings
+from vsrt_service.core.config import POSTGRES_SCHEMES, CueSettings, Settings, load_settings
 from vsrt_service.core.cue_rules import CueWarning, check_cues, cue_rules, rules_json
 from vsrt_service.core.cues import Cue
 from vsrt_service.core.errors import Conflict, InvalidInput, JobFailedError, NotFound, Unavailable
@@ -182,8 +183,19 @@ async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
     async with lock_data_dir(settings.data_dir):
         for d in (settings.jobs_dir, settings.uploads_dir, settings.models_dir):
             await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-        async with SqliteJobStore.open(settings.database_path) as store, keep_tidy(settings, store):
+        async with open_job_store(settings) as store, keep_tidy(settings, store):
             yield store
+
+
+def open_job_store(settings: Settings) -> contextlib.AbstractAsyncContextManager[JobStore]:
+    """The backend `store.url` names by its scheme: empty, the SQLite file in the data
+    directory; postgresql://, a server shared by every node (StoreUnavailable if it cannot be
+    reached)."""
+    if urlsplit(settings.store.url).scheme in POSTGRES_SCHEMES:
+        from vsrt_service.jobs.pg_store import PgJobStore  # asyncpg: 0.1 s to import, only if used
+
+        return PgJobStore.open(settings.store.url)
+    return SqliteJobStore.open(settings.database_path)
 
 
 @contextlib.asynccontextmanager

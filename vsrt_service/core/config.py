@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from vsrt_service.core import netguard
 from vsrt_service.core.errors import InvalidInput
@@ -47,6 +48,19 @@ class PathSettings:
     uploads: str = "uploads"
     jobs: str = "jobs"
     models: str = "models"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The `[store]` section: where jobs live. Empty: the SQLite file in the data directory
+    (one host); `postgresql://user:password@host:port/database`: a server every node shares.
+    Never printed (repr=False): the URL may hold the password."""
+
+    url: str = field(default="", repr=False)
+
+
+#: URL schemes of `store.url` that name a PostgreSQL server.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 @dataclass(frozen=True)
@@ -157,6 +171,7 @@ class Settings:
     data_dir: Path = Path("./data")
     server: ServerSettings = field(default_factory=ServerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     runners: RunnerSettings = field(default_factory=RunnerSettings)
     jobs: JobPolicy = field(default_factory=JobPolicy)
     media: MediaSettings = field(default_factory=MediaSettings)
@@ -372,9 +387,26 @@ def _validate(s: Settings) -> None:
         netguard.parse_allowance(s.webhooks.allow_private)
     except ValueError as exc:
         raise ConfigError(f"webhooks.allow_private: {exc}") from None
+    _check_store_url(s.store.url)
     for device in s.runners.devices:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"runners.devices: {device!r} is neither 'cpu' nor 'cuda:N'")
+
+
+def _check_store_url(url: str) -> None:
+    """Empty, or a PostgreSQL URL that parses (whether the server answers is known at start)."""
+    if not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in POSTGRES_SCHEMES:
+        raise ConfigError(
+            f"store.url: {parts.scheme or url!r} is not a job store vsrt knows: leave it empty for the"
+            " SQLite file in the data directory, or give postgresql://user:password@host:port/database"
+        )
+    try:
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        raise ConfigError("store.url: the port must be a number") from None
 
 
 def load_settings(

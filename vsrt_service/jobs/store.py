@@ -1,8 +1,9 @@
 """The job store's interface and records: what the rest of vsrt may ask of any store of jobs.
 
-`JobStore` is the contract (tests/store_contract.py checks it against every implementation);
-`vsrt_service.jobs.sqlite_store.SqliteJobStore` is the first implementation. A store is the
-single source of truth for jobs, their checkpoints and their status history.
+`JobStore` is the contract (tests/store_contract.py checks it against every implementation):
+`SqliteJobStore` (jobs/sqlite_store.py, one host) and `PgJobStore` (jobs/pg_store.py, shared by
+several nodes). A store is the single source of truth for jobs, their checkpoints and their
+status history.
 
 Status changes are compare-and-set: each names the statuses it may leave (and, for the
 scheduler, its claim), so a request that lost a race changes nothing and learns so.
@@ -36,6 +37,12 @@ RESUMABLE = (JobStatus.QUEUED, JobStatus.PAUSED, *FINAL)
 
 class StoreError(VsrtError):
     code = "store"
+
+
+class StoreUnavailable(StoreError):
+    """The store's server cannot be reached or refuses us (a startup error, not a bug)."""
+
+    code = "store_unavailable"
 
 
 @dataclass(frozen=True)
