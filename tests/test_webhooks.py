@@ -475,7 +475,9 @@ async def test_vsrt_transcribe_sends_its_webhook_before_it_exits(receiver: Recei
     (not left in the outbox for a next start), even to a receiver slow to answer."""
     receiver.delay = 2.0
     await receiver.up()
-    clip = make_speech(tmp_path / "clip.wav", ["One short sentence."], video=False, lead=0.3)
+    clip = await asyncio.to_thread(
+        make_speech, tmp_path / "clip.wav", ["One short sentence."], video=False, lead=0.3
+    )
     config = tmp_path / "vsrt.toml"
     config.write_text(f'[webhooks]\nallow_private = ["127.0.0.1"]\nsecret = "{SECRET}"\n')
     proc = await asyncio.create_subprocess_exec(
