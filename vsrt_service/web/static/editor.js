@@ -94,6 +94,7 @@ function fillChip(chip, cue, any) {
   if (chip._key === key) return; // nothing to write: a keystroke's bind touches no chip
   chip._key = key;
   chip.hidden = !any;
+  chip.title = names.join(" / "); // the whole names where the chip cuts them short
   chip.classList.toggle("none", any && !names.length);
   chip.replaceChildren(
     ...(names.length ? names : any ? ["+ speaker"] : []).map((n, k) => {
