@@ -126,6 +126,7 @@ async def test_speakers_shown_renamed_in_one_step_reassigned_and_saved(
         await page.click("#rename-btn")
         await page.wait_for_selector("#rename-dialog[open]")
         await page.fill('#rename-list input[data-from="SPEAKER_00"]', "Ana")
+        await screenshot(page, "speakers-rename")
         await page.click("#rename-ok")
         renamed = [s.replace("SPEAKER_00", "Ana") for s in shown]
         await chips_are(page, renamed)
