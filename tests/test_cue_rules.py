@@ -99,3 +99,46 @@ def test_reflow_of_new_words_spreads_them_over_the_span() -> None:
     assert " ".join(" ".join(c.text.split()) for c in out) == f"old {text}"
     assert out[0].start >= 0.5 and out[-1].end <= 6.0
     assert reflow([], result, RULES) == [] and reflow([Cue(0, 1, " ")], result, RULES) == []
+
+
+def said_by(cues: list[Cue], dash: str = RULES.dialogue_dash) -> list[tuple[str | None, str]]:
+    """(speaker, word) of every word of the cues, dialogue dashes left out."""
+    out: list[tuple[str | None, str]] = []
+    for cue in cues:
+        lines = cue.text.split("\n")
+        for k, line in enumerate(lines):
+            who = cue.speakers[min(k, len(cue.speakers) - 1)] if cue.speakers else cue.speaker
+            words = line.removeprefix(dash).split() if cue.speakers else line.split()
+            out.extend((who, w) for w in words)
+    return out
+
+
+def test_reflow_keeps_each_words_speaker_with_the_aligned_times() -> None:
+    result = [aligned(WORDS)]
+    first = " ".join(w for w, _, _ in WORDS[:8])
+    second = " ".join(w for w, _, _ in WORDS[8:])
+    # The user renamed the speakers: their names win over the machine's labels.
+    selection = [Cue(0.5, 3.0, first, speaker="Ana"), Cue(3.4, 6.0, second, speaker="Ben")]
+    out = reflow(selection, result, RULES)
+    check_invariants(out, RULES)
+    assert said_by(out) == [("Ana", w) for w in first.split()] + [("Ben", w) for w in second.split()]
+    assert all(c.speaker is not None or len(c.speakers) == 2 for c in out), out
+    assert "mixed_speakers" not in {code for _, code in codes(out)}
+
+
+def test_reflow_of_a_dialogue_cue_keeps_who_says_which_line() -> None:
+    dialogue = Cue(1.0, 3.0, "- I didn't know you were there.\n- Neither did I.", speakers=("Ana", "Ben"))
+    out = reflow([dialogue, Cue(3.5, 5.0, "Well, now we know.", speaker="Ana")], None, RULES)
+    check_invariants(out, RULES)
+    words = "I didn't know you were there.".split()
+    assert said_by(out) == [
+        *[("Ana", w) for w in words],
+        ("Ben", "Neither"),
+        ("Ben", "did"),
+        ("Ben", "I."),
+        *[("Ana", w) for w in "Well, now we know.".split()],
+    ]
+    assert "mixed_speakers" not in {code for _, code in codes(out)}
+    # Without speakers nothing changes: no cue gets one.
+    plain = reflow([Cue(1.0, 3.0, "Just some words here.")], None, RULES)
+    assert [(c.speaker, c.speakers) for c in plain] == [(None, ())]

@@ -10,10 +10,11 @@ import pytest
 from tests.conftest import ClientFactory
 from tests.http_helpers import is_complete, open_stream, upload
 from tests.media import Speech
+from tests.test_cue_rules import said_by
 from tests.test_cues import check_invariants
 from vsrt_service.core.config import CueSettings
 from vsrt_service.core.cues import Cue
-from vsrt_service.core.formats import parse_srt
+from vsrt_service.core.formats import cues_from_json, parse_srt
 
 
 def cues_of(doc: dict[str, Any]) -> list[Cue]:
@@ -92,3 +93,43 @@ async def test_one_word_fixed_and_saved_keeps_every_cue(make_client: ClientFacto
     check_invariants(out, rules)
     assert " ".join(c.text for c in out).split() == " ".join(c.text for c in cues[:2]).split()
     assert out[0].start >= cues[0].start and out[-1].end <= cues[1].end
+
+
+@pytest.mark.slow
+async def test_saved_speakers_come_back_in_the_document_and_the_downloads(
+    make_client: ClientFactory, speech: Speech
+) -> None:
+    client = await make_client()
+    job = await upload(client, speech.path, {"language": "en"})
+    url = f"/api/jobs/{job['job_id']}/subtitles"
+    await (await open_stream(client, job["job_id"])).until(is_complete, wait=180)
+    doc = await (await client.get(f"{url}?format=json")).json()
+    cues = cues_of(doc)
+    assert len(cues) >= 3
+
+    # The user named the speakers, and one cue is a dialogue: both lines' speakers are kept.
+    dialogue = "- " + cues[1].text.replace("\n", " ") + "\n- Neither did I."
+    mine = [
+        {"start": cues[0].start, "end": cues[0].end, "text": cues[0].text, "speaker": "Ana"},
+        {"start": cues[1].start, "end": cues[1].end, "text": dialogue, "speakers": ["Ana", "Ben Lee"]},
+        *({"start": c.start, "end": c.end, "text": c.text, "speaker": "Ben Lee"} for c in cues[2:]),
+    ]
+    resp = await client.put(url, json={"cues": mine, "version": doc["version"]})
+    assert resp.status == 200, await resp.text()
+    again = await (await client.get(f"{url}?format=json")).json()
+    assert [(c.get("speaker"), c.get("speakers")) for c in again["cues"]] == [
+        ("Ana", None),
+        (None, ["Ana", "Ben Lee"]),
+        *[("Ben Lee", None)] * (len(cues) - 2),
+    ]
+    vtt = await (await client.get(f"{url}?format=vtt")).text()
+    assert f"<v Ana>{cues[0].text.split(chr(10))[0]}" in vtt
+    assert "<v Ben Lee>- Neither did I." in vtt and vtt.count("<v Ben Lee>") == len(cues) - 1
+    srt = parse_srt(await (await client.get(f"{url}?format=srt")).text())
+    assert srt[1].text == dialogue and srt[0].text == cues[0].text
+
+    # Reflow of the saved cues: every word keeps the speaker it had.
+    resp = await client.post(f"/api/jobs/{job['job_id']}/reflow", json={"cues": again["cues"][:3]})
+    assert resp.status == 200
+    out = cues_from_json((await resp.json())["cues"])
+    assert said_by(out) == said_by(cues_from_json(again["cues"][:3]))

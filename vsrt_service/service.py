@@ -30,7 +30,7 @@ from vsrt_service.core.cue_rules import CueWarning, check_cues, cue_rules, rules
 from vsrt_service.core.cues import Cue
 from vsrt_service.core.errors import Conflict, InvalidInput, JobFailedError, NotFound, Unavailable
 from vsrt_service.core.files import write_atomic
-from vsrt_service.core.formats import FORMATS, cues_from_json, render, to_json
+from vsrt_service.core.formats import FORMATS, cue_fields, cues_from_json, render, to_json
 from vsrt_service.core.integrity import file_sha256
 from vsrt_service.core.options import (
     RULE_OPTIONS,
@@ -697,7 +697,7 @@ class Service:
         except ValueError as exc:
             raise InvalidInput(str(exc), code="bad_cues", field="cues") from None
         cues.sort(key=lambda c: (c.start, c.end))
-        stored = [{"start": c.start, "end": c.end, "text": c.text} for c in cues]
+        stored = [cue_fields(c) for c in cues]  # speakers too: a rename is an edit like any
         saved = await self.store.save_edited_cues(job.id, stored, expected)
         if saved is None:
             raise _version_conflict(await self.store.edits_version(job.id))

@@ -24,6 +24,7 @@ from vsrt_service.core.text import is_cjk
 __all__ = [
     "FORMATS",
     "MEDIA_TYPES",
+    "cue_fields",
     "cues_from_json",
     "parse_srt",
     "parse_vtt",
@@ -159,6 +160,17 @@ def to_txt(cues: Sequence[Cue], speaker_labels: bool = False) -> str:
     return "".join(
         ("" if speaker is None else f"[{speaker}] ") + _join_lines(parts) + "\n" for speaker, parts in turns
     )
+
+
+def cue_fields(cue: Cue) -> dict[str, Any]:
+    """A cue as `cues_from_json` reads it back (times as they are): what the user's saved cues
+    and the editor's reflow carry, speakers included, so nothing of a cue is lost on the way."""
+    out: dict[str, Any] = {"start": cue.start, "end": cue.end, "text": cue.text}
+    if cue.speaker is not None:
+        out["speaker"] = cue.speaker
+    if cue.speakers:
+        out["speakers"] = list(cue.speakers)
+    return out
 
 
 def _cue_dict(index: int, cue: Cue) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from vsrt_service.core import bigjson
 from vsrt_service.core.broker import job_channel
 from vsrt_service.core.cues import Cue
 from vsrt_service.core.errors import Forbidden, InvalidInput
-from vsrt_service.core.formats import MEDIA_TYPES
+from vsrt_service.core.formats import MEDIA_TYPES, cue_fields
 from vsrt_service.jobs.store import Job
 from vsrt_service.service import Service, Transcript
 from vsrt_service.web import sse
@@ -270,7 +270,7 @@ async def download(request: web.Request) -> web.Response:
 
 
 def cue_dicts(cues: list[Cue]) -> list[dict[str, Any]]:
-    return [{"start": c.start, "end": c.end, "text": c.text} for c in cues]
+    return [cue_fields(c) for c in cues]
 
 
 @routes.put("/api/jobs/{job_id}/subtitles")

@@ -1,7 +1,7 @@
 // The app: new-job form, job list, job view (progress, live lines, editor), connection state.
 
 import { api, ApiError, fetchBlob, token, uploadJob } from "./api.js";
-import { CueModel, makeCue } from "./cues.js";
+import { cueJSON, CueModel, makeCue } from "./cues.js";
 import { clearDraft, DraftKeeper, readDraft } from "./drafts.js";
 import { addShortcut, CueEditor, shortcuts } from "./editor.js";
 import { modelStore, setupModelDialog, startModels } from "./models.js";
@@ -242,7 +242,7 @@ async function loadDoc(keep) {
   const doc = await api(`jobs/${encodeURIComponent(mine.id)}/subtitles?format=json`);
   if (current !== mine) return null;
   const m = mine.model;
-  const cues = doc.cues.map((c) => makeCue(c.start, c.end, c.text, { source: doc.edited ? "saved" : "machine" }));
+  const cues = doc.cues.map((c) => makeCue(c.start, c.end, c.text, { source: doc.edited ? "saved" : "machine", speaker: c.speaker, speakers: c.speakers }));
   const kept = keep ? m.cues.filter((c) => c.modified) : [];
   mine.doc = true;
   mine.serverWarnings = doc.warnings.length;
@@ -292,7 +292,7 @@ const when = (at) => new Date(at).toLocaleString();
 function restoreDraft(mine, draft) {
   const m = mine.model;
   if (!draft || !draft.cues.length) return;
-  const cues = draft.cues.map((c) => makeCue(c.start, c.end, c.text, { modified: c.modified, source: c.source }));
+  const cues = draft.cues.map((c) => makeCue(c.start, c.end, c.text, { modified: c.modified, source: c.source, speaker: c.speaker, speakers: c.speakers }));
   if (!mine.doc) {
     const kept = cues.filter((c) => c.modified);
     if (!kept.length) return;
@@ -717,7 +717,7 @@ async function reflowSelection() {
   const mine = current;
   const ids = editor.selection();
   if (!mine || !ids.length) return;
-  const cues = ids.map((id) => mine.model.get(id)).map(({ start, end, text }) => ({ start, end, text }));
+  const cues = ids.map((id) => cueJSON(mine.model.get(id)));
   try {
     const r = await api(`jobs/${encodeURIComponent(mine.id)}/reflow`, { method: "POST", json: { cues } });
     if (current === mine) mine.model.replaceRun(ids, r.cues);
@@ -826,6 +826,19 @@ $("#shift-form").addEventListener("submit", (e) => {
   m.shift(ids, sign * seconds, "both", "shift");
 });
 
+// Speakers: the picker assigns, the rename dialog renames for the whole job (editor.js).
+$("#speaker-form").addEventListener("submit", (e) => editor.pickSpeaker(e));
+$("#speaker-dialog").addEventListener("keydown", (e) => {
+  // A number key picks that speaker, unless it is part of a name being typed.
+  if (!/^[1-9]$/.test(e.key) || e.ctrlKey || e.altKey || e.metaKey || (e.target.id === "speaker-new" && e.target.value)) return;
+  const pick = $("#speaker-picks").children[Number(e.key) - 1];
+  if (!pick) return;
+  e.preventDefault();
+  $("#speaker-form").requestSubmit(pick);
+});
+$("#rename-form").addEventListener("submit", (e) => editor.applyRename(e));
+editor.addEventListener("speakers", (e) => $("#action-bar").classList.toggle("has-speakers", e.detail.speakers.length > 0));
+
 // Navigation keys the list handles itself, listed in the sheet after the registry's.
 const LIST_KEYS = [
   ["Enter", "Next cue (same field)"],
@@ -833,6 +846,7 @@ const LIST_KEYS = [
   ["Tab / Shift+Tab", "Next / previous field, across cues"],
   ["Shift+Enter", "Line break in the text"],
   ["Click / Shift+click / Ctrl+click on #", "Select a cue / a range / one more (touch: a tap on # adds or removes)"],
+  ["Click or tap a speaker chip", "Pick that cue's (or the selection's) speaker"],
   ["Esc", "Leave the field; close a bar or dialog"],
 ];
 function openSheet() {
@@ -855,6 +869,8 @@ const acts = {
   shift: openShift,
   find: openFind,
   reflow: reflowSelection,
+  speaker: () => editor.openSpeakerPicker(),
+  speakers: () => editor.openRename(),
   keys: openSheet,
   save: () => $("#save").click(),
 };
@@ -874,6 +890,8 @@ for (const [key, label, act] of [
   ["Alt+T", "Shift the selection or all cues by an amount…", "shift"],
   ["Alt+R", "Find and replace", "find"],
   ["Alt+W", "Reflow (re-wrap) the selection with the server's cue builder", "reflow"],
+  ["Alt+P", "Speaker of the selection or this cue (pick or type a new one)…", "speaker"],
+  ["Alt+Shift+P", "Rename speakers for the whole job…", "speakers"],
   ["Ctrl+S", "Save", "save"],
   ["?", "This sheet of keys", "keys"],
 ]) addShortcut({ key, label, run: onJob(acts[act]) });

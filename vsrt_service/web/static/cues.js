@@ -4,9 +4,43 @@
 // exact snapshot) and tells every view with one "change" event.
 
 /** A cue as the editor holds it: `id` is stable for the page's life (rows and regions bind
- * to it); `modified` marks what the user changed; `source` says where the cue came from. */
+ * to it); `modified` marks what the user changed; `source` says where the cue came from.
+ * `speaker` says who says a one-speaker cue; a dialogue cue has `speakers`, one per line,
+ * and no `speaker` (as the server's JSON); neither when nobody is known. */
 export function makeCue(start, end, text, extra = {}) {
-  return Object.freeze({ id: extra.id ?? nextId(), start, end, text, modified: !!extra.modified, source: extra.source ?? "machine" });
+  const speakers = Array.isArray(extra.speakers) && extra.speakers.length > 1 ? Object.freeze([...extra.speakers]) : null;
+  const speaker = speakers ? null : (extra.speaker ?? (extra.speakers && extra.speakers[0]) ?? null);
+  return Object.freeze({ id: extra.id ?? nextId(), start, end, text, modified: !!extra.modified, source: extra.source ?? "machine", speaker, speakers });
+}
+
+/** The same cue with new times and text, changed by the user: who speaks it stays. */
+function edited(cue, start, end, text, extra = {}) {
+  return makeCue(start, end, text, { id: cue.id, modified: true, source: cue.source, speaker: cue.speaker, speakers: cue.speakers, ...extra });
+}
+
+/** Who says each of a cue's lines (a dialogue cue: its line's speaker; else the cue's). */
+export function lineSpeakers(cue, lines = cue.text.split("\n")) {
+  if (!cue.speakers) return lines.map(() => cue.speaker);
+  return lines.map((_, k) => cue.speakers[Math.min(k, cue.speakers.length - 1)]);
+}
+
+/** A cue's speaker fields for its lines' speakers: one name is a one-speaker cue, a change of
+ * speaker from line to line a dialogue cue (one name per line). */
+function voices(names) {
+  const known = names.filter((n) => n != null);
+  if (!known.length) return { speaker: null, speakers: null };
+  if (known.every((n) => n === known[0])) return { speaker: known[0], speakers: null };
+  return { speaker: null, speakers: names.map((n, k) => n ?? known[Math.min(k, known.length - 1)]) };
+}
+
+/** The job's speakers, in the order they first speak. */
+export function speakersOf(cues) {
+  const seen = new Set();
+  for (const c of cues) {
+    if (c.speaker != null) seen.add(c.speaker);
+    if (c.speakers) for (const n of c.speakers) seen.add(n);
+  }
+  return [...seen];
 }
 
 let counter = 0;
@@ -154,7 +188,7 @@ export class CueModel extends EventTarget {
       if (next.start === old.start && next.end === old.end && next.text === old.text) return null;
       if (!(next.end - next.start >= MIN_CUE - 1e-9) || next.start < 0) return null;
       const out = cues.slice();
-      out[i] = makeCue(next.start, next.end, next.text, { id, modified: true, source: old.source });
+      out[i] = edited(old, next.start, next.end, next.text);
       return out;
     }, { id, coalesce });
   }
@@ -187,29 +221,59 @@ export class CueModel extends EventTarget {
       t = cue.start + (cue.end - cue.start) * (first.length / Math.max(1, first.length + second.length));
     }
     if (t <= cue.start + MIN_CUE / 2 || t >= cue.end - MIN_CUE / 2) return null;
-    const b = makeCue(t, cue.end, second, { modified: true, source: cue.source });
+    // Each half keeps the speakers of its own lines (a dialogue cue split between its lines
+    // becomes two one-speaker cues).
+    const names = lineSpeakers(cue);
+    let from = at;
+    while (from < text.length && /\s/.test(text[from])) from += 1;
+    const secondLine = text.slice(0, from).split("\n").length - 1; // the line the second half starts on
+    const whoA = voices(names.slice(0, first.split("\n").length));
+    const whoB = voices(names.slice(secondLine, secondLine + second.split("\n").length));
+    // A dialogue line that is now a one-speaker cue loses its dash.
+    const undash = (part, who) => (cue.speakers && !who.speakers ? this.undash(part) : part);
+    const a = edited(cue, cue.start, t, undash(first, whoA), whoA);
+    const b = edited(cue, t, cue.end, undash(second, whoB), { id: nextId(), ...whoB });
     const ok = this.apply("split", (cues) => {
       const i = cues.findIndex((c) => c.id === id);
       const out = cues.slice();
-      out.splice(i, 1, makeCue(cue.start, t, first, { id, modified: true, source: cue.source }), b);
+      out.splice(i, 1, a, b);
       return out;
     });
     return ok ? b.id : null;
   }
 
+  /** A text without the dialogue dash at the start of its lines. */
+  undash(text) {
+    const dash = ((this.rules && this.rules.dialogue_dash) || "- ").trim();
+    return text.split("\n").map((l) => (l.startsWith(dash) ? l.slice(dash.length).trimStart() : l)).join("\n");
+  }
+
   /** Merge a cue with the next one: one cue over both spans, texts joined by a line break
-   * when that keeps two lines, else by a space. */
+   * when that keeps two lines, else by a space. Two lines of two speakers make a dialogue
+   * cue (each line starting with the dialogue dash). */
   mergeNext(id) {
     const i = this.index(id);
     if (i < 0 || i + 1 >= this.cues.length) return false;
     const a = this.cues[i];
     const b = this.cues[i + 1];
-    const lines = [...a.text.split("\n"), ...b.text.split("\n")].map((l) => l.trim()).filter(Boolean);
+    const said = [a, b].flatMap((c) => {
+      const lines = c.text.split("\n");
+      const names = lineSpeakers(c, lines);
+      return lines.map((l, k) => [l.trim(), names[k]]).filter(([l]) => l);
+    });
+    let lines = said.map(([l]) => l);
+    let who = voices(said.map(([, n]) => n));
+    if (lines.length <= 2 && who.speakers) {
+      const dash = (this.rules && this.rules.dialogue_dash) || "- ";
+      lines = lines.map((l) => (l.startsWith(dash.trim()) ? l : dash + l));
+    } else if (lines.length > 2 && who.speakers) {
+      who = { speaker: null, speakers: [...new Set(who.speakers)].slice(0, 5) }; // the cue says it mixes speakers
+    }
     const text = lines.length <= 2 ? lines.join("\n") : lines.join(" ");
     this.selected.delete(b.id);
     return this.apply("merge", (cues) => {
       const out = cues.slice();
-      out.splice(i, 2, makeCue(a.start, Math.max(a.end, b.end), text, { id: a.id, modified: true, source: a.source }));
+      out.splice(i, 2, edited(a, a.start, Math.max(a.end, b.end), text, who));
       return out;
     });
   }
@@ -248,7 +312,7 @@ export class CueModel extends EventTarget {
         const end = field === "start" ? c.end : Math.max(0, c.end + delta);
         if (end - start < MIN_CUE - 1e-9 || (start === c.start && end === c.end)) return c;
         changed = true;
-        return makeCue(start, end, c.text, { id: c.id, modified: true, source: c.source });
+        return edited(c, start, end, c.text);
       });
       return changed ? out : null;
     });
@@ -265,7 +329,7 @@ export class CueModel extends EventTarget {
         const text = typeof find === "string" ? c.text.split(find).join(replacement) : c.text.replace(find, replacement);
         if (text === c.text) return c;
         count += 1;
-        return makeCue(c.start, c.end, text, { id: c.id, modified: true, source: c.source });
+        return edited(c, c.start, c.end, text);
       });
       return count ? out : null;
     });
@@ -278,8 +342,52 @@ export class CueModel extends EventTarget {
     for (const id of gone) this.selected.delete(id);
     return this.apply("reflow", (cues) => [
       ...cues.filter((c) => !gone.has(c.id)),
-      ...replacement.map((r) => makeCue(r.start, r.end, r.text, { modified: true, source: "user" })),
+      ...replacement.map((r) => makeCue(r.start, r.end, r.text, { modified: true, source: "user", speaker: r.speaker, speakers: r.speakers })),
     ]);
+  }
+
+  /** Rename speakers for the whole job (`renames`: a Map old name -> new name, applied at
+   * once, so two names can swap): every cue and dialogue line with that name; one undo step.
+   * Renaming onto another speaker's name merges the two. Returns how many cues changed. */
+  renameSpeakers(renames) {
+    const to = new Map([...renames].map(([a, b]) => [a, (b || "").trim()]).filter(([a, b]) => b && b !== a));
+    if (!to.size) return 0;
+    const name = (n) => (to.has(n) ? to.get(n) : n);
+    let count = 0;
+    this.apply("rename-speaker", (cues) => {
+      const out = cues.map((c) => {
+        if (c.speaker != null && to.has(c.speaker)) {
+          count += 1;
+          return edited(c, c.start, c.end, c.text, { speaker: name(c.speaker) });
+        }
+        if (!c.speakers || !c.speakers.some((n) => to.has(n))) return c;
+        count += 1;
+        return edited(c, c.start, c.end, c.text, voices(c.speakers.map(name)));
+      });
+      return count ? out : null;
+    });
+    return count;
+  }
+
+  renameSpeaker(from, to) {
+    return this.renameSpeakers(new Map([[from, to]]));
+  }
+
+  /** Give cues to one speaker (an existing one or a new name); a dialogue cue becomes that
+   * speaker's alone. One undo step; false when nothing changed. */
+  assignSpeaker(ids, to) {
+    const name = (to || "").trim();
+    const within = new Set(ids);
+    if (!name || !within.size) return false;
+    return this.apply("assign-speaker", (cues) => {
+      let changed = false;
+      const out = cues.map((c) => {
+        if (!within.has(c.id) || (c.speaker === name && !c.speakers)) return c;
+        changed = true;
+        return edited(c, c.start, c.end, c.text, { speaker: name, speakers: null });
+      });
+      return changed ? out : null;
+    });
   }
 
   select(ids, { active = null } = {}) {
@@ -301,10 +409,18 @@ export class CueModel extends EventTarget {
     this.dispatchEvent(new CustomEvent("seek", { detail: { time } }));
   }
 
-  /** The cues as the server takes them. */
+  /** The cues as the server takes them (speakers only where known). */
   toJSON() {
-    return this.cues.map(({ start, end, text }) => ({ start, end, text }));
+    return this.cues.map(cueJSON);
   }
+}
+
+/** One cue as the server takes it. */
+export function cueJSON({ start, end, text, speaker, speakers }) {
+  const out = { start, end, text };
+  if (speakers) out.speakers = [...speakers];
+  else if (speaker != null) out.speaker = speaker;
+  return out;
 }
 
 function nearestSpace(text, at) {

@@ -22,7 +22,7 @@ export function clearDraft(jobId) {
 }
 
 function writeDraft(jobId, model) {
-  const cues = model.cues.map(({ start, end, text, modified, source }) => ({ start, end, text, modified, source }));
+  const cues = model.cues.map(({ start, end, text, modified, source, speaker, speakers }) => ({ start, end, text, modified, source, speaker, speakers }));
   try {
     localStorage.setItem(PREFIX + jobId, JSON.stringify({ base: model.version, cues, at: Date.now() }));
   } catch {

@@ -4,9 +4,13 @@
 // lists (the player and waveform add their playhead keys to it with `addShortcut`).
 
 import { checkCue, checkCues, previousEnds } from "./cuecheck.js";
+import { speakersOf } from "./cues.js";
 import { el, formatTime, parseTime } from "./store.js";
 
 const OVERSCAN = 6;
+/** As the server's formats.MAX_SPEAKER_CHARS. */
+const MAX_SPEAKER_CHARS = 64;
+const $id = (id) => document.getElementById(id);
 const NUDGE = 0.1;
 
 // --- shortcuts -------------------------------------------------------------------------------
@@ -76,6 +80,31 @@ function indicatorText(info, rules) {
   ];
 }
 
+/** A speaker's colour: a hue from its name, so a chip costs no look-up over the job's cues. */
+export function speakerHue(name) {
+  let h = 0;
+  for (let k = 0; k < name.length; k++) h = (h * 31 + name.charCodeAt(k)) >>> 0;
+  return (h * 137) % 360;
+}
+
+/** The speaker chip's content for a cue: one name, or a dialogue cue's two (or more). */
+function fillChip(chip, cue, any) {
+  const names = cue.speakers || (cue.speaker != null ? [cue.speaker] : []);
+  const key = any ? names.join("\u0000") || "-" : "";
+  if (chip._key === key) return; // nothing to write: a keystroke's bind touches no chip
+  chip._key = key;
+  chip.hidden = !any;
+  chip.title = names.join(" / "); // the whole names where the chip cuts them short
+  chip.classList.toggle("none", any && !names.length);
+  chip.replaceChildren(
+    ...(names.length ? names : any ? ["+ speaker"] : []).map((n, k) => {
+      const span = el("span", { class: "spk-name", text: n });
+      if (names.length) span.style.setProperty("--hue", String(speakerHue(n)));
+      return k ? [el("span", { class: "spk-sep", text: "/" }), span] : [span];
+    }).flat(),
+  );
+}
+
 const IND_CODES = [["line_too_long", "too_many_lines", "empty"], ["too_fast"], ["too_short", "too_long"], ["overlap", "gap_too_small"]];
 
 export class CueEditor extends EventTarget {
@@ -87,6 +116,7 @@ export class CueEditor extends EventTarget {
     this.follow = true; // keep the newest cue in view while the user is at the bottom
     this.anchor = null; // the cue a Shift-click selects from
     this.ends = { cues: null, ends: [] };
+    this.speakers = []; // the job's speakers, recounted on loads and edits but never per keystroke
     this.spacer = el("div", { class: "cue-spacer" });
     this.empty = el("p", { class: "cue-empty", text: "Subtitles appear here line by line as the job runs." });
     root.append(this.spacer, this.empty);
@@ -113,6 +143,7 @@ export class CueEditor extends EventTarget {
     this.model = model;
     for (const id of [...this.rows.keys()]) this.dropRow(id);
     model.addEventListener("change", this.onChange);
+    this.countSpeakers();
     this.follow = true;
     this.root.scrollTop = 0;
     this.render();
@@ -129,6 +160,7 @@ export class CueEditor extends EventTarget {
       if (reason === "active" && id && !this.rows.get(id)?.contains(document.activeElement)) this.reveal(id);
       return;
     }
+    if (!(reason === "edit" && label === "typing")) this.countSpeakers(); // typing never changes who speaks
     if (reason === "edit" && label === "typing" && this.rows.has(id)) {
       // One keystroke: only that row (its times and so its neighbours are unchanged).
       const i = this.model.index(id);
@@ -137,6 +169,12 @@ export class CueEditor extends EventTarget {
       this.render(reason !== "edit" || label !== "typing");
     }
     this.counters();
+  }
+
+  countSpeakers() {
+    this.speakers = speakersOf(this.cues);
+    this.root.classList.toggle("has-speakers", this.speakers.length > 0);
+    this.dispatchEvent(new CustomEvent("speakers", { detail: { speakers: this.speakers } }));
   }
 
   updateCounters() {
@@ -205,7 +243,13 @@ export class CueEditor extends EventTarget {
     const end = el("input", { class: "cue-end", inputmode: "decimal", autocomplete: "off", spellcheck: "false" });
     const text = el("textarea", { class: "cue-text", rows: "2" });
     const ind = el("div", { class: "cue-ind" }, ...[0, 1, 2, 3].map(() => el("span")));
-    const row = el("div", { class: "cue-row", role: "listitem" }, num, start, end, text, ind);
+    // Who speaks: a tap (or click) opens the speaker picker for this cue.
+    const spk = el("button", { type: "button", class: "cue-spk", hidden: true });
+    const row = el("div", { class: "cue-row", role: "listitem" }, num, start, end, text, ind, spk);
+    spk.addEventListener("click", () => {
+      this.model.activate(row._id);
+      this.openSpeakerPicker(this.model.selected.has(row._id) ? null : [row._id]);
+    });
     // On a touch screen (no Shift or Ctrl) a tap on the number adds or removes the cue.
     num.addEventListener("pointerdown", (e) => (num._touch = e.pointerType === "touch"));
     num.addEventListener("click", (e) => this.clickNumber(row._id, e, num._touch));
@@ -232,7 +276,12 @@ export class CueEditor extends EventTarget {
     row.style.transform = `translateY(${i * h}px)`;
     row.classList.toggle("modified", !!cue.modified);
     this.markRow(row, cue.id);
-    const [num, start, end, text, ind] = row.children;
+    const [num, start, end, text, ind, spk] = row.children;
+    fillChip(spk, cue, this.speakers.length > 0);
+    if (spk._label !== `${i}:${spk._key}`) {
+      spk._label = `${i}:${spk._key}`;
+      spk.setAttribute("aria-label", `Speaker of cue ${i + 1}: ${spk.textContent}`);
+    }
     num.textContent = String(i + 1);
     num.setAttribute("aria-label", `Select cue ${i + 1}`);
     start.setAttribute("aria-label", `Start of cue ${i + 1}`);
@@ -420,6 +469,81 @@ export class CueEditor extends EventTarget {
 
   undo() {
     this.model.undo();
+  }
+
+  /** The speaker picker (`#speaker-dialog`) for these cues (default: the selection, else the
+   * cue worked on): a tap on a speaker, or a new name typed and Enter, assigns it. */
+  openSpeakerPicker(ids = null) {
+    const dialog = document.getElementById("speaker-dialog");
+    const chosen = ids || this.selection();
+    if (!dialog || !chosen.length) return;
+    const m = this.model;
+    const names = speakersOf(m.cues);
+    const first = m.get(chosen[0]);
+    $id("speaker-h").textContent = chosen.length === 1 ? `Speaker of cue ${m.index(chosen[0]) + 1}` : `Speaker of ${chosen.length} cues`;
+    $id("speaker-picks").replaceChildren(
+      ...names.map((n, k) => {
+        const b = el("button", { class: "btn spk-pick", value: n, "aria-pressed": String(!!first && first.speaker === n) }, el("kbd", { text: String(k + 1) }), el("span", { class: "spk-name", text: n }));
+        b.querySelector(".spk-name").style.setProperty("--hue", String(speakerHue(n)));
+        return b;
+      }),
+    );
+    $id("speaker-names").replaceChildren(...names.map((n) => el("option", { value: n })));
+    const input = $id("speaker-new");
+    input.value = "";
+    $id("speaker-error").textContent = "";
+    dialog._ids = chosen;
+    dialog.returnValue = "";
+    dialog.showModal();
+    input.focus();
+  }
+
+  /** Assign from the picker: a pick's name, else the typed one. */
+  pickSpeaker(e) {
+    const dialog = document.getElementById("speaker-dialog");
+    const value = e.submitter && e.submitter.classList.contains("spk-pick") ? e.submitter.value : $id("speaker-new").value.trim();
+    if (e.submitter && e.submitter.value === "cancel") return;
+    if (!value) {
+      e.preventDefault();
+      $id("speaker-error").textContent = "Pick a speaker or type a name";
+      return;
+    }
+    if (value.length > MAX_SPEAKER_CHARS) {
+      e.preventDefault();
+      $id("speaker-error").textContent = `A name of at most ${MAX_SPEAKER_CHARS} characters`;
+      return;
+    }
+    this.model.assignSpeaker(dialog._ids || [], value);
+  }
+
+  /** The rename dialog (`#rename-dialog`): one field per speaker of the job. */
+  openRename() {
+    const dialog = document.getElementById("rename-dialog");
+    const names = speakersOf(this.model.cues);
+    if (!dialog) return;
+    $id("rename-list").replaceChildren(
+      ...names.map((n) => {
+        const tag = el("span", { class: "spk-name", text: n });
+        tag.style.setProperty("--hue", String(speakerHue(n)));
+        return el("label", { class: "rename-row" }, tag, el("input", { type: "text", value: n, "data-from": n, maxlength: String(MAX_SPEAKER_CHARS), autocomplete: "off", "aria-label": `New name for ${n}` }));
+      }),
+    );
+    $id("rename-empty").hidden = names.length > 0;
+    dialog.returnValue = "";
+    dialog.showModal();
+    const field = $id("rename-list").querySelector("input");
+    if (field) field.select();
+  }
+
+  /** Apply the rename dialog: every changed name at once, one undo step. */
+  applyRename(e) {
+    if (e.submitter && e.submitter.value === "cancel") return;
+    const renames = new Map();
+    for (const input of $id("rename-list").querySelectorAll("input")) {
+      const to = input.value.trim();
+      if (to && to !== input.dataset.from) renames.set(input.dataset.from, to);
+    }
+    this.model.renameSpeakers(renames);
   }
 
   redo() {
