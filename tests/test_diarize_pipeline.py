@@ -137,6 +137,7 @@ async def test_a_runner_killed_in_the_diarize_phase_resumes_without_transcribing
     killed_pid, requeued = None, False
     async for ev in svc.events(job.id):
         if ev.event == "progress" and ev.data["phase"] == "diarize" and killed_pid is None:
+            assert "diarize:community-1" in svc.models_in_use(), "deleting it now must be refused"
             killed_pid = svc.pool.slots[0].pid
             assert killed_pid is not None
             os.kill(killed_pid, signal.SIGKILL)

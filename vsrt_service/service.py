@@ -863,6 +863,8 @@ class Service:
                 keys.add(f"whisper:{options.get('model')}")
                 if options.get("language"):
                     keys.add(f"align:{options['language']}")
+                if options.get("diarize"):
+                    keys.add(f"diarize:{self.settings.models.default_diarize}")
         return keys
 
     async def download_model(self, kind: str, model_id: str) -> tuple[str, dict[str, Any]]:
