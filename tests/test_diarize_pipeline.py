@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import HUB_TOKEN, ServiceFactory, SettingsFactory, install_model
 from tests.fakehub import FakeHub
-from tests.media import Speech
+from tests.media import Speech, make_speech
 from tests.test_pipeline import segment_rows
 from vsrt_service.core.config import load_settings
 from vsrt_service.core.options import OptionError, parse_options
@@ -24,6 +24,14 @@ from vsrt_service.core.vocab import STEPS, Phase
 from vsrt_service.service import Service
 
 DASH = "- "
+
+
+@pytest.fixture(scope="module")
+def one_sentence(tmp_path_factory: pytest.TempPathFactory) -> Speech:
+    """The shortest job: what happens without the model does not depend on the speech."""
+    return make_speech(
+        tmp_path_factory.mktemp("diarize") / "one.wav", ["Nobody knows who says this."], video=False
+    )
 
 
 # --- settings (pure) ----------------------------------------------------------------------
@@ -162,10 +170,10 @@ async def test_a_runner_killed_in_the_diarize_phase_resumes_without_transcribing
     ],
 )
 async def test_without_the_model_the_job_completes_without_speakers_and_says_why(
-    make_service: ServiceFactory, speech: Speech, token: str, why: str
+    make_service: ServiceFactory, one_sentence: Speech, token: str, why: str
 ) -> None:
     svc: Service = await make_service(models={"hf_token": token, "preload_on_start": False})
-    job = await svc.submit(speech.path, {"diarize": True})
+    job = await svc.submit(one_sentence.path, {"diarize": True})
     events = [ev async for ev in svc.events(job.id)]
     done = await svc.get(job.id)
     assert done.status == "completed", done.error
