@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.fakehub import FakeHub, start_fake_hub
 from tests.media import Speech, make_speech
 from tests.pg import MISSING, Cluster, fresh_database, pg_bin, running_cluster
 from tests.procs import runner_pids
@@ -213,6 +214,25 @@ def tiny_diarization(media_dir: Path) -> Path:
     return make_tiny_diarization(media_dir / "tiny-diarization")
 
 
+#: The catalog's diarization repository, gated on the (fake) hub.
+DIARIZE_REPO = "pyannote/speaker-diarization-community-1"
+#: A token only the fake hub knows; it must show up nowhere but in the hub's requests.
+HUB_TOKEN = "hf_vsrtTestTokenQ7rW2xZk9LmN4pV8sT1"
+
+
+@pytest.fixture
+async def gated_hub(tiny_diarization: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeHub]:
+    """The tiny pipeline as the catalog's community-1, readable only with HUB_TOKEN."""
+    fake = FakeHub()
+    fake.add_repo_from_dir(DIARIZE_REPO, tiny_diarization, gated_tokens=[HUB_TOKEN])
+    url, stop = await start_fake_hub(fake)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    try:
+        yield fake
+    finally:
+        await stop()
+
+
 @pytest.fixture(scope="session")
 def dialogue(media_dir: Path) -> Speech:
     """A two-person exchange, one espeak-ng voice each, as a 16 kHz mono WAV (11 s)."""
@@ -278,9 +298,14 @@ async def make_service(make_settings: SettingsFactory) -> AsyncIterator[ServiceF
 
 def install_align_model(settings: Settings, source: Path, language: str = "en") -> Path:
     """Place a model directory where the service looks for the language's aligner."""
+    return install_model(settings, source, "align", language)
+
+
+def install_model(settings: Settings, source: Path, kind: str, model_id: str) -> Path:
+    """Place a model directory where the service looks for a catalog model (ready at start)."""
     import shutil
 
-    target = settings.models_dir / "align" / language
+    target = settings.models_dir / kind / model_id
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, target, dirs_exist_ok=True)
     return target

@@ -247,6 +247,9 @@ class JobStoreContract:
         await store.save_segments(job_id, [(0.0, 1.0)], {"model": "m"}, 1.0, speech=[(0.1, 0.9)])
         await store.save_transcript(job_id, 0, "hello", "en")
         await store.save_result(job_id, [aligned(0.0, 1.0, "hello")], "wav2vec2", "en")
+        turns = {"turns": [{"start": 0.1, "end": 0.9, "speaker": "SPEAKER_00"}], "options": {}}
+        assert await store.speakers(job_id) is None
+        await store.save_speakers(job_id, turns)
         await store.update_progress(job_id, phase="align", percent=80, message="a", claim=job.claim)
         await store.set_status(job_id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING])
         kept = await store.requeue(job_id, {"a": 1}, restart=False)
@@ -254,13 +257,14 @@ class JobStoreContract:
         assert kept.locked_options == {"model": "m"} and kept.percent == 80
         assert len(await store.segments(job_id)) == 1 and await store.result(job_id) is not None
         assert await store.speech(job_id) == [(0.1, 0.9)]
+        assert await store.speakers(job_id) == turns
         queued = await store.requeue(job_id, {"a": 2}, restart=True)
         assert queued is not None and queued.status == "queued" and queued.options == {"a": 2}
         assert queued.locked_options is None and await store.segments(job_id) == []
         assert await store.speech(job_id) == []
         assert (queued.percent, queued.phase, queued.processed, queued.total) == (0, "queued", 0, 0)
         assert (queued.language, queued.duration, queued.alignment) == (None, None, None)
-        assert await store.result(job_id) is None
+        assert await store.result(job_id) is None and await store.speakers(job_id) is None
 
     async def test_delete_refuses_a_running_job(self, store: JobStore) -> None:
         (job_id,) = await make_jobs(store, 1)

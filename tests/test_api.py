@@ -353,6 +353,8 @@ async def test_hostile_names_and_paths_are_refused(
         ({"hotwords": ["Kubernetes", 7]}, "hotwords"),
         ({"audio_track": "second"}, "audio_track"),
         ({"min_silence_for_new_cue": 0}, "min_silence_for_new_cue"),
+        ({"diarize": "on"}, "diarize"),
+        ({"diarize": True, "num_speakers": 2, "max_speakers": 4}, "num_speakers"),
     ],
 )
 async def test_bad_settings_are_400_naming_the_field(

@@ -25,7 +25,7 @@ import pytest
 import requests
 from multidict import MultiDict
 
-from tests.conftest import ClientFactory
+from tests.conftest import ClientFactory, SettingsFactory, install_model
 from tests.media import Speech, make_speech, word_error_rate
 from tests.test_pipeline import transcript
 from tests.test_server import Server, make_server  # noqa: F401  (the fixture)
@@ -77,7 +77,7 @@ def test_query_defaults_and_every_bad_value_names_its_parameter() -> None:
         "vad_filter": query(vad_filter="yes please"),
         "min_speakers": query(min_speakers="two"),
         "max_speakers": query(max_speakers="0"),
-        "diarize": query(diarize="true"),
+        "diarize": query(diarize="perhaps"),
     }
     for field, params in bad.items():
         with pytest.raises(InvalidInput) as info:
@@ -87,13 +87,19 @@ def test_query_defaults_and_every_bad_value_names_its_parameter() -> None:
     with pytest.raises(InvalidInput) as info:
         parse_asr_query(query(min_speakers="3", max_speakers="2"))
     assert info.value.field == "min_speakers"
-    # Speaker counts are checked even with diarize=true, which is refused on its own.
     with pytest.raises(InvalidInput) as info:
         parse_asr_query(query(diarize="true", min_speakers="-1"))
     assert info.value.field == "min_speakers"
     with pytest.raises(InvalidInput) as info:
-        parse_asr_query(query(diarize="true", min_speakers="2"))
-    assert info.value.field == "diarize" and "not supported" in str(info.value)
+        parse_asr_query(query(max_speakers="21"))
+    assert info.value.field == "max_speakers"
+
+
+def test_diarize_and_its_speaker_counts_are_job_settings_only_when_on() -> None:
+    """They split a shared job only when they change what it makes."""
+    assert "diarize" not in parse_asr_query(query(diarize="false", min_speakers="2")).settings()
+    on = parse_asr_query(query(diarize="true", min_speakers="2", max_speakers="3")).settings()
+    assert (on["diarize"], on["min_speakers"], on["max_speakers"]) == (True, 2, 3)
 
 
 def test_pcm_becomes_a_wav_and_a_bad_pcm_body_is_refused(tmp_path: Path) -> None:
@@ -298,7 +304,7 @@ async def test_every_output_from_one_job_and_bad_requests_refused(
     assert resp.status == 409 and body["error"]["code"] == "canceled", body
 
     # Bad requests: a clear 4xx naming the parameter, nothing left in the uploads.
-    resp = await asr(diarize="true")
+    resp = await asr(diarize="perhaps")
     body = await resp.json()
     assert resp.status == 400 and body["error"]["field"] == "diarize" and "diarize" in body["detail"], body
     form = aiohttp.FormData()
@@ -330,3 +336,21 @@ async def test_a_failed_job_is_never_a_200(make_client: ClientFactory, short_spe
     assert body["error"]["code"] == "media_timeout" and "/" not in body["detail"], body
     jobs = (await (await client.get("/api/jobs")).json())["jobs"]
     assert len(jobs) == 1 and jobs[0]["status"] == "failed"
+
+
+@pytest.mark.slow
+async def test_diarize_true_makes_a_diarized_job_whose_json_has_speakers(
+    make_client: ClientFactory, make_settings: SettingsFactory, tiny_diarization: Path, dialogue: Speech
+) -> None:
+    install_model(make_settings(), tiny_diarization, "diarize", "community-1")
+    client = await make_client()
+    form = aiohttp.FormData()
+    form.add_field("audio_file", await asyncio.to_thread(dialogue.path.read_bytes), filename="talk.wav")
+    params = {"diarize": "true", "max_speakers": "3", "output": "json", "word_timestamps": "true"}
+    resp = await client.post("/asr", params=params, data=form)
+    assert resp.status == 200, await resp.text()
+    result = json.loads(await resp.text())
+    assert result["segments"] and all(s.get("speaker") for s in result["segments"]), result
+    assert all(w.get("speaker") for s in result["segments"] for w in s["words"]), result
+    (job,) = (await (await client.get("/api/jobs")).json())["jobs"]
+    assert job["settings"]["diarize"] is True and job["settings"]["max_speakers"] == 3

@@ -14,15 +14,15 @@ import json
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import SettingsFactory
-from tests.fakehub import FakeHub, start_fake_hub
+from tests.conftest import DIARIZE_REPO, HUB_TOKEN, SettingsFactory
+from tests.fakehub import FakeHub
 from tests.http_helpers import catalog_entry, done_for, model_events
 from tests.media import Speech
 from tests.sse_client import SseEvent
@@ -33,25 +33,11 @@ from vsrt_service.core.speakers import SpeakerTurn, assign_speakers
 from vsrt_service.runners.pool import new_id
 from vsrt_service.web.keys import SERVICE
 
-REPO = "pyannote/speaker-diarization-community-1"
-#: A token only the fake hub knows; it must show up nowhere but in the hub's requests.
-TOKEN = "hf_vsrtTestTokenQ7rW2xZk9LmN4pV8sT1"
+REPO = DIARIZE_REPO
+TOKEN = HUB_TOKEN
 GATED = f"{REPO} is gated: accept its licence at https://hf.co/{REPO} and set models.hf_token (or HF_TOKEN)"
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture
-async def gated_hub(tiny_diarization: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeHub]:
-    """The tiny pipeline as the catalog's community-1, readable only with TOKEN."""
-    fake = FakeHub()
-    fake.add_repo_from_dir(REPO, tiny_diarization, gated_tokens=[TOKEN])
-    url, stop = await start_fake_hub(fake)
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    try:
-        yield fake
-    finally:
-        await stop()
 
 
 # --- catalog and settings ----------------------------------------------------------------

@@ -4,9 +4,9 @@ The form, model names, word times and stream pieces are pure functions, tested w
 server. One server serves the rest of the module. Requests with the same audio and settings
 are one vsrt job (`Service.submit_shared`): the first transcribes, the others (another
 `response_format`, word timestamps, a translation by the English-only model) attach to the
-finished job and answer at once. So the clip is transcribed three times in all (plainly, with
-one prompt for the stream, with another for the client that leaves), and twice more it fails
-after the split (a model that is not downloaded).
+finished job and answer at once. So the clip is transcribed four times in all (plainly, with
+one prompt for the stream, with another for the client that leaves, diarized for
+diarized_json), and twice more it fails after the split (a model that is not downloaded).
 """
 
 from __future__ import annotations
@@ -22,16 +22,31 @@ import aiohttp
 import openai
 import pytest
 from multidict import MultiDict
-from openai.types.audio import Transcription, TranscriptionVerbose, Translation, TranslationVerbose
+from openai.types.audio import (
+    Transcription,
+    TranscriptionDiarized,
+    TranscriptionVerbose,
+    Translation,
+    TranslationVerbose,
+)
 
+from tests.conftest import install_model
 from tests.media import Speech, make_speech, normalize_text, word_error_rate
 from tests.procs import vsrt_serve
 from vsrt_service.core.catalog import Catalog
+from vsrt_service.core.config import load_settings
 from vsrt_service.core.errors import InvalidInput, NotFound
 from vsrt_service.core.formats import parse_srt, parse_vtt
 from vsrt_service.jobs.store import Job
 from vsrt_service.service import Transcript
-from vsrt_service.web.api_openai import error_body, parse_request, resolve_model, stored_pieces, timed_words
+from vsrt_service.web.api_openai import (
+    diarized_json,
+    error_body,
+    parse_request,
+    resolve_model,
+    stored_pieces,
+    timed_words,
+)
 
 TOKEN = "openai-test-token-0123456789"
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "She sells fresh bread at the market."]
@@ -43,8 +58,11 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Speech:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("openai-data")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_diarization: Path) -> Path:
+    """The server's data directory, with the tiny diarization model ready in it."""
+    path = tmp_path_factory.mktemp("openai-data")
+    install_model(load_settings(env={}, data_dir=path), tiny_diarization, "diarize", "community-1")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +237,7 @@ async def test_models(client: openai.AsyncOpenAI) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK marks translations so
 async def test_errors_in_openai_shape(
     server: str, client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech, data_dir: Path
 ) -> None:
@@ -233,7 +252,7 @@ async def test_errors_in_openai_shape(
         await client.audio.transcriptions.create(file=file, model="whisper-1", temperature=1.5)
     assert bad.value.param == "temperature" and bad.value.type == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as bad:
-        await client.audio.transcriptions.create(
+        await client.audio.translations.create(  # type: ignore[call-overload]
             file=file, model="whisper-1", response_format="diarized_json"
         )
     assert bad.value.param == "response_format"
@@ -277,6 +296,22 @@ async def test_errors_in_openai_shape(
 
 
 # --- pure functions ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_diarized_json_is_a_diarized_job_with_a_speaker_per_segment(
+    client: openai.AsyncOpenAI, api: aiohttp.ClientSession, clip: Speech
+) -> None:
+    file = await audio(clip)
+    result = await client.audio.transcriptions.create(
+        file=file, model="whisper-1", response_format="diarized_json"
+    )
+    assert isinstance(result, TranscriptionDiarized), result
+    assert word_error_rate(clip.text, result.text) < 0.3, result.text
+    assert result.segments and all(s.speaker.isalpha() and s.speaker.isupper() for s in result.segments)
+    assert [s.start for s in result.segments] == sorted(s.start for s in result.segments)
+    diarized = [j for j in await jobs(api) if j["settings"]["diarize"]]
+    assert len(diarized) == 1 and diarized[0]["status"] == "completed"
 
 
 def test_model_names() -> None:
@@ -340,6 +375,13 @@ def test_form_fields_to_job_settings() -> None:
         True,
         True,
     )
+    diarized = parse_request(
+        form(model="whisper-1", response_format="diarized_json"), "transcribe", catalog, "tiny.en"
+    )
+    assert diarized.settings == {"model": "tiny.en", "task": "transcribe", "diarize": True}
+    with pytest.raises(InvalidInput) as info:
+        parse_request(form(model="small", response_format="diarized_json"), "translate", catalog, "tiny.en")
+    assert info.value.field == "response_format"
     # A multilingual model translates; an English-only one transcribes English (its only language).
     assert parse_request(form(model="small"), "translate", catalog, "tiny.en").settings["task"] == "translate"
     english = parse_request(form(model="whisper-1"), "translate", catalog, "tiny.en")
@@ -358,7 +400,6 @@ def test_form_fields_to_job_settings() -> None:
         ({"model": "whisper-1", "temperature": "hot"}, "temperature"),
         ({"model": "whisper-1", "temperature": "1.5"}, "temperature"),
         ({"model": "whisper-1", "temperature": "-0.1"}, "temperature"),
-        ({"model": "whisper-1", "response_format": "diarized_json"}, "response_format"),
         ({"model": "whisper-1", "timestamp_granularities__": "char"}, "timestamp_granularities[]"),
         ({"model": "whisper-1", "include__": "everything"}, "include[]"),
         ({"model": "whisper-1", "stream": "maybe"}, "stream"),
@@ -389,6 +430,44 @@ def test_every_word_has_times_in_order() -> None:
         {"word": "cats", "start": 3.0, "end": 3.5},
     ]
     assert timed_words({"start": 0.0, "end": 1.0, "text": "", "words": []}) == []
+
+
+def test_diarized_json_is_what_the_sdk_parses_cut_at_speaker_changes() -> None:
+    job = cast(Job, None)
+    w = [
+        {"word": "Hello", "start": 0.0, "end": 0.4, "speaker": "SPEAKER_01"},
+        {"word": "there.", "start": 0.5, "end": 0.9, "speaker": "SPEAKER_01"},
+        {"word": "Hi!", "start": 1.2, "end": 1.5, "speaker": "SPEAKER_00"},
+        {"word": "42", "speaker": "SPEAKER_00"},
+    ]
+    segments: list[dict[str, Any]] = [
+        {"id": 0, "start": 0.0, "end": 2.0, "text": " Hello there. Hi! 42", "words": w},
+        {
+            "id": 1,
+            "start": 3.0,
+            "end": 4.0,
+            "text": " Renamed.",
+            "words": [{"word": "Renamed.", "speaker": "Ada"}],
+        },
+        {
+            "id": 2,
+            "start": 5.0,
+            "end": 6.0,
+            "text": " No speakers.",
+            "words": [{"word": "No"}, {"word": "speakers."}],
+        },
+    ]
+    body = diarized_json(6.5, Transcript(job, "aligned", segments, None), "Hello there. Hi! 42 Renamed.")
+    parsed = TranscriptionDiarized.model_validate(body)
+    assert parsed.task == "transcribe" and parsed.duration == 6.5
+    assert [(s.speaker, s.text, s.start, s.end) for s in parsed.segments] == [
+        ("A", "Hello there.", 0.0, 0.9),
+        ("B", "Hi! 42", 1.2, 2.0),
+        ("Ada", "Renamed.", 3.0, 4.0),  # untimed words: the segment's times
+        ("unknown", "No speakers.", 5.0, 6.0),
+    ]
+    assert len({s.id for s in parsed.segments}) == 4
+    assert all(s.type == "transcript.text.segment" for s in parsed.segments)
 
 
 def test_stored_pieces_are_what_fragments_carry() -> None:

@@ -25,15 +25,17 @@ def test_phase_shares_are_the_specs_and_cover_0_to_100_without_gaps() -> None:
         "split": 5,
         "transcribe": 70,
         "align": 10,
-        "srt": 10,
+        "diarize": 5,
+        "srt": 5,
     }
     assert sum(s.share for s in STEPS) == 100
     assert STEPS[0].start == 0 and STEPS[-1].end == 100
     for before, after in itertools.pairwise(STEPS):
         assert before.end == after.start
     assert span("transcribe") == (10.0, 80.0)
+    assert span("diarize") == (90.0, 95.0)
     with pytest.raises(ValueError):
-        span("diarize")
+        span("translate")
 
 
 def test_vocabularies_are_the_plain_strings_on_the_wire() -> None:

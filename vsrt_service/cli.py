@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--webhook-url", metavar="URL", help="an http(s) URL to POST each job's final state to (signed)"
     )
+    tr.add_argument("--diarize", action="store_true", help="find who speaks: a speaker on every cue")
+    tr.add_argument("--num-speakers", type=int, metavar="N", help="the exact number of speakers, if known")
+    tr.add_argument("--min-speakers", type=int, metavar="N", help="at least this many speakers")
+    tr.add_argument("--max-speakers", type=int, metavar="N", help="at most this many speakers")
+    tr.add_argument(
+        "--speaker-labels", action="store_true", help='TXT as speaker turns, each starting "[SPEAKER_00] "'
+    )
 
     models = sub.add_parser("models", help="list, download or delete models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -206,6 +213,9 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
         job_settings["task"] = args.task
     if args.no_align:
         job_settings["align"] = False
+    for flag in ("diarize", "speaker_labels"):
+        if getattr(args, flag):
+            job_settings[flag] = True
     for key in (
         "vad_method",
         "initial_prompt",
@@ -213,6 +223,9 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
         "audio_track",
         "min_silence_for_new_cue",
         "webhook_url",
+        "num_speakers",
+        "min_speakers",
+        "max_speakers",
     ):
         if getattr(args, key) is not None:
             job_settings[key] = getattr(args, key)

@@ -630,7 +630,10 @@ class Service:
         job = await self.get(job_id)
         edited = await self.store.edited_cues(job.id)
         if edited is not None:
-            return render(fmt, cues_from_json(edited), {"job_id": job.id, "edited": True})
+            labels = job.options.get("speaker_labels") is True  # the job option, as its own files
+            return render(
+                fmt, cues_from_json(edited), {"job_id": job.id, "edited": True}, speaker_labels=labels
+            )
         path = self.ctx.job_dir(job.id) / f"subtitles.{fmt}"  # written whole at completion
         if job.status != JobStatus.COMPLETED or not await asyncio.to_thread(path.is_file):
             raise Conflict("the subtitles are not ready yet", code="not_ready")
@@ -872,6 +875,8 @@ class Service:
                 keys.add(f"whisper:{options.get('model')}")
                 if options.get("language"):
                     keys.add(f"align:{options['language']}")
+                if options.get("diarize"):
+                    keys.add(f"diarize:{self.settings.models.default_diarize}")
         return keys
 
     async def download_model(self, kind: str, model_id: str) -> tuple[str, dict[str, Any]]:

@@ -41,6 +41,10 @@ LOCKED = (
 #: Whisper reads at most 224 prompt tokens; this many characters is well past that.
 MAX_PROMPT_CHARS = 1000
 _TRACK_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+#: Speaker counts a job may ask the diarization for (more is not a conversation to caption).
+MAX_SPEAKERS = 20
+#: The diarization's settings: they shape its stored turns, not the transcript.
+SPEAKER_OPTIONS = ("num_speakers", "min_speakers", "max_speakers")
 
 TASKS = ("transcribe", "translate")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
@@ -83,6 +87,12 @@ class JobOptions:
     #: Transcripts (TXT) as speaker turns, each starting "[SPEAKER_00] "; the subtitle
     #: formats keep their own conventions (dialogue dashes, VTT voices, JSON fields).
     speaker_labels: bool = False
+    #: Who speaks when: a `diarize` phase puts a speaker on every word.
+    diarize: bool = False
+    #: The diarization's hints: an exact count, or bounds (never both); None lets it decide.
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +122,10 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "min_silence_for_new_cue": c.min_silence_for_new_cue,
         "webhook_url": None,
         "speaker_labels": False,
+        "diarize": False,
+        "num_speakers": None,
+        "min_speakers": None,
+        "max_speakers": None,
     }
 
 
@@ -211,6 +225,10 @@ def parse_options(
     speaker_labels = merged.get("speaker_labels", False)  # absent from older jobs
     if not isinstance(speaker_labels, bool):
         raise OptionError("speaker_labels", "speaker_labels must be true or false")
+    diarize = merged.get("diarize", False)
+    if not isinstance(diarize, bool):
+        raise OptionError("diarize", "diarize must be true or false")
+    num, low, high = _speaker_counts(merged)
     return JobOptions(
         model=model,
         language=language,
@@ -232,7 +250,25 @@ def parse_options(
         ),
         webhook_url=_webhook(merged.get("webhook_url"), settings),
         speaker_labels=speaker_labels,
+        diarize=diarize,
+        num_speakers=num,
+        min_speakers=low,
+        max_speakers=high,
     )
+
+
+def _speaker_counts(merged: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """num_speakers, min_speakers, max_speakers: whole numbers 1..MAX_SPEAKERS or null; an
+    exact count excludes bounds (the model would ignore them), and min <= max."""
+    num, low, high = (
+        None if merged.get(k) is None else _number(k, merged[k], 1, MAX_SPEAKERS, integer=True)
+        for k in SPEAKER_OPTIONS
+    )
+    if num is not None and (low is not None or high is not None):
+        raise OptionError("num_speakers", "give num_speakers or min_speakers/max_speakers, not both")
+    if low is not None and high is not None and low > high:
+        raise OptionError("min_speakers", "min_speakers must not be above max_speakers")
+    return num, low, high
 
 
 def _webhook(value: Any, settings: Settings) -> str | None:

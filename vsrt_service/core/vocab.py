@@ -19,6 +19,8 @@ class Phase(StrEnum):
     SPLIT = "split"
     TRANSCRIBE = "transcribe"
     ALIGN = "align"
+    #: Who speaks when (only for jobs with `diarize`; skipped entirely otherwise).
+    DIARIZE = "diarize"
     SRT = "srt"
 
 
@@ -39,7 +41,9 @@ _TABLE: tuple[tuple[Phase, str, float], ...] = (
     (Phase.SPLIT, "Split", 5.0),
     (Phase.TRANSCRIBE, "Transcribe", 70.0),
     (Phase.ALIGN, "Align", 10.0),
-    (Phase.SRT, "Subtitles", 10.0),
+    # Cue building is cheap CPU: half of its former share goes to diarization.
+    (Phase.DIARIZE, "Speakers", 5.0),
+    (Phase.SRT, "Subtitles", 5.0),
 )
 
 
@@ -81,6 +85,10 @@ class Signal(StrEnum):
     an event of its own that the broker sends to a subscriber that fell behind."""
 
     ALIGNMENT_READY = "alignment_ready"
+    #: A diarized job's speakers are on its words (`speakers`: the labels).
+    SPEAKERS_READY = "speakers_ready"
+    #: A job asked for speakers but goes on without them; the message says why.
+    SPEAKERS_OFF = "speakers_off"
     JOB_COMPLETE = "job_complete"
     PAUSED = "paused"
     CANCELED = "canceled"

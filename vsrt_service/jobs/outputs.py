@@ -4,9 +4,10 @@ Cue building and rendering are pure-Python CPU: seconds for hours of speech. In 
 that work still shares the service's GIL, and whenever the busy thread is preempted while
 holding it the event loop waits too (0.1-0.2 s stalls on a loaded machine). A child
 process, `python -m vsrt_service.jobs.outputs JOB_DIR`, shares nothing: it reads
-`{"rules", "meta", "segments", "speech"}` as JSON on stdin, writes every format into JOB_DIR and
-answers `{"cues": N}` (or `{"error": "ExceptionName"}`) on stdout. Short transcripts, the
-common case, are done in a thread: starting an interpreter costs more than they do.
+`{"rules", "meta", "segments", "speech", "speaker_labels"}` as JSON on stdin, writes every
+format into JOB_DIR and answers `{"cues": N}` (or `{"error": "ExceptionName"}`) on stdout.
+Short transcripts, the common case, are done in a thread: starting an interpreter costs
+more than they do.
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ class OutputError(VsrtError):
     """The subtitle files could not be written; the message names no server path."""
 
 
-def write_subtitles(job_dir: Path, cues: list[Cue], meta: dict[str, Any]) -> None:
-    """Every format, each written whole and durably before the job is reported complete."""
+def write_subtitles(
+    job_dir: Path, cues: list[Cue], meta: dict[str, Any], speaker_labels: bool = False
+) -> None:
+    """Every format, each written whole and durably before the job is reported complete;
+    `speaker_labels` (the job option) makes the TXT speaker turns."""
     job_dir.mkdir(parents=True, exist_ok=True)
     for fmt in FORMATS:
-        write_atomic(job_dir / f"subtitles.{fmt}", render(fmt, cues, meta))
+        write_atomic(job_dir / f"subtitles.{fmt}", render(fmt, cues, meta, speaker_labels=speaker_labels))
 
 
 def build_and_write(
@@ -53,10 +57,11 @@ def build_and_write(
     rules: CueSettings,
     meta: dict[str, Any],
     speech: Sequence[Sequence[float]] = (),
+    speaker_labels: bool = False,
 ) -> int:
     """Cues from the transcript, written in every format (blocking); returns their number."""
     cues = build_cues(segments, rules, speech)
-    write_subtitles(job_dir, cues, {**meta, "segments": segments})
+    write_subtitles(job_dir, cues, {**meta, "segments": segments}, speaker_labels)
     return len(cues)
 
 
@@ -67,14 +72,23 @@ async def write_job_outputs(
     meta: dict[str, Any],
     nice: int = 0,
     speech: Sequence[Sequence[float]] = (),
+    speaker_labels: bool = False,
 ) -> int:
     """build_and_write, off the event loop; in a child process for a long transcript."""
     words = sum(len(s.get("words") or ()) for s in segments)
     if words <= CHILD_ABOVE_WORDS:
-        return await asyncio.to_thread(build_and_write, job_dir, segments, rules, meta, speech)
+        return await asyncio.to_thread(
+            build_and_write, job_dir, segments, rules, meta, speech, speaker_labels
+        )
     payload = await asyncio.to_thread(
         bigjson.dumps,
-        {"rules": asdict(rules), "meta": meta, "segments": segments, "speech": [list(r) for r in speech]},
+        {
+            "rules": asdict(rules),
+            "meta": meta,
+            "segments": segments,
+            "speech": [list(r) for r in speech],
+            "speaker_labels": speaker_labels,
+        },
         2,
     )
     proc = await asyncio.create_subprocess_exec(
@@ -125,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = json.load(sys.stdin.buffer)
         count = build_and_write(
-            args.job_dir, data["segments"], CueSettings(**data["rules"]), data["meta"], data.get("speech", ())
+            args.job_dir,
+            data["segments"],
+            CueSettings(**data["rules"]),
+            data["meta"],
+            data.get("speech", ()),
+            bool(data.get("speaker_labels", False)),
         )
     except Exception as exc:
         log.exception("building subtitles failed")

@@ -1,4 +1,4 @@
-"""One job through the pipeline: extract, split, transcribe, align, srt.
+"""One job through the pipeline: extract, split, transcribe, align, diarize (when on), srt.
 
 Every step starts from what the store already holds, so running a job again after a pause,
 a crash or a restart redoes nothing that was finished. Each write is committed before the
@@ -21,8 +21,9 @@ from vsrt_service.core.broker import Broker, job_channel
 from vsrt_service.core.config import Settings
 from vsrt_service.core.cue_rules import cue_rules
 from vsrt_service.core.errors import VsrtError
-from vsrt_service.core.options import OptionError, parse_options, track_choice
+from vsrt_service.core.options import SPEAKER_OPTIONS, OptionError, parse_options, track_choice
 from vsrt_service.core.redact import public_text
+from vsrt_service.core.speakers import SpeakerTurn, assign_speakers
 from vsrt_service.core.speech import sentence_lines, snap_words
 from vsrt_service.core.vocab import STEPS, Phase, Signal
 from vsrt_service.jobs.datadir import AUDIO_NAME, TRACK_NAME, audio_files, remove_paths
@@ -123,6 +124,7 @@ class JobRun:
         if segments:
             await self.transcribe()
         aligned, alignment = await self.align()
+        aligned = await self.diarize(aligned, alignment)
         await self.write_outputs(aligned, alignment)
         if self.ctx.settings.jobs.keep_audio_hours == 0:
             # Nothing reads it once the subtitles are written; a restart extracts it again.
@@ -338,6 +340,65 @@ class JobRun:
         )
         return aligned, alignment
 
+    async def diarize(self, aligned: list[p.AlignedSegment], alignment: str) -> list[p.AlignedSegment]:
+        """Speakers on the aligned words, from turns checkpointed once per set of speaker
+        hints; without the model the job goes on without speakers and says why."""
+        store = self.ctx.store
+        if not self.options.diarize:
+            if any("speaker" in w for s in aligned for w in s["words"]):  # diarized before: not now
+                aligned = _without_speakers(aligned)
+                await store.save_result(self.job.id, aligned, alignment, self.language)
+            return aligned
+        if not aligned:
+            return aligned
+        wanted = {k: getattr(self.options, k) for k in SPEAKER_OPTIONS}
+        stored = await store.speakers(self.job.id)
+        if stored is not None and stored.get("options") == wanted:
+            turns: list[SpeakerTurn] = stored["turns"]
+        else:
+            found = await self._diarize_turns(wanted)
+            if found is None:
+                return aligned
+            turns = found
+        labelled = await asyncio.to_thread(assign_speakers, aligned, turns)
+        await store.save_result(self.job.id, labelled, alignment, self.language)
+        labels = list(dict.fromkeys(t["speaker"] for t in turns))
+        await self.progress(Phase.DIARIZE, 1, f"{len(labels)} speakers")
+        self.ctx.publish(
+            self.job.id,
+            "signal",
+            {"code": Signal.SPEAKERS_READY, "message": f"{len(labels)} speakers", "speakers": labels},
+        )
+        return labelled
+
+    async def _diarize_turns(self, wanted: dict[str, Any]) -> list[SpeakerTurn] | None:
+        """The runner's turns, checkpointed; None (and the reason told) without the model."""
+        ref, why = await self._diarizer()
+        if ref is None:
+            message = self._public(f"no speakers: {why}")
+            log.warning("job %s: %s", self.job.id, message)
+            await self.progress(Phase.DIARIZE, 1, message)
+            self.ctx.publish(self.job.id, "signal", {"code": Signal.SPEAKERS_OFF, "message": message})
+            return None
+        message = "finding who speaks when"
+        await self.progress(Phase.DIARIZE, 0, message)
+
+        async def on_reply(msg: p.Reply) -> None:
+            if isinstance(msg, p.Progress) and msg.total:
+                await self.progress(Phase.DIARIZE, msg.done / msg.total, message)
+
+        request = p.Diarize(id=new_id(), audio_path=str(self.audio), model=ref, **wanted)
+        async with self.ctx.pool.lease() as runner:
+            data = await self._call(runner, request, on_reply)
+        turns: list[SpeakerTurn] = [
+            {"start": float(t["start"]), "end": float(t["end"]), "speaker": str(t["speaker"])}
+            for t in data["segments"]
+        ]
+        await self.ctx.store.save_speakers(
+            self.job.id, {"turns": turns, "model": ref["key"], "options": wanted}
+        )
+        return turns
+
     async def write_outputs(self, aligned: list[p.AlignedSegment], alignment: str) -> None:
         await self.progress(Phase.SRT, 0, "building subtitles")
         meta = {k: v for k, v in self.metadata(alignment, aligned).items() if k != "segments"}
@@ -349,6 +410,7 @@ class JobRun:
                 meta,
                 nice=self.ctx.settings.runners.nice,
                 speech=await self.speech(),
+                speaker_labels=self.options.speaker_labels,
             )
         except OutputError as exc:
             raise JobFailed("subtitles", str(exc)) from None
@@ -391,6 +453,37 @@ class JobRun:
             )
         return ref
 
+    async def _diarizer(self) -> tuple[p.ModelRef | None, str]:
+        """The diarization model, downloaded first if it can be (bounded wait, as the
+        aligner); without it, why not, in words a user can act on."""
+        models = self.ctx.models
+        model_id = self.ctx.settings.models.default_diarize
+        ref = models.diarize_ref(model_id)
+        entry = models.catalog.get("diarize", model_id)
+        if ref is not None or entry is None:
+            return ref, f"no diarization model {model_id!r} in the catalog"
+        if entry.gated and not self.ctx.settings.models.hf_token:
+            return None, (
+                f"the diarization model {model_id} is not downloaded and is gated: accept its licence "
+                f"at https://hf.co/{entry.repo} and set models.hf_token (or HF_TOKEN)"
+            )
+        wait = self.ctx.settings.jobs.align_wait_seconds
+
+        async def on_progress(info: dict[str, Any]) -> None:
+            await self.progress(
+                Phase.DIARIZE,
+                0,
+                f"waiting for the diarization model: {info['status']} {info['progress']:.0f}%",
+            )
+
+        await self.progress(Phase.DIARIZE, 0, f"downloading the diarization model {model_id}")
+        ref = await models.ensure("diarize", model_id, wait, on_progress)
+        if ref is not None:
+            return ref, ""
+        error = models.state("diarize", model_id).error
+        reason = error or f"not ready in {wait:.0f} s"
+        return None, f"the diarization model {model_id} could not be had ({reason})"
+
     def _whisper_ref(self) -> p.ModelRef:
         ref = self.ctx.models.whisper_ref(self.options.model)
         if ref is None:
@@ -415,6 +508,14 @@ class JobRun:
     def _public(self, text: str) -> str:
         """Runner messages quote job files and tracebacks; clients see `jobs/...`, no server path."""
         return public_text(text, self.ctx.settings.data_dir)
+
+
+def _without_speakers(segments: list[p.AlignedSegment]) -> list[p.AlignedSegment]:
+    """Copies without the speakers an earlier diarized run put on the words."""
+    return [
+        {**s, "words": [p.Word(**{k: v for k, v in w.items() if k != "speaker"}) for w in s["words"]]}  # type: ignore[typeddict-item]
+        for s in segments
+    ]
 
 
 def _read_marker(path: Path) -> int | None:

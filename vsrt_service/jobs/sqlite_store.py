@@ -37,7 +37,7 @@ from vsrt_service.jobs.store import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -139,6 +139,12 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_at);
 CREATE INDEX IF NOT EXISTS deliveries_by_job ON deliveries (job_id, created_at);
 """
 
+# The diarize phase's checkpoint (JSON {"turns", "model", "options"}): a resume after it
+# assigns speakers again without running the model again.
+SCHEMA_V8 = """
+ALTER TABLE jobs ADD COLUMN speakers TEXT;
+"""
+
 #: version -> the script that brings the schema from version-1 to it.
 MIGRATIONS = {
     1: SCHEMA_V1,
@@ -148,6 +154,7 @@ MIGRATIONS = {
     5: SCHEMA_V5,
     6: SCHEMA_V6,
     7: SCHEMA_V7,
+    8: SCHEMA_V8,
 }
 
 _DELIVERY_COLUMNS = (
@@ -405,9 +412,9 @@ class SqliteJobStore:
             if restart:
                 await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
                 await db.execute(
-                    "UPDATE jobs SET checkpoint_settings = NULL, speech = NULL, language = NULL,"
-                    " alignment = NULL, result = NULL, percent = 0, phase = 'queued', processed = 0,"
-                    " total = 0, duration = NULL WHERE id = ?",
+                    "UPDATE jobs SET checkpoint_settings = NULL, speech = NULL, speakers = NULL,"
+                    " language = NULL, alignment = NULL, result = NULL, percent = 0, phase = 'queued',"
+                    " processed = 0, total = 0, duration = NULL WHERE id = ?",
                     (job_id,),
                 )
             await db.execute(
@@ -530,6 +537,21 @@ class SqliteJobStore:
             return None
         segments: list[AlignedSegment] = await asyncio.to_thread(bigjson.loads, row[0], 1)
         return segments
+
+    async def save_speakers(self, job_id: str, speakers: dict[str, Any]) -> None:
+        text = json.dumps(speakers)  # turns: a few hundred bytes a minute of audio
+        async with self._w.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET speakers = ?, updated_at = ? WHERE id = ?", (text, time.time(), job_id)
+            )
+
+    async def speakers(self, job_id: str) -> dict[str, Any] | None:
+        async with self._r.execute("SELECT speakers FROM jobs WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        if not row or not row[0]:
+            return None
+        data: dict[str, Any] = json.loads(row[0])
+        return data
 
     async def save_edited_cues(
         self, job_id: str, cues: list[dict[str, Any]] | None, expected_version: int | None = None

@@ -249,7 +249,8 @@ class JobStore(Protocol):
     async def requeue(self, job_id: str, options: dict[str, Any], *, restart: bool) -> Job | None:
         """Compare-and-set to `queued` from any status but `processing` (RESUMABLE), with these
         options, the error cleared, attempts 0 and a transition. `restart` forgets every result
-        first (segments, locked options, language, duration, alignment, result, progress).
+        first (segments, locked options, language, duration, alignment, result, speakers,
+        progress).
         None, with nothing changed, when the job runs or is gone."""
         ...
 
@@ -305,6 +306,15 @@ class JobStore(Protocol):
 
     async def result(self, job_id: str) -> list[AlignedSegment] | None:
         """The stored result exactly as saved; None when there is none."""
+        ...
+
+    async def save_speakers(self, job_id: str, speakers: dict[str, Any]) -> None:
+        """Checkpoint the diarization (a small JSON object: its turns and what made them),
+        replacing an earlier one; a restart forgets it."""
+        ...
+
+    async def speakers(self, job_id: str) -> dict[str, Any] | None:
+        """The stored diarization exactly as saved; None before the diarize phase ran."""
         ...
 
     async def save_edited_cues(

@@ -27,6 +27,7 @@ from vsrt_service.core.cues import Cue, round_ms
 from vsrt_service.core.errors import InvalidInput
 from vsrt_service.core.formats import to_srt, to_txt
 from vsrt_service.core.languages import LANGUAGE_NAMES, language_name
+from vsrt_service.core.options import MAX_SPEAKERS
 from vsrt_service.core.pcm import pcm_to_wav
 from vsrt_service.jobs.store import Job
 from vsrt_service.service import Service, Transcript
@@ -42,7 +43,6 @@ OUTPUTS = ("txt", "vtt", "srt", "tsv", "json")
 TASKS = ("transcribe", "translate")
 #: The `Asr-Engine` header: vsrt transcribes and aligns with WhisperX.
 ENGINE = "whisperx"
-MAX_SPEAKERS = 100
 
 
 def asr_error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -69,6 +69,7 @@ class AsrQuery:
     output: str = "txt"
     word_timestamps: bool = False
     vad_filter: bool = False
+    diarize: bool = False
     min_speakers: int | None = None
     max_speakers: int | None = None
     #: Bazarr's `video_file` (the video's path, with "pass video name"): the job's name in the
@@ -76,12 +77,20 @@ class AsrQuery:
     video_name: str | None = None
 
     def settings(self) -> dict[str, Any]:
-        """The vsrt job settings (no language: detected, as that service does)."""
-        return {
+        """The vsrt job settings (no language: detected, as that service does); the speaker
+        counts only with diarize, as there, so they split a shared job only when they count."""
+        settings: dict[str, Any] = {
             "task": self.task,
             "language": self.language or "auto",
             "initial_prompt": self.initial_prompt,
         }
+        if self.diarize:
+            settings |= {
+                "diarize": True,
+                "min_speakers": self.min_speakers,
+                "max_speakers": self.max_speakers,
+            }
+        return settings
 
 
 def _last(query: MultiMapping[str], name: str) -> str | None:
@@ -132,8 +141,7 @@ def parse_encode(query: MultiMapping[str]) -> bool:
 
 def parse_asr_query(query: MultiMapping[str]) -> AsrQuery:
     """Check every parameter that service takes; others are ignored, as there (Bazarr's
-    `video_file` only names the job). Diarization is not built yet: `diarize=true` is refused,
-    not ignored, and the speaker counts are checked anyway."""
+    `video_file` only names the job). The speaker counts are checked even without diarize."""
     language = _last(query, "language") or None
     if language is not None and language not in LANGUAGE_NAMES:
         raise InvalidInput(
@@ -154,16 +162,11 @@ def parse_asr_query(query: MultiMapping[str]) -> AsrQuery:
         output=_choice(query, "output", OUTPUTS, "txt"),
         word_timestamps=_bool(query, "word_timestamps", False),
         vad_filter=_bool(query, "vad_filter", False),
+        diarize=_bool(query, "diarize", False),
         min_speakers=minimum,
         max_speakers=maximum,
         video_name=display_name(video) if (video := _last(query, "video_file")) else None,
     )
-    if _bool(query, "diarize", False):
-        raise InvalidInput(
-            "diarize=true is not supported yet (speaker diarization is not built); send diarize=false",
-            code="unsupported",
-            field="diarize",
-        )
     return parsed
 
 
@@ -205,8 +208,9 @@ def to_asr_tsv(cues: Sequence[Cue]) -> str:
 
 def to_whisper_json(transcript: Transcript, language: str | None, words: bool) -> str:
     """The Whisper result dict: `{text, segments: [{id, seek, start, end, text, tokens,
-    temperature, avg_logprob, compression_ratio, no_speech_prob, words?}], language}`. vsrt
-    keeps no tokens or decoding statistics, so those hold neutral values."""
+    temperature, avg_logprob, compression_ratio, no_speech_prob, words?, speaker?}], language}`.
+    vsrt keeps no tokens or decoding statistics, so those hold neutral values. A diarized job's
+    segments and words carry `speaker`, as whisperx's result does."""
     segments = []
     for i, seg in enumerate(transcript.segments):
         item: dict[str, Any] = {
@@ -227,12 +231,24 @@ def to_whisper_json(transcript: Transcript, language: str | None, words: bool) -
                     "word": " " + str(w.get("word", "")),
                     **{k: w[k] for k in ("start", "end") if w.get(k) is not None},
                     "probability": w.get("score") if w.get("score") is not None else w.get("probability"),
+                    **({"speaker": w["speaker"]} if w.get("speaker") else {}),
                 }
                 for w in seg.get("words") or []
             ]
+        if (speaker := main_speaker(seg.get("words") or [])) is not None:
+            item["speaker"] = speaker
         segments.append(item)
     text = "".join(s["text"] for s in segments)
     return json.dumps({"text": text, "segments": segments, "language": language}, ensure_ascii=False)
+
+
+def main_speaker(words: Sequence[Any]) -> str | None:
+    """The speaker of most of a segment's words (the first such on a tie); None if none has one."""
+    counts: dict[str, int] = {}
+    for w in words:
+        if w.get("speaker"):
+            counts[w["speaker"]] = counts.get(w["speaker"], 0) + 1
+    return max(counts, key=lambda k: counts[k]) if counts else None
 
 
 async def render_output(svc: Service, job: Job, query: AsrQuery) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from vsrt_service.core.config import parse_flag
 from vsrt_service.core.errors import InvalidInput, NotFound
 from vsrt_service.core.languages import language_name
 from vsrt_service.core.protocol import Word
+from vsrt_service.core.text import has_cjk
 from vsrt_service.core.vocab import ModelStatus
 from vsrt_service.jobs.store import Job, JobStatus
 from vsrt_service.service import Service, Transcript
@@ -34,7 +36,12 @@ routes = web.RouteTableDef()
 
 #: Model names OpenAI clients send (speaches answers them too): the configured default model.
 ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
-RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
+#: A diarization's own labels (SPEAKER_00...), answered as OpenAI's A, B, ...; a name the
+#: user gave a speaker is answered as it is.
+MODEL_LABEL = re.compile(r"^SPEAKER_\d+$")
+#: The speaker of words no diarization labelled (the job ran without the model).
+UNKNOWN_SPEAKER = "unknown"
 GRANULARITIES = ("word", "segment")
 #: `include[]` values the SDK may send; vsrt has no token log probabilities, so none is returned.
 INCLUDES = ("logprobs",)
@@ -192,6 +199,10 @@ def parse_request(fields: MultiDict[str], task: str, catalog: Catalog, default_m
     if stream is None:
         raise InvalidInput("stream must be true or false", field="stream")
     settings: dict[str, Any] = {"model": model, "task": task}
+    if response_format == "diarized_json":
+        if task != "transcribe":
+            raise InvalidInput("diarized_json is for transcriptions", field="response_format")
+        settings["diarize"] = True  # a job setting: it does not share a job made without it
     language = _one(fields, "language")
     if language is not None:
         settings["language"] = language.strip().lower() or None
@@ -240,7 +251,66 @@ async def _audio(request: web.Request, task: str, allowed: tuple[str, ...]) -> w
     text = " ".join(s["text"].strip() for s in transcript.segments if s["text"].strip())
     if asked.response_format == "json":
         return web.json_response({"text": text})
+    if asked.response_format == "diarized_json":
+        return web.json_response(diarized_json(job.duration or 0.0, transcript, text))
     return web.json_response(verbose_json(asked, job, transcript, text))
+
+
+def diarized_json(duration: float, transcript: Transcript, text: str) -> dict[str, Any]:
+    """OpenAI's `diarized_json` (the SDK's TranscriptionDiarized): each aligned segment cut
+    where its words change speaker; speakers A, B, ... in order of appearance, as OpenAI
+    labels them, and `unknown` where the job has none (it ran without the model)."""
+    letters: dict[str, str] = {}
+
+    def label(speaker: str | None) -> str:
+        if not speaker:
+            return UNKNOWN_SPEAKER
+        if not MODEL_LABEL.match(speaker):
+            return speaker
+        if speaker not in letters:
+            n, name = len(letters), ""
+            while True:  # A..Z, then AA, AB, ...
+                n, k = divmod(n, 26)
+                name = chr(ord("A") + k) + name
+                if n == 0:
+                    break
+                n -= 1
+            letters[speaker] = name
+        return letters[speaker]
+
+    segments: list[dict[str, Any]] = []
+    for seg in transcript.segments:
+        words: list[Word] = seg.get("words") or []
+        times = timed_words(seg)
+        runs: list[tuple[str | None, list[int]]] = []
+        for i, w in enumerate(words):
+            speaker = w.get("speaker")
+            if runs and runs[-1][0] == speaker:
+                runs[-1][1].append(i)
+            else:
+                runs.append((speaker, [i]))
+        gap = "" if has_cjk(seg["text"]) else " "
+        for speaker, indexes in runs or [(None, [])]:
+            piece = gap.join(times[i]["word"] for i in indexes) if len(runs) > 1 else seg["text"].strip()
+            if not piece:
+                continue
+            segments.append(
+                {
+                    "type": "transcript.text.segment",
+                    "id": f"seg_{len(segments)}",
+                    "start": times[indexes[0]]["start"] if indexes else float(seg["start"]),
+                    "end": times[indexes[-1]]["end"] if indexes else float(seg["end"]),
+                    "text": piece,
+                    "speaker": label(speaker),
+                }
+            )
+    return {
+        "task": "transcribe",
+        "duration": duration,
+        "text": text,
+        "segments": segments,
+        "usage": {"type": "duration", "seconds": duration},
+    }
 
 
 def verbose_json(asked: AudioRequest, job: Job, transcript: Transcript, text: str) -> dict[str, Any]:
