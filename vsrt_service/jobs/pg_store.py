@@ -122,9 +122,15 @@ CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_at);
 CREATE INDEX IF NOT EXISTS deliveries_by_job ON deliveries (job_id, created_at);
 """
 
+# The diarization checkpoint (JSON: the turns, the model and the settings they were made
+# with), so a resumed job assigns speakers again without running the model again.
+SCHEMA_V2 = """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS speakers TEXT;
+"""
+
 #: version -> the script that brings the schema from version-1 to it (never edited once shipped:
 #: a change is a new version).
-MIGRATIONS = {1: SCHEMA_V1}
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _JOB_COLUMNS = (
@@ -396,9 +402,9 @@ class PgJobStore:
             if restart:
                 await db.execute("DELETE FROM segments WHERE job_id = $1", job_id)
                 await db.execute(
-                    "UPDATE jobs SET checkpoint_settings = NULL, speech = NULL, language = NULL,"
-                    " alignment = NULL, result = NULL, percent = 0, phase = 'queued', processed = 0,"
-                    " total = 0, duration = NULL WHERE id = $1",
+                    "UPDATE jobs SET checkpoint_settings = NULL, speech = NULL, speakers = NULL,"
+                    " language = NULL, alignment = NULL, result = NULL, percent = 0, phase = 'queued',"
+                    " processed = 0, total = 0, duration = NULL WHERE id = $1",
                     job_id,
                 )
             row = await db.fetchrow(
@@ -523,6 +529,18 @@ class PgJobStore:
             return None
         segments: list[AlignedSegment] = await asyncio.to_thread(bigjson.loads, text, 1)
         return segments
+
+    async def save_speakers(self, job_id: str, speakers: dict[str, Any]) -> None:
+        await self._pool.execute(
+            f"UPDATE jobs SET speakers = $2, updated_at = {NOW} WHERE id = $1", job_id, json.dumps(speakers)
+        )
+
+    async def speakers(self, job_id: str) -> dict[str, Any] | None:
+        text = await self._pool.fetchval("SELECT speakers FROM jobs WHERE id = $1", job_id)
+        if not text:
+            return None
+        data: dict[str, Any] = json.loads(text)
+        return data
 
     async def save_edited_cues(
         self, job_id: str, cues: list[dict[str, Any]] | None, expected_version: int | None = None
