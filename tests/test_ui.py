@@ -149,6 +149,9 @@ async def test_upload_watch_edit_download(speech12: Speech, data_dir: Path, tmp_
         await wait_for_js(page, "window.vsrt.lines().some(l => l.source === 'machine')")
         # The job says which language it is in (the form's English here).
         assert await page.text_content("#job-language") == "Language: English"
+        # A job without speaker diarization does not list that phase.
+        assert await page.locator('#phases li[data-phase="diarize"]').is_hidden()
+        assert await page.locator('#phases li[data-phase="transcribe"]').is_visible()
         after = await lines(page)
 
         # The edited line kept the user's text and times; the others are the job's cues (its

@@ -337,6 +337,8 @@ function applyStatus(patch) {
   status.className = `badge badge-${job.status}`;
   const at = phases.indexOf(job.phase);
   for (const li of $("#phases").children) {
+    // Speaker diarization is a phase only of jobs that asked for it.
+    li.hidden = li.dataset.phase === "diarize" && !(job.settings && job.settings.diarize);
     const i = phases.indexOf(li.dataset.phase);
     const done = job.status === "completed" || i < at;
     li.className = done ? "done" : i === at ? "active" : "";
