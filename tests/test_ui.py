@@ -490,24 +490,26 @@ async def test_phases_and_model_tabs_come_from_the_server_and_preload_state_show
             ]
             assert await steps.all_text_contents() == [ph["label"] for ph in meta["phases"]]
 
-            # A server with a phase this page has never heard of (the SPEC's coming `diarize`):
-            # the steps shown are the server's, not a list of the page's own.
+            # A server with a phase this page has never heard of: the steps shown are the
+            # server's, not a list of the page's own.
             async def with_diarize(route: Any) -> None:
                 response = await route.fetch()
                 body = await response.json() if response.status == 200 else None
                 if body is not None:
                     body["phases"].insert(
-                        -1, {"name": "diarize", "label": "Speakers", "share": 0, "start": 90, "end": 90}
+                        -1, {"name": "punctuate", "label": "Punctuation", "share": 0, "start": 90, "end": 90}
                     )
                 await route.fulfill(response=response, json=body)
 
             await page.route("**/api/meta", with_diarize)
             await page.reload()
             await page.wait_for_selector("#job-view:not([hidden])")
-            await wait_for_js(page, "document.querySelectorAll('#phases li').length === 6", ms=10_000)
+            await wait_for_js(
+                page, f"document.querySelectorAll('#phases li').length === {count + 1}", ms=10_000
+            )
             assert await steps.all_text_contents() == [
                 *[ph["label"] for ph in meta["phases"][:-1]],
-                "Speakers",
+                "Punctuation",
                 meta["phases"][-1]["label"],
             ]
             await page.unroute("**/api/meta")
