@@ -570,7 +570,15 @@ async def test_advanced_settings_reach_the_job_and_a_missing_track_is_explained(
         assert refusal.endswith("(audio_track)."), refusal
         await screenshot(page, "advanced-settings-refused")
 
+        # Speakers: on, with a count the server refuses, then one it takes.
         await page.fill("#audio-track", "de")
+        await page.check("#diarize")
+        await page.fill("#num-speakers", "25")
+        await page.click("#submit")
+        await page.wait_for_function(
+            "document.querySelector('#form-error').textContent.endsWith('(num_speakers).')"
+        )
+        await page.fill("#num-speakers", "2")
         await page.click("#submit")
         await page.wait_for_selector("#job-view:not([hidden])")
         job = await get_json(f"{server.url}api/jobs/{await job_id(page)}")
@@ -578,4 +586,5 @@ async def test_advanced_settings_reach_the_job_and_a_missing_track_is_explained(
         assert job["settings"]["hotwords"] == "Siobhan, Quilliam"
         assert job["settings"]["initial_prompt"] == "A talk about bread."
         assert job["settings"]["vad_method"] == "pyannote"
+        assert (job["settings"]["diarize"], job["settings"]["num_speakers"]) == (True, 2)
         assert not errors, errors

@@ -82,6 +82,11 @@ function formSettings(prefix = "") {
   if (model) settings.model = model;
   if (!prefix) {
     settings.align = $("#align").checked;
+    if ($("#diarize").checked) {
+      settings.diarize = true;
+      const speakers = $("#num-speakers").value.trim();
+      if (speakers) settings.num_speakers = Number(speakers); // the server checks the range
+    }
     // Advanced: only what the user filled in, so the server's defaults hold otherwise.
     const text = { hotwords: "#hotwords", initial_prompt: "#initial-prompt", audio_track: "#audio-track", vad_method: "#vad-method" };
     for (const [key, sel] of Object.entries(text)) {
