@@ -575,9 +575,8 @@ async def test_advanced_settings_reach_the_job_and_a_missing_track_is_explained(
         await page.check("#diarize")
         await page.fill("#num-speakers", "25")
         await page.click("#submit")
-        await page.wait_for_function(
-            "document.querySelector('#form-error').textContent.endsWith('(num_speakers).')"
-        )
+        refused = "document.querySelector('#form-error').textContent.endsWith('(num_speakers).')"
+        await wait_for_js(page, refused)
         await page.fill("#num-speakers", "2")
         await page.click("#submit")
         await page.wait_for_selector("#job-view:not([hidden])")
