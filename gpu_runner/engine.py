@@ -221,16 +221,31 @@ class Engine:
             self._vad[key] = make(self.torch_device, onset, offset)
         return self._vad[key]
 
-    def whisper(self, ref: ModelRef, language: str | None) -> tuple[Any, bool]:
-        """The whisperx pipeline for a model directory; (pipeline, loaded_now)."""
+    def _load(self, ref: ModelRef, what: str, make: Callable[[], Loaded]) -> tuple[Loaded, bool]:
+        """The cached model for `ref`, or one `make` loads now (counted, logged, remembered);
+        (it, loaded_now). A failure to load is an EngineError naming `what`."""
         cached = self._cached(ref["key"])
         if cached is not None:
-            return cached.model, False
+            return cached, False
         generation = self._generation(ref["key"])
-        import whisperx
-
         started = time.monotonic()
         try:
+            loaded = make()
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError("model", f"cannot load {what} {ref['key']}: {exc}") from exc
+        self.load_count += 1
+        log.info("loaded %s in %.1f s", ref["key"], time.monotonic() - started)
+        self._remember(loaded, generation)
+        return loaded, True
+
+    def whisper(self, ref: ModelRef, language: str | None) -> tuple[Any, bool]:
+        """The whisperx pipeline for a model directory; (pipeline, loaded_now)."""
+
+        def make() -> Loaded:
+            import whisperx
+
             pipeline = whisperx.load_model(
                 ref["path"],
                 self.device,
@@ -241,58 +256,42 @@ class Engine:
                 local_files_only=True,
                 threads=self.cpu_threads or 4,
             )
-        except Exception as exc:
-            raise EngineError("model", f"cannot load Whisper model {ref['key']}: {exc}") from exc
-        self.load_count += 1
-        log.info("loaded %s in %.1f s", ref["key"], time.monotonic() - started)
-        self._remember(Loaded(ref, pipeline), generation)
-        return pipeline, True
+            return Loaded(ref, pipeline)
+
+        loaded, now = self._load(ref, "Whisper model", make)
+        return loaded.model, now
 
     def align_model(self, ref: ModelRef, language: str) -> tuple[Loaded, bool]:
-        cached = self._cached(ref["key"])
-        if cached is not None:
-            return cached, False
-        generation = self._generation(ref["key"])
-        import whisperx
+        def make() -> Loaded:
+            import whisperx
 
-        try:
             model, metadata = whisperx.load_align_model(
                 language_code=language,
                 device=self.torch_device,
                 model_name=ref["path"],
                 model_cache_only=True,
             )
-        except Exception as exc:
-            raise EngineError("model", f"cannot load alignment model {ref['key']}: {exc}") from exc
-        self.load_count += 1
-        loaded = Loaded(ref, model, metadata)
-        self._remember(loaded, generation)
-        return loaded, True
+            return Loaded(ref, model, metadata)
+
+        return self._load(ref, "alignment model", make)
 
     def diarizer(self, ref: ModelRef) -> tuple[Any, bool]:
         """whisperx's DiarizationPipeline over a pyannote pipeline directory; (it, loaded_now).
 
         Local files only: a directory without its config.yaml is refused here, since
         pyannote would take the path for a hub id and try to download it."""
-        cached = self._cached(ref["key"])
-        if cached is not None:
-            return cached.model, False
-        generation = self._generation(ref["key"])
-        if not (Path(ref["path"]) / "config.yaml").is_file():
-            raise EngineError(
-                "model", f"diarization model {ref['key']} has no config.yaml: download it again"
-            )
-        from whisperx.diarize import DiarizationPipeline
 
-        started = time.monotonic()
-        try:
+        def make() -> Loaded:
+            if not (Path(ref["path"]) / "config.yaml").is_file():
+                missing = f"diarization model {ref['key']} has no config.yaml: download it again"
+                raise EngineError("model", missing)
+            from whisperx.diarize import DiarizationPipeline
+
             pipeline = DiarizationPipeline(model_name=ref["path"], token=None, device=self.torch_device)
-        except Exception as exc:
-            raise EngineError("model", f"cannot load diarization model {ref['key']}: {exc}") from exc
-        self.load_count += 1
-        log.info("loaded %s in %.1f s", ref["key"], time.monotonic() - started)
-        self._remember(Loaded(ref, pipeline), generation)
-        return pipeline, True
+            return Loaded(ref, pipeline)
+
+        loaded, now = self._load(ref, "diarization model", make)
+        return loaded.model, now
 
     def load(self, ref: ModelRef, language: str | None) -> bool:
         if ref["kind"] == "whisper":

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.fakehub import FakeHub, start_fake_hub
+from tests.fakehub import FakeHub, serving_as_endpoint
 from tests.media import Speech, make_speech
 from tests.pg import MISSING, Cluster, fresh_database, pg_bin, running_cluster
 from tests.procs import runner_pids
@@ -225,12 +225,8 @@ async def gated_hub(tiny_diarization: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """The tiny pipeline as the catalog's community-1, readable only with HUB_TOKEN."""
     fake = FakeHub()
     fake.add_repo_from_dir(DIARIZE_REPO, tiny_diarization, gated_tokens=[HUB_TOKEN])
-    url, stop = await start_fake_hub(fake)
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    try:
+    async with serving_as_endpoint(fake, monkeypatch):
         yield fake
-    finally:
-        await stop()
 
 
 @pytest.fixture(scope="session")

@@ -22,14 +22,16 @@ Files given as a `Path` are streamed from disk and hashed lazily (in a worker th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
 from aiohttp import web
 
 #: Body chunk size (unthrottled).
@@ -514,3 +516,14 @@ async def start_fake_hub(hub: FakeHub) -> tuple[str, Callable[[], Awaitable[None
         await runner.cleanup()
 
     return hub.base_url, stop
+
+
+@contextlib.asynccontextmanager
+async def serving_as_endpoint(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeHub]:
+    """Serve `hub` as huggingface_hub's official endpoint (HF_ENDPOINT) for one test."""
+    url, stop = await start_fake_hub(hub)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    try:
+        yield hub
+    finally:
+        await stop()

@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import SettingsFactory, loop_lag
-from tests.fakehub import FakeHub, start_fake_hub
+from tests.fakehub import FakeHub, serving_as_endpoint, start_fake_hub
 from tests.http_helpers import catalog_entry, done_for, is_complete, model_events, open_stream, upload
 from tests.media import Speech
 from tests.sse_client import SseReader
@@ -38,12 +38,8 @@ async def hub(tiny_align_model: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
     fake = FakeHub()
     fake.add_repo_from_dir(WHISPER_REPO, bundled)
     fake.add_repo_from_dir(ALIGN_REPO, tiny_align_model)
-    url, stop = await start_fake_hub(fake)
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    try:
+    async with serving_as_endpoint(fake, monkeypatch):
         yield fake
-    finally:
-        await stop()
 
 
 @pytest.fixture

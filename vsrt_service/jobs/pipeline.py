@@ -436,22 +436,26 @@ class JobRun:
         ref = models.align_ref(language)
         if ref is not None or models.catalog.get("align", language) is None:
             return ref
+        ref = await self._fetch("align", language, Phase.ALIGN, f"the '{language}' alignment model")
+        if ref is None:
+            log.warning(
+                "job %s: no '%s' aligner (download failed or took over %.0f s)",
+                self.job.id,
+                language,
+                self.ctx.settings.jobs.align_wait_seconds,
+            )
+        return ref
+
+    async def _fetch(self, kind: str, model_id: str, phase: Phase, what: str) -> p.ModelRef | None:
+        """Download a model the job needs and wait for it (at most `jobs.align_wait_seconds`),
+        the download's progress shown as the job's message."""
         wait = self.ctx.settings.jobs.align_wait_seconds
 
         async def on_progress(info: dict[str, Any]) -> None:
-            await self.progress(
-                Phase.ALIGN,
-                0,
-                f"waiting for the '{language}' alignment model: {info['status']} {info['progress']:.0f}%",
-            )
+            await self.progress(phase, 0, f"waiting for {what}: {info['status']} {info['progress']:.0f}%")
 
-        await self.progress(Phase.ALIGN, 0, f"downloading the '{language}' alignment model")
-        ref = await models.ensure("align", language, wait, on_progress)
-        if ref is None:
-            log.warning(
-                "job %s: no '%s' aligner (download failed or took over %.0f s)", self.job.id, language, wait
-            )
-        return ref
+        await self.progress(phase, 0, f"downloading {what}")
+        return await self.ctx.models.ensure(kind, model_id, wait, on_progress)
 
     async def _diarizer(self) -> tuple[p.ModelRef | None, str]:
         """The diarization model, downloaded first if it can be (bounded wait, as the
@@ -467,21 +471,11 @@ class JobRun:
                 f"the diarization model {model_id} is not downloaded and is gated: accept its licence "
                 f"at https://hf.co/{entry.repo} and set models.hf_token (or HF_TOKEN)"
             )
-        wait = self.ctx.settings.jobs.align_wait_seconds
-
-        async def on_progress(info: dict[str, Any]) -> None:
-            await self.progress(
-                Phase.DIARIZE,
-                0,
-                f"waiting for the diarization model: {info['status']} {info['progress']:.0f}%",
-            )
-
-        await self.progress(Phase.DIARIZE, 0, f"downloading the diarization model {model_id}")
-        ref = await models.ensure("diarize", model_id, wait, on_progress)
+        ref = await self._fetch("diarize", model_id, Phase.DIARIZE, f"the diarization model {model_id}")
         if ref is not None:
             return ref, ""
         error = models.state("diarize", model_id).error
-        reason = error or f"not ready in {wait:.0f} s"
+        reason = error or f"not ready in {self.ctx.settings.jobs.align_wait_seconds:.0f} s"
         return None, f"the diarization model {model_id} could not be had ({reason})"
 
     def _whisper_ref(self) -> p.ModelRef:
