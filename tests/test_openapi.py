@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -23,13 +22,13 @@ from tests.conftest import ClientFactory, SettingsFactory
 from tests.http_helpers import upload
 from tests.media import Speech
 from tests.ui_helpers import CHROMIUM, ROOT, browser, wait_for_js
+from tests.vendored import check_vendored
 from vsrt_service.core.options import JobOptions
 from vsrt_service.web import openapi
 from vsrt_service.web.app import create_app
 
 STATIC = ROOT / "vsrt_service" / "web" / "static"
 VENDOR = STATIC / "vendor" / "swagger-ui"
-PINS = ROOT / "vsrt_service" / "web" / "vendor"
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 TOKEN = "docs-test-token-0123456789"
 
@@ -191,19 +190,7 @@ async def test_real_answers_match_the_described_responses(make_client: ClientFac
 
 
 def test_vendored_swagger_ui_matches_its_pins_and_checksums() -> None:
-    listed: dict[str, str] = {}
-    for line in (VENDOR / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        listed[name] = digest
-    on_disk = {p.relative_to(VENDOR).as_posix() for p in VENDOR.rglob("*") if p.is_file()} - {"SHA256SUMS"}
-    assert set(listed) == on_disk, "SHA256SUMS lists other files than the vendored ones"
-    for name, digest in listed.items():
-        assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
-    version = json.loads((PINS / "package.json").read_text())["dependencies"]["swagger-ui-dist"]
-    assert re.fullmatch(r"5\.\d+\.\d+", version), version
-    locked = json.loads((PINS / "package-lock.json").read_text())["packages"]["node_modules/swagger-ui-dist"]
-    assert locked["version"] == version and locked["integrity"].startswith("sha512-")
-    assert (VENDOR / "VERSION").read_text().strip() == version
+    check_vendored(VENDOR, "swagger-ui-dist", 5)
     # Nothing the page loads points elsewhere: no font or stylesheet import, no source map.
     css = (VENDOR / "swagger-ui.css").read_text()
     assert "@import" not in css and not re.search(r"url\(\s*['\"]?(https?:)?//", css)

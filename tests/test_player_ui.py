@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import re
 import subprocess
 from pathlib import Path
@@ -22,13 +21,13 @@ import pytest
 
 from tests.media import Speech
 from tests.ui_helpers import CHROMIUM, PHONE, ROOT, browser, running_server, screenshot, wait_for_js
+from tests.vendored import check_vendored
 from vsrt_service.web.security import CONTENT_SECURITY_POLICY
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.block_limit(5.0)]  # only drives Playwright (test_ui.py)
 
 STATIC = ROOT / "vsrt_service" / "web" / "static"
 VENDOR = STATIC / "vendor" / "wavesurfer"
-PINS = ROOT / "vsrt_service" / "web" / "vendor"
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 
 # --- the vendored library ------------------------------------------------------------------------
@@ -46,25 +45,7 @@ def wavesurfer_style_hash(source: str, height: int) -> str:
 
 
 def test_vendored_wavesurfer_matches_its_pins_checksums_and_the_csp() -> None:
-    sums = (VENDOR / "SHA256SUMS").read_text().splitlines()
-    listed = {}
-    for line in sums:
-        digest, name = line.split(maxsplit=1)
-        listed[name] = digest
-    on_disk = {p.relative_to(VENDOR).as_posix() for p in VENDOR.rglob("*") if p.is_file()} - {"SHA256SUMS"}
-    assert set(listed) == on_disk, "SHA256SUMS lists other files than the vendored ones"
-    for name, digest in listed.items():
-        assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
-
-    # Pinned: an exact version in package.json, the same one locked with its integrity, the
-    # same one vendored; the script installs from the lock without running package scripts.
-    version = json.loads((PINS / "package.json").read_text())["dependencies"]["wavesurfer.js"]
-    assert re.fullmatch(r"7\.\d+\.\d+", version), version
-    locked = json.loads((PINS / "package-lock.json").read_text())["packages"]["node_modules/wavesurfer.js"]
-    assert locked["version"] == version and locked["integrity"].startswith("sha512-")
-    assert (VENDOR / "VERSION").read_text().strip() == version
-    script = (ROOT / "scripts" / "vendor-ui.sh").read_text()
-    assert "npm ci --ignore-scripts" in script and "npm install" not in script
+    check_vendored(VENDOR, "wavesurfer.js", 7)
 
     # The one inline style the UI allows is wavesurfer's, at the height waveform.js uses.
     height = re.search(r"export const WAVE_HEIGHT = (\d+);", (STATIC / "waveform.js").read_text())
