@@ -6,9 +6,11 @@ cheap and works without them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["CHAR_VOCAB", "DIARIZATION_CONFIG", "make_tiny_diarization", "make_tiny_wav2vec2"]
@@ -16,6 +18,22 @@ __all__ = ["CHAR_VOCAB", "DIARIZATION_CONFIG", "make_tiny_diarization", "make_ti
 # Character vocabulary for the CTC head: the ids of the special tokens follow the
 # usual wav2vec2 layout (<pad> = 0 is the CTC blank, which whisperx looks up by name).
 CHAR_VOCAB: list[str] = ["<pad>", "<s>", "</s>", "<unk>", "|", *"abcdefghijklmnopqrstuvwxyz", "'"]
+
+
+@contextlib.contextmanager
+def _building(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside `out_dir` to build a model in; it becomes `out_dir` only once the
+    build finished, so an interrupted build never leaves half a model where one is looked for."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_tiny_wav2vec2(out_dir: Path, language: str = "en") -> Path:
@@ -40,9 +58,7 @@ def make_tiny_wav2vec2(out_dir: Path, language: str = "en") -> Path:
     )
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with _building(out_dir) as tmp:
         vocab_file = tmp / "vocab.json"
         vocab_file.write_text(json.dumps({c: i for i, c in enumerate(CHAR_VOCAB)}), encoding="utf-8")
         tokenizer = Wav2Vec2CTCTokenizer(
@@ -91,12 +107,6 @@ def make_tiny_wav2vec2(out_dir: Path, language: str = "en") -> Path:
         model.save_pretrained(str(tmp), safe_serialization=True)
         processor.save_pretrained(str(tmp))
 
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -163,9 +173,7 @@ def make_tiny_diarization(out_dir: Path) -> Path:
     from pyannote.audio.models.segmentation import PyanNet
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with _building(out_dir) as tmp:
         torch.manual_seed(0)
         segmentation = PyanNet(
             sincnet={"stride": 10},
@@ -211,10 +219,4 @@ def make_tiny_diarization(out_dir: Path) -> Path:
         )
         (tmp / "config.yaml").write_text(DIARIZATION_CONFIG, encoding="utf-8")
 
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
