@@ -8,11 +8,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tests.conftest import ClientFactory
+from tests.ui_helpers import CHROMIUM, browser, running_server, screenshot, wait_for_js
 from vsrt_service.jobs.nodes import Node, PgNodes, registered
 from vsrt_service.jobs.pg_store import PgJobStore
 from vsrt_service.web.keys import SERVICE
@@ -137,3 +140,44 @@ async def test_strangers_of_a_server_with_a_token_see_no_nodes(make_client: Clie
     assert "nodes" not in public and "node" not in public
     full = await (await client.get("/api/health", headers={"Authorization": f"Bearer {token}"})).json()
     assert [n["id"] for n in full["nodes"]] == [full["node"]["id"]]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.block_limit(5.0)  # the loop drives Playwright, as in tests/test_ui.py
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+async def test_the_model_manager_shows_each_node(pg_url: str, tmp_path: Path) -> None:
+    """A real `vsrt serve` on the database and a second node's row (through the registry, the
+    way a second server writes it): the manager shows each model's state on both nodes."""
+    pytest.importorskip("playwright")
+    env = {"VSRT_STORE_URL": pg_url, "VSRT_MODELS_PRELOAD_ON_START": "false"}
+    other_models = [
+        {"type": "whisper", "id": "tiny.en", "status": "not_downloaded"},
+        {"type": "whisper", "id": "tiny", "status": "ready"},
+        {"type": "whisper", "id": "base.en", "status": "downloading"},
+    ]
+    other_info = {**info("gpu0"), "models": other_models}
+    async with running_server(tmp_path / "data", env=env) as server, browser() as ctx:
+        page = await ctx.new_page()
+        async with (
+            node(pg_url, "gpu-host-2:4242:0badf00d") as other,
+            registered(other, lambda: other_info, 1.0),
+        ):
+            await page.goto(server.url)
+            await page.click("#open-models")
+            here = page.locator('#panel [data-model="tiny.en"] .model-node:not([data-node^="gpu-host-2"])')
+            await here.wait_for()
+            assert await here.get_attribute("data-status") == "ready"  # bundled on this server
+            assert "(this server)" in (await here.text_content() or "")
+            there = '#panel [data-model="{}"] .model-node[data-node="gpu-host-2:4242:0badf00d"]'
+            expected = {"tiny.en": ("not_downloaded", "absent"), "tiny": ("ready", "ready")}
+            expected["base.en"] = ("downloading", "downloading")
+            for model, (status, words) in expected.items():
+                badge = page.locator(there.format(model))
+                assert await badge.get_attribute("data-status") == status
+                assert words in (await badge.text_content() or "")
+            await screenshot(page, "models-two-nodes")
+        # The other node shut down: this server alone, the manager looks as before.
+        await page.click("#models-close")
+        await page.click("#open-models")
+        await page.locator('#panel [data-model="tiny.en"]').wait_for()
+        await wait_for_js(page, "!document.querySelector('#panel .model-nodes')")
