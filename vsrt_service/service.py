@@ -55,6 +55,7 @@ from vsrt_service.jobs.media import (
     make_audio_proxy,
     probe_playback,
 )
+from vsrt_service.jobs.nodes import RUNNER_KEYS, LocalNodes, NodeRegistry, registered
 from vsrt_service.jobs.peaks import PEAKS_NAME, decoded_peaks, write_peaks
 from vsrt_service.jobs.pipeline import JobContext, live_lines, remove_job_files
 from vsrt_service.jobs.scheduler import Scheduler, Stop
@@ -256,6 +257,30 @@ async def open_scheduler(
         await asyncio.shield(scheduler.close())
 
 
+@contextlib.asynccontextmanager
+async def open_nodes(
+    settings: Settings,
+    store: JobStore,
+    scheduler: Scheduler,
+    describe: Callable[[], dict[str, Any]],
+    run: bool,
+) -> AsyncIterator[NodeRegistry]:
+    """This node in the node registry, named by its scheduler's lease owner id (so a lease
+    names its node): the shared `nodes` table on PostgreSQL, else just itself in memory. It
+    beats every third of a lease and counts as gone after a lease, when its jobs may be taken
+    over too. A service that runs no jobs (the models commands) is listed nowhere else."""
+    lease = settings.jobs.lease_seconds
+    registry: NodeRegistry = LocalNodes(scheduler.owner, lease)
+    if run and urlsplit(settings.store.url).scheme in POSTGRES_SCHEMES:
+        from vsrt_service.jobs.nodes import PgNodes
+        from vsrt_service.jobs.pg_store import PgJobStore
+
+        assert isinstance(store, PgJobStore)
+        registry = PgNodes(store.pool, scheduler.owner, lease)
+    async with registered(registry, describe, lease / 3) as nodes:
+        yield nodes
+
+
 class Service:
     """Every use case of vsrt, over the resources it opens."""
 
@@ -283,6 +308,7 @@ class Service:
         self.ctx: JobContext
         self.scheduler: Scheduler
         self.webhooks: Sender
+        self.nodes: NodeRegistry
         #: Media work in progress per (what, job id): concurrent requests share one run.
         self._flights: dict[tuple[str, str], asyncio.Task[Any]] = {}
         #: How many times media work really ran, by kind ("info", "proxy", "peaks").
@@ -304,6 +330,9 @@ class Service:
             self.webhooks = await stack.enter_async_context(open_sender(s, self.store, self._run_jobs))
             self.scheduler = await stack.enter_async_context(
                 open_scheduler(self.ctx, self._run_jobs, set() if self._own_jobs_only else None)
+            )
+            self.nodes = await stack.enter_async_context(
+                open_nodes(s, self.store, self.scheduler, self.node_info, self._run_jobs)
             )
             self._stack = stack.pop_all()
         return self
@@ -891,6 +920,24 @@ class Service:
 
     # --- health --------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        """Each runner's state and the jobs running here."""
-        return {"runners": self.pool.health(), "running_jobs": self.scheduler.running()}
+    def node_info(self) -> dict[str, Any]:
+        """What this node tells the others (and /api/health) of itself: no server paths."""
+        return {
+            "runners": [{k: r[k] for k in RUNNER_KEYS} for r in self.pool.health()],
+            "running_jobs": self.scheduler.running(),
+            "capacity": self.scheduler.capacity,
+            "models": self.models.statuses(),
+        }
+
+    async def health(self) -> dict[str, Any]:
+        """Each runner's state and the jobs running here; `node`: this node now, `nodes`:
+        every live node sharing the job store (this one as it is now), sorted by id."""
+        me = self.nodes.me or await self.nodes.beat(self.node_info())
+        me = replace(me, info=self.node_info())  # seen at its last heartbeat; the rest now
+        others = [n for n in await self.nodes.nodes() if n.id != me.id]
+        return {
+            "runners": self.pool.health(),
+            "running_jobs": self.scheduler.running(),
+            "node": me.json(),
+            "nodes": sorted([me.json(), *(n.json() for n in others)], key=lambda n: str(n["id"])),
+        }

@@ -128,9 +128,24 @@ SCHEMA_V2 = """
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS speakers TEXT;
 """
 
+# The node registry (jobs/nodes.py): each node's row, rewritten every heartbeat; `seen_at` is
+# the database's clock. `info` is JSON (runners, running jobs, capacity, models on its disk).
+SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS nodes (
+    id         TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    seen_at    DOUBLE PRECISION NOT NULL,
+    info       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS nodes_by_seen ON nodes (seen_at);
+"""
+
 #: version -> the script that brings the schema from version-1 to it (never edited once shipped:
 #: a change is a new version).
 MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2}
+MIGRATIONS[5] = SCHEMA_V5
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _JOB_COLUMNS = (
@@ -179,6 +194,11 @@ class PgJobStore:
         self._pool = pool
         self._policy: NoticePolicy | None = None
         self._added: Callable[[], None] | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool, for the other tables of the shared database (jobs/nodes.py)."""
+        return self._pool
 
     @classmethod
     @asynccontextmanager
@@ -635,7 +655,7 @@ async def _migrate(pool: asyncpg.Pool) -> None:
             raise StoreError(
                 f"the database has schema version {version}, newer than this vsrt ({SCHEMA_VERSION})"
             )
-        for v in range(version + 1, SCHEMA_VERSION + 1):
+        for v in sorted(v for v in MIGRATIONS if v > version):
             await db.execute(MIGRATIONS[v])
             await db.execute("INSERT INTO schema_versions (version) VALUES ($1)", v)
             log.info("job store schema migrated to version %d", v)

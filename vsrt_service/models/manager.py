@@ -226,6 +226,11 @@ class ModelManager:
             "active": [st.entry.key for st in self._active],
         }
 
+    def statuses(self) -> list[dict[str, Any]]:
+        """Each catalog model's status on this host, without touching the disk (the node
+        registry's heartbeat sends it every few seconds)."""
+        return [{"type": t, "id": i, "status": str(st.status)} for (t, i), st in self._states.items()]
+
     def _publish(self, event: str, st: ModelState, **extra: Any) -> None:
         data: dict[str, Any] = {"type": st.entry.type, "model_id": st.entry.id, "status": st.status}
         if event == "model_progress":

@@ -8,10 +8,8 @@ standalone or mounted as a sub-app.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from aiohttp import web
@@ -19,7 +17,6 @@ from aiohttp import web
 from vsrt_service.core.broker import MODELS_CHANNEL
 from vsrt_service.core.config import Settings, load_settings
 from vsrt_service.core.errors import VsrtError
-from vsrt_service.core.redact import public_text
 from vsrt_service.service import Service
 from vsrt_service.web.api_asr import PREFIXES as ASR_PREFIXES
 from vsrt_service.web.api_asr import asr_error
@@ -180,47 +177,6 @@ async def end_streams(app: web.Application) -> None:
 # --- small routes ------------------------------------------------------------------------------
 
 
-#: What /api/health tells anyone about a runner; the rest needs the bearer token.
-PUBLIC_RUNNER_KEYS = ("name", "role", "device", "state", "warm", "busy")
-
-
-async def health(request: web.Request) -> web.Response:
-    """Open to load balancers: status, version and runner states. Details (pids, restarts,
-    errors, versions, limits) only with the bearer token, so never without one configured."""
-    app = request.app
-    settings = app[SETTINGS]
-    try:
-        version = metadata.version("vsrt")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    state = app[SERVICE].health()
-    runners = state["runners"]
-    token = settings.server.auth_token
-    if token is None or not token_matches(request.headers.get("Authorization"), token):
-        return web.json_response(
-            {
-                "status": "ok",
-                "version": version,
-                "runners": [{key: r[key] for key in PUBLIC_RUNNER_KEYS} for r in runners],
-            }
-        )
-    for runner in runners:
-        if runner["last_error"]:
-            runner["last_error"] = public_text(runner["last_error"], settings.data_dir)
-    return web.json_response(
-        {
-            "status": "ok",
-            "version": version,
-            "time": time.time(),
-            "runners": runners,
-            "running_jobs": len(state["running_jobs"]),
-            "open_streams": app[STREAMS].open_streams(),
-            "limits": {"max_upload_mb": settings.server.max_upload_mb},
-            "auth": True,
-        }
-    )
-
-
 async def ticket(request: web.Request) -> web.Response:
     tickets = request.app[TICKETS]
     return web.json_response({"ticket": tickets.issue(), "expires_in": tickets.lifetime})
@@ -243,7 +199,6 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[GRANTS] = MediaGrants()
     app.cleanup_ctx.extend([service_ctx, streams_ctx])
     app.on_shutdown.append(end_streams)
-    app.router.add_get("/api/health", health)
     app.router.add_post("/api/auth/ticket", ticket)
     app.router.add_routes(job_routes)
     app.router.add_routes(media_routes)

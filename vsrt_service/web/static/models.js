@@ -12,6 +12,8 @@ export const modelStore = createStore({
   types: [], // the catalog's model types (GET /api/meta); each has its list under its name
   whisper: [],
   pending: new Set(), // "type/id" of downloads clicked and not yet answered
+  nodes: [], // every live node sharing the job store (GET /api/health `nodes`), each with its models
+  nodeId: null, // this server's own node among them (its models' states come live, by events)
   stream: "connecting",
 });
 
@@ -34,12 +36,18 @@ function patchModel(type, id, patch) {
   });
 }
 
-/** Fetch the catalogs; marks model management unavailable on 404. */
+/** Fetch the catalogs, and the nodes from /api/health (several when they share PostgreSQL);
+ * marks model management unavailable on 404. */
 export async function refreshModels() {
   const { types } = modelStore.get();
   try {
-    const lists = await Promise.all(types.map((t) => api(`models/${t}`)));
-    modelStore.set({ available: true, ...Object.fromEntries(types.map((t, i) => [t, listOf(lists[i])])) });
+    const [health, ...lists] = await Promise.all([api("health").catch(() => null), ...types.map((t) => api(`models/${t}`))]);
+    modelStore.set({
+      available: true,
+      nodes: (health && health.nodes) || [],
+      nodeId: health && health.node ? health.node.id : null,
+      ...Object.fromEntries(types.map((t, i) => [t, listOf(lists[i])])),
+    });
   } catch (err) {
     if (err instanceof ApiError && err.status === 404) modelStore.set({ available: false });
     else throw err;
@@ -124,6 +132,25 @@ function preloadView(p) {
 
 const title = (name) => name.charAt(0).toUpperCase() + name.slice(1);
 
+const NODE_WORDS = { not_downloaded: "absent", waiting: "queued" };
+
+/** With several nodes: the model's state on each (this node's live, the others' as of their
+ * last heartbeat), named by host, or by node id where two share a host. One node: nothing. */
+function nodesView(type, m) {
+  const { nodes, nodeId } = modelStore.get();
+  if (nodes.length < 2) return null;
+  const hosts = nodes.map((n) => n.host);
+  return el("ul", { class: "model-nodes", "aria-label": `${m.id} on each node` },
+    ...nodes.map((n) => {
+      const mine = n.id === nodeId;
+      const status = mine ? m.status : ((n.models || []).find((x) => x.type === type && x.id === m.id) || {}).status || "not_downloaded";
+      const name = hosts.filter((h) => h === n.host).length > 1 ? n.id : n.host;
+      return el("li", { class: "model-node", "data-node": n.id, "data-status": status, title: n.id },
+        el("span", { class: "node-name", text: mine ? `${name} (this server)` : name }),
+        el("span", { class: `badge badge-${status}`, text: NODE_WORDS[status] || status }));
+    }));
+}
+
 /** The manager: one tab per catalog type (from the server), then the runners' cache. */
 export function setupModelDialog(dialog, openButton, types) {
   const panel = dialog.querySelector("#panel");
@@ -201,6 +228,7 @@ export function setupModelDialog(dialog, openButton, types) {
         el("span", { class: `badge badge-${m.status}`, text: (m.status || "unknown").replace("_", " ") }),
         el("span", { class: "model-size", text: formatBytes(m.size_bytes || m.total_bytes) })),
       m.description ? el("p", { class: "hint model-desc", text: m.description }) : null,
+      nodesView(type, m),
       showBar ? el("div", { class: "bar bar-small", role: "progressbar", "aria-label": `${m.id} download`, "aria-valuenow": String(Math.round(pct)), "aria-valuemin": "0", "aria-valuemax": "100" },
         el("div", { class: "bar-fill", style: `width:${pct}%` })) : null,
       stats.length ? el("p", { class: "model-stats", text: stats.join(" · ") }) : null,
