@@ -289,24 +289,31 @@ async def test_pause_on_one_node_stops_the_run_on_the_node_that_owns_it(
     writes `paused` (its lease handed back); no segment is transcribed after that."""
     a = cluster.nodes["a"]
     job_id = await submit(a, long_speech.path, LONG_JOB)
-    async with stream(a, job_id) as on_a, stream(cluster.nodes["b"], job_id) as on_b:
-        await post(a, "/api/start", {"job_id": job_id})
-        run_by = await owner(cluster, job_id)
-        asker = other(cluster, run_by)
-        await (on_a if run_by is a else on_b).until(is_fragment, wait=120)
-        answer = await post(asker, f"/api/pause/{job_id}")
-        assert answer["status"] in ("processing", "paused"), answer
+    await post(a, "/api/start", {"job_id": job_id})
+    run_by = await owner(cluster, job_id)
+    try:
+        await paused_elsewhere(cluster, job_id, run_by)
+    finally:  # never left running into the next scenario, whatever failed
+        async with http(run_by) as session, session.post(f"/api/cancel/{job_id}"):
+            pass
 
-        async def paused() -> bool:
-            rows = await query(cluster, "SELECT status FROM jobs WHERE id = $1", job_id)
-            return bool(rows[0]["status"] == "paused")
 
-        await until(paused, within=10, every=0.1)
+async def paused_elsewhere(cluster: LocalCluster, job_id: str, run_by: Node) -> None:
+    async with stream(run_by, job_id) as on_owner:
+        await on_owner.until(is_fragment, wait=120)
+    answer = await post(other(cluster, run_by), f"/api/pause/{job_id}")
+    assert answer["status"] in ("processing", "paused"), answer
+
+    async def paused() -> bool:
+        rows = await query(cluster, "SELECT status FROM jobs WHERE id = $1", job_id)
+        return bool(rows[0]["status"] == "paused")
+
+    await until(paused, within=10, every=0.1)
     row = (
         await query(cluster, "SELECT lease_owner, claim, processed, total FROM jobs WHERE id = $1", job_id)
     )[0]
     assert row["lease_owner"] is None and row["claim"] is None
-    assert 0 < row["processed"] < row["total"], row
+    assert 0 < row["processed"] < row["total"], dict(row)
 
     async def owner_idle() -> bool:
         health = await asyncio.to_thread(run_by.health)
@@ -326,7 +333,7 @@ async def test_pause_on_one_node_stops_the_run_on_the_node_that_owns_it(
         cluster, "SELECT count(*) FROM segments WHERE job_id = $1 AND transcribe_count > 0", job_id
     )
     assert done[0][0] == row["processed"]
-    # Still paused, nobody took it up.
+    # Still paused: its owner let it go, and nobody took it up.
     assert (await query(cluster, "SELECT status FROM jobs WHERE id = $1", job_id))[0][0] == "paused"
 
 
@@ -350,6 +357,12 @@ async def test_ten_jobs_on_two_nodes_and_a_third_joining_each_run_once(
 
     await until(first_wave_claimed, within=60, every=0.1)
     c = (await asyncio.to_thread(cluster.start, "c", runners=2))[0]
+
+    async def c_listed() -> bool:  # the others see it (the nodes table)
+        health = await asyncio.to_thread(a.health)
+        return any(c.owns(n["id"]) for n in health.get("nodes", []))
+
+    await until(c_listed, within=10, every=0.2)
     for i, job_id in enumerate(jobs[4:]):
         await post((a, b, c)[i % 3], "/api/start", {"job_id": job_id})
 
