@@ -16,9 +16,11 @@ port, fsync off) with a fresh database per run:
    to the nodes at once, and the run is timed from the first upload to the last job's
    completion (the database's `updated_at`). Per N: jobs per minute, claim latency
    (the job's `created_at` to its `claimed` transition, both on the database's clock)
-   p50/p90/max, how many jobs each node claimed, and jobs claimed more than once (should
-   be none). Every node shares this machine's cores: past the core count, more nodes add
-   contention, not capacity; the figures show the queue's overhead, not a GPU farm's speed.
+   p50/p90/max (most of it queueing behind busy runners), then the claim latency alone:
+   IDLE_CLAIMS jobs one at a time with every runner free (p50); how many jobs each node
+   claimed, and jobs claimed more than once (should be none). Every node shares this
+   machine's cores: past the core count, more nodes add contention, not capacity; the
+   figures show the queue's overhead, not a GPU farm's speed.
 2. Events. Two brokers opened as two nodes open theirs (`service.open_broker(settings,
    store)` on their own PgJobStore, so PgEventLog), a subscriber on the second, and
    `--events` events published on the first as fast as `Broker.publish` takes them: events
@@ -27,7 +29,7 @@ port, fsync off) with a fresh database per run:
 
 It prints a table and asserts nothing; the figures also go to bench/out/scale.json.
 
-    .venv/bin/python -m bench.scale [--nodes 1,2,4] [--jobs 8] [--events 5000] [--wait-idle 600]
+    .venv/bin/python -m bench.scale [--nodes 1,2,4] [--jobs 8] [--events 20000] [--wait-idle 600]
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ from tests.pg import Cluster, pg_bin, running_cluster
 RESULT_FILE = OUT / "scale.json"
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Subtitles are stored in the database."]
 JOB_SETTINGS = {"align": False}
+#: Jobs run one at a time on an idle cluster, after the batch, for the claim latency alone.
+IDLE_CLAIMS = 3
 
 
 def short_clip() -> Speech:
@@ -126,6 +130,7 @@ async def run_jobs(cluster: LocalCluster, clip: Path, jobs: int, within: float) 
         per_node[node.name if node else "?"] += 1
     latencies = list(first_claim.values())
     seconds = finished - started
+    idle = await idle_claims(cluster, clip, IDLE_CLAIMS)
     return {
         "nodes": len(nodes),
         "jobs": jobs,
@@ -135,9 +140,40 @@ async def run_jobs(cluster: LocalCluster, clip: Path, jobs: int, within: float) 
         "claim_latency_p50": round(percentile(latencies, 0.5), 3),
         "claim_latency_p90": round(percentile(latencies, 0.9), 3),
         "claim_latency_max": round(max(latencies, default=float("nan")), 3),
+        "claim_latency_idle": idle,
         "claims_per_node": dict(sorted(per_node.items())),
         "claimed_twice": sum(1 for n in claimed.values() if n > 1),
     }
+
+
+async def idle_claims(cluster: LocalCluster, clip: Path, count: int) -> list[float]:
+    """Claim latency with every runner free: one job at a time, each to the next node, the
+    next uploaded once the last is done (what the queue itself costs: a wake-up and a claim)."""
+    nodes = list(cluster.nodes.values())
+    out: list[float] = []
+    db = await asyncpg.connect(cluster.store_url)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(count):
+                job_id = await submit(session, nodes[i % len(nodes)].url, clip)
+                while True:
+                    status = await db.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+                    if status in ("completed", "failed", "canceled"):
+                        break
+                    await asyncio.sleep(0.1)
+                out.append(
+                    round(
+                        await db.fetchval(
+                            "SELECT t.at - j.created_at FROM jobs j JOIN transitions t ON t.job_id = j.id"
+                            " WHERE j.id = $1 AND t.phase = 'claimed' ORDER BY t.id LIMIT 1",
+                            job_id,
+                        ),
+                        3,
+                    )
+                )
+    finally:
+        await db.close()
+    return out
 
 
 def throughput(pg: Cluster, root: Path, nodes: int, jobs: int, clip: Path, timeout: float) -> dict[str, Any]:
@@ -240,6 +276,8 @@ def print_report(report: dict[str, Any]) -> None:
     print()
     cols = "".join(f"{str(r['nodes']) + ' node' + ('s' if r['nodes'] > 1 else ''):>14}" for r in runs)
     print(f"{'':28}{cols}")
+    for r in runs:
+        r["claim_latency_idle_p50"] = percentile(r["claim_latency_idle"], 0.5)
     for key, label, fmt in (
         ("start_up_seconds", "node start-up (s)", "{:>14.1f}"),
         ("seconds", "wall time (s)", "{:>14.1f}"),
@@ -247,6 +285,7 @@ def print_report(report: dict[str, Any]) -> None:
         ("claim_latency_p50", "claim latency p50 (s)", "{:>14.3f}"),
         ("claim_latency_p90", "claim latency p90 (s)", "{:>14.3f}"),
         ("claim_latency_max", "claim latency max (s)", "{:>14.3f}"),
+        ("claim_latency_idle_p50", "claim latency idle (s)", "{:>14.3f}"),
         ("completed", "jobs completed", "{:>14}"),
         ("claimed_twice", "jobs claimed twice", "{:>14}"),
     ):
@@ -318,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--nodes", default="1,2,4", help="node counts to run side by side (default 1,2,4)")
     parser.add_argument("--jobs", type=int, default=8, help="jobs per run (default 8)")
-    parser.add_argument("--events", type=int, default=5000, help="events for the events-table rate")
+    parser.add_argument("--events", type=int, default=20000, help="events for the events-table rate")
     parser.add_argument("--timeout", type=float, default=600.0, help="longest a run's jobs may take (s)")
     add_wait_idle(parser)
     args = parser.parse_args(argv)
