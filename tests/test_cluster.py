@@ -158,8 +158,8 @@ def is_fragment(ev: SseEvent) -> bool:
 
 
 def is_over(ev: SseEvent) -> bool:
-    """The job's last signal: completed, failed or canceled."""
-    return ev.event == "signal" and ev.data["code"] in ("job_complete", "failed", "canceled")
+    """The job's last event: completed or canceled (a signal), or failed (an error)."""
+    return ev.event == "error" or (ev.event == "signal" and ev.data["code"] in ("job_complete", "canceled"))
 
 
 @dataclass(frozen=True)
