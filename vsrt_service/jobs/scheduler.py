@@ -131,7 +131,11 @@ class Scheduler:
 
     async def start(self) -> None:
         await self._watching.enter_async_context(self.ctx.store.watch(self._stop_asked, self.wake))
-        await self._take_over_orphans()
+        try:
+            await self._take_over_orphans()
+        except BaseException:  # not started, so never closed: give the listening connection back
+            await asyncio.shield(self._watching.aclose())
+            raise
         self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
 
     async def close(self) -> None:
