@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--speaker-labels", action="store_true", help='TXT as speaker turns, each starting "[SPEAKER_00] "'
     )
+    tr.add_argument(
+        "--priority", type=int, metavar="N", help="queue priority, -100..100: higher is taken first (0)"
+    )
 
     models = sub.add_parser("models", help="list, download or delete models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -226,6 +229,7 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
         "num_speakers",
         "min_speakers",
         "max_speakers",
+        "priority",
     ):
         if getattr(args, key) is not None:
             job_settings[key] = getattr(args, key)

@@ -74,6 +74,11 @@ FINAL_SIGNALS = frozenset({"job_complete", "paused", "canceled"})
 REFLOW_MAX_CUES = 500
 #: How often a control request looks again at a job whose state changed under it.
 CONTROL_ATTEMPTS = 5
+#: How often a stop of a job running in another process looks whether it took effect.
+REMOTE_STOP_POLL = 0.1
+#: How long it waits for that, in lease lengths: a dead owner's lease runs out, and the
+#: scheduler that takes the job over carries the request out.
+REMOTE_STOP_LEASES = 3
 #: Files the player's routes make once per job, in its folder (removed with it).
 MEDIA_INFO_NAME = "media.json"
 PROXY_NAME = "proxy.m4a"
@@ -561,8 +566,15 @@ class Service:
             if job.status == JobStatus.PROCESSING:
                 took = await self.scheduler.stop(job_id, reason)
                 if took is None:
-                    await self._refuse_if_elsewhere(job_id)
-                    continue  # it ended meanwhile: look again
+                    stopped = await self._stop_elsewhere(job, target)
+                    if stopped is None or stopped.status == JobStatus.QUEUED:
+                        continue  # it ended meanwhile, or went back to the queue: look again
+                    if stopped.status != target:
+                        raise Conflict(
+                            f"the job was {stopped.status} instead (a stronger request or the job's end"
+                            " came first)"
+                        )
+                    return stopped
                 job = await self.get(job_id)
                 if took is not reason or job.status != target:
                     raise Conflict(
@@ -580,11 +592,25 @@ class Service:
             raise Conflict(f"a {job.status} job cannot be {target}", code="not_running")
         raise Conflict("the job kept changing state; try again", code="busy")
 
-    async def _refuse_if_elsewhere(self, job_id: str) -> None:
-        """409 when another process runs the job (only it can stop it)."""
-        job = await self.get(job_id)
-        if job.status == JobStatus.PROCESSING and job.lease_owner != self.scheduler.owner:
-            raise Conflict("the job is running in another process", code="not_here")
+    async def _stop_elsewhere(self, job: Job, target: JobStatus) -> Job | None:
+        """Ask the process that runs the job (another node) to stop it, through the store, and
+        wait until the job leaves `processing`: the job then, or None when it did not run
+        elsewhere (it ended meanwhile, or runs here). A dead owner's job is stopped by the
+        scheduler that takes it over after its lease; 409 `busy` if nothing stops it in time."""
+        if job.lease_owner == self.scheduler.owner:
+            return None  # ours, and no longer running here: its end is written
+        if await self.store.request_stop(job.id, target) is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REMOTE_STOP_LEASES * self.settings.jobs.lease_seconds + 1.0
+        while (job := await self.get(job.id)).status == JobStatus.PROCESSING:
+            if loop.time() > deadline:
+                raise Conflict(
+                    "the job's node has not stopped it yet; it will when it next renews its lease",
+                    code="busy",
+                )
+            await asyncio.sleep(REMOTE_STOP_POLL)
+        return job
 
     async def resume_conflicts(
         self, job_id: str, settings: dict[str, Any] | None
@@ -633,7 +659,7 @@ class Service:
             job = await self.get(job_id)
             if job.status == JobStatus.PROCESSING:
                 if await self.scheduler.stop(job_id, Stop.CANCELED) is None:
-                    await self._refuse_if_elsewhere(job_id)
+                    await self._stop_elsewhere(job, JobStatus.CANCELED)
                 continue
             if await self.store.delete_job(job_id):
                 break

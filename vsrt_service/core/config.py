@@ -89,6 +89,9 @@ class JobPolicy:
     align_wait_seconds: float = 300.0
     keep_audio_hours: float = 0.0
     keep_resumable_audio_hours: float = 168.0
+    #: How often an idle scheduler looks at the queue unprompted (at most a third of the lease):
+    #: a job queued in this process, or on PostgreSQL by any node, wakes it at once anyway.
+    poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class ModelSettings:
     hf_token: str = field(default="", repr=False)
     #: The diarization model (a `diarize` id of the catalog) jobs use for speakers.
     default_diarize: str = "community-1"
+    #: Whether this node may download models; false: it runs (and claims) only what it has.
+    allow_downloads: bool = True
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,7 @@ def _validate(s: Settings) -> None:
         (s.jobs.max_attempts >= 1, "jobs.max_attempts must be at least 1"),
         (s.jobs.max_segment_crashes >= 1, "jobs.max_segment_crashes must be at least 1"),
         (s.jobs.lease_seconds >= 1, "jobs.lease_seconds must be at least 1"),
+        (0.05 <= s.jobs.poll_seconds <= 3600, "jobs.poll_seconds must be 0.05..3600"),
         (0 <= s.jobs.keep_audio_hours < math.inf, "jobs.keep_audio_hours must be 0 or more hours"),
         (
             0 <= s.jobs.keep_resumable_audio_hours < math.inf,
