@@ -149,7 +149,7 @@ async def stream(
     with frames encoded once per event for all subscribers; a client that stalls one write
     for SEND_TIMEOUT is dropped.
     """
-    sub, replayed = broker.subscribe(channel, last_event_id(request))
+    sub, replayed = await broker.open(channel, last_event_id(request))
     disconnected.add_done_callback(lambda _: sub.close())
     resp = EventSourceResponse(ping_interval=3600)  # our own named heartbeat event instead
     resp.headers["X-Accel-Buffering"] = "no"
@@ -166,7 +166,7 @@ async def stream(
         while not disconnected.done():
             if not await sub.wait(settings.heartbeat_interval):
                 key = "timestamp" if heartbeat_event == "heartbeat" else "ts"
-                ping = sse_frame(broker.heartbeat_id(channel), heartbeat_event, {key: time.time()})
+                ping = sse_frame(sub.heartbeat_id(), heartbeat_event, {key: time.time()})
                 await _write(resp, ping)
                 continue
             batch = sub.drain()
