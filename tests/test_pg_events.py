@@ -68,6 +68,47 @@ async def test_an_event_published_on_one_node_reaches_the_other_with_the_table_i
     assert [r[0] for r in await table(pg_url, CHANNEL)] == ids
 
 
+async def test_an_event_too_big_for_a_notification_is_read_back_from_the_table(pg_url: str) -> None:
+    big = {"segments": [{"text": "wörd " * 3000}]}  # well over NOTIFY's 8000 bytes
+    async with node(pg_url) as (a, _), node(pg_url) as (b, _):
+        sub, _ = await b.open(CHANNEL)
+        a.publish(CHANNEL, "fragment", big)
+        a.publish(CHANNEL, "fragment", {"i": 1})
+        got = await take(sub, 2)
+    assert [e.data for e in got] == [big, {"i": 1}] and got[1].id == got[0].id + 1
+
+
+async def test_unwritten_progress_is_coalesced_but_every_fragment_is_kept(pg_url: str) -> None:
+    """Published in one go (the writer cannot run in between): only the newest progress is
+    written, after the fragments, as a subscriber's queue would coalesce it."""
+    async with node(pg_url) as (a, log), node(pg_url) as (b, _):
+        sub, _ = await b.open(CHANNEL)
+        for i in range(50):
+            a.publish(CHANNEL, "progress", {"percent": i})
+            if i % 10 == 0:
+                a.publish(CHANNEL, "fragment", {"i": i})
+        await log.flush()
+        got = await take(sub, 6)
+    assert [(e.event, e.data) for e in got] == [
+        *(("fragment", {"i": i}) for i in range(0, 50, 10)),
+        ("progress", {"percent": 49}),
+    ]
+    assert len(await table(pg_url, CHANNEL)) == 6
+
+
+async def test_deleting_a_channel_on_one_node_ends_its_streams_on_the_others(pg_url: str) -> None:
+    async with node(pg_url) as (a, _), node(pg_url) as (b, _):
+        sub, _ = await a.open(CHANNEL)
+        b.publish(CHANNEL, "fragment", {"i": 0})
+        await take(sub, 1)
+        await b.delete_channel(CHANNEL)
+        async with asyncio.timeout(5):
+            while not sub.closed:
+                await sub.wait(5)
+        assert await table(pg_url, CHANNEL) == []
+        assert not (await b.open(CHANNEL, 1))[1]
+
+
 async def test_concurrent_publishers_on_two_nodes_never_skip_or_reorder_for_a_reader(pg_url: str) -> None:
     """Both nodes publish on one channel at once; a reader on each sees exactly the table, in id
     order, each publisher's events in its own order."""

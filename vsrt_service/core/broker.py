@@ -343,7 +343,8 @@ class Broker:
         """A new subscription; with `last_event_id`, the missed events are queued first.
 
         Returns (subscription, replayed): replayed is False when the missed events are no
-        longer all in the buffer, so the caller must send a fresh snapshot instead.
+        longer all in the buffer, so the caller must send a fresh snapshot instead. A channel
+        the log numbers is opened with `open` (its replay is in the log, not here).
         """
         ch = self._channel(channel)
         sub = Subscription(self, channel, self._queue, ch.issued)

@@ -5,7 +5,8 @@ task numbers queued events and writes them in batches, one transaction each: the
 row in `event_channels` is locked to allocate ids (`last_id + n`), so per channel the id order
 is the commit order, which is also the order NOTIFY delivers in, and a reader never sees a
 later id before an earlier one. The same transaction sends each event with `pg_notify`
-(the event itself when it fits, else only its channel and id). One LISTEN connection per node
+(the event itself when it fits, else only its channel and id; "<channel> deleted" when a job
+is deleted). One LISTEN connection per node
 feeds what arrives, from any node including this one, into the local broker (`deliver`), in
 arrival order; after a lost connection it reconnects and reads what it missed from the table.
 """
@@ -33,6 +34,9 @@ NOTIFY_CHANNEL = "vsrt_events"
 
 #: Payload bytes sent inline (PostgreSQL refuses more than 8000); a bigger event is read back.
 NOTIFY_INLINE = 7000
+
+#: The notification (in place of an id) that a channel was deleted with its job.
+DELETED = "deleted"
 
 #: Seconds between checks that the LISTEN connection is alive, and before a retry after an error.
 KEEPALIVE = 5.0
@@ -269,12 +273,15 @@ class PgEventLog:
 
     async def _deliver(self, payload: str) -> None:
         parts = payload.split(" ", 3)
+        if parts[1] == DELETED:
+            self._broker.drop_channel(parts[0])
+            return
         channel, event_id = parts[0], int(parts[1])
+        if self._broker.subscribers(channel) == 0:
+            return  # nobody here follows it: not worth decoding (a subscriber reads the table)
         if len(parts) == 4:
             self._broker.deliver(Event(channel, event_id, parts[2], json.loads(parts[3])))
             return
-        if self._broker.subscribers(channel) == 0:
-            return  # nobody here follows it: not worth a read
         row = await self._pool.fetchrow(
             "SELECT event, data FROM events WHERE channel = $1 AND id = $2", channel, event_id
         )
@@ -319,11 +326,13 @@ class PgEventLog:
         return LogRead(last_id, kept_after, events)
 
     async def delete(self, channel: str) -> None:
-        """The channel's events and numbering (its job is deleted); unwritten ones are dropped."""
+        """The channel's events and numbering (its job is deleted); unwritten ones are dropped,
+        and every node closes its streams of it."""
         self._pending.pop(channel, None)
         async with self._pool.acquire() as db, db.transaction():
             await db.execute("DELETE FROM events WHERE channel = $1", channel)
             await db.execute("DELETE FROM event_channels WHERE channel = $1", channel)
+            await db.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{channel} {DELETED}")
 
     async def prune(self, older_than: float) -> int:
         """Delete events older than `older_than` seconds (by the database's clock); each

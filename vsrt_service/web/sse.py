@@ -1,7 +1,8 @@
 """Server-sent events over aiohttp-sse: one response per subscriber to a broker channel.
 
 Each event goes out with its channel id, so a reconnecting client's Last-Event-ID gets
-exactly what it missed from the broker's buffer, or a fresh snapshot when that is gone.
+exactly what it missed from the broker's buffer (on PostgreSQL: the events table, whichever
+node it reconnects to), or a fresh snapshot when that is gone.
 Connections are counted per channel and per client address (429 past the limits); the
 client address is `request.remote`, which the app sets from trusted proxies' X-Forwarded-For.
 """
