@@ -15,6 +15,7 @@ import asyncpg
 from tests.conftest import ClientFactory
 from tests.http_helpers import open_stream, upload
 from tests.media import Speech
+from tests.pg import Cluster
 from vsrt_service.core.broker import Broker, Event, Subscription, job_channel
 from vsrt_service.jobs.pg_events import PgEventLog
 from vsrt_service.web.app import SERVICE
@@ -179,19 +180,28 @@ async def test_an_id_older_than_retention_kept_gets_a_snapshot_not_a_partial_rep
         assert (await b.open(CHANNEL, old[-1].id))[1]
 
 
-async def test_events_still_arrive_after_the_listen_connection_is_killed(pg_url: str) -> None:
-    async with node(pg_url) as (a, _), node(pg_url) as (b, b_log):
+async def test_events_still_arrive_after_the_listen_connection_is_killed(
+    pg_cluster: Cluster, pg_url: str
+) -> None:
+    async with node(pg_url) as (a, a_log), node(pg_url) as (b, b_log):
         sub, _ = await b.open(CHANNEL)
         a.publish(CHANNEL, "fragment", {"i": 0})
         assert [e.data["i"] for e in await take(sub, 1)] == [0]
-        db = await asyncpg.connect(pg_url)
+        db = await asyncpg.connect(pg_cluster.url())
+        name = pg_url.rsplit("/", 1)[-1]
         try:
+            # No new connections until the events are written, so B cannot be listening then:
+            # they can only reach it through the catch-up read after it reconnects.
+            await db.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
             killed_pid = b_log.listener_pid
             assert await db.fetchval("SELECT pg_terminate_backend($1)", killed_pid)
+            for i in range(1, 30):
+                a.publish(CHANNEL, "fragment", {"i": i})
+            await a_log.flush()
+            assert not sub.drain()
         finally:
+            await db.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
             await db.close()
-        for i in range(1, 30):  # while B is not listening
-            a.publish(CHANNEL, "fragment", {"i": i})
         got = await take(sub, 29)
         assert b_log.listener_pid not in (None, killed_pid)
         a.publish(CHANNEL, "fragment", {"i": 30})
