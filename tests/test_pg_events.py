@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.conftest import ClientFactory
+from tests.conftest import ClientFactory, until
 from tests.http_helpers import open_stream, upload
 from tests.media import Speech
 from tests.pg import Cluster
@@ -24,10 +24,12 @@ CHANNEL = job_channel("0123456789abcdef")
 
 
 @contextlib.asynccontextmanager
-async def node(url: str, queue: int = 1000) -> AsyncIterator[tuple[Broker, PgEventLog]]:
+async def node(
+    url: str, queue: int = 1000, retention: float = 3600.0
+) -> AsyncIterator[tuple[Broker, PgEventLog]]:
     """One node's broker and its event log on the shared database."""
     broker = Broker(subscriber_queue=queue)
-    async with PgEventLog.open(url, broker) as log:
+    async with PgEventLog.open(url, broker, retention_seconds=retention) as log:
         yield broker, log
     broker.close()
 
@@ -51,6 +53,10 @@ async def table(url: str, channel: str) -> list[tuple[int, str, str]]:
     finally:
         await db.close()
     return [(r["id"], r["event"], r["data"]) for r in rows]
+
+
+async def no_events(url: str) -> bool:
+    return not await table(url, CHANNEL)
 
 
 async def test_an_event_published_on_one_node_reaches_the_other_with_the_table_id(pg_url: str) -> None:
@@ -178,6 +184,15 @@ async def test_an_id_older_than_retention_kept_gets_a_snapshot_not_a_partial_rep
         assert not replayed and sub.opened_at == new.id and not sub.drain()
         # From the newest one kept, a replay is whole again.
         assert (await b.open(CHANNEL, old[-1].id))[1]
+
+
+async def test_each_node_deletes_events_past_the_retention_by_itself(pg_url: str) -> None:
+    async with node(pg_url, retention=0.4) as (a, _):
+        sub, _ = await a.open(CHANNEL)
+        a.publish(CHANNEL, "fragment", {"i": 0})
+        [first] = await take(sub, 1)
+        await until(lambda: no_events(pg_url), within=5, every=0.1)  # the node's own task deletes it
+        assert not (await a.open(CHANNEL, first.id - 1))[1]
 
 
 async def test_events_still_arrive_after_the_listen_connection_is_killed(

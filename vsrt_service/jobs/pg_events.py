@@ -78,6 +78,8 @@ class PgEventLog:
         self._arrived = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
+        #: Set once the newest LISTEN connection listens: its catch-up may read the table.
+        self._listening = asyncio.Event()
         #: The server process of the LISTEN connection (None while reconnecting).
         self.listener_pid: int | None = None
 
@@ -208,9 +210,13 @@ class PgEventLog:
     # --- listening -----------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        """A LISTEN connection, then a catch-up request behind anything already received:
-        what committed while nobody listened is read from the table, in order."""
+        """A LISTEN connection, with a catch-up request queued before anything it receives:
+        what committed while nobody listened is read from the table once LISTEN is on (so
+        nothing falls between), and only then what arrives on the new connection."""
         conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
+        self._listening.clear()
+        self._incoming.append(_CATCH_UP)
+        self._arrived.set()
         try:
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
         except BaseException:
@@ -220,8 +226,7 @@ class PgEventLog:
         self._lost.clear()
         self._listener = conn
         self.listener_pid = conn.get_server_pid()
-        self._incoming.append(_CATCH_UP)
-        self._arrived.set()
+        self._listening.set()
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         self._incoming.append(str(payload))
@@ -260,6 +265,7 @@ class PgEventLog:
                 item = self._incoming[0]
                 try:
                     if item is _CATCH_UP:
+                        await self._listening.wait()
                         await self._catch_up()
                     else:
                         await self._deliver(item)
