@@ -42,7 +42,7 @@ def sse_frame(event_id: int, event: str, data: dict[str, Any]) -> bytes:
 
 class LogRead(NamedTuple):
     """A channel as the event log holds it: every event after `kept_after` up to `last_id` is
-    still there, and `events` are those after the reader's id (at most the limit asked, +1)."""
+    still there, and `events` are those after the reader's id (at most the limit asked)."""
 
     last_id: int
     kept_after: int
@@ -328,6 +328,8 @@ class Broker:
         except BaseException:
             sub.close()
             raise
+        if sub.closed:  # overflowed while reading (its resync is queued) or dropped meanwhile
+            return sub, False
         if (
             last_event_id is not None
             and read.kept_after <= last_event_id <= read.last_id
