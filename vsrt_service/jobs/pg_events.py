@@ -119,7 +119,8 @@ class PgEventLog:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 if ev_log._listener is not None:
-                    await ev_log._listener.close(timeout=2)
+                    with suppress(*DB_ERRORS):
+                        await ev_log._listener.close(timeout=2)
 
     # --- writing -------------------------------------------------------------------------
 
