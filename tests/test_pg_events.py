@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -231,9 +232,9 @@ async def test_a_client_on_one_node_follows_a_job_of_another_over_http(
     """Two services on one database: a job made on A is streamed from B with the table's ids in
     the exact SSE bytes, pings repeat the last id, a reconnect gets exactly what it missed, and
     deleting the job deletes its events."""
-    store = {"url": pg_url}
-    node_a = await make_client(data_dir=tmp_path / "a", store=store)
-    node_b = await make_client(data_dir=tmp_path / "b", store=store, sse={"heartbeat_interval": 0.3})
+    common: dict[str, Any] = {"store": {"url": pg_url}, "runners": {"enabled": False}}  # no job runs here
+    node_a = await make_client(data_dir=tmp_path / "a", **common)
+    node_b = await make_client(data_dir=tmp_path / "b", sse={"heartbeat_interval": 0.3}, **common)
     job = await upload(node_a, speech.path, start=False)
     channel = job_channel(job["job_id"])
     stream = await open_stream(node_b, job["job_id"])
