@@ -257,6 +257,12 @@ async def test_a_client_on_one_node_follows_a_job_of_another_over_http(
     assert [e.data["segment_index"] for e in replay] == [1, 2, 3, 4]
     assert [int(e.id or 0) for e in replay] == [r[0] for r in (await table(pg_url, channel))[1:]]
     again.resp.close()
+    from_service: list[Event] = []  # the same replay for the service's own followers (wait, CLI)
+    async for ev in node_b.app[SERVICE].events(job["job_id"], event_id):
+        from_service.append(ev)
+        if len(from_service) == 4:
+            break
+    assert [e.id for e in from_service] == [int(e.id or 0) for e in replay]
 
     resp = await node_b.delete(f"/api/jobs/{job['job_id']}")
     assert resp.status in (200, 204), await resp.text()
