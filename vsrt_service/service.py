@@ -212,12 +212,22 @@ async def open_model_state(settings: Settings) -> AsyncIterator[ModelStateStore]
 
 
 @contextlib.asynccontextmanager
-async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
+async def open_broker(settings: Settings, store: JobStore | None = None) -> AsyncIterator[Broker]:
+    """The broker; on PostgreSQL, with the event log that shares job events with every node."""
     broker = Broker(
         settings.sse.replay_buffer, settings.sse.subscriber_queue, settings.sse.idle_channel_seconds
     )
     try:
-        yield broker
+        if store is not None and urlsplit(settings.store.url).scheme in POSTGRES_SCHEMES:
+            from vsrt_service.jobs.pg_events import PgEventLog
+            from vsrt_service.jobs.pg_store import PgJobStore
+
+            assert isinstance(store, PgJobStore)
+            retention = settings.sse.event_retention_hours * 3600
+            async with PgEventLog.open(store.url, broker, pool=store.pool, retention_seconds=retention):
+                yield broker
+        else:
+            yield broker
     finally:
         broker.close()
 
@@ -325,7 +335,7 @@ class Service:
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
             self.store = await stack.enter_async_context(open_store(s))
-            self.broker = await stack.enter_async_context(open_broker(s))
+            self.broker = await stack.enter_async_context(open_broker(s, self.store))
             self.pool = await stack.enter_async_context(open_pool(s, work_runners=self._work_runners))
             state = await stack.enter_async_context(open_model_state(s))
             self.models = await stack.enter_async_context(
@@ -523,7 +533,7 @@ class Service:
     async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events, a `connected` snapshot first, until it ends (or is paused)."""
         channel = job_channel(job_id)
-        sub, replayed = self.broker.subscribe(channel, last_event_id)
+        sub, replayed = await self.broker.open(channel, last_event_id)
         try:
             snapshot = await self.snapshot(job_id)
             if not replayed:
@@ -669,7 +679,7 @@ class Service:
         upload = self.ctx.input_file(job)
         if upload.is_relative_to(self.settings.uploads_dir):
             await asyncio.to_thread(upload.unlink, missing_ok=True)
-        self.broker.drop_channel(job_channel(job_id))
+        await self.broker.delete_channel(job_channel(job_id))
 
     # --- results -------------------------------------------------------------------------
 

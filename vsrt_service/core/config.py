@@ -142,6 +142,8 @@ class SseSettings:
     max_connections_per_client: int = 50
     max_connections_models: int = 200
     idle_channel_seconds: float = 600.0
+    #: On PostgreSQL, how long job events stay in the events table for replay after a reconnect.
+    event_retention_hours: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,7 @@ def _validate(s: Settings) -> None:
         ),
         (s.sse.heartbeat_interval > 0, "sse.heartbeat_interval must be positive"),
         (s.sse.idle_channel_seconds > 0, "sse.idle_channel_seconds must be positive"),
+        (s.sse.event_retention_hours > 0, "sse.event_retention_hours must be positive"),
         (s.sse.reconnect_seconds > 0, "sse.reconnect_seconds must be positive"),
         (
             min(s.sse.max_connections_per_job, s.sse.max_connections_per_client, s.sse.max_connections_models)

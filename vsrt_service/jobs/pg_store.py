@@ -135,6 +135,26 @@ SCHEMA_V2 = """
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS speakers TEXT;
 """
 
+# Job events shared by every node (jobs/pg_events.py): ids are allocated per channel from its
+# `event_channels` row, which stays (with the newest id retention deleted, `kept_after`) until
+# the job is deleted, so ids are never reused.
+SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS event_channels (
+    channel    TEXT PRIMARY KEY,
+    last_id    BIGINT NOT NULL,
+    kept_after BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    channel TEXT NOT NULL,
+    id      BIGINT NOT NULL,
+    event   TEXT NOT NULL,
+    data    TEXT NOT NULL,
+    at      DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (channel, id)
+);
+CREATE INDEX IF NOT EXISTS events_by_at ON events (at);
+"""
+
 # Control across nodes and fair claims: a stop another node asked for, for the job's owner to
 # carry out, and the job's priority (its `priority` option), which claims order by first.
 SCHEMA_V4 = """
@@ -159,8 +179,7 @@ CREATE INDEX IF NOT EXISTS nodes_by_seen ON nodes (seen_at);
 
 #: version -> the script that brings the schema from version-1 to it (never edited once shipped:
 #: a change is a new version).
-#: (3 is the events table, built on another branch: a no-op here until the merge brings it.)
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: "SELECT 1", 4: SCHEMA_V4, 5: SCHEMA_V5}
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _JOB_COLUMNS = (
@@ -205,14 +224,17 @@ class PgJobStore:
     """A `JobStore` on PostgreSQL. Open with `async with PgJobStore.open(url) as store:`; the
     pool closes on exit. Several stores (nodes) may share one database."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str = "") -> None:
         self._pool = pool
+        #: The server, for what needs a connection of its own (the event log's LISTEN).
+        self.url = url
         self._policy: NoticePolicy | None = None
         self._added: Callable[[], None] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """The connection pool, for the other tables of the shared database (jobs/nodes.py)."""
+        """The connection pool, for the other tables of the shared database (jobs/nodes.py, the
+        event log of jobs/pg_events.py)."""
         return self._pool
 
     @classmethod
@@ -232,7 +254,7 @@ class PgJobStore:
                 await _migrate(pool)
             except asyncpg.PostgresError as exc:  # rights, a read-only server: an operator's fix
                 raise StoreUnavailable(f"cannot prepare the job store at {redact_url(url)}: {exc}") from None
-            yield cls(pool)
+            yield cls(pool, url)
         finally:
             await pool.close()
 
