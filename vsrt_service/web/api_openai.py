@@ -230,7 +230,7 @@ async def _audio(request: web.Request, task: str, allowed: tuple[str, ...]) -> w
     svc = request.app[SERVICE]
     settings = svc.settings
     form = await receive_form(
-        request, settings.uploads_dir, settings.server.max_upload_mb << 20, allowed=allowed
+        request, svc.storage, settings.server.max_upload_mb << 20, allowed=allowed
     )
     try:  # the form's file is ours until the service takes it
         if form.path is None:
