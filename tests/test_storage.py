@@ -19,7 +19,7 @@ from vsrt_service.cli import _settings, build_parser
 from vsrt_service.core.config import ConfigError, load_settings
 from vsrt_service.jobs.datadir import LOCK_NAME
 from vsrt_service.jobs.store import JobStatus
-from vsrt_service.service import open_store
+from vsrt_service.service import Service, open_store
 
 #: Older than the grace period a shared root gives other nodes' fresh files (an hour).
 LONG_AGO = 2 * 3600.0
@@ -145,15 +145,15 @@ async def test_two_nodes_on_one_root_never_remove_each_others_fresh_files(
     node_b = make_settings(data_dir=tmp_path / "b", storage={"root": str(root)})
     async with open_store(node_b) as store_b:  # a job both know (one PostgreSQL in production)
         job = await store_b.create_job(source_name="a.mp4", input_path="uploads/a.mp4", options={})
-    async with open_store(node_a):
-        uploads, jobs = node_a.uploads_dir, node_a.jobs_dir
+    async with Service(node_a, work_runners=False, run_jobs=False) as a:
+        jobs = node_a.jobs_dir
 
         def leftovers(mark: str) -> list[Path]:
             return [
-                uploads / f"{mark * 32}.mp4.part",
-                uploads / f"{mark * 32}.mkv",
-                jobs / (mark * 32),
-                jobs / job.id / f"audio.wav.{mark}.part",
+                a.storage.upload_path(f"{mark * 32}.mp4.part"),
+                a.storage.upload_path(f"{mark * 32}.mkv"),
+                a.storage.workdir(mark * 32),
+                a.storage.workdir(job.id) / f"audio.wav.{mark}.part",
             ]
 
         fresh, old = leftovers("e"), leftovers("f")
@@ -167,7 +167,7 @@ async def test_two_nodes_on_one_root_never_remove_each_others_fresh_files(
         for path in old:
             os.utime(path, (then, then))
 
-        async with open_store(node_b):
+        async with Service(node_b, work_runners=False, run_jobs=False):
             pass  # B's start-up clean-up; its first pass is over once it is closed
         assert [p for p in fresh if not p.exists()] == []
         assert [p for p in old if p.exists()] == []
