@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the job store: postgresql://user@host:port/db shared by several nodes (default: the SQLite"
         " file in the data directory; a password is better given in $VSRT_STORE_URL)",
     )
+    serve.add_argument(
+        "--storage-root",
+        metavar="PATH",
+        help="where uploads and job files live, a directory every node mounts at the same path"
+        " (default: the data directory; or $VSRT_STORAGE_ROOT)",
+    )
 
     tr = sub.add_parser("transcribe", help="make subtitles for files, without a server")
     _common(tr)
@@ -111,6 +117,8 @@ def _settings(args: argparse.Namespace, **server: Any) -> Settings:
         overrides["data_dir"] = args.data_dir
     if getattr(args, "store", None):
         overrides["store"] = {"url": args.store}
+    if getattr(args, "storage_root", None):
+        overrides["storage"] = {"root": args.storage_root}
     server = {k: v for k, v in server.items() if v is not None}
     if server:
         overrides["server"] = server

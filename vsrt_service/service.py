@@ -57,9 +57,10 @@ from vsrt_service.jobs.media import (
 )
 from vsrt_service.jobs.nodes import RUNNER_KEYS, LocalNodes, NodeRegistry, registered
 from vsrt_service.jobs.peaks import PEAKS_NAME, decoded_peaks, write_peaks
-from vsrt_service.jobs.pipeline import JobContext, live_lines, remove_job_files
+from vsrt_service.jobs.pipeline import JobContext, live_lines
 from vsrt_service.jobs.scheduler import Scheduler, Stop
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
+from vsrt_service.jobs.storage import Storage, storage_for
 from vsrt_service.jobs.store import FINAL, Job, JobStatus, JobStore
 from vsrt_service.jobs.webhooks import Sender, open_sender
 from vsrt_service.models.manager import ModelManager
@@ -183,13 +184,19 @@ def _version_conflict(current: int) -> Conflict:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
+async def open_store(settings: Settings, storage: Storage | None = None) -> AsyncIterator[JobStore]:
     """The data directory, locked for this process first (DataDirLocked if another holds it),
-    and kept tidy (leftovers, expired audio) while open."""
+    and the storage root kept tidy (leftovers, expired audio) while open."""
+    if urlsplit(settings.store.url).scheme in POSTGRES_SCHEMES and not settings.storage.root:
+        log.warning(
+            "the job store is PostgreSQL but storage.root is not set: uploads and job files stay in"
+            " this node's data directory, and other nodes cannot open them; set storage.root"
+            " (VSRT_STORAGE_ROOT) to a directory every node mounts at the same path"
+        )
     async with lock_data_dir(settings.data_dir):
         for d in (settings.jobs_dir, settings.uploads_dir, settings.models_dir):
             await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-        async with open_job_store(settings) as store, keep_tidy(settings, store):
+        async with open_job_store(settings) as store, keep_tidy(settings, store, storage):
             yield store
 
 
@@ -321,6 +328,8 @@ class Service:
         self.broker: Broker
         self.pool: RunnerPool
         self.ctx: JobContext
+        #: Uploads and job folders (under the storage root every node sees).
+        self.storage: Storage = storage_for(self.settings)
         self.scheduler: Scheduler
         self.webhooks: Sender
         self.nodes: NodeRegistry
@@ -334,14 +343,14 @@ class Service:
     async def __aenter__(self) -> Service:
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            self.store = await stack.enter_async_context(open_store(s))
+            self.store = await stack.enter_async_context(open_store(s, self.storage))
             self.broker = await stack.enter_async_context(open_broker(s, self.store))
             self.pool = await stack.enter_async_context(open_pool(s, work_runners=self._work_runners))
             state = await stack.enter_async_context(open_model_state(s))
             self.models = await stack.enter_async_context(
                 open_models(s, state, self.broker, self.pool, self._validate_models)
             )
-            self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models)
+            self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models, self.storage)
             self.webhooks = await stack.enter_async_context(open_sender(s, self.store, self._run_jobs))
             self.scheduler = await stack.enter_async_context(
                 open_scheduler(self.ctx, self._run_jobs, set() if self._own_jobs_only else None)
@@ -404,8 +413,8 @@ class Service:
             found = await self.store.find_request(key)
             if found is None:
                 return SharedJob(await self._create(file, source_name, options, request_key=key), False)
-        if self.ctx.input_file(found) != file and file.parent == self.settings.uploads_dir:
-            await asyncio.to_thread(file.unlink, missing_ok=True)
+        if self.ctx.input_file(found) != file and self.storage.is_upload(file):
+            await asyncio.to_thread(self.storage.remove_upload, file)
         if found.status == JobStatus.PAUSED:
             with contextlib.suppress(Conflict):  # started meanwhile by someone else: fine too
                 found = await self.resume(found.id)
@@ -442,13 +451,9 @@ class Service:
         request_key: str | None = None,
     ) -> Job:
         resolved = await asyncio.to_thread(file.resolve)
-        try:
-            stored = str(resolved.relative_to(self.settings.data_dir))
-        except ValueError:
-            stored = str(resolved)
         job = await self.store.create_job(
             source_name=name,
-            input_path=stored,
+            input_path=self.storage.input_key(resolved),
             options=options.to_dict(),
             status="queued" if start else "paused",
             request_key=request_key,
@@ -497,7 +502,7 @@ class Service:
                 field="model",
             )
         await self._media_info(file, name, field)
-        wav = self.settings.uploads_dir / f"{uuid.uuid4().hex}.wav"
+        wav = self.storage.upload_path(f"{uuid.uuid4().hex}.wav")
         try:
             try:
                 await extract_audio(file, wav, name=name, limits=self.settings.media, seconds=LISTEN_SECONDS)
@@ -675,10 +680,10 @@ class Service:
                 break
         else:
             raise Conflict("the job kept changing state; try again", code="busy")
-        await asyncio.to_thread(remove_job_files, self.ctx.job_dir(job_id))
+        await asyncio.to_thread(self.storage.remove_job, job_id)
         upload = self.ctx.input_file(job)
-        if upload.is_relative_to(self.settings.uploads_dir):
-            await asyncio.to_thread(upload.unlink, missing_ok=True)
+        if self.storage.is_upload(upload):
+            await asyncio.to_thread(self.storage.remove_upload, upload)
         await self.broker.delete_channel(job_channel(job_id))
 
     # --- results -------------------------------------------------------------------------

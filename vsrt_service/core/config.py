@@ -59,6 +59,14 @@ class StoreSettings:
     url: str = field(default="", repr=False)
 
 
+@dataclass(frozen=True)
+class StorageSettings:
+    """The `[storage]` section: where uploads and job folders (audio, outputs) live. Empty:
+    the data directory (one host); else a directory every node sees at the same path."""
+
+    root: str = ""
+
+
 #: URL schemes of `store.url` that name a PostgreSQL server.
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -179,6 +187,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     runners: RunnerSettings = field(default_factory=RunnerSettings)
     jobs: JobPolicy = field(default_factory=JobPolicy)
     media: MediaSettings = field(default_factory=MediaSettings)
@@ -193,16 +202,24 @@ class Settings:
         return (self.data_dir / getattr(self.paths, name)).resolve()
 
     @property
+    def storage_root(self) -> Path:
+        """Where uploads and job folders live: `storage.root` (relative to the data directory
+        if not absolute), or the data directory itself when it is empty."""
+        if not self.storage.root:
+            return self.data_dir
+        return (self.data_dir / Path(self.storage.root).expanduser()).resolve()
+
+    @property
     def database_path(self) -> Path:
         return self.path("database")
 
     @property
     def jobs_dir(self) -> Path:
-        return self.path("jobs")
+        return (self.storage_root / self.paths.jobs).resolve()
 
     @property
     def uploads_dir(self) -> Path:
-        return self.path("uploads")
+        return (self.storage_root / self.paths.uploads).resolve()
 
     @property
     def models_dir(self) -> Path:
@@ -397,6 +414,8 @@ def _validate(s: Settings) -> None:
     except ValueError as exc:
         raise ConfigError(f"webhooks.allow_private: {exc}") from None
     _check_store_url(s.store.url)
+    if s.storage.root and (s.storage_root == s.models_dir or s.storage_root.is_relative_to(s.models_dir)):
+        raise ConfigError("storage.root must not be the models directory or inside it: models are per host")
     for device in s.runners.devices:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"runners.devices: {device!r} is neither 'cpu' nor 'cuda:N'")
