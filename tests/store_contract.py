@@ -20,7 +20,16 @@ from tests.pg import Cluster, fresh_database
 from vsrt_service.core.protocol import AlignedSegment
 from vsrt_service.jobs.pg_store import PgJobStore
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
-from vsrt_service.jobs.store import FINAL, DeliveryStatus, Job, JobStatus, JobStore, Notice, StoreError
+from vsrt_service.jobs.store import (
+    FINAL,
+    DeliveryStatus,
+    Job,
+    JobStatus,
+    JobStore,
+    Notice,
+    Renewal,
+    StoreError,
+)
 
 #: Opens a store on the one database a test uses; each call is another client of it.
 Opener = Callable[[], AbstractAsyncContextManager[JobStore]]
@@ -130,8 +139,8 @@ class JobStoreContract:
         assert second is not None and second.lease_owner == "new" and second.attempts == 2
         assert second.claim and first.claim != second.claim
         # The lease belongs to the claim: the old run can neither renew, progress nor finish.
-        assert await store.renew_lease(job_id, first.claim, 60) is False
-        assert await store.renew_lease(job_id, second.claim, 60) is True
+        assert not await store.renew_lease(job_id, first.claim, 60)
+        assert await store.renew_lease(job_id, second.claim, 60) == Renewal(True)
         assert (
             await store.set_status(
                 job_id, JobStatus.FAILED, "x", expect=[JobStatus.PROCESSING], claim=first.claim
@@ -148,13 +157,13 @@ class JobStoreContract:
         assert done is not None and done.status == "completed"
         assert (done.claim, done.lease_owner, done.lease_expires) == (None, None, None)
         # A finished claim renews nothing either.
-        assert await store.renew_lease(job_id, second.claim, 60) is False
+        assert not await store.renew_lease(job_id, second.claim, 60)
 
     async def test_a_renewed_lease_is_not_taken_over(self, store: JobStore) -> None:
         (job_id,) = await make_jobs(store, 1)
         job = await store.claim_next("me", 0.05)
         assert job is not None and job.claim
-        assert await store.renew_lease(job_id, job.claim, 60) is True
+        assert await store.renew_lease(job_id, job.claim, 60) == Renewal(True)
         await asyncio.sleep(0.1)  # past the first lease, well inside the renewed one
         assert await store.claim_next("other", 60) is None
 
@@ -174,6 +183,94 @@ class JobStoreContract:
             assert len(set(together)) == len(together)
             job = await b.get_job(ids[0])
             assert job is not None and job.status == "processing" and job.attempts == 1
+
+    async def test_claims_take_a_higher_priority_first_then_the_oldest(self, store: JobStore) -> None:
+        ids = [
+            (await store.create_job(source_name="f", input_path="f", options={"priority": p})).id
+            for p in (0, 5, 0, 5, -1)
+        ]
+        # A resumed job takes the priority of its new options.
+        await store.set_status(ids[4], JobStatus.PAUSED, "p", expect=[JobStatus.QUEUED])
+        await store.requeue(ids[4], {"priority": 7}, restart=False)
+        order = []
+        while (job := await store.claim_next("me", 60)) is not None:
+            order.append(job.id)
+        assert order == [ids[4], ids[1], ids[3], ids[0], ids[2]]
+
+    async def test_claims_take_only_jobs_whose_model_this_node_runs(self, store: JobStore) -> None:
+        tiny, base, tiny2 = [
+            (await store.create_job(source_name="f", input_path="f", options={"model": m})).id
+            for m in ("tiny.en", "base", "tiny.en")
+        ]
+        assert await store.claim_next("me", 60, models=set()) is None
+        assert await store.claim_next("me", 60, models={"small"}) is None
+        job = await store.claim_next("me", 60, models={"base", "small"})
+        assert job is not None and job.id == base
+        job = await store.claim_next("me", 60, models={"base", "tiny.en"})
+        assert job is not None and job.id == tiny
+        job = await store.claim_next("me", 60)  # None: any model
+        assert job is not None and job.id == tiny2
+
+    async def test_two_stores_claiming_by_priority_never_share_a_job(self, opener: Opener) -> None:
+        async with opener() as a, opener() as b:
+            ids = [
+                (await a.create_job(source_name="f", input_path="f", options={"priority": i % 3})).id
+                for i in range(24)
+            ]
+            claimed: list[tuple[str, int]] = []
+
+            async def claimer(store: JobStore) -> None:
+                while (job := await store.claim_next("x", 60)) is not None:
+                    claimed.append((job.id, job.options["priority"]))
+
+            await asyncio.gather(claimer(a), claimer(b), claimer(a), claimer(b))
+            assert sorted(i for i, _ in claimed) == sorted(ids) and len({i for i, _ in claimed}) == 24
+            # Every priority-2 job was claimed before any priority-0 one began to be.
+            priorities = [p for _, p in claimed]
+            assert max(i for i, p in enumerate(priorities) if p == 2) < min(
+                i for i, p in enumerate(priorities) if p == 0
+            )
+
+    # --- stop requests from other processes ------------------------------------------------
+
+    async def test_a_stop_request_is_compare_and_set_and_a_cancel_wins(self, store: JobStore) -> None:
+        (job_id,) = await make_jobs(store, 1)
+        assert await store.request_stop(job_id, "paused") is None  # queued: nothing runs to stop
+        assert await store.request_stop("nope", "paused") is None
+        with pytest.raises(StoreError):
+            await store.request_stop(job_id, "completed")
+        job = await store.claim_next("me", 60)
+        assert job is not None and job.claim and job.stop_request is None
+        asked = await store.request_stop(job_id, "paused")
+        assert asked is not None and asked.stop_request == "paused" and asked.status == "processing"
+        # The owner's renewal carries the request.
+        assert await store.renew_lease(job_id, job.claim, 60) == Renewal(True, "paused")
+        canceled = await store.request_stop(job_id, "canceled")
+        assert canceled is not None and canceled.stop_request == "canceled"
+        weaker = await store.request_stop(job_id, "paused")  # a pause never overrides a cancel
+        assert weaker is not None and weaker.stop_request == "canceled"
+        done = await store.set_status(
+            job_id, JobStatus.CANCELED, "canceled", expect=[JobStatus.PROCESSING], claim=job.claim
+        )
+        assert done is not None and done.stop_request is None  # cleared as the job left processing
+        assert await store.request_stop(job_id, "canceled") is None
+
+    async def test_a_pending_stop_request_goes_to_the_next_owner(self, store: JobStore) -> None:
+        """An owner that died before carrying a stop out: whoever takes the job over after its
+        lease gets the request with it; once the job leaves processing the request is gone."""
+        (job_id,) = await make_jobs(store, 1)
+        first = await store.claim_next("dead", 0.05)
+        assert first is not None
+        await store.request_stop(job_id, "paused")
+        await asyncio.sleep(0.1)  # the lease runs out (it is a time, not an ordering)
+        second = await store.claim_next("heir", 60)
+        assert second is not None and second.id == job_id and second.stop_request == "paused"
+        requeued = await store.set_status(
+            job_id, JobStatus.QUEUED, "q", expect=[JobStatus.PROCESSING], claim=second.claim
+        )
+        assert requeued is not None and requeued.stop_request is None
+        third = await store.claim_next("heir", 60)
+        assert third is not None and third.stop_request is None
 
     # --- compare-and-set status changes --------------------------------------------------
 

@@ -6,8 +6,9 @@ The wire side (bytes, reconnects over HTTP, stalled sockets) is in test_api.py.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from vsrt_service.core.broker import Broker
+from vsrt_service.core.broker import Broker, Event, LogRead
 
 
 def test_ids_grow_per_channel_and_pings_take_their_own() -> None:
@@ -93,3 +94,63 @@ async def test_idle_channels_are_forgotten_and_ids_keep_growing() -> None:
     await asyncio.sleep(0.1)
     broker.heartbeat_id("other")
     assert broker.channels() == 1  # only the channel just used
+
+
+class ListLog:
+    """An event log in a list (the PostgreSQL one is tested in test_pg_events.py): here the
+    broker's merge of a replay read from the log with events delivered live meanwhile is
+    under test, at moments the test picks (the read waits for `go`)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.events: list[Event] = []
+        self.kept_after = self.last_id = 100
+        self.reading, self.go = asyncio.Event(), asyncio.Event()
+        broker.log = self
+
+    def append(self, channel: str, event: str, data: dict[str, Any]) -> None:
+        self.last_id += 1
+        self.events.append(Event(channel, self.last_id, event, data))
+
+    async def read(self, channel: str, after: int | None, limit: int) -> LogRead:
+        kept = [e for e in self.events if after is not None and e.id > after][:limit]
+        read = LogRead(self.last_id, self.kept_after, kept)
+        self.reading.set()
+        await self.go.wait()
+        return read
+
+    async def delete(self, channel: str) -> None:
+        self.events.clear()
+
+
+async def test_a_replay_from_the_log_and_live_deliveries_meanwhile_merge_without_loss_or_repeat() -> None:
+    broker = Broker()
+    log = ListLog(broker)
+    for i in range(3):  # ids 101-103, delivered before anyone here followed the channel
+        assert broker.publish("job:a", "fragment", {"i": i}).id == 0  # numbered by the log
+        broker.deliver(log.events[-1])
+    opening = asyncio.create_task(broker.open("job:a", 101))
+    await log.reading.wait()  # the log was read up to 103; 103 and 104 arrive live meanwhile
+    broker.publish("job:a", "fragment", {"i": 3})
+    for ev in log.events[2:]:
+        broker.deliver(ev)
+    log.go.set()
+    sub, replayed = await opening
+    assert replayed and [e.id for e in sub.drain()] == [102, 103, 104]
+    broker.deliver(log.events[-1])  # a repeat
+    broker.publish("job:a", "fragment", {"i": 4})
+    broker.deliver(log.events[-1])
+    assert [e.id for e in sub.drain()] == [105]
+    assert sub.heartbeat_id() == broker.heartbeat_id("job:a") == 105  # no new id: it is the log's
+
+    # Without an id: a snapshot at the log's last id, then only what follows it.
+    log.reading.clear()
+    log.go.clear()
+    opening = asyncio.create_task(broker.open("job:a"))
+    await log.reading.wait()
+    broker.publish("job:a", "fragment", {"i": 5})
+    broker.deliver(log.events[-1])
+    log.go.set()
+    fresh, replayed = await opening
+    assert not replayed and fresh.opened_at == 105 and [e.id for e in fresh.drain()] == [106]
+    # The models channel stays this node's own, numbered here.
+    assert broker.publish("models", "model_progress", {}).id > 0

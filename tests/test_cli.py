@@ -90,6 +90,7 @@ def test_an_output_that_cannot_be_written_fails_clearly_and_leaves_nothing(
         (["--webhook-url", "http://127.0.0.1/hook"], "invalid --webhook-url: webhook_url refused"),
         (["--diarize", "--num-speakers", "0"], "invalid --num-speakers: num_speakers must be between 1"),
         (["--min-speakers", "3", "--max-speakers", "2"], "invalid --min-speakers: min_speakers must not be"),
+        (["--priority", "101"], "invalid --priority: priority must be between -100 and 100"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, speech: Speech, args: list[str], words: str) -> None:

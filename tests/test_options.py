@@ -174,6 +174,10 @@ async def test_a_two_track_file_is_transcribed_from_the_track_asked_for(
         ({"audio_track": {"index": 1, "path": "/x"}}, "audio_track", "{index, language, title}"),
         ({"min_silence_for_new_cue": 0}, "min_silence_for_new_cue", "between 0.1 and 30"),
         ({"min_silence_for_new_cue": "long"}, "min_silence_for_new_cue", "a number"),
+        ({"priority": 101}, "priority", "between -100 and 100"),
+        ({"priority": 1.5}, "priority", "a whole number"),
+        ({"priority": "high"}, "priority", "a number"),
+        ({"priority": True}, "priority", "a number"),
     ],
 )
 def test_each_bad_new_option_names_its_field(
@@ -198,6 +202,10 @@ def test_new_options_are_normalised(make_settings: SettingsFactory) -> None:
     )
     assert options.hotwords == "Kubernetes, Siobhan Quilliam" and options.initial_prompt is None
     assert options.audio_track == 1 and options.vad_method == "silero"
+    assert options.priority == 0  # the default: claimed by age alone
+    assert parse_options({"priority": -100}, settings).priority == -100
+    # A job stored before priorities existed keeps parsing (resume over its options).
+    assert parse_options(None, settings, base={k: v for k, v in options.to_dict().items() if k != "priority"})
     assert options.min_silence_for_new_cue == 2.0
     assert parse_options({"audio_track": "DE"}, settings).audio_track == "de"
     # A job's resolved track (as its settings show it) is accepted back, as that index.

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the job store: postgresql://user@host:port/db shared by several nodes (default: the SQLite"
         " file in the data directory; a password is better given in $VSRT_STORE_URL)",
     )
+    serve.add_argument(
+        "--storage-root",
+        metavar="PATH",
+        help="where uploads and job files live, a directory every node mounts at the same path"
+        " (default: the data directory; or $VSRT_STORAGE_ROOT)",
+    )
 
     tr = sub.add_parser("transcribe", help="make subtitles for files, without a server")
     _common(tr)
@@ -87,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--speaker-labels", action="store_true", help='TXT as speaker turns, each starting "[SPEAKER_00] "'
     )
+    tr.add_argument(
+        "--priority", type=int, metavar="N", help="queue priority, -100..100: higher is taken first (0)"
+    )
 
     models = sub.add_parser("models", help="list, download or delete models")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -108,6 +117,8 @@ def _settings(args: argparse.Namespace, **server: Any) -> Settings:
         overrides["data_dir"] = args.data_dir
     if getattr(args, "store", None):
         overrides["store"] = {"url": args.store}
+    if getattr(args, "storage_root", None):
+        overrides["storage"] = {"root": args.storage_root}
     server = {k: v for k, v in server.items() if v is not None}
     if server:
         overrides["server"] = server
@@ -226,6 +237,7 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
         "num_speakers",
         "min_speakers",
         "max_speakers",
+        "priority",
     ):
         if getattr(args, key) is not None:
             job_settings[key] = getattr(args, key)

@@ -57,9 +57,10 @@ from vsrt_service.jobs.media import (
 )
 from vsrt_service.jobs.nodes import RUNNER_KEYS, LocalNodes, NodeRegistry, registered
 from vsrt_service.jobs.peaks import PEAKS_NAME, decoded_peaks, write_peaks
-from vsrt_service.jobs.pipeline import JobContext, live_lines, remove_job_files
+from vsrt_service.jobs.pipeline import JobContext, live_lines
 from vsrt_service.jobs.scheduler import Scheduler, Stop
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
+from vsrt_service.jobs.storage import Storage, storage_for
 from vsrt_service.jobs.store import FINAL, Job, JobStatus, JobStore
 from vsrt_service.jobs.webhooks import Sender, open_sender
 from vsrt_service.models.manager import ModelManager
@@ -74,6 +75,11 @@ FINAL_SIGNALS = frozenset({"job_complete", "paused", "canceled"})
 REFLOW_MAX_CUES = 500
 #: How often a control request looks again at a job whose state changed under it.
 CONTROL_ATTEMPTS = 5
+#: How often a stop of a job running in another process looks whether it took effect.
+REMOTE_STOP_POLL = 0.1
+#: How long it waits for that, in lease lengths: a dead owner's lease runs out, and the
+#: scheduler that takes the job over carries the request out.
+REMOTE_STOP_LEASES = 3
 #: Files the player's routes make once per job, in its folder (removed with it).
 MEDIA_INFO_NAME = "media.json"
 PROXY_NAME = "proxy.m4a"
@@ -178,13 +184,19 @@ def _version_conflict(current: int) -> Conflict:
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[JobStore]:
+async def open_store(settings: Settings, storage: Storage | None = None) -> AsyncIterator[JobStore]:
     """The data directory, locked for this process first (DataDirLocked if another holds it),
-    and kept tidy (leftovers, expired audio) while open."""
+    and the storage root kept tidy (leftovers, expired audio) while open."""
+    if urlsplit(settings.store.url).scheme in POSTGRES_SCHEMES and not settings.storage.root:
+        log.warning(
+            "the job store is PostgreSQL but storage.root is not set: uploads and job files stay in"
+            " this node's data directory, and other nodes cannot open them; set storage.root"
+            " (VSRT_STORAGE_ROOT) to a directory every node mounts at the same path"
+        )
     async with lock_data_dir(settings.data_dir):
         for d in (settings.jobs_dir, settings.uploads_dir, settings.models_dir):
             await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
-        async with open_job_store(settings) as store, keep_tidy(settings, store):
+        async with open_job_store(settings) as store, keep_tidy(settings, store, storage):
             yield store
 
 
@@ -207,12 +219,22 @@ async def open_model_state(settings: Settings) -> AsyncIterator[ModelStateStore]
 
 
 @contextlib.asynccontextmanager
-async def open_broker(settings: Settings) -> AsyncIterator[Broker]:
+async def open_broker(settings: Settings, store: JobStore | None = None) -> AsyncIterator[Broker]:
+    """The broker; on PostgreSQL, with the event log that shares job events with every node."""
     broker = Broker(
         settings.sse.replay_buffer, settings.sse.subscriber_queue, settings.sse.idle_channel_seconds
     )
     try:
-        yield broker
+        if store is not None and urlsplit(settings.store.url).scheme in POSTGRES_SCHEMES:
+            from vsrt_service.jobs.pg_events import PgEventLog
+            from vsrt_service.jobs.pg_store import PgJobStore
+
+            assert isinstance(store, PgJobStore)
+            retention = settings.sse.event_retention_hours * 3600
+            async with PgEventLog.open(store.url, broker, pool=store.pool, retention_seconds=retention):
+                yield broker
+        else:
+            yield broker
     finally:
         broker.close()
 
@@ -306,6 +328,8 @@ class Service:
         self.broker: Broker
         self.pool: RunnerPool
         self.ctx: JobContext
+        #: Uploads and job folders (under the storage root every node sees).
+        self.storage: Storage = storage_for(self.settings)
         self.scheduler: Scheduler
         self.webhooks: Sender
         self.nodes: NodeRegistry
@@ -319,14 +343,14 @@ class Service:
     async def __aenter__(self) -> Service:
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            self.store = await stack.enter_async_context(open_store(s))
-            self.broker = await stack.enter_async_context(open_broker(s))
+            self.store = await stack.enter_async_context(open_store(s, self.storage))
+            self.broker = await stack.enter_async_context(open_broker(s, self.store))
             self.pool = await stack.enter_async_context(open_pool(s, work_runners=self._work_runners))
             state = await stack.enter_async_context(open_model_state(s))
             self.models = await stack.enter_async_context(
                 open_models(s, state, self.broker, self.pool, self._validate_models)
             )
-            self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models)
+            self.ctx = JobContext(s, self.store, self.broker, self.pool, self.models, self.storage)
             self.webhooks = await stack.enter_async_context(open_sender(s, self.store, self._run_jobs))
             self.scheduler = await stack.enter_async_context(
                 open_scheduler(self.ctx, self._run_jobs, set() if self._own_jobs_only else None)
@@ -389,8 +413,8 @@ class Service:
             found = await self.store.find_request(key)
             if found is None:
                 return SharedJob(await self._create(file, source_name, options, request_key=key), False)
-        if self.ctx.input_file(found) != file and file.parent == self.settings.uploads_dir:
-            await asyncio.to_thread(file.unlink, missing_ok=True)
+        if self.ctx.input_file(found) != file and self.storage.is_upload(file):
+            await asyncio.to_thread(self.storage.remove_upload, file)
         if found.status == JobStatus.PAUSED:
             with contextlib.suppress(Conflict):  # started meanwhile by someone else: fine too
                 found = await self.resume(found.id)
@@ -427,13 +451,9 @@ class Service:
         request_key: str | None = None,
     ) -> Job:
         resolved = await asyncio.to_thread(file.resolve)
-        try:
-            stored = str(resolved.relative_to(self.settings.data_dir))
-        except ValueError:
-            stored = str(resolved)
         job = await self.store.create_job(
             source_name=name,
-            input_path=stored,
+            input_path=self.storage.input_key(resolved),
             options=options.to_dict(),
             status="queued" if start else "paused",
             request_key=request_key,
@@ -482,7 +502,7 @@ class Service:
                 field="model",
             )
         await self._media_info(file, name, field)
-        wav = self.settings.uploads_dir / f"{uuid.uuid4().hex}.wav"
+        wav = self.storage.upload_path(f"{uuid.uuid4().hex}.wav")
         try:
             try:
                 await extract_audio(file, wav, name=name, limits=self.settings.media, seconds=LISTEN_SECONDS)
@@ -518,7 +538,7 @@ class Service:
     async def events(self, job_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
         """The job's events, a `connected` snapshot first, until it ends (or is paused)."""
         channel = job_channel(job_id)
-        sub, replayed = self.broker.subscribe(channel, last_event_id)
+        sub, replayed = await self.broker.open(channel, last_event_id)
         try:
             snapshot = await self.snapshot(job_id)
             if not replayed:
@@ -561,8 +581,15 @@ class Service:
             if job.status == JobStatus.PROCESSING:
                 took = await self.scheduler.stop(job_id, reason)
                 if took is None:
-                    await self._refuse_if_elsewhere(job_id)
-                    continue  # it ended meanwhile: look again
+                    stopped = await self._stop_elsewhere(job, target)
+                    if stopped is None or stopped.status == JobStatus.QUEUED:
+                        continue  # it ended meanwhile, or went back to the queue: look again
+                    if stopped.status != target:
+                        raise Conflict(
+                            f"the job was {stopped.status} instead (a stronger request or the job's end"
+                            " came first)"
+                        )
+                    return stopped
                 job = await self.get(job_id)
                 if took is not reason or job.status != target:
                     raise Conflict(
@@ -580,11 +607,25 @@ class Service:
             raise Conflict(f"a {job.status} job cannot be {target}", code="not_running")
         raise Conflict("the job kept changing state; try again", code="busy")
 
-    async def _refuse_if_elsewhere(self, job_id: str) -> None:
-        """409 when another process runs the job (only it can stop it)."""
-        job = await self.get(job_id)
-        if job.status == JobStatus.PROCESSING and job.lease_owner != self.scheduler.owner:
-            raise Conflict("the job is running in another process", code="not_here")
+    async def _stop_elsewhere(self, job: Job, target: JobStatus) -> Job | None:
+        """Ask the process that runs the job (another node) to stop it, through the store, and
+        wait until the job leaves `processing`: the job then, or None when it did not run
+        elsewhere (it ended meanwhile, or runs here). A dead owner's job is stopped by the
+        scheduler that takes it over after its lease; 409 `busy` if nothing stops it in time."""
+        if job.lease_owner == self.scheduler.owner:
+            return None  # ours, and no longer running here: its end is written
+        if await self.store.request_stop(job.id, target) is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REMOTE_STOP_LEASES * self.settings.jobs.lease_seconds + 1.0
+        while (job := await self.get(job.id)).status == JobStatus.PROCESSING:
+            if loop.time() > deadline:
+                raise Conflict(
+                    "the job's node has not stopped it yet; it will when it next renews its lease",
+                    code="busy",
+                )
+            await asyncio.sleep(REMOTE_STOP_POLL)
+        return job
 
     async def resume_conflicts(
         self, job_id: str, settings: dict[str, Any] | None
@@ -633,17 +674,17 @@ class Service:
             job = await self.get(job_id)
             if job.status == JobStatus.PROCESSING:
                 if await self.scheduler.stop(job_id, Stop.CANCELED) is None:
-                    await self._refuse_if_elsewhere(job_id)
+                    await self._stop_elsewhere(job, JobStatus.CANCELED)
                 continue
             if await self.store.delete_job(job_id):
                 break
         else:
             raise Conflict("the job kept changing state; try again", code="busy")
-        await asyncio.to_thread(remove_job_files, self.ctx.job_dir(job_id))
+        await asyncio.to_thread(self.storage.remove_job, job_id)
         upload = self.ctx.input_file(job)
-        if upload.is_relative_to(self.settings.uploads_dir):
-            await asyncio.to_thread(upload.unlink, missing_ok=True)
-        self.broker.drop_channel(job_channel(job_id))
+        if self.storage.is_upload(upload):
+            await asyncio.to_thread(self.storage.remove_upload, upload)
+        await self.broker.delete_channel(job_channel(job_id))
 
     # --- results -------------------------------------------------------------------------
 

@@ -59,6 +59,14 @@ class StoreSettings:
     url: str = field(default="", repr=False)
 
 
+@dataclass(frozen=True)
+class StorageSettings:
+    """The `[storage]` section: where uploads and job folders (audio, outputs) live. Empty:
+    the data directory (one host); else a directory every node sees at the same path."""
+
+    root: str = ""
+
+
 #: URL schemes of `store.url` that name a PostgreSQL server.
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -89,6 +97,9 @@ class JobPolicy:
     align_wait_seconds: float = 300.0
     keep_audio_hours: float = 0.0
     keep_resumable_audio_hours: float = 168.0
+    #: How often an idle scheduler looks at the queue unprompted (at most a third of the lease):
+    #: a job queued in this process, or on PostgreSQL by any node, wakes it at once anyway.
+    poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,8 @@ class SseSettings:
     max_connections_per_client: int = 50
     max_connections_models: int = 200
     idle_channel_seconds: float = 600.0
+    #: On PostgreSQL, how long job events stay in the events table for replay after a reconnect.
+    event_retention_hours: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,8 @@ class ModelSettings:
     hf_token: str = field(default="", repr=False)
     #: The diarization model (a `diarize` id of the catalog) jobs use for speakers.
     default_diarize: str = "community-1"
+    #: Whether this node may download models; false: it runs (and claims) only what it has.
+    allow_downloads: bool = True
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     paths: PathSettings = field(default_factory=PathSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
     runners: RunnerSettings = field(default_factory=RunnerSettings)
     jobs: JobPolicy = field(default_factory=JobPolicy)
     media: MediaSettings = field(default_factory=MediaSettings)
@@ -186,16 +202,24 @@ class Settings:
         return (self.data_dir / getattr(self.paths, name)).resolve()
 
     @property
+    def storage_root(self) -> Path:
+        """Where uploads and job folders live: `storage.root` (relative to the data directory
+        if not absolute), or the data directory itself when it is empty."""
+        if not self.storage.root:
+            return self.data_dir
+        return (self.data_dir / Path(self.storage.root).expanduser()).resolve()
+
+    @property
     def database_path(self) -> Path:
         return self.path("database")
 
     @property
     def jobs_dir(self) -> Path:
-        return self.path("jobs")
+        return (self.storage_root / self.paths.jobs).resolve()
 
     @property
     def uploads_dir(self) -> Path:
-        return self.path("uploads")
+        return (self.storage_root / self.paths.uploads).resolve()
 
     @property
     def models_dir(self) -> Path:
@@ -309,6 +333,7 @@ def _validate(s: Settings) -> None:
         (s.jobs.max_attempts >= 1, "jobs.max_attempts must be at least 1"),
         (s.jobs.max_segment_crashes >= 1, "jobs.max_segment_crashes must be at least 1"),
         (s.jobs.lease_seconds >= 1, "jobs.lease_seconds must be at least 1"),
+        (0.05 <= s.jobs.poll_seconds <= 3600, "jobs.poll_seconds must be 0.05..3600"),
         (0 <= s.jobs.keep_audio_hours < math.inf, "jobs.keep_audio_hours must be 0 or more hours"),
         (
             0 <= s.jobs.keep_resumable_audio_hours < math.inf,
@@ -343,6 +368,7 @@ def _validate(s: Settings) -> None:
         ),
         (s.sse.heartbeat_interval > 0, "sse.heartbeat_interval must be positive"),
         (s.sse.idle_channel_seconds > 0, "sse.idle_channel_seconds must be positive"),
+        (s.sse.event_retention_hours > 0, "sse.event_retention_hours must be positive"),
         (s.sse.reconnect_seconds > 0, "sse.reconnect_seconds must be positive"),
         (
             min(s.sse.max_connections_per_job, s.sse.max_connections_per_client, s.sse.max_connections_models)
@@ -388,6 +414,8 @@ def _validate(s: Settings) -> None:
     except ValueError as exc:
         raise ConfigError(f"webhooks.allow_private: {exc}") from None
     _check_store_url(s.store.url)
+    if s.storage.root and (s.storage_root == s.models_dir or s.storage_root.is_relative_to(s.models_dir)):
+        raise ConfigError("storage.root must not be the models directory or inside it: models are per host")
     for device in s.runners.devices:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"runners.devices: {device!r} is neither 'cpu' nor 'cuda:N'")

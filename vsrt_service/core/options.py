@@ -16,6 +16,9 @@ from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import InvalidInput
 from vsrt_service.core.vocab import VadMethod
 
+#: The `priority` option's range: jobs of a higher priority are claimed first, then the oldest.
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+
 #: Settings that shape the cues (not the transcript): the cue rules of a job.
 RULE_OPTIONS = (
     "max_line_chars",
@@ -93,6 +96,8 @@ class JobOptions:
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    #: Claim order in the queue: higher first, then the oldest (0: the default).
+    priority: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +131,7 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "num_speakers": None,
         "min_speakers": None,
         "max_speakers": None,
+        "priority": 0,
     }
 
 
@@ -254,6 +260,7 @@ def parse_options(
         num_speakers=num,
         min_speakers=low,
         max_speakers=high,
+        priority=_number("priority", merged.get("priority", 0), PRIORITY_MIN, PRIORITY_MAX, integer=True),
     )
 
 

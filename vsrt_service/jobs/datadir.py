@@ -8,7 +8,8 @@ line into it; a second process fails at once with `DataDirLocked`, naming the ho
 kernel drops a flock when its holder exits, even by SIGKILL, so a stale file never blocks.
 
 The holder also removes what nobody will use again (`keep_tidy`): at start, the `.part`
-files a crash left, uploads no job refers to and job folders without a job; and, at
+files a crash left, uploads no job refers to and job folders without a job (on a storage
+root shared with other nodes, only those past a grace period: jobs/storage.py); and, at
 start and every few minutes, the extracted audio of jobs past its retention
 (`jobs.keep_audio_hours`, `jobs.keep_resumable_audio_hours`).
 """
@@ -22,7 +23,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -31,6 +31,7 @@ from pathlib import Path
 from vsrt_service.core.config import Settings
 from vsrt_service.core.errors import Conflict
 from vsrt_service.core.files import PART_SUFFIX
+from vsrt_service.jobs.storage import Storage, Stored, storage_for
 from vsrt_service.jobs.store import Job, JobStore
 
 log = logging.getLogger("vsrt.datadir")
@@ -53,6 +54,9 @@ SWEEP_SECONDS = 300.0
 #: else is ever removed, whatever the configured directories hold.
 _UPLOAD_NAME = re.compile(r"[0-9a-f]{32}(?:\.[a-z0-9]{1,8})?")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+#: On a shared storage root, how old a leftover must be before a node's start removes it:
+#: younger, another node may still be writing it or about to create its job.
+SHARED_GRACE_SECONDS = 3600.0
 #: status -> the retention setting that applies to its audio.
 _AUDIO_RETENTION = {
     "completed": "keep_audio_hours",
@@ -143,59 +147,56 @@ async def all_jobs(store: JobStore, page: int = 500) -> list[Job]:
             return jobs
 
 
-def _entries(directory: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(directory) as it:
-            return list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def find_leftovers(settings: Settings, jobs: Iterable[Job]) -> tuple[list[Path], list[Path]]:
+def find_leftovers(
+    storage: Storage, jobs: Iterable[Job], now: float | None = None
+) -> tuple[list[Path], list[Path]]:
     """(`.part` files, orphans): temporaries a crash left in uploads and job folders; and
-    uploads no job refers to, job folders without a job. Only names vsrt gives are listed."""
+    uploads no job refers to, job folders without a job. Only names vsrt gives are listed.
+
+    On a shared root another node may be writing a `.part`, or have stored an upload whose
+    job it has not created yet: there only what is older than `SHARED_GRACE_SECONDS` goes."""
+    now = time.time() if now is None else now
     jobs = list(jobs)
-    referenced = {os.path.normpath(settings.data_dir / job.input_path) for job in jobs}
+    referenced = {os.path.normpath(storage.input_file(job.input_path)) for job in jobs}
     ids = {job.id for job in jobs}
+
+    def stale(entry: Stored) -> bool:
+        return not storage.shared or now - entry.mtime >= SHARED_GRACE_SECONDS
+
     parts: list[Path] = []
     orphans: list[Path] = []
-    for entry in _entries(settings.uploads_dir):
+    for entry in storage.uploads():
         name = entry.name
-        if not entry.is_file(follow_symlinks=False):
+        if not stale(entry):
             continue
         if name.endswith(PART_SUFFIX) and _UPLOAD_NAME.fullmatch(name[: -len(PART_SUFFIX)]):
-            parts.append(Path(entry.path))
+            parts.append(entry.path)
         elif _UPLOAD_NAME.fullmatch(name) and os.path.normpath(entry.path) not in referenced:
-            orphans.append(Path(entry.path))
-    for entry in _entries(settings.jobs_dir):
-        if not (entry.is_dir(follow_symlinks=False) and _JOB_ID.fullmatch(entry.name)):
+            orphans.append(entry.path)
+    for entry in storage.job_folders():
+        if not _JOB_ID.fullmatch(entry.name):
             continue
         if entry.name not in ids:
-            orphans.append(Path(entry.path))
+            if stale(entry):
+                orphans.append(entry.path)
             continue
         parts.extend(
-            Path(f.path)
-            for f in _entries(Path(entry.path))
-            if f.name.endswith(PART_SUFFIX) and f.is_file(follow_symlinks=False)
+            f.path for f in storage.job_files(entry.name) if f.name.endswith(PART_SUFFIX) and stale(f)
         )
     return parts, orphans
 
 
-def remove_paths(paths: Iterable[Path]) -> None:
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-async def expire_audio(settings: Settings, store: JobStore, now: float | None = None) -> list[str]:
+async def expire_audio(
+    settings: Settings, store: JobStore, now: float | None = None, storage: Storage | None = None
+) -> list[str]:
     """Remove the audio of jobs past its retention; the ids of the jobs whose audio went.
 
     A job that changed since the list was read (a resume) is left alone: only the state the
-    decision was made on may lose its audio. A later run extracts it again if needed."""
+    decision was made on may lose its audio. A later run extracts it again if needed. It goes
+    by the job's status in the store, which every node on a shared root shares, and never
+    touches a job that is processing (on whichever node)."""
     now = time.time() if now is None else now
+    files = storage_for(settings) if storage is None else storage
     due = []
     for job in await all_jobs(store):
         setting = _AUDIO_RETENTION.get(job.status)
@@ -203,14 +204,14 @@ async def expire_audio(settings: Settings, store: JobStore, now: float | None = 
             due.append(job)
 
     def present() -> list[Job]:
-        return [job for job in due if (settings.jobs_dir / job.id / AUDIO_NAME).is_file()]
+        return [job for job in due if (files.workdir(job.id) / AUDIO_NAME).is_file()]
 
     removed = []
     for job in await asyncio.to_thread(present):
         current = await store.get_job(job.id)
         if current is None or (current.status, current.updated_at) != (job.status, job.updated_at):
             continue
-        await asyncio.to_thread(remove_paths, audio_files(settings.jobs_dir / job.id))
+        await asyncio.to_thread(files.remove, audio_files(files.workdir(job.id)))
         removed.append(job.id)
     if removed:
         log.info("removed the extracted audio of %d finished job(s)", len(removed))
@@ -218,14 +219,18 @@ async def expire_audio(settings: Settings, store: JobStore, now: float | None = 
 
 
 @contextlib.asynccontextmanager
-async def keep_tidy(settings: Settings, store: JobStore) -> AsyncIterator[None]:
+async def keep_tidy(
+    settings: Settings, store: JobStore, storage: Storage | None = None
+) -> AsyncIterator[None]:
     """Clean up at start, and sweep expired audio every SWEEP_SECONDS while open.
 
     `.part` files go before the block starts (a resumed job may write the same name next);
     orphans and expired audio go in the background, and that first pass is finished on
-    exit. Nothing can refer to an orphan meanwhile: new uploads and jobs get new names."""
-    parts, orphans = await asyncio.to_thread(find_leftovers, settings, await all_jobs(store))
-    await asyncio.to_thread(remove_paths, parts)
+    exit. Nothing can refer to an orphan meanwhile: new uploads and jobs get new names (on a
+    shared root, only leftovers past the grace period are taken: see `find_leftovers`)."""
+    files = storage_for(settings) if storage is None else storage
+    parts, orphans = await asyncio.to_thread(find_leftovers, files, await all_jobs(store))
+    await asyncio.to_thread(files.remove, parts)
     if parts or orphans:
         log.info(
             "removing %d temporary file(s) and %d orphaned upload(s) or job folder(s)",
@@ -234,14 +239,14 @@ async def keep_tidy(settings: Settings, store: JobStore) -> AsyncIterator[None]:
         )
 
     async def first_pass() -> None:
-        await asyncio.to_thread(remove_paths, orphans)
-        await expire_audio(settings, store)
+        await asyncio.to_thread(files.remove, orphans)
+        await expire_audio(settings, store, storage=files)
 
     async def every_few_minutes() -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
-                await expire_audio(settings, store)
+                await expire_audio(settings, store, storage=files)
             except Exception:
                 log.exception("audio retention sweep failed")
 

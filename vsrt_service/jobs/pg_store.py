@@ -27,20 +27,27 @@ from vsrt_service.jobs.store import (
     FINAL,
     RESUMABLE,
     STATUSES,
+    STOP_REQUESTS,
     Delivery,
     DeliveryStatus,
     Job,
     JobStatus,
     NoticePolicy,
+    Renewal,
     Segment,
     StoreError,
     StoreUnavailable,
+    job_priority,
 )
 
 log = logging.getLogger(__name__)
 
 #: The advisory lock key migrations run under (any constant; "vsrt" in ASCII).
 MIGRATION_LOCK = 0x76737274
+
+#: NOTIFY channels: a stop requested for a job (payload: its id), and a job become queued.
+CONTROL_CHANNEL = "vsrt_control"
+JOBS_CHANNEL = "vsrt_jobs"
 
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT = 10.0
@@ -128,6 +135,34 @@ SCHEMA_V2 = """
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS speakers TEXT;
 """
 
+# Job events shared by every node (jobs/pg_events.py): ids are allocated per channel from its
+# `event_channels` row, which stays (with the newest id retention deleted, `kept_after`) until
+# the job is deleted, so ids are never reused.
+SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS event_channels (
+    channel    TEXT PRIMARY KEY,
+    last_id    BIGINT NOT NULL,
+    kept_after BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    channel TEXT NOT NULL,
+    id      BIGINT NOT NULL,
+    event   TEXT NOT NULL,
+    data    TEXT NOT NULL,
+    at      DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (channel, id)
+);
+CREATE INDEX IF NOT EXISTS events_by_at ON events (at);
+"""
+
+# Control across nodes and fair claims: a stop another node asked for, for the job's owner to
+# carry out, and the job's priority (its `priority` option), which claims order by first.
+SCHEMA_V4 = """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS stop_request TEXT;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS priority INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS jobs_by_priority ON jobs (status, priority DESC, created_at, id);
+"""
+
 # The node registry (jobs/nodes.py): each node's row, rewritten every heartbeat; `seen_at` is
 # the database's clock. `info` is JSON (runners, running jobs, capacity, models on its disk).
 SCHEMA_V5 = """
@@ -144,14 +179,13 @@ CREATE INDEX IF NOT EXISTS nodes_by_seen ON nodes (seen_at);
 
 #: version -> the script that brings the schema from version-1 to it (never edited once shipped:
 #: a change is a new version).
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2}
-MIGRATIONS[5] = SCHEMA_V5
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _JOB_COLUMNS = (
     "id, created_at, updated_at, status, phase, percent, message, processed, total, error_code,"
     " error, source_name, input_path, settings, checkpoint_settings, language, duration,"
-    " alignment, lease_owner, lease_expires, attempts, claim"
+    " alignment, lease_owner, lease_expires, attempts, claim, stop_request"
 )
 _DELIVERY_COLUMNS = (
     "id, job_id, event, url, body, status, attempts, next_at, delivered_at, last_error, created_at"
@@ -190,14 +224,17 @@ class PgJobStore:
     """A `JobStore` on PostgreSQL. Open with `async with PgJobStore.open(url) as store:`; the
     pool closes on exit. Several stores (nodes) may share one database."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str = "") -> None:
         self._pool = pool
+        #: The server, for what needs a connection of its own (the event log's LISTEN).
+        self.url = url
         self._policy: NoticePolicy | None = None
         self._added: Callable[[], None] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """The connection pool, for the other tables of the shared database (jobs/nodes.py)."""
+        """The connection pool, for the other tables of the shared database (jobs/nodes.py, the
+        event log of jobs/pg_events.py)."""
         return self._pool
 
     @classmethod
@@ -217,7 +254,7 @@ class PgJobStore:
                 await _migrate(pool)
             except asyncpg.PostgresError as exc:  # rights, a read-only server: an operator's fix
                 raise StoreUnavailable(f"cannot prepare the job store at {redact_url(url)}: {exc}") from None
-            yield cls(pool)
+            yield cls(pool, url)
         finally:
             await pool.close()
 
@@ -239,8 +276,8 @@ class PgJobStore:
             try:
                 row = await db.fetchrow(
                     "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
-                    f" input_path, settings, request_key) VALUES ($1, {NOW}, {NOW}, $2, $3, $4, $5, $6, $7)"
-                    f" RETURNING {_JOB_COLUMNS}",
+                    " input_path, settings, request_key, priority)"
+                    f" VALUES ($1, {NOW}, {NOW}, $2, $3, $4, $5, $6, $7, $8) RETURNING {_JOB_COLUMNS}",
                     job_id,
                     status,
                     message,
@@ -248,10 +285,13 @@ class PgJobStore:
                     input_path,
                     json.dumps(options),
                     request_key,
+                    job_priority(options),
                 )
             except asyncpg.UniqueViolationError:
                 raise StoreError(f"a job {job_id} exists already") from None
             await _transition(db, job_id, status, "queued", message)
+            if status == JobStatus.QUEUED:
+                await _notify_queued(db)
         return _job(row)
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -287,10 +327,11 @@ class PgJobStore:
         lease_seconds: float,
         only: Collection[str] | None = None,
         exclude: Collection[str] = (),
+        models: Collection[str] | None = None,
     ) -> Job | None:
-        """The oldest claimable job, skipping rows another claimer has locked right now (it
-        takes those), under a new claim token."""
-        if only is not None and not only:
+        """The first claimable job (by priority, then age), skipping rows another claimer has
+        locked right now (it takes those), under a new claim token."""
+        if (only is not None and not only) or (models is not None and not models):
             return None
         claim = uuid.uuid4().hex
         async with self._pool.acquire() as db, db.transaction():
@@ -298,7 +339,8 @@ class PgJobStore:
                 "WITH next AS (SELECT id FROM jobs WHERE (status = 'queued' OR (status = 'processing'"
                 f" AND (lease_expires IS NULL OR lease_expires < {NOW})))"
                 " AND ($1::text[] IS NULL OR id = ANY($1)) AND NOT (id = ANY($2::text[]))"
-                " ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " AND ($6::text[] IS NULL OR (settings::jsonb ->> 'model') = ANY($6))"
+                " ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 f" UPDATE jobs SET status = 'processing', lease_owner = $3, lease_expires = {NOW} + $4,"
                 f" claim = $5, attempts = attempts + 1, updated_at = {NOW}, error = NULL, error_code = NULL"
                 f" FROM next WHERE jobs.id = next.id RETURNING {_prefixed('jobs')}",
@@ -307,21 +349,64 @@ class PgJobStore:
                 owner,
                 float(lease_seconds),
                 claim,
+                list(models) if models is not None else None,
             )
             if row is None:
                 return None
             await _transition(db, row["id"], "processing", "claimed", f"claimed by {owner}")
         return _job(row)
 
-    async def renew_lease(self, job_id: str, claim: str, lease_seconds: float) -> bool:
-        status = await self._pool.execute(
+    async def renew_lease(self, job_id: str, claim: str, lease_seconds: float) -> Renewal:
+        row = await self._pool.fetchrow(
             f"UPDATE jobs SET lease_expires = {NOW} + $3 WHERE id = $1 AND claim = $2"
-            " AND status = 'processing'",
+            " AND status = 'processing' RETURNING stop_request",
             job_id,
             claim,
             float(lease_seconds),
         )
-        return _count(status) == 1
+        return Renewal(False) if row is None else Renewal(True, row["stop_request"])
+
+    async def request_stop(self, job_id: str, stop: str) -> Job | None:
+        """The owner hears of it at the commit (NOTIFY on CONTROL_CHANNEL, payload the job id)."""
+        if stop not in STOP_REQUESTS:
+            raise StoreError(f"unknown stop request {stop!r}")
+        async with self._pool.acquire() as db, db.transaction():
+            row = await db.fetchrow(
+                "UPDATE jobs SET stop_request = CASE WHEN stop_request = 'canceled' THEN stop_request"
+                f" ELSE $2 END WHERE id = $1 AND status = 'processing' RETURNING {_JOB_COLUMNS}",
+                job_id,
+                str(stop),
+            )
+            if row is None:
+                return None
+            await db.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, job_id)
+        return _job(row)
+
+    @asynccontextmanager
+    async def watch(
+        self, on_stop: Callable[[str], None], on_queued: Callable[[], None]
+    ) -> AsyncIterator[None]:
+        """LISTEN on one connection of the pool, held while entered. If it is lost, the
+        callers' polls and lease renewals still find the same changes, only later."""
+
+        def stop_asked(_db: object, _pid: int, _channel: str, payload: str) -> None:
+            on_stop(payload)
+
+        def queued(_db: object, _pid: int, _channel: str, _payload: str) -> None:
+            on_queued()
+
+        db = await self._pool.acquire()
+        try:
+            await db.add_listener(CONTROL_CHANNEL, stop_asked)
+            await db.add_listener(JOBS_CHANNEL, queued)
+            yield
+        finally:
+            try:
+                await db.remove_listener(CONTROL_CHANNEL, stop_asked)
+                await db.remove_listener(JOBS_CHANNEL, queued)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("could not stop listening for job changes", exc_info=True)
+            await self._pool.release(db)
 
     async def update_progress(
         self,
@@ -376,8 +461,8 @@ class PgJobStore:
                 row = await db.fetchrow(
                     "UPDATE jobs SET status = $2, message = $3, error_code = $4, error = $5,"
                     " phase = coalesce($6, phase), percent = greatest(percent, coalesce($7, 0)),"
-                    f" lease_owner = NULL, lease_expires = NULL, claim = NULL, updated_at = {NOW}"
-                    f" WHERE id = $1 RETURNING {_JOB_COLUMNS}",
+                    " lease_owner = NULL, lease_expires = NULL, claim = NULL, stop_request = NULL,"
+                    f" updated_at = {NOW} WHERE id = $1 RETURNING {_JOB_COLUMNS}",
                     job_id,
                     str(status),
                     message,
@@ -388,6 +473,8 @@ class PgJobStore:
                 )
                 job = _job(row)
                 await _transition(db, job_id, status, job.phase, message)
+                if status == JobStatus.QUEUED:
+                    await _notify_queued(db)
                 added = status in FINAL and await self._add_delivery(db, job)
         if added and self._added is not None:
             self._added()
@@ -429,13 +516,15 @@ class PgJobStore:
                 )
             row = await db.fetchrow(
                 "UPDATE jobs SET status = 'queued', message = 'queued', settings = $2, error = NULL,"
-                f" error_code = NULL, attempts = 0, updated_at = {NOW} WHERE id = $1"
+                f" error_code = NULL, attempts = 0, priority = $3, updated_at = {NOW} WHERE id = $1"
                 f" RETURNING {_JOB_COLUMNS}",
                 job_id,
                 json.dumps(options),
+                job_priority(options),
             )
             job = _job(row)
             await _transition(db, job_id, JobStatus.QUEUED, job.phase, "queued")
+            await _notify_queued(db)
         return job
 
     async def delete_job(self, job_id: str) -> bool:
@@ -677,6 +766,11 @@ async def _cas(
         and (claim is None or row["claim"] == claim)
         and (lease_owner is None or row["lease_owner"] == lease_owner)
     )
+
+
+async def _notify_queued(db: asyncpg.Connection) -> None:
+    """Wake every node's scheduler when the transaction commits (NOTIFY is transactional)."""
+    await db.execute("SELECT pg_notify($1, '')", JOBS_CHANNEL)
 
 
 async def _transition(db: asyncpg.Connection, job_id: str, status: str, phase: str, message: str) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import shutil
 import wave
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from vsrt_service.core.redact import public_text
 from vsrt_service.core.speakers import SpeakerTurn, assign_speakers
 from vsrt_service.core.speech import sentence_lines, snap_words
 from vsrt_service.core.vocab import STEPS, Phase, Signal
-from vsrt_service.jobs.datadir import AUDIO_NAME, TRACK_NAME, audio_files, remove_paths
+from vsrt_service.jobs.datadir import AUDIO_NAME, TRACK_NAME, audio_files
 from vsrt_service.jobs.media import (
     MediaError,
     audio_is_complete,
@@ -37,6 +37,7 @@ from vsrt_service.jobs.media import (
 )
 from vsrt_service.jobs.outputs import OutputError, write_job_outputs
 from vsrt_service.jobs.peaks import PEAKS_NAME, write_peaks
+from vsrt_service.jobs.storage import Storage, remove_paths, storage_for
 from vsrt_service.jobs.store import Job, JobStore
 from vsrt_service.models.manager import ModelManager
 from vsrt_service.runners.pool import RunnerError, RunnerLost, RunnerPool, RunnerSlot, new_id
@@ -60,20 +61,27 @@ class Requeue(Exception):
 
 @dataclass
 class JobContext:
-    """What a running job needs; built once by the scheduler."""
+    """What a running job needs; built once by the service. `files`: the shared media
+    (`storage`), else the one the settings name."""
 
     settings: Settings
     store: JobStore
     broker: Broker
     pool: RunnerPool
     models: ModelManager
+    files: InitVar[Storage | None] = None
+    storage: Storage = field(init=False)
+
+    def __post_init__(self, files: Storage | None) -> None:
+        self.storage = storage_for(self.settings) if files is None else files
 
     def job_dir(self, job_id: str) -> Path:
-        return self.settings.jobs_dir / job_id
+        return self.storage.workdir(job_id)
 
     def input_file(self, job: Job) -> Path:
-        path = Path(job.input_path)
-        return path if path.is_absolute() else self.settings.data_dir / path
+        """The job's input file; `input_path` is relative to the storage root when inside it
+        (older versions: to the data directory, which is the root when none is set)."""
+        return self.storage.input_file(job.input_path)
 
     def publish(self, job_id: str, event: str, data: dict[str, Any]) -> None:
         self.broker.publish(job_channel(job_id), event, data)

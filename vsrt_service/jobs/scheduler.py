@@ -7,6 +7,10 @@ winning (a cancel after a pause cancels), and bookkeeping is dropped by a done-c
 it is right under any interleaving of pause, cancel, delete, lease loss and shutdown. A job
 whose owner vanished (its lease ran out, or its process on this host is gone) is taken up
 again.
+
+Other processes (nodes on one database) stop a job through the store (`request_stop`); the
+owner hears of it from `JobStore.watch` at once, or at its next lease renewal, and stops the
+run as a local stop. `watch` also wakes an idle scheduler when a job is queued anywhere.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -51,6 +57,8 @@ class Outcome:
 
 
 REQUEUED = Outcome(JobStatus.QUEUED, "interrupted by shutdown; resumes at next start")
+#: A stop request stored with a job (`Job.stop_request`) -> the stop its owner carries out.
+REQUESTED_STOPS = {JobStatus.PAUSED: Stop.PAUSED, JobStatus.CANCELED: Stop.CANCELED}
 STOP_OUTCOMES = {
     Stop.SHUTDOWN: REQUEUED,
     Stop.PAUSED: Outcome(JobStatus.PAUSED, "paused"),
@@ -71,7 +79,7 @@ class Running:
     decided: bool = False  # the final state is chosen (maybe not yet written); stops come too late
 
 
-def _owner_alive(owner: str | None, me: str) -> bool:
+def _owner_alive(owner: str | None, me: str, lease_expires: float | None = None) -> bool:
     """Whether the holder of a lease still runs (knowable only on this host)."""
     if not owner:
         return False
@@ -80,7 +88,9 @@ def _owner_alive(owner: str | None, me: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another host: trust its lease until it expires
     if int(pid) == os.getpid():
-        return owner == me  # an earlier service object in this same process is gone
+        # Another scheduler of this process (two services on one shared store) renews its
+        # lease while it lives; an earlier one that is gone stopped renewing.
+        return owner == me or (lease_expires is not None and lease_expires > time.time())
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -99,6 +109,9 @@ class Scheduler:
         #: never finds a job claimed by this scheduler but not yet known to it.
         self._claiming = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._watching = contextlib.AsyncExitStack()
+        #: Reads of the store after a stop request was announced, kept until they are done.
+        self._lookups: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
         #: When set, only these jobs are taken (the CLI runs its own files, not the queue).
@@ -117,7 +130,12 @@ class Scheduler:
         return run.options if run else None
 
     async def start(self) -> None:
-        await self._take_over_orphans()
+        await self._watching.enter_async_context(self.ctx.store.watch(self._stop_asked, self.wake))
+        try:
+            await self._take_over_orphans()
+        except BaseException:  # not started, so never closed: give the listening connection back
+            await asyncio.shield(self._watching.aclose())
+            raise
         self._loop_task = asyncio.create_task(self._loop(), name="scheduler")
 
     async def close(self) -> None:
@@ -126,6 +144,11 @@ class Scheduler:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.wait({self._loop_task})
+        await self._watching.aclose()
+        for lookup in list(self._lookups):
+            lookup.cancel()
+        if self._lookups:
+            await asyncio.wait(set(self._lookups))
         runs = list(self._running.values())
         for run in runs:
             self._request_stop(run, Stop.SHUTDOWN)
@@ -137,19 +160,22 @@ class Scheduler:
         self._wake.set()
 
     async def _take_over_orphans(self) -> None:
-        """Jobs left `processing` by a dead process on this host resume at once."""
+        """Jobs left `processing` by a dead process on this host resume at once (or take the
+        stop someone asked of them meanwhile)."""
         for job in await self.ctx.store.interrupted_jobs():
-            if not _owner_alive(job.lease_owner, self.owner):
-                await self.ctx.store.set_status(
-                    job.id,
-                    JobStatus.QUEUED,
-                    "interrupted; resuming from the checkpoint",
-                    expect=(JobStatus.PROCESSING,),
-                    claim=job.claim,
-                )
+            if _owner_alive(job.lease_owner, self.owner, job.lease_expires):
+                continue
+            status, message = JobStatus.QUEUED, "interrupted; resuming from the checkpoint"
+            if job.stop_request in REQUESTED_STOPS:
+                status = message = JobStatus(job.stop_request)
+            done = await self.ctx.store.set_status(
+                job.id, status, message, expect=(JobStatus.PROCESSING,), claim=job.claim
+            )
+            if done is not None and status != JobStatus.QUEUED:
+                self.ctx.publish(job.id, "signal", {"code": Signal(status), "message": f"job {status}"})
 
     async def _loop(self) -> None:
-        lease = self.ctx.settings.jobs.lease_seconds
+        lease, poll = self.ctx.settings.jobs.lease_seconds, self.ctx.settings.jobs.poll_seconds
         while not self._closing:
             try:
                 await self._claim_while_free(lease)
@@ -157,13 +183,18 @@ class Scheduler:
                 log.exception("could not claim jobs; trying again")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=min(1.0, lease / 3))
+                await asyncio.wait_for(self._wake.wait(), timeout=min(poll, lease / 3))
+
+    def _models(self) -> Collection[str] | None:
+        """The models a claim may ask for: what this node can run (the CLI's own jobs: any,
+        so that a missing model fails the job instead of leaving it queued)."""
+        return None if self.restrict_to is not None else self.ctx.models.claimable_models()
 
     async def _claim_while_free(self, lease: float) -> None:
         while len(self._running) < self.capacity:
             async with self._claiming:
                 job = await self.ctx.store.claim_next(
-                    self.owner, lease, self.restrict_to, exclude=list(self._running)
+                    self.owner, lease, self.restrict_to, exclude=list(self._running), models=self._models()
                 )
                 if job is None:
                     return
@@ -186,6 +217,8 @@ class Scheduler:
                 self.wake()
 
         run.supervisor.add_done_callback(forget)
+        if job.stop_request in REQUESTED_STOPS:  # asked of its dead owner: carried out here
+            self._request_stop(run, REQUESTED_STOPS[JobStatus(job.stop_request)])
 
     # --- control ---------------------------------------------------------------------------
 
@@ -207,6 +240,31 @@ class Scheduler:
         assert run.supervisor is not None
         await asyncio.wait({run.supervisor})
         return None if late else run.stop
+
+    def _stop_asked(self, job_id: str) -> None:
+        """A stop was requested for a job (maybe one running here): look it up in the store."""
+        if job_id not in self._running or self._closing:
+            return
+        lookup = asyncio.create_task(self._apply_requested_stop(job_id), name=f"job-{job_id}-stop")
+        self._lookups.add(lookup)
+        lookup.add_done_callback(self._lookups.discard)
+
+    async def _apply_requested_stop(self, job_id: str) -> None:
+        try:
+            job = await self.ctx.store.get_job(job_id)
+        except Exception:  # the renewal finds the request too
+            log.exception("job %s: could not read its stop request", job_id)
+            return
+        run = self._running.get(job_id)
+        if job is not None and run is not None and job.claim == run.job.claim:
+            self._carry_out(run, job.stop_request)
+
+    def _carry_out(self, run: Running, request: str | None) -> None:
+        """Stop a run as asked through the store (a pause or a cancel from another process)."""
+        reason = REQUESTED_STOPS.get(JobStatus(request)) if request in REQUESTED_STOPS else None
+        if reason is not None and (run.stop is None or reason > run.stop):  # once, not every renewal
+            log.info("job %s: %s on request", run.job.id, request)
+            self._request_stop(run, reason)
 
     def _request_stop(self, run: Running, reason: Stop) -> None:
         if not run.decided and (run.stop is None or reason > run.stop):
@@ -237,6 +295,7 @@ class Scheduler:
                 log.warning("job %s: lease lost to another worker; stopping here", run.job.id)
                 self._request_stop(run, Stop.LEASE_LOST)
                 return
+            self._carry_out(run, renewed.stop)
 
     async def _supervise(self, run: Running) -> None:
         renewer = asyncio.create_task(self._renew(run), name=f"job-{run.job.id}-lease")

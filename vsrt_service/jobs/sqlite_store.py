@@ -26,18 +26,21 @@ from vsrt_service.jobs.store import (
     FINAL,
     RESUMABLE,
     STATUSES,
+    STOP_REQUESTS,
     Delivery,
     DeliveryStatus,
     Job,
     JobStatus,
     NoticePolicy,
+    Renewal,
     Segment,
     StoreError,
+    job_priority,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -145,6 +148,14 @@ SCHEMA_V8 = """
 ALTER TABLE jobs ADD COLUMN speakers TEXT;
 """
 
+# Control across processes and fair claims: a stop another node asked for, for the job's owner
+# to carry out, and the job's priority (its `priority` option), which claims order by first.
+SCHEMA_V9 = """
+ALTER TABLE jobs ADD COLUMN stop_request TEXT;
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS jobs_by_priority ON jobs (status, priority DESC, created_at, id);
+"""
+
 #: version -> the script that brings the schema from version-1 to it.
 MIGRATIONS = {
     1: SCHEMA_V1,
@@ -155,6 +166,7 @@ MIGRATIONS = {
     6: SCHEMA_V6,
     7: SCHEMA_V7,
     8: SCHEMA_V8,
+    9: SCHEMA_V9,
 }
 
 _DELIVERY_COLUMNS = (
@@ -171,7 +183,7 @@ def _delivery(row: Sequence[Any]) -> Delivery:
 _JOB_COLUMNS = (
     "id, created_at, updated_at, status, phase, percent, message, processed, total, error_code,"
     " error, source_name, input_path, settings, checkpoint_settings, language, duration,"
-    " alignment, lease_owner, lease_expires, attempts, claim"
+    " alignment, lease_owner, lease_expires, attempts, claim, stop_request"
 )
 
 
@@ -227,7 +239,7 @@ class SqliteJobStore:
         async with self._w.transaction() as db:
             await db.execute(
                 "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
-                " input_path, settings, request_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " input_path, settings, request_key, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     now,
@@ -238,6 +250,7 @@ class SqliteJobStore:
                     input_path,
                     json.dumps(options),
                     request_key,
+                    job_priority(options),
                 ),
             )
             await _transition(db, job_id, now, status, "queued", message)
@@ -277,21 +290,26 @@ class SqliteJobStore:
         lease_seconds: float,
         only: Collection[str] | None = None,
         exclude: Collection[str] = (),
+        models: Collection[str] | None = None,
     ) -> Job | None:
-        """Take the oldest queued job, or a processing one whose owner's lease ran out, under a
-        new claim token (`Job.claim`). `exclude`: jobs the caller still runs itself."""
+        """Take the first queued job (by priority, then age), or a processing one whose owner's
+        lease ran out, under a new claim token (`Job.claim`). `exclude`: jobs the caller still
+        runs itself; `models`: the models this node can run."""
         now = time.time()
-        if only is not None and not only:
+        if (only is not None and not only) or (models is not None and not models):
             return None
         among = f" AND id IN ({','.join('?' * len(only))})" if only else ""
         besides = f" AND id NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
+        runnable = (
+            f" AND json_extract(settings, '$.model') IN ({','.join('?' * len(models))})" if models else ""
+        )
         claim = uuid.uuid4().hex
         async with self._w.transaction() as db:
             async with db.execute(
                 "SELECT id FROM jobs WHERE (status = 'queued'"
                 " OR (status = 'processing' AND (lease_expires IS NULL OR lease_expires < ?)))"
-                f"{among}{besides} ORDER BY created_at, id LIMIT 1",
-                (now, *(only or ()), *exclude),
+                f"{among}{besides}{runnable} ORDER BY priority DESC, created_at, id LIMIT 1",
+                (now, *(only or ()), *exclude, *(models or ())),
             ) as cur:
                 row = await cur.fetchone()
             if row is None:
@@ -305,14 +323,36 @@ class SqliteJobStore:
             await _transition(db, row[0], now, "processing", "claimed", f"claimed by {owner}")
         return await self.get_job(row[0])
 
-    async def renew_lease(self, job_id: str, claim: str, lease_seconds: float) -> bool:
+    async def renew_lease(self, job_id: str, claim: str, lease_seconds: float) -> Renewal:
         """False when the claim is no longer the job's (the run must stop working on it)."""
         async with self._w.transaction() as db:
-            cur = await db.execute(
-                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND claim = ? AND status = 'processing'",
+            async with db.execute(
+                "UPDATE jobs SET lease_expires = ? WHERE id = ? AND claim = ? AND status = 'processing'"
+                " RETURNING stop_request",
                 (time.time() + lease_seconds, job_id, claim),
+            ) as cur:
+                row = await cur.fetchone()
+        return Renewal(False) if row is None else Renewal(True, row[0])
+
+    async def request_stop(self, job_id: str, stop: str) -> Job | None:
+        if stop not in STOP_REQUESTS:
+            raise StoreError(f"unknown stop request {stop!r}")
+        async with self._w.transaction() as db:
+            cur = await db.execute(
+                "UPDATE jobs SET stop_request = CASE WHEN stop_request = 'canceled' THEN stop_request"
+                " ELSE ? END WHERE id = ? AND status = 'processing'",
+                (stop, job_id),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return None
+        return await self.get_job(job_id)
+
+    @asynccontextmanager
+    async def watch(
+        self, on_stop: Callable[[str], None], on_queued: Callable[[], None]
+    ) -> AsyncIterator[None]:
+        """Nothing to watch: this process owns the file, so it makes every change itself."""
+        yield
 
     async def update_progress(
         self,
@@ -371,8 +411,8 @@ class SqliteJobStore:
             await db.execute(
                 "UPDATE jobs SET status = ?, message = ?, error_code = ?, error = ?,"
                 " phase = coalesce(?, phase), percent = max(percent, coalesce(?, 0)),"
-                " lease_owner = NULL, lease_expires = NULL, claim = NULL, updated_at = ?"
-                " WHERE id = ?",
+                " lease_owner = NULL, lease_expires = NULL, claim = NULL, stop_request = NULL,"
+                " updated_at = ? WHERE id = ?",
                 (status, message, error_code, error, phase, percent, now, job_id),
             )
             await _transition(db, job_id, now, status, await _phase(db, job_id), message)
@@ -419,8 +459,8 @@ class SqliteJobStore:
                 )
             await db.execute(
                 "UPDATE jobs SET status = 'queued', message = 'queued', settings = ?, error = NULL,"
-                " error_code = NULL, attempts = 0, updated_at = ? WHERE id = ?",
-                (json.dumps(options), now, job_id),
+                " error_code = NULL, attempts = 0, priority = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(options), job_priority(options), now, job_id),
             )
             await _transition(db, job_id, now, JobStatus.QUEUED, await _phase(db, job_id), "queued")
         return await self.get_job(job_id)

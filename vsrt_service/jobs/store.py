@@ -12,6 +12,7 @@ scheduler, its claim), so a request that lost a race changes nothing and learns 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -33,6 +34,14 @@ STATUSES = tuple(JobStatus)
 FINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
 #: What a job may be re-queued from (`start`/resume); a processing job never is.
 RESUMABLE = (JobStatus.QUEUED, JobStatus.PAUSED, *FINAL)
+#: What another node may ask of a running job's owner, weakest first (a cancel overrides a pause).
+STOP_REQUESTS = (JobStatus.PAUSED, JobStatus.CANCELED)
+
+
+def job_priority(options: dict[str, Any]) -> int:
+    """The claim priority a job's options give it (0 when absent: jobs from before priorities)."""
+    value = options.get("priority", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class StoreError(VsrtError):
@@ -69,6 +78,8 @@ class Job:
     lease_expires: float | None
     attempts: int
     claim: str | None
+    #: A stop (`paused`/`canceled`) asked for while the job runs, for its owner to carry out.
+    stop_request: str | None = None
 
     def progress_dict(self) -> dict[str, Any]:
         """The data of a `progress` event about this job."""
@@ -92,6 +103,18 @@ class Job:
             "total": self.total,
             "error": {"code": self.error_code, "message": self.error} if self.error else None,
         }
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What a lease renewal learned: whether the claim still holds the job (its truth value),
+    and a stop another node asked for meanwhile (`paused`/`canceled`), for the run to carry out."""
+
+    held: bool
+    stop: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.held
 
 
 @dataclass(frozen=True)
@@ -191,18 +214,40 @@ class JobStore(Protocol):
         lease_seconds: float,
         only: Collection[str] | None = None,
         exclude: Collection[str] = (),
+        models: Collection[str] | None = None,
     ) -> Job | None:
-        """Take the oldest job (by creation, then id) that is `queued`, or `processing` with its
-        lease run out, for `owner`: status `processing`, a lease of `lease_seconds`, a new claim
-        token, attempts + 1, the error cleared, a `claimed` transition. Among `only` when given
-        (an empty `only` claims nothing), never one in `exclude` (jobs the caller still runs).
-        No two callers, in this process or any other, ever get the same claim. None if no job
-        is claimable."""
+        """Take the first job that is `queued`, or `processing` with its lease run out, by
+        priority (its `priority` option, highest first), then creation, then id, for `owner`:
+        status `processing`, a lease of `lease_seconds`, a new claim token, attempts + 1, the
+        error cleared, a `claimed` transition. Among `only` when given (an empty `only` claims
+        nothing), never one in `exclude` (jobs the caller still runs), and only jobs whose
+        `model` option is in `models` when given (what this node can run). A pending
+        `stop_request` stays on the claimed job: its new owner must carry it out. No two
+        callers, in this process or any other, ever get the same claim. None if no job is
+        claimable."""
         ...
 
-    async def renew_lease(self, job_id: str, claim: str, lease_seconds: float) -> bool:
+    async def renew_lease(self, job_id: str, claim: str, lease_seconds: float) -> Renewal:
         """Extend the lease to `lease_seconds` from now, only while the job is `processing`
-        under `claim`; False otherwise (the run must stop working on it)."""
+        under `claim`: a false Renewal otherwise (the run must stop working on it). Its `stop`
+        is the job's pending stop request, if any (the owner learns of remote stops here even
+        without `watch`)."""
+        ...
+
+    async def request_stop(self, job_id: str, stop: str) -> Job | None:
+        """Ask the owner of a `processing` job to stop it (`paused` or `canceled`): compare-and-set,
+        a cancel overrides a pending pause, never the reverse. None, with nothing changed, when
+        the job does not run (or is gone). The request is cleared when the job leaves
+        `processing`; the owner learns of it through `watch` and `renew_lease`."""
+        ...
+
+    def watch(
+        self, on_stop: Callable[[str], None], on_queued: Callable[[], None]
+    ) -> AbstractAsyncContextManager[None]:
+        """While entered, call `on_stop(job_id)` when a stop is requested for a job (from any
+        node) and `on_queued()` when a job becomes queued, so schedulers act at once instead of
+        at their next poll. Callbacks run on the loop and must not block. A store that one
+        process owns alone (SQLite) may do nothing: that process learns of its own changes."""
         ...
 
     async def update_progress(
@@ -236,9 +281,9 @@ class JobStore(Protocol):
         percent: float | None = None,
     ) -> Job | None:
         """Compare-and-set: move the job to `status` only if its status is one of `expect` (and,
-        when given, its claim is `claim` and its lease holder `lease_owner`). The lease and claim
-        are released, the error set to the given one (or cleared), phase and percent (never
-        lower) changed when given, a transition added. None, with nothing changed, when the
+        when given, its claim is `claim` and its lease holder `lease_owner`). The lease, claim
+        and any stop request are released, the error set to the given one (or cleared), phase
+        and percent (never lower) changed when given, a transition added. None, with nothing changed, when the
         job was not in such a state or is gone.
 
         When `status` is final and a notice policy is set (`use_outbox`), the policy's notice

@@ -163,6 +163,15 @@ class ModelManager:
             path = st.bundled_path
         return p.ModelRef(kind=REF_KINDS.get(kind, "align"), key=st.entry.key, path=str(path))
 
+    def claimable_models(self) -> set[str]:
+        """The Whisper models whose jobs this node may claim from a shared queue: those ready
+        here, and every one of the catalog when it may download them (runners and
+        `models.allow_downloads`)."""
+        whisper = [st for (kind, _), st in self._states.items() if kind == "whisper"]
+        if self.settings.models.allow_downloads and self.pool.enabled:
+            return {st.entry.id for st in whisper}
+        return {st.entry.id for st in whisper if st.status == ModelStatus.READY}
+
     def whisper_ref(self, model_id: str) -> p.ModelRef | None:
         return self.ref("whisper", model_id)
 
@@ -254,6 +263,11 @@ class ModelManager:
     async def request(self, kind: str, model_id: str, *, with_aligner: bool = True) -> str:
         """Queue a download (idempotent): started, already_downloading, queued or ready."""
         st = self.state(kind, model_id)
+        if not self.settings.models.allow_downloads and st.status != ModelStatus.READY:
+            raise Unavailable(
+                "this server may not download models (models.allow_downloads is false)",
+                code="downloads_disabled",
+            )
         if not self.pool.enabled and st.status != "ready":  # no download runner would ever take it
             raise Unavailable(
                 "this server runs no runners (runners.enabled is false), so it cannot download models",

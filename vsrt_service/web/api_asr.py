@@ -273,7 +273,7 @@ async def receive_audio(request: web.Request, svc: Service, encode: bool) -> For
     """The `audio_file` part stored in the uploads; with encode=false the raw PCM is wrapped
     in a WAV header first. Nothing is left on disk when it is refused."""
     form = await receive_form(
-        request, svc.settings.uploads_dir, svc.settings.server.max_upload_mb << 20, file_field=FILE_FIELD
+        request, svc.storage, svc.settings.server.max_upload_mb << 20, file_field=FILE_FIELD
     )
     if form.path is None:
         raise InvalidInput(f"the form has no `{FILE_FIELD}` part", code="missing_file", field=FILE_FIELD)

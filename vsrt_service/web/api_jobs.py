@@ -80,7 +80,7 @@ def resolve_media_path(svc: Service, raw: Any) -> Path:
 async def create_job(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     if request.content_type == "multipart/form-data":
-        upload = await receive(request, svc.settings.uploads_dir, svc.settings.server.max_upload_mb << 20)
+        upload = await receive(request, svc.storage, svc.settings.server.max_upload_mb << 20)
         try:  # submit names a bad setting first, then refuses what is not media
             job = await svc.submit(
                 upload.path, upload.settings, source_name=upload.name, start=upload.start, field="file"
@@ -108,7 +108,7 @@ async def detect_language(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     if request.content_type == "multipart/form-data":
         form = await receive_form(
-            request, svc.settings.uploads_dir, svc.settings.server.max_upload_mb << 20, allowed=("model",)
+            request, svc.storage, svc.settings.server.max_upload_mb << 20, allowed=("model",)
         )
         try:
             if form.path is None:

@@ -229,9 +229,7 @@ async def translations(request: web.Request) -> web.StreamResponse:
 async def _audio(request: web.Request, task: str, allowed: tuple[str, ...]) -> web.StreamResponse:
     svc = request.app[SERVICE]
     settings = svc.settings
-    form = await receive_form(
-        request, settings.uploads_dir, settings.server.max_upload_mb << 20, allowed=allowed
-    )
+    form = await receive_form(request, svc.storage, settings.server.max_upload_mb << 20, allowed=allowed)
     try:  # the form's file is ours until the service takes it
         if form.path is None:
             raise InvalidInput("the form has no `file` part", code="missing_file", field="file")

@@ -1,7 +1,8 @@
 """Server-sent events over aiohttp-sse: one response per subscriber to a broker channel.
 
 Each event goes out with its channel id, so a reconnecting client's Last-Event-ID gets
-exactly what it missed from the broker's buffer, or a fresh snapshot when that is gone.
+exactly what it missed from the broker's buffer (on PostgreSQL: the events table, whichever
+node it reconnects to), or a fresh snapshot when that is gone.
 Connections are counted per channel and per client address (429 past the limits); the
 client address is `request.remote`, which the app sets from trusted proxies' X-Forwarded-For.
 """
@@ -149,7 +150,7 @@ async def stream(
     with frames encoded once per event for all subscribers; a client that stalls one write
     for SEND_TIMEOUT is dropped.
     """
-    sub, replayed = broker.subscribe(channel, last_event_id(request))
+    sub, replayed = await broker.open(channel, last_event_id(request))
     disconnected.add_done_callback(lambda _: sub.close())
     resp = EventSourceResponse(ping_interval=3600)  # our own named heartbeat event instead
     resp.headers["X-Accel-Buffering"] = "no"
@@ -166,7 +167,7 @@ async def stream(
         while not disconnected.done():
             if not await sub.wait(settings.heartbeat_interval):
                 key = "timestamp" if heartbeat_event == "heartbeat" else "ts"
-                ping = sse_frame(broker.heartbeat_id(channel), heartbeat_event, {key: time.time()})
+                ping = sse_frame(sub.heartbeat_id(), heartbeat_event, {key: time.time()})
                 await _write(resp, ping)
                 continue
             batch = sub.drain()

@@ -24,6 +24,7 @@ from multidict import MultiDict
 from vsrt_service.core.config import parse_flag
 from vsrt_service.core.errors import InvalidInput, TooLarge
 from vsrt_service.core.files import close_synced, replace_durably
+from vsrt_service.jobs.storage import Storage
 
 CHUNK = 1 << 20
 MAX_SETTINGS_BYTES = 64 * 1024
@@ -73,13 +74,14 @@ class Form:
 
 async def receive_form(
     request: web.Request,
-    upload_dir: Path,
+    storage: Storage,
     max_bytes: int,
     *,
     file_field: str = "file",
     allowed: Collection[str] | None = None,
 ) -> Form:
-    """Stream the file part `file_field` to `upload_dir`; other parts are read as short text.
+    """Stream the file part `file_field` into the storage's uploads; other parts are read as
+    short text.
 
     A field outside `allowed` (when given) is refused; nothing is left on disk when the form
     is refused. The caller owns the stored file from then on.
@@ -102,8 +104,9 @@ async def receive_form(
                 if stored is not None:
                     raise InvalidInput(f"one file per request ({file_field})", field=file_field)
                 name = display_name(part.filename or file_field)
-                stored = upload_dir / stored_name(name)
+                stored = storage.upload_path(stored_name(name))
                 await _save(part, stored, max_bytes)
+                await asyncio.to_thread(storage.put_upload, stored)
             elif allowed is not None and field not in allowed:
                 raise InvalidInput(f"unexpected form field {field!r}", field=field)
             else:
@@ -118,10 +121,10 @@ async def receive_form(
     return Form(stored, name, fields)
 
 
-async def receive(request: web.Request, upload_dir: Path, max_bytes: int) -> Upload:
+async def receive(request: web.Request, storage: Storage, max_bytes: int) -> Upload:
     """Read a multipart job upload: parts `file`, optional `settings` (JSON) and `start`."""
     start = _parse_bool(request.query.get("start", "true"), "start")
-    form = await receive_form(request, upload_dir, max_bytes, allowed=("settings", "start"))
+    form = await receive_form(request, storage, max_bytes, allowed=("settings", "start"))
     try:
         if form.path is None:
             raise InvalidInput("the form has no `file` part", code="missing_file", field="file")
