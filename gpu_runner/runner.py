@@ -95,6 +95,12 @@ class Runner:
                 self.send(p.Error(id="", code="bad_request", message=str(exc)))
                 continue
             if isinstance(req, p.Shutdown):
+                if not self._ready.is_set():
+                    # Still importing whisperx: no work has started (what waits behind the import
+                    # is abandoned; the service fails those calls as it stops), and the import
+                    # would hold a stopping service up for seconds.
+                    self.send(p.Result(id=req.id, data={"bye": True}))
+                    os._exit(0)
                 self._stop_work()
                 self.send(p.Result(id=req.id, data={"bye": True}))
                 return 0

@@ -92,6 +92,28 @@ async def test_close_leaves_no_runner_processes(make_settings: SettingsFactory) 
     assert not alive
 
 
+async def test_a_runner_still_importing_whisperx_stops_at_once(make_settings: SettingsFactory) -> None:
+    """Shutdown while the runner still imports whisperx (seconds) is answered at once, even with
+    work waiting behind the import (the service's preload): a service stopped right after it
+    started does not wait for the import; the waiting call fails as the runner is lost."""
+    pool = RunnerPool(make_settings())
+    await pool.start()
+    try:
+        await pool.wait_ready(180)
+        slot = pool.slots[0]
+        proc = slot._proc
+        assert proc is not None and slot.health()["warm"] is False
+        waiting = asyncio.create_task(slot.call(p.Split(id=new_id(), audio_path="/nonexistent.wav")))
+        await asyncio.sleep(0.1)  # the Split line goes out first
+        reply = await asyncio.wait_for(slot.call(p.Shutdown(id=new_id())), 2.0)
+        assert reply == {"bye": True}
+        assert await asyncio.wait_for(proc.wait(), 2.0) == 0
+        with pytest.raises(RunnerLost):
+            await waiting
+    finally:
+        await pool.close()
+
+
 async def test_lease_is_exclusive(make_settings: SettingsFactory) -> None:
     pool = await started_pool(make_settings)
     try:
