@@ -11,13 +11,14 @@ serve: setup
 	.venv/bin/vsrt serve $(ARGS)
 
 # Two passes: most tests on two workers (pytest-xdist; each test starts its own server and
-# runners), then the few that assert timings (marker `serial`) alone, so the other worker's
+# runners; a module marked `xdist_group` stays on one worker, so its module-scoped nodes start
+# once), then the few that assert timings (marker `serial`) alone, so the other worker's
 # load cannot skew what they measure. A pass that selects nothing (exit 5) is not a failure.
 # `make test MARK="not slow"` narrows both passes by marker; ARGS go to pytest as they are.
 MARK ?=
 ALSO = $(if $(MARK),($(MARK)) and ,)
 test: setup-test
-	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=15 -n 2 -m "$(ALSO)not serial" $(ARGS); \
+	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=15 -n 2 --dist loadgroup -m "$(ALSO)not serial" $(ARGS); \
 	first=$$?; \
 	.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=5 -m "$(ALSO)serial" $(ARGS); \
 	second=$$?; \
