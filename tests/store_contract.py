@@ -493,6 +493,25 @@ class JobStoreContract:
         found = await store.find_request("k")
         assert found is not None and found.id == second.id
 
+    async def test_identical_requests_on_two_stores_at_once_make_one_job(self, opener: Opener) -> None:
+        async with opener() as a, opener() as b:
+            for key in ("k1", "k2", "k3"):
+                made = await asyncio.gather(
+                    *(
+                        store.create_for_request(key, source_name=f"{n}", input_path=f"{n}", options={"n": n})
+                        for n, store in enumerate([a, b, a, b])
+                    )
+                )
+                assert [created for _, created in made].count(True) == 1, made
+                assert len({job.id for job, _ in made}) == 1
+                job = made[0][0]
+                assert job.status == JobStatus.QUEUED and (await a.find_request(key)) == job
+            # A canceled job is not shared: the same key makes a new one.
+            assert await a.set_status(job.id, JobStatus.CANCELED, "x", expect=(JobStatus.QUEUED,))
+            again, created = await b.create_for_request("k3", source_name="z", input_path="z", options={})
+            assert created and again.id != job.id
+            assert await a.count_jobs() == 4
+
     # --- outbox --------------------------------------------------------------------------
 
     async def test_a_final_state_writes_its_one_delivery(self, opener: Opener) -> None:

@@ -107,3 +107,29 @@ async def test_detect_language_over_http(
     uploads = client.app[SERVICE].settings.uploads_dir
     assert not uploads.exists() or not list(uploads.iterdir())
     assert late.path.exists()
+
+
+async def test_identical_requests_on_two_nodes_at_once_make_one_job(
+    pg_url: str, make_service: ServiceFactory, short_speech: Speech, tmp_path: Path
+) -> None:
+    """Two nodes on one PostgreSQL database and one storage root get the same synchronous
+    request at the same moment (a client retrying through a load balancer): one job, the
+    other request attached to it. (No runner: only the job store decides.)"""
+    shared = {
+        "store": {"url": pg_url},
+        "storage": {"root": str(tmp_path / "shared")},
+        "runners": {"enabled": False},
+    }
+    a = await make_service(data_dir=tmp_path / "a", **shared)
+    b = await make_service(data_dir=tmp_path / "b", **shared)
+    settings = {"language": "en"}
+    for round_ in range(3):
+        first, second = await asyncio.gather(
+            a.submit_shared(uploaded(a, short_speech.path, f"a{round_}.mp4"), settings, source_name="a.mp4"),
+            b.submit_shared(uploaded(b, short_speech.path, f"b{round_}.mp4"), settings, source_name="b.mp4"),
+        )
+        assert first.job.id == second.job.id, (first, second)
+        assert sorted([first.attached, second.attached]) == [False, True]
+        jobs, count = await a.list_jobs()
+        assert count == round_ + 1, jobs  # one per round
+        await a.cancel(first.job.id)  # a canceled job is not reused: the next round is new

@@ -337,8 +337,6 @@ class Service:
         self._flights: dict[tuple[str, str], asyncio.Task[Any]] = {}
         #: How many times media work really ran, by kind ("info", "proxy", "peaks").
         self.media_runs: Counter[str] = Counter()
-        #: Held while a synchronous request looks for an identical one and creates its job.
-        self._shared = asyncio.Lock()
 
     async def __aenter__(self) -> Service:
         s = self.settings
@@ -409,10 +407,12 @@ class Service:
         key = hashlib.sha256(
             f"{digest}\n{json.dumps(options.to_dict(), sort_keys=True)}".encode()
         ).hexdigest()
-        async with self._shared:
-            found = await self.store.find_request(key)
-            if found is None:
-                return SharedJob(await self._create(file, source_name, options, request_key=key), False)
+        found, created = await self.store.create_for_request(
+            key, source_name=source_name, input_path=await self._input_key(file), options=options.to_dict()
+        )
+        if created:
+            self._created(found, start=True)
+            return SharedJob(found, False)
         if self.ctx.input_file(found) != file and self.storage.is_upload(file):
             await asyncio.to_thread(self.storage.remove_upload, file)
         if found.status == JobStatus.PAUSED:
@@ -441,28 +441,26 @@ class Service:
         except MediaError as exc:
             raise self._media_error(exc, field) from None
 
-    async def _create(
-        self,
-        file: Path,
-        name: str,
-        options: JobOptions,
-        *,
-        start: bool = True,
-        request_key: str | None = None,
-    ) -> Job:
-        resolved = await asyncio.to_thread(file.resolve)
+    async def _create(self, file: Path, name: str, options: JobOptions, *, start: bool = True) -> Job:
         job = await self.store.create_job(
             source_name=name,
-            input_path=self.storage.input_key(resolved),
+            input_path=await self._input_key(file),
             options=options.to_dict(),
             status="queued" if start else "paused",
-            request_key=request_key,
         )
+        self._created(job, start=start)
+        return job
+
+    async def _input_key(self, file: Path) -> str:
+        """How a job names its input in the store (relative to the storage root inside it)."""
+        return self.storage.input_key(await asyncio.to_thread(file.resolve))
+
+    def _created(self, job: Job, *, start: bool) -> None:
+        """A new job: the CLI's own, and the scheduler woken when it is queued."""
         if self.scheduler.restrict_to is not None:
             self.scheduler.restrict_to.add(job.id)
         if start:
             self.scheduler.wake()
-        return job
 
     async def send_notices(self, job_ids: Collection[str]) -> bool:
         """Give these jobs' webhooks their first attempt before a short-lived caller exits

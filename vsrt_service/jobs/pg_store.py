@@ -49,6 +49,9 @@ MIGRATION_LOCK = 0x76737274
 CONTROL_CHANNEL = "vsrt_control"
 JOBS_CHANNEL = "vsrt_jobs"
 
+#: The class of the advisory locks that make one job per request key (`create_for_request`).
+REQUEST_LOCK = 0x76737271
+
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT = 10.0
 
@@ -187,6 +190,10 @@ _JOB_COLUMNS = (
     " error, source_name, input_path, settings, checkpoint_settings, language, duration,"
     " alignment, lease_owner, lease_expires, attempts, claim, stop_request"
 )
+_FIND_REQUEST = (
+    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE request_key = $1"
+    " AND status NOT IN ('failed', 'canceled') ORDER BY created_at DESC, id DESC LIMIT 1"
+)
 _DELIVERY_COLUMNS = (
     "id, job_id, event, url, body, status, attempts, next_at, delivered_at, last_error, created_at"
 )
@@ -270,40 +277,32 @@ class PgJobStore:
         job_id: str | None = None,
         request_key: str | None = None,
     ) -> Job:
-        job_id = job_id or uuid.uuid4().hex
-        message = "queued" if status == "queued" else "created"
         async with self._pool.acquire() as db, db.transaction():
-            try:
-                row = await db.fetchrow(
-                    "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
-                    " input_path, settings, request_key, priority)"
-                    f" VALUES ($1, {NOW}, {NOW}, $2, $3, $4, $5, $6, $7, $8) RETURNING {_JOB_COLUMNS}",
-                    job_id,
-                    status,
-                    message,
-                    source_name,
-                    input_path,
-                    json.dumps(options),
-                    request_key,
-                    job_priority(options),
-                )
-            except asyncpg.UniqueViolationError:
-                raise StoreError(f"a job {job_id} exists already") from None
-            await _transition(db, job_id, status, "queued", message)
-            if status == JobStatus.QUEUED:
-                await _notify_queued(db)
-        return _job(row)
+            return await _insert_job(
+                db, job_id or uuid.uuid4().hex, status, source_name, input_path, options, request_key
+            )
+
+    async def create_for_request(
+        self, request_key: str, *, source_name: str, input_path: str, options: dict[str, Any]
+    ) -> tuple[Job, bool]:
+        async with self._pool.acquire() as db, db.transaction():
+            # One creator per key at a time on every node; the next one finds its job (a new
+            # statement sees what the lock's last holder committed).
+            await db.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", REQUEST_LOCK, request_key)
+            row = await db.fetchrow(_FIND_REQUEST, request_key)
+            if row is not None:
+                return _job(row), False
+            job = await _insert_job(
+                db, uuid.uuid4().hex, JobStatus.QUEUED, source_name, input_path, options, request_key
+            )
+            return job, True
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._pool.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
         return _job(row) if row else None
 
     async def find_request(self, request_key: str) -> Job | None:
-        row = await self._pool.fetchrow(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE request_key = $1"
-            " AND status NOT IN ('failed', 'canceled') ORDER BY created_at DESC, id DESC LIMIT 1",
-            request_key,
-        )
+        row = await self._pool.fetchrow(_FIND_REQUEST, request_key)
         return _job(row) if row else None
 
     async def list_jobs(self, limit: int = 50, offset: int = 0) -> list[Job]:
@@ -728,6 +727,39 @@ class PgJobStore:
 
 def _prefixed(table: str) -> str:
     return ", ".join(f"{table}.{c.strip()}" for c in _JOB_COLUMNS.split(","))
+
+
+async def _insert_job(
+    db: asyncpg.Connection,
+    job_id: str,
+    status: str,
+    source_name: str,
+    input_path: str,
+    options: dict[str, Any],
+    request_key: str | None,
+) -> Job:
+    """Add a job with its first transition (and wake idle nodes when it is queued)."""
+    message = "queued" if status == "queued" else "created"
+    try:
+        row = await db.fetchrow(
+            "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
+            " input_path, settings, request_key, priority)"
+            f" VALUES ($1, {NOW}, {NOW}, $2, $3, $4, $5, $6, $7, $8) RETURNING {_JOB_COLUMNS}",
+            job_id,
+            status,
+            message,
+            source_name,
+            input_path,
+            json.dumps(options),
+            request_key,
+            job_priority(options),
+        )
+    except asyncpg.UniqueViolationError:
+        raise StoreError(f"a job {job_id} exists already") from None
+    await _transition(db, job_id, status, "queued", message)
+    if status == JobStatus.QUEUED:
+        await _notify_queued(db)
+    return _job(row)
 
 
 async def _migrate(pool: asyncpg.Pool) -> None:

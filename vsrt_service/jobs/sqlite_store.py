@@ -187,6 +187,12 @@ _JOB_COLUMNS = (
 )
 
 
+_FIND_REQUEST = (
+    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE request_key = ? AND status NOT IN ('failed', 'canceled')"
+    " ORDER BY created_at DESC LIMIT 1"
+)
+
+
 def _job(row: Sequence[Any]) -> Job:
     """_JOB_COLUMNS in Job's field order: column `settings` is Job.options, `checkpoint_settings`
     Job.locked_options (the columns keep their names: they are the stored contract)."""
@@ -234,29 +240,25 @@ class SqliteJobStore:
         request_key: str | None = None,
     ) -> Job:
         job_id = job_id or uuid.uuid4().hex
-        now = time.time()
-        message = "queued" if status == "queued" else "created"
         async with self._w.transaction() as db:
-            await db.execute(
-                "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
-                " input_path, settings, request_key, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    now,
-                    now,
-                    status,
-                    message,
-                    source_name,
-                    input_path,
-                    json.dumps(options),
-                    request_key,
-                    job_priority(options),
-                ),
-            )
-            await _transition(db, job_id, now, status, "queued", message)
+            await _insert_job(db, job_id, status, source_name, input_path, options, request_key)
         job = await self.get_job(job_id)
         assert job is not None
         return job
+
+    async def create_for_request(
+        self, request_key: str, *, source_name: str, input_path: str, options: dict[str, Any]
+    ) -> tuple[Job, bool]:
+        job_id = uuid.uuid4().hex
+        async with self._w.transaction() as db:  # the one writer: nobody creates in between
+            async with db.execute(_FIND_REQUEST, (request_key,)) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                return _job(row), False
+            await _insert_job(db, job_id, JobStatus.QUEUED, source_name, input_path, options, request_key)
+        job = await self.get_job(job_id)
+        assert job is not None
+        return job, True
 
     async def get_job(self, job_id: str) -> Job | None:
         async with self._r.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cur:
@@ -264,11 +266,7 @@ class SqliteJobStore:
         return _job(row) if row else None
 
     async def find_request(self, request_key: str) -> Job | None:
-        async with self._r.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE request_key = ? AND status NOT IN ('failed', 'canceled')"
-            " ORDER BY created_at DESC LIMIT 1",
-            (request_key,),
-        ) as cur:
+        async with self._r.execute(_FIND_REQUEST, (request_key,)) as cur:
             row = await cur.fetchone()
         return _job(row) if row else None
 
@@ -717,6 +715,37 @@ async def _phase(db: aiosqlite.Connection, job_id: str) -> str:
     async with db.execute("SELECT phase FROM jobs WHERE id = ?", (job_id,)) as cur:
         row = await cur.fetchone()
     return str(row[0]) if row else ""
+
+
+async def _insert_job(
+    db: aiosqlite.Connection,
+    job_id: str,
+    status: str,
+    source_name: str,
+    input_path: str,
+    options: dict[str, Any],
+    request_key: str | None,
+) -> None:
+    """Add a job with its first transition, inside the caller's write transaction."""
+    now = time.time()
+    message = "queued" if status == "queued" else "created"
+    await db.execute(
+        "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
+        " input_path, settings, request_key, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job_id,
+            now,
+            now,
+            status,
+            message,
+            source_name,
+            input_path,
+            json.dumps(options),
+            request_key,
+            job_priority(options),
+        ),
+    )
+    await _transition(db, job_id, now, status, "queued", message)
 
 
 async def _transition(

@@ -194,6 +194,14 @@ class JobStore(Protocol):
         """The newest job made for this request key that has not failed or been canceled."""
         ...
 
+    async def create_for_request(
+        self, request_key: str, *, source_name: str, input_path: str, options: dict[str, Any]
+    ) -> tuple[Job, bool]:
+        """`find_request`'s job, or else a new queued one made for the key: (job, created).
+        Atomic for every process on the store, so identical requests reaching two nodes at
+        once make one job."""
+        ...
+
     async def get_job(self, job_id: str) -> Job | None:
         """The job as last committed; None if there is none."""
         ...
