@@ -170,3 +170,40 @@ async def test_a_node_that_may_not_download_claims_only_the_models_on_its_disk(
     online = make_settings(data_dir=tmp_path / "b", models={"preload_on_start": False})
     async with Service(online, work_runners=False, run_jobs=False) as svc:
         assert svc.models.claimable_models() == set(svc.models.catalog.ids("whisper"))
+
+
+@pytest.mark.slow
+async def test_a_node_that_cannot_renew_its_lease_in_time_stops_the_run(
+    make_settings: SettingsFactory, pg_url: str, tmp_path: Path, long_speech: Speech
+) -> None:
+    """The database stops answering the node about its jobs (here: another client holds the
+    jobs table locked, so every write of the node waits) for longer than the lease. Once the
+    lease has run out another node may own the job, so the run stops by itself rather than work
+    on (and write results) beside the new owner; when the database answers again the job is
+    claimed anew and completes from its checkpoint."""
+    lease = 3.0
+    settings = make_settings(
+        data_dir=tmp_path / "a",
+        store={"url": pg_url},
+        jobs={"lease_seconds": lease, "poll_seconds": 0.2},
+        models={"preload_on_start": False},
+    )
+    async with Service(settings) as a:
+        job = await a.submit(long_speech.path)
+        await until(lambda: running_on(a, job.id), 60)
+        blocker = await asyncpg.connect(pg_url)
+        try:
+            locked = blocker.transaction()
+            await locked.start()
+            await blocker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await until(lambda: stopped_on(a, job.id), 3 * lease)
+            assert loop.time() - started < lease + 1.5
+            await locked.rollback()
+        finally:
+            await blocker.close()
+        done = await asyncio.wait_for(a.finished(job.id), 120)
+        assert done.status == "completed" and done.attempts == 2
+        segments = await a.store.segments(job.id)
+        assert segments and all(s.transcribe_count == 1 for s in segments)

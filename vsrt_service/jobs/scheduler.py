@@ -77,6 +77,8 @@ class Running:
     supervisor: asyncio.Task[None] | None = None
     stop: Stop | None = None
     decided: bool = False  # the final state is chosen (maybe not yet written); stops come too late
+    #: Until when (loop time) the lease surely holds: from before the claim or the last renewal.
+    held_until: float = 0.0
 
 
 def _owner_alive(owner: str | None, me: str, lease_expires: float | None = None) -> bool:
@@ -193,19 +195,21 @@ class Scheduler:
     async def _claim_while_free(self, lease: float) -> None:
         while len(self._running) < self.capacity:
             async with self._claiming:
+                asked = asyncio.get_running_loop().time()
                 job = await self.ctx.store.claim_next(
                     self.owner, lease, self.restrict_to, exclude=list(self._running), models=self._models()
                 )
                 if job is None:
                     return
-                self._launch(job)
+                self._launch(job, held_until=asked + lease)
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job, held_until: float) -> None:
         language = job.language or job.options.get("language")
         run = Running(
             job,
             {**job.options, "language": language},
             asyncio.create_task(self._pipeline(job), name=f"job-{job.id}"),
+            held_until=held_until,
         )
         run.supervisor = asyncio.create_task(self._supervise(run), name=f"job-{job.id}-supervisor")
         self._running[job.id] = run
@@ -282,15 +286,26 @@ class Scheduler:
         await JobRun(self.ctx, job).run()
 
     async def _renew(self, run: Running) -> None:
+        """Renew every third of a lease. A renewal that fails or hangs is tried again, but only
+        while the lease surely holds: past it another node may own the job, so the run stops
+        (and writes nothing) rather than work on beside the new owner."""
         lease = self.ctx.settings.jobs.lease_seconds
+        loop = asyncio.get_running_loop()
         assert run.job.claim is not None
         while True:
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(max(0.0, min(lease / 3, run.held_until - loop.time())))
+            asked = loop.time()
             try:
-                renewed = await self.ctx.store.renew_lease(run.job.id, run.job.claim, lease)
-            except Exception:  # a failed write is not a lost lease: try again at the next tick
-                log.exception("job %s: could not renew its lease; trying again", run.job.id)
-                continue
+                async with asyncio.timeout_at(run.held_until):
+                    renewed = await self.ctx.store.renew_lease(run.job.id, run.job.claim, lease)
+            except Exception as exc:  # a failed write is not a lost lease, until the lease is out
+                if loop.time() < run.held_until:
+                    log.warning("job %s: could not renew its lease (%s); trying again", run.job.id, exc)
+                    continue
+                log.warning("job %s: its lease ran out unrenewed; stopping here", run.job.id)
+                self._request_stop(run, Stop.LEASE_LOST)
+                return
+            run.held_until = asked + lease
             if not renewed:
                 log.warning("job %s: lease lost to another worker; stopping here", run.job.id)
                 self._request_stop(run, Stop.LEASE_LOST)
