@@ -211,6 +211,26 @@ class JobStoreContract:
         job = await store.claim_next("me", 60)  # None: any model
         assert job is not None and job.id == tiny2
 
+    async def test_odd_text_in_a_jobs_options_never_stops_the_claims(self, store: JobStore) -> None:
+        """A NUL or a lone surrogate in a prompt is text JSON can carry; no claim may choke on it
+        (on every node, it would stop all work until the job was deleted)."""
+        odd_options = {"model": "base", "initial_prompt": "a\x00b \ud800", "hotwords": "\udfff"}
+        odd = await store.create_job(source_name="f", input_path="f", options=odd_options)
+        fine = await store.create_job(source_name="g", input_path="g", options={"model": "tiny.en"})
+        job = await store.claim_next("me", 60, models={"tiny.en"})
+        assert job is not None and job.id == fine.id
+        job = await store.claim_next("me", 60, models={"base"})
+        assert job is not None and job.id == odd.id and job.options == odd_options
+        back = await store.requeue(odd.id, {**odd_options, "model": "small"}, restart=False)
+        assert back is None  # it runs: nothing changes
+        assert await store.set_status(
+            odd.id, JobStatus.PAUSED, "p", expect=[JobStatus.PROCESSING], claim=job.claim
+        )
+        assert await store.requeue(odd.id, {**odd_options, "model": "small"}, restart=False)
+        assert await store.claim_next("me", 60, models={"base"}) is None
+        job = await store.claim_next("me", 60, models={"small"})
+        assert job is not None and job.id == odd.id
+
     async def test_two_stores_claiming_by_priority_never_share_a_job(self, opener: Opener) -> None:
         async with opener() as a, opener() as b:
             ids = [

@@ -41,6 +41,22 @@ async def test_nodes_starting_together_migrate_the_schema_once(pg_url: str) -> N
     assert versions == sorted(MIGRATIONS)
 
 
+async def test_jobs_of_before_the_model_column_get_their_model(pg_url: str) -> None:
+    """Migration 6 fills the new `model` column of older rows from their settings, without
+    jsonb (which refuses some text a prompt may hold): claims by model find them."""
+    async with PgJobStore.open(pg_url) as store:
+        plain = await store.create_job(source_name="a", input_path="a", options={"model": "base.en"})
+        odd = await store.create_job(
+            source_name="b", input_path="b", options={"initial_prompt": "x\x00\ud800", "model": "small"}
+        )
+        none = await store.create_job(source_name="c", input_path="c", options={})
+        async with store.pool.acquire() as db:
+            await db.execute("UPDATE jobs SET model = NULL")  # as version 5 left them
+            await db.execute(MIGRATIONS[6])
+            models = dict(await db.fetch("SELECT id, model FROM jobs"))
+        assert models == {plain.id: "base.en", odd.id: "small", none.id: None}
+
+
 async def test_a_database_from_a_newer_vsrt_is_refused(pg_url: str) -> None:
     async with PgJobStore.open(pg_url):
         pass

@@ -37,6 +37,7 @@ from vsrt_service.jobs.store import (
     Segment,
     StoreError,
     StoreUnavailable,
+    job_model,
     job_priority,
 )
 
@@ -180,9 +181,18 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE INDEX IF NOT EXISTS nodes_by_seen ON nodes (seen_at);
 """
 
+# The job's model as a column of its own, for claims: casting `settings` to jsonb on every
+# candidate row cost a JSON parse each and failed outright on text jsonb refuses (a NUL or a
+# lone surrogate in a prompt), which stopped every node's claims. Rows of before it get theirs
+# by a pattern, which needs no jsonb either (`settings` is compact JSON, as json.dumps writes).
+SCHEMA_V6 = r"""
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS model TEXT;
+UPDATE jobs SET model = substring(settings from '"model": "([^"\\]*)"') WHERE model IS NULL;
+"""
+
 #: version -> the script that brings the schema from version-1 to it (never edited once shipped:
 #: a change is a new version).
-MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5}
+MIGRATIONS = {1: SCHEMA_V1, 2: SCHEMA_V2, 3: SCHEMA_V3, 4: SCHEMA_V4, 5: SCHEMA_V5, 6: SCHEMA_V6}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _JOB_COLUMNS = (
@@ -338,7 +348,7 @@ class PgJobStore:
                 "WITH next AS (SELECT id FROM jobs WHERE (status = 'queued' OR (status = 'processing'"
                 f" AND (lease_expires IS NULL OR lease_expires < {NOW})))"
                 " AND ($1::text[] IS NULL OR id = ANY($1)) AND NOT (id = ANY($2::text[]))"
-                " AND ($6::text[] IS NULL OR (settings::jsonb ->> 'model') = ANY($6))"
+                " AND ($6::text[] IS NULL OR model = ANY($6))"
                 " ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 f" UPDATE jobs SET status = 'processing', lease_owner = $3, lease_expires = {NOW} + $4,"
                 f" claim = $5, attempts = attempts + 1, updated_at = {NOW}, error = NULL, error_code = NULL"
@@ -515,11 +525,12 @@ class PgJobStore:
                 )
             row = await db.fetchrow(
                 "UPDATE jobs SET status = 'queued', message = 'queued', settings = $2, error = NULL,"
-                f" error_code = NULL, attempts = 0, priority = $3, updated_at = {NOW} WHERE id = $1"
-                f" RETURNING {_JOB_COLUMNS}",
+                f" error_code = NULL, attempts = 0, priority = $3, model = $4, updated_at = {NOW}"
+                f" WHERE id = $1 RETURNING {_JOB_COLUMNS}",
                 job_id,
                 json.dumps(options),
                 job_priority(options),
+                job_model(options),
             )
             job = _job(row)
             await _transition(db, job_id, JobStatus.QUEUED, job.phase, "queued")
@@ -743,8 +754,8 @@ async def _insert_job(
     try:
         row = await db.fetchrow(
             "INSERT INTO jobs (id, created_at, updated_at, status, message, source_name,"
-            " input_path, settings, request_key, priority)"
-            f" VALUES ($1, {NOW}, {NOW}, $2, $3, $4, $5, $6, $7, $8) RETURNING {_JOB_COLUMNS}",
+            " input_path, settings, request_key, priority, model)"
+            f" VALUES ($1, {NOW}, {NOW}, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_JOB_COLUMNS}",
             job_id,
             status,
             message,
@@ -753,6 +764,7 @@ async def _insert_job(
             json.dumps(options),
             request_key,
             job_priority(options),
+            job_model(options),
         )
     except asyncpg.UniqueViolationError:
         raise StoreError(f"a job {job_id} exists already") from None

@@ -44,6 +44,12 @@ def job_priority(options: dict[str, Any]) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def job_model(options: dict[str, Any]) -> str | None:
+    """The Whisper model a job's options name (what a node must be able to run to claim it)."""
+    value = options.get("model")
+    return value if isinstance(value, str) else None
+
+
 class StoreError(VsrtError):
     code = "store"
 
