@@ -16,12 +16,15 @@ import asyncpg
 import pytest
 
 from tests.conftest import SettingsFactory, until
+from tests.http_helpers import open_stream
 from tests.media import Speech
 from vsrt_service.core.errors import Unavailable
 from vsrt_service.core.options import parse_options
 from vsrt_service.jobs.pg_store import PgJobStore
 from vsrt_service.jobs.store import JobStatus
 from vsrt_service.service import Service
+from vsrt_service.web.app import create_app
+from vsrt_service.web.keys import SERVICE
 
 #: A lease long enough that only a NOTIFY, never a lease renewal (every lease / 3), can
 #: explain how fast a stop or a new job reaches the other node.
@@ -207,3 +210,33 @@ async def test_a_node_that_cannot_renew_its_lease_in_time_stops_the_run(
         assert done.status == "completed" and done.attempts == 2
         segments = await a.store.segments(job.id)
         assert segments and all(s.transcribe_count == 1 for s in segments)
+
+
+async def test_a_waiter_learns_of_a_final_state_whose_event_was_lost(
+    aiohttp_client: Any, make_settings: SettingsFactory, pg_url: str, tmp_path: Path, speech: Speech
+) -> None:
+    """A node that commits a job's final state and dies before its event is written leaves a
+    final job and no event. Whoever follows the job on another node (a synchronous /v1 request
+    or the CLI through `Service.wait`, a page through its event stream) looks at the job when
+    its events go quiet, and learns that it ended, instead of waiting forever."""
+    settings = make_settings(
+        data_dir=tmp_path / "b",
+        store={"url": pg_url},
+        runners={"enabled": False},
+        sse={"heartbeat_interval": 0.5},
+    )
+    client = await aiohttp_client(create_app(settings))
+    b = client.app[SERVICE]
+    async with PgJobStore.open(pg_url) as dead_node:
+        job = await b.submit(speech.path)
+        waiter = asyncio.create_task(b.wait(job.id))
+        stream = await open_stream(client, job.id)
+        assert (await stream.next()).event == "connected"
+        # What the dead node committed (a cancel of a queued job stands in for any final state).
+        assert await dead_node.set_status(job.id, JobStatus.CANCELED, "canceled", expect=[JobStatus.QUEUED])
+        ended = await asyncio.wait_for(waiter, 5)
+        assert ended.status == "canceled"
+        told = await asyncio.wait_for(stream.until(lambda ev: ev.event == "signal"), 5)
+        assert told[-1].data == {"code": "canceled", "message": "job canceled"}
+        events = [ev async for ev in b.events(job.id)]  # a later follower ends at once, too
+        assert [ev.event for ev in events] == ["connected"]

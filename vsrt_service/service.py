@@ -58,7 +58,7 @@ from vsrt_service.jobs.media import (
 from vsrt_service.jobs.nodes import RUNNER_KEYS, LocalNodes, NodeRegistry, registered
 from vsrt_service.jobs.peaks import PEAKS_NAME, decoded_peaks, write_peaks
 from vsrt_service.jobs.pipeline import JobContext, live_lines
-from vsrt_service.jobs.scheduler import Scheduler, Stop
+from vsrt_service.jobs.scheduler import Scheduler, Stop, final_event
 from vsrt_service.jobs.sqlite_store import SqliteJobStore
 from vsrt_service.jobs.storage import Storage, storage_for
 from vsrt_service.jobs.store import FINAL, Job, JobStatus, JobStore
@@ -543,12 +543,27 @@ class Service:
                 yield Event(channel, sub.opened_at, "connected", snapshot)
                 if snapshot["status"] not in (JobStatus.QUEUED, JobStatus.PROCESSING):
                     return
-            async for ev in sub:
-                yield ev
-                if is_final_event(ev):
+            while True:
+                if not await sub.wait(self.settings.sse.heartbeat_interval):
+                    # Quiet: a node that committed the final state and died before writing its
+                    # event leaves a final job and no event, so look at the job itself.
+                    if (event := await self.ended(job_id)) is not None:
+                        yield Event(channel, sub.position, *event)
+                        return
+                    continue
+                batch = sub.drain()
+                if not batch:  # closed: shutdown, or the job was deleted
                     return
+                for ev in batch:
+                    yield ev
+                    if is_final_event(ev):
+                        return
         finally:
             sub.close()
+
+    async def ended(self, job_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The event that tells followers the job ended, from its state (None: it has not)."""
+        return final_event(await self.get(job_id))
 
     async def wait(self, job_id: str) -> Job:
         """Wait until the job completes, fails, is canceled or paused; returns it."""
@@ -598,7 +613,8 @@ class Service:
                 done = await self.store.set_status(job_id, target, target, expect=(JobStatus(job.status),))
                 if done is None:
                     continue
-                self.ctx.publish(job_id, "signal", {"code": target, "message": f"job {target}"})
+                if (event := final_event(done)) is not None:
+                    self.ctx.publish(job_id, *event)
                 return done
             if job.status in FINAL and reason is Stop.CANCELED:
                 raise Conflict(f"the job is already {job.status}", code="finished")

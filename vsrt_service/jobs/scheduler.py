@@ -81,6 +81,18 @@ class Running:
     held_until: float = 0.0
 
 
+def final_event(job: Job) -> tuple[str, dict[str, Any]] | None:
+    """The event that tells a job's followers it ended (None while it is queued or runs)."""
+    match job.status:
+        case JobStatus.COMPLETED:
+            return "signal", {"code": Signal.JOB_COMPLETE, "message": "subtitles ready"}
+        case JobStatus.FAILED:
+            return "error", {"code": job.error_code or "failed", "message": job.error or job.message}
+        case JobStatus.PAUSED | JobStatus.CANCELED:
+            return "signal", {"code": Signal(job.status), "message": f"job {job.status}"}
+    return None
+
+
 def _owner_alive(owner: str | None, me: str, lease_expires: float | None = None) -> bool:
     """Whether the holder of a lease still runs (knowable only on this host)."""
     if not owner:
@@ -173,8 +185,8 @@ class Scheduler:
             done = await self.ctx.store.set_status(
                 job.id, status, message, expect=(JobStatus.PROCESSING,), claim=job.claim
             )
-            if done is not None and status != JobStatus.QUEUED:
-                self.ctx.publish(job.id, "signal", {"code": Signal(status), "message": f"job {status}"})
+            if done is not None and (event := final_event(done)) is not None:
+                self.ctx.publish(job.id, *event)
 
     async def _loop(self) -> None:
         lease, poll = self.ctx.settings.jobs.lease_seconds, self.ctx.settings.jobs.poll_seconds
@@ -381,10 +393,7 @@ class Scheduler:
             return
         if completed:
             ctx.publish(job_id, "progress", job.progress_dict())
-            ctx.publish(job_id, "signal", {"code": Signal.JOB_COMPLETE, "message": "subtitles ready"})
-        elif status is JobStatus.FAILED:
-            ctx.publish(job_id, "error", {"code": outcome.code or "failed", "message": outcome.message})
-        elif status in (JobStatus.PAUSED, JobStatus.CANCELED):
-            ctx.publish(job_id, "signal", {"code": Signal(status), "message": f"job {status}"})
+        if (event := final_event(job)) is not None:
+            ctx.publish(job_id, *event)
         else:
             ctx.publish(job_id, "signal", {"code": Signal.REQUEUED, "message": outcome.message})

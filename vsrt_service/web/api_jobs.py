@@ -16,8 +16,8 @@ from vsrt_service.core.broker import job_channel
 from vsrt_service.core.cues import Cue
 from vsrt_service.core.errors import Forbidden, InvalidInput
 from vsrt_service.core.formats import MEDIA_TYPES, cue_fields
-from vsrt_service.jobs.store import Job
-from vsrt_service.service import Service, Transcript
+from vsrt_service.jobs.store import Job, JobStatus
+from vsrt_service.service import Service, Transcript, is_final_event
 from vsrt_service.web import sse
 from vsrt_service.web.keys import SERVICE, SETTINGS, STREAMS
 from vsrt_service.web.uploads import receive, receive_form
@@ -318,8 +318,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
     await svc.get(job_id)  # 404 before the stream starts
 
+    ended_before = False  # the snapshot told it: nothing more to tell
+
     async def snapshot() -> tuple[str, dict[str, Any]]:
-        return "connected", await svc.snapshot(job_id)
+        nonlocal ended_before
+        data = await svc.snapshot(job_id)
+        ended_before = data["status"] not in (JobStatus.QUEUED, JobStatus.PROCESSING)
+        return "connected", data
+
+    async def ended() -> tuple[str, dict[str, Any]] | None:
+        return None if ended_before else await svc.ended(job_id)
 
     return await sse.serve(
         request,
@@ -328,4 +336,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
         job_channel(job_id),
         snapshot,
         settings=request.app[SETTINGS].sse,
+        ended=ended,
+        final=is_final_event,
     )

@@ -25,6 +25,9 @@ from vsrt_service.core.config import SseSettings
 from vsrt_service.core.errors import TooManyRequests
 
 Snapshot = Callable[[], Awaitable[tuple[str, dict[str, Any]]]]
+#: Asked when a stream has been quiet for a heartbeat: the event that ends what it follows, if
+#: that ended without one reaching this node (None: nothing to tell).
+Ended = Callable[[], Awaitable[tuple[str, dict[str, Any]] | None]]
 
 
 class Streams:
@@ -116,6 +119,8 @@ async def serve(
     settings: SseSettings,
     heartbeat_event: str = "ping",
     accept: Callable[[Event], bool] = lambda ev: True,
+    ended: Ended | None = None,
+    final: Callable[[Event], bool] = lambda ev: False,
 ) -> EventSourceResponse:
     """One subscriber of `channel`, admitted within the stream limits (429 past them)."""
     with streams.admit(channel, request) as gone:
@@ -128,6 +133,8 @@ async def serve(
             settings=settings,
             heartbeat_event=heartbeat_event,
             accept=accept,
+            ended=ended,
+            final=final,
         )
 
 
@@ -142,13 +149,17 @@ async def stream(
     heartbeat_event: str = "ping",
     until: Callable[[Event], bool] = lambda ev: False,
     accept: Callable[[Event], bool] = lambda ev: True,
+    ended: Ended | None = None,
+    final: Callable[[Event], bool] = lambda ev: False,
 ) -> EventSourceResponse:
     """Serve one subscriber until it disconnects, falls behind (resync) or `until` says so.
 
     The stream opens with a `retry:` between `reconnect_seconds` and twice that (browsers
     wait that long before reconnecting). Each wake-up sends everything queued in one write,
     with frames encoded once per event for all subscribers; a client that stalls one write
-    for SEND_TIMEOUT is dropped.
+    for SEND_TIMEOUT is dropped. Until an event that is `final` has been sent, a quiet stream
+    asks `ended` whether what it follows ended unannounced (its node died between the commit and
+    the event), and sends that once.
     """
     sub, replayed = await broker.open(channel, last_event_id(request))
     disconnected.add_done_callback(lambda _: sub.close())
@@ -164,8 +175,13 @@ async def stream(
             name, data = await snapshot()
             head += sse_frame(sub.opened_at, name, data)
         await _write(resp, head)
+        told = ended is None
         while not disconnected.done():
             if not await sub.wait(settings.heartbeat_interval):
+                if not told and ended is not None and (event := await ended()) is not None:
+                    told = True
+                    await _write(resp, sse_frame(sub.heartbeat_id(), *event))
+                    continue
                 key = "timestamp" if heartbeat_event == "heartbeat" else "ts"
                 ping = sse_frame(sub.heartbeat_id(), heartbeat_event, {key: time.time()})
                 await _write(resp, ping)
@@ -174,6 +190,7 @@ async def stream(
             if not batch:  # closed: shutdown, channel dropped, or the client left
                 break
             frames = [ev.frame for ev in batch if ev.event == "resync" or accept(ev)]
+            told = told or any(final(ev) for ev in batch)
             if frames:
                 await _write(resp, b"".join(frames))
             if any(ev.event == "resync" or until(ev) for ev in batch):
