@@ -176,6 +176,18 @@ async def test_a_node_that_may_not_download_claims_only_the_models_on_its_disk(
 
 
 @pytest.mark.slow
+async def test_a_node_that_may_not_download_runs_jobs_without_the_aligner_it_lacks(
+    make_service: Any, speech: Speech
+) -> None:
+    """With downloads off, a job whose Whisper model is here but whose aligner is not runs
+    without word alignment, as when the aligner cannot be fetched; it does not fail."""
+    svc = await make_service(models={"allow_downloads": False, "preload_on_start": False})
+    job = await svc.submit(speech.path, {"language": "en"})
+    done = await asyncio.wait_for(svc.finished(job.id), 120)
+    assert done.status == "completed" and done.alignment != "wav2vec2", done
+
+
+@pytest.mark.slow
 async def test_a_node_that_cannot_renew_its_lease_in_time_stops_the_run(
     make_settings: SettingsFactory, pg_url: str, tmp_path: Path, long_speech: Speech
 ) -> None:

@@ -416,11 +416,14 @@ class ModelManager:
     async def ensure(
         self, kind: str, model_id: str, wait: float, on_progress: Any = None
     ) -> p.ModelRef | None:
-        """The model, downloading it first if needed and waiting at most `wait` seconds."""
+        """The model, downloading it first if needed (and allowed) and waiting at most `wait`
+        seconds; None when it is not here by then."""
         if self._states.get((kind, model_id)) is None:
             return None
         if (ref := self.ref(kind, model_id)) is not None:
             return ref
+        if not self.settings.models.allow_downloads:
+            return None  # as when it cannot be fetched: the caller goes on without it, or says so
         await self.request(kind, model_id, with_aligner=False)
         st = self.state(kind, model_id)
         deadline = time.monotonic() + wait
