@@ -130,8 +130,9 @@ async def test_pause_cancel_and_delete_on_one_node_stop_the_run_on_another(
 async def test_a_stop_asked_of_a_dead_nodes_job_is_carried_out_by_its_heir(
     make_settings: SettingsFactory, pg_url: str, tmp_path: Path, speech: Speech
 ) -> None:
-    """A node died holding a job (a claim nobody renews); a cancel asked meanwhile on B waits
-    for the lease to run out, then A takes the job over and cancels it instead of running it."""
+    """A node died holding a job (a claim nobody renews); a cancel asked meanwhile (as B's
+    request writes it) waits for the lease to run out, then A takes the job over and cancels it
+    instead of running it."""
     async with (
         node(make_settings, pg_url, tmp_path / "a", poll=0.2) as a,
         node(make_settings, pg_url, tmp_path / "b", work_runners=False, run_jobs=False) as b,
@@ -151,8 +152,12 @@ async def test_a_stop_asked_of_a_dead_nodes_job_is_carried_out_by_its_heir(
             )
         finally:
             await db.close()
-        canceled = await b.cancel(job.id)
-        assert canceled.status == "canceled"
+        assert await b.store.request_stop(job.id, "canceled") is not None
+
+        async def canceled() -> bool:
+            return (await b.get(job.id)).status == "canceled"
+
+        await until(canceled, 30)
         history = await b.store.transitions(job.id)
         claims = [t["message"] for t in history if t["phase"] == "claimed"]
         assert claims == [f"claimed by {a.scheduler.owner}"]
@@ -173,6 +178,39 @@ async def test_a_node_that_may_not_download_claims_only_the_models_on_its_disk(
     online = make_settings(data_dir=tmp_path / "b", models={"preload_on_start": False})
     async with Service(online, work_runners=False, run_jobs=False) as svc:
         assert svc.models.claimable_models() == set(svc.models.catalog.ids("whisper"))
+
+
+async def test_a_stop_asked_of_a_dead_nodes_job_no_node_takes_over_still_takes_effect(
+    make_settings: SettingsFactory, pg_url: str, tmp_path: Path, speech: Speech
+) -> None:
+    """A node died holding a job and no node takes the job over (all busy, or none can run
+    its model): once the lease ran out, the node asked to stop it stops it itself."""
+    settings = make_settings(
+        data_dir=tmp_path / "b",
+        store={"url": pg_url},
+        jobs={"lease_seconds": 3.0},
+        runners={"enabled": False},
+    )
+    async with Service(settings, run_jobs=False) as b:
+        options = parse_options(None, b.settings).to_dict()
+        for target in ("paused", "canceled"):
+            job = await b.store.create_job(
+                source_name="s.mp4", input_path=str(speech.path), options=options, status="paused"
+            )
+            db = await asyncpg.connect(pg_url)
+            try:  # what the dead node left: its claim, never renewed again
+                await db.execute(
+                    "UPDATE jobs SET status = 'processing', lease_owner = 'gone-host:1:dead',"
+                    " claim = 'dead', lease_expires = extract(epoch from now()) + 1, attempts = 1"
+                    " WHERE id = $1",
+                    job.id,
+                )
+            finally:
+                await db.close()
+            stop = b.pause if target == "paused" else b.cancel
+            stopped = await stop(job.id)
+            assert stopped.status == target and stopped.lease_owner is None
+            assert (await b.store.transitions(job.id))[-1]["status"] == target
 
 
 @pytest.mark.slow

@@ -623,16 +623,25 @@ class Service:
 
     async def _stop_elsewhere(self, job: Job, target: JobStatus) -> Job | None:
         """Ask the process that runs the job (another node) to stop it, through the store, and
-        wait until the job leaves `processing`: the job then, or None when it did not run
-        elsewhere (it ended meanwhile, or runs here). A dead owner's job is stopped by the
-        scheduler that takes it over after its lease; 409 `busy` if nothing stops it in time."""
-        if job.lease_owner == self.scheduler.owner:
-            return None  # ours, and no longer running here: its end is written
+        wait until the job leaves `processing`: the job then, or None when it ended meanwhile.
+        An owner that died leaves its lease to run out; then whoever claims the job first
+        stops it: a scheduler taking it over, or this request itself (when no node takes it,
+        all busy or none able to run its model). 409 `busy` if nothing stops it in time."""
         if await self.store.request_stop(job.id, target) is None:
             return None
+        lease = self.settings.jobs.lease_seconds
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + REMOTE_STOP_LEASES * self.settings.jobs.lease_seconds + 1.0
+        deadline = loop.time() + REMOTE_STOP_LEASES * lease + 1.0
         while (job := await self.get(job.id)).status == JobStatus.PROCESSING:
+            # Claimable only once its lease ran out (on the store's clock).
+            mine = await self.store.claim_next(self.scheduler.owner, lease, only={job.id})
+            if mine is not None:
+                done = await self.store.set_status(
+                    job.id, target, target, expect=(JobStatus.PROCESSING,), claim=mine.claim
+                )
+                if done is not None and (event := final_event(done)) is not None:
+                    self.ctx.publish(job.id, *event)
+                continue
             if loop.time() > deadline:
                 raise Conflict(
                     "the job's node has not stopped it yet; it will when it next renews its lease",
