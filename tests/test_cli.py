@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.media import Speech, make_corrupt_media, make_speech, make_tracks, word_error_rate
@@ -239,3 +240,38 @@ async def test_a_running_server_owns_its_data_dir(tmp_path: Path, speech: Speech
     # Once the server is gone, the same command gets the directory.
     code, err, _ = await _vsrt_async("models", "list", data_dir=data)
     assert code == 0, err
+
+
+@pytest.mark.slow
+async def test_transcribe_on_a_node_of_several_keeps_its_jobs_to_itself(
+    tmp_path: Path, speech: Speech, pg_url: str
+) -> None:
+    """`vsrt transcribe` runs its files on its own runners. On a host whose environment names
+    the cluster's store and storage root, its jobs go neither into the shared database (where
+    the servers would claim them, though the files are on this host alone) nor onto the shared
+    root (whose housekeeping would take the cluster's jobs for its own orphans)."""
+    shared = tmp_path / "shared"
+    env = {**os.environ, "VSRT_STORE_URL": pg_url, "VSRT_STORAGE_ROOT": str(shared)}
+    proc = await asyncio.create_subprocess_exec(
+        *VSRT,
+        "transcribe",
+        str(speech.path),
+        "-o",
+        str(tmp_path / "out"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()
+    assert (tmp_path / "out" / f"{speech.path.stem}.srt").exists()
+    db = await asyncpg.connect(pg_url)
+    try:
+        tables = await db.fetchval("SELECT count(*) FROM pg_tables WHERE tablename = 'jobs'")
+        assert tables == 0 or await db.fetchval("SELECT count(*) FROM jobs") == 0
+    finally:
+        await db.close()
+    assert not shared.exists() or not any(shared.rglob("*"))

@@ -17,13 +17,13 @@ import logging
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from vsrt_service.core.broker import MODELS_CHANNEL
 from vsrt_service.core.catalog import Catalog
-from vsrt_service.core.config import ConfigError, Settings, load_settings
+from vsrt_service.core.config import ConfigError, Settings, StorageSettings, StoreSettings, load_settings
 from vsrt_service.core.errors import NotFound, VsrtError
 from vsrt_service.core.files import write_atomic
 from vsrt_service.core.formats import FORMATS
@@ -249,6 +249,10 @@ async def transcribe(args: argparse.Namespace, settings: Settings) -> int:
 
     failures: list[str] = []
     progress = Progress([f.name for f in files], sys.stderr)
+    # Its files, its runners: its jobs stay in this host's data directory, never in a store
+    # or storage root shared with servers (they would claim them; housekeeping there would
+    # take the cluster's jobs, unknown to this store, for orphans).
+    settings = replace(settings, store=StoreSettings(), storage=StorageSettings())
     async with Service(settings, own_jobs_only=True) as svc:
         jobs: list[tuple[int, str]] = []
         for i, f in enumerate(files):
