@@ -245,6 +245,9 @@ class PgEventLog:
                 except DB_ERRORS as exc:
                     log.warning("event listener cannot connect, retrying: %s", exc)
                     await asyncio.sleep(RETRY)
+                except Exception:  # a bug, not the server: say so, and keep listening
+                    log.exception("event listener could not connect; retrying")
+                    await asyncio.sleep(RETRY)
                 continue
             with suppress(TimeoutError):
                 async with asyncio.timeout(KEEPALIVE):
@@ -363,6 +366,9 @@ class PgEventLog:
                 gone = await self.prune(self._retention)
             except DB_ERRORS as exc:
                 log.warning("could not delete old job events: %s", exc)
+                continue
+            except Exception:  # a bug, not the server: say so, and try at the next round
+                log.exception("could not delete old job events")
                 continue
             if gone:
                 log.info("deleted %d job events older than the retention", gone)
