@@ -159,6 +159,26 @@ class JobStoreContract:
         # A finished claim renews nothing either.
         assert not await store.renew_lease(job_id, second.claim, 60)
 
+    async def test_checkpoints_of_a_run_that_lost_its_job_change_nothing(self, store: JobStore) -> None:
+        """A run that lost its job (its lease ran out and another took it over) and writes late
+        can wipe nothing: not the new run's split and transcripts, nor its result."""
+        (job_id,) = await make_jobs(store, 1)
+        old = await store.claim_next("old", 0.3)
+        assert old is not None and old.claim
+        await asyncio.sleep(0.4)
+        new = await store.claim_next("new", 60)
+        assert new is not None and new.claim
+        assert await store.save_segments(job_id, [(0, 1), (1, 2)], {"model": "m"}, 2.0, claim=new.claim) == 2
+        assert await store.save_transcript(job_id, 0, "kept", "en")
+        result: list[AlignedSegment] = [{"start": 0.0, "end": 1.0, "text": "kept", "words": []}]
+        await store.save_result(job_id, result, "wav2vec2", "en", claim=new.claim)
+        with pytest.raises(StoreError):
+            await store.save_segments(job_id, [(0, 2)], {"model": "m"}, 2.0, claim=old.claim)
+        with pytest.raises(StoreError):
+            await store.save_result(job_id, [], "none", "en", claim=old.claim)
+        assert [(s.index, s.text) for s in await store.segments(job_id)] == [(0, "kept"), (1, None)]
+        assert await store.result(job_id) == result
+
     async def test_a_renewed_lease_is_not_taken_over(self, store: JobStore) -> None:
         (job_id,) = await make_jobs(store, 1)
         job = await store.claim_next("me", 0.05)

@@ -557,11 +557,13 @@ class PgJobStore:
         locked_options: dict[str, Any],
         duration: float,
         speech: Sequence[tuple[float, float]] = (),
+        *,
+        claim: str | None = None,
     ) -> int:
         rows = [(job_id, i, float(s), float(e)) for i, (s, e) in enumerate(spans)]
         regions = json.dumps([[s, e] for s, e in speech])
         async with self._pool.acquire() as db, db.transaction():
-            await db.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            await _check_claim(db, job_id, claim)
             await db.execute("DELETE FROM segments WHERE job_id = $1", job_id)
             await db.executemany(
                 'INSERT INTO segments (job_id, idx, start, "end") VALUES ($1, $2, $3, $4)', rows
@@ -629,18 +631,26 @@ class PgJobStore:
         return int(worst or 0)
 
     async def save_result(
-        self, job_id: str, segments: list[AlignedSegment], alignment: str, language: str | None
+        self,
+        job_id: str,
+        segments: list[AlignedSegment],
+        alignment: str,
+        language: str | None,
+        *,
+        claim: str | None = None,
     ) -> None:
         # Megabytes for hours of speech: encoded in a thread, a segment at a time.
         text = await asyncio.to_thread(bigjson.dumps, segments, 1)
-        await self._pool.execute(
-            "UPDATE jobs SET result = $2, alignment = $3, language = coalesce($4, language),"
-            f" updated_at = {NOW} WHERE id = $1",
-            job_id,
-            text,
-            alignment,
-            language,
-        )
+        async with self._pool.acquire() as db, db.transaction():
+            await _check_claim(db, job_id, claim)
+            await db.execute(
+                "UPDATE jobs SET result = $2, alignment = $3, language = coalesce($4, language),"
+                f" updated_at = {NOW} WHERE id = $1",
+                job_id,
+                text,
+                alignment,
+                language,
+            )
 
     async def result(self, job_id: str) -> list[AlignedSegment] | None:
         text = await self._pool.fetchval("SELECT result FROM jobs WHERE id = $1", job_id)
@@ -738,6 +748,14 @@ class PgJobStore:
 
 def _prefixed(table: str) -> str:
     return ", ".join(f"{table}.{c.strip()}" for c in _JOB_COLUMNS.split(","))
+
+
+async def _check_claim(db: asyncpg.Connection, job_id: str, claim: str | None) -> None:
+    """Lock the job's row; StoreError unless it is still `claim`'s (None: no check): a run that
+    lost its job writes nothing more."""
+    row = await db.fetchrow("SELECT claim FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+    if claim is not None and (row is None or row["claim"] != claim):
+        raise StoreError(f"job {job_id} is not this run's any more")
 
 
 async def _insert_job(

@@ -219,7 +219,7 @@ class JobRun:
         speech = [(float(s["start"]), float(s["end"])) for s in data["speech"]]
         duration = await asyncio.to_thread(wav_duration, self.audio)
         count = await self.ctx.store.save_segments(
-            self.job.id, spans, self.options.locked(), duration, speech
+            self.job.id, spans, self.options.locked(), duration, speech, claim=self.job.claim
         )
         self._speech = speech
         message = f"{count} speech segments" if count else "no speech found"
@@ -300,7 +300,7 @@ class JobRun:
         segments = [s for s in await self.ctx.store.segments(self.job.id) if s.text]
         language = self.language or "en"
         if not segments:
-            await self.ctx.store.save_result(self.job.id, [], "none", self.language)
+            await self.ctx.store.save_result(self.job.id, [], "none", self.language, claim=self.job.claim)
             return [], "none"
         texts = [p.TextSegment(index=s.index, start=s.start, end=s.end, text=s.text or "") for s in segments]
         align_ref = await self._aligner(language) if self.options.align else None
@@ -335,7 +335,7 @@ class JobRun:
         # Aligners smear words over the silence around them: move them into the speech.
         speech = await self.speech()
         aligned: list[p.AlignedSegment] = await asyncio.to_thread(snap_words, data["segments"], speech)
-        await self.ctx.store.save_result(self.job.id, aligned, alignment, self.language)
+        await self.ctx.store.save_result(self.job.id, aligned, alignment, self.language, claim=self.job.claim)
         await self.progress(Phase.ALIGN, 1, f"aligned ({alignment})")
         self.ctx.publish(
             self.job.id,
@@ -355,7 +355,7 @@ class JobRun:
         if not self.options.diarize:
             if any("speaker" in w for s in aligned for w in s["words"]):  # diarized before: not now
                 aligned = _without_speakers(aligned)
-                await store.save_result(self.job.id, aligned, alignment, self.language)
+                await store.save_result(self.job.id, aligned, alignment, self.language, claim=self.job.claim)
             return aligned
         if not aligned:
             return aligned
@@ -369,7 +369,7 @@ class JobRun:
                 return aligned
             turns = found
         labelled = await asyncio.to_thread(assign_speakers, aligned, turns)
-        await store.save_result(self.job.id, labelled, alignment, self.language)
+        await store.save_result(self.job.id, labelled, alignment, self.language, claim=self.job.claim)
         labels = list(dict.fromkeys(t["speaker"] for t in turns))
         await self.progress(Phase.DIARIZE, 1, f"{len(labels)} speakers")
         self.ctx.publish(

@@ -490,11 +490,14 @@ class SqliteJobStore:
         locked_options: dict[str, Any],
         duration: float,
         speech: Sequence[tuple[float, float]] = (),
+        *,
+        claim: str | None = None,
     ) -> int:
         """Store the split (once) with the options it was made with; that locks them."""
         rows = [(job_id, i, s, e) for i, (s, e) in enumerate(spans)]
         regions = json.dumps([[s, e] for s, e in speech])
         async with self._w.transaction() as db:
+            await _check_claim(db, job_id, claim)
             await db.execute("DELETE FROM segments WHERE job_id = ?", (job_id,))
             await db.executemany("INSERT INTO segments (job_id, idx, start, end) VALUES (?, ?, ?, ?)", rows)
             await db.execute(
@@ -557,11 +560,18 @@ class SqliteJobStore:
         return int(row[0] or 0) if row else 0
 
     async def save_result(
-        self, job_id: str, segments: list[AlignedSegment], alignment: str, language: str | None
+        self,
+        job_id: str,
+        segments: list[AlignedSegment],
+        alignment: str,
+        language: str | None,
+        *,
+        claim: str | None = None,
     ) -> None:
         # Megabytes for hours of speech: encoded in a thread, a segment at a time.
         text = await asyncio.to_thread(bigjson.dumps, segments, 1)
         async with self._w.transaction() as db:
+            await _check_claim(db, job_id, claim)
             await db.execute(
                 "UPDATE jobs SET result = ?, alignment = ?, language = coalesce(?, language),"
                 " updated_at = ? WHERE id = ?",
@@ -715,6 +725,17 @@ async def _phase(db: aiosqlite.Connection, job_id: str) -> str:
     async with db.execute("SELECT phase FROM jobs WHERE id = ?", (job_id,)) as cur:
         row = await cur.fetchone()
     return str(row[0]) if row else ""
+
+
+async def _check_claim(db: aiosqlite.Connection, job_id: str, claim: str | None) -> None:
+    """StoreError unless the job is still `claim`'s (None: no check): a run that lost its job
+    writes nothing more."""
+    if claim is None:
+        return
+    async with db.execute("SELECT claim FROM jobs WHERE id = ?", (job_id,)) as cur:
+        row = await cur.fetchone()
+    if row is None or row[0] != claim:
+        raise StoreError(f"job {job_id} is not this run's any more")
 
 
 async def _insert_job(

@@ -333,10 +333,13 @@ class JobStore(Protocol):
         locked_options: dict[str, Any],
         duration: float,
         speech: Sequence[tuple[float, float]] = (),
+        *,
+        claim: str | None = None,
     ) -> int:
         """Store the split, replacing any earlier one, with the options it was made with (that
         locks them), the duration, the speech regions at full resolution, total = the number
-        of spans and processed 0; returns it."""
+        of spans and processed 0; returns it. With `claim`, only while the job is that claim's
+        (StoreError otherwise: a late run must not wipe its successor's transcripts)."""
         ...
 
     async def speech(self, job_id: str) -> list[tuple[float, float]]:
@@ -358,9 +361,16 @@ class JobStore(Protocol):
         ...
 
     async def save_result(
-        self, job_id: str, segments: list[AlignedSegment], alignment: str, language: str | None
+        self,
+        job_id: str,
+        segments: list[AlignedSegment],
+        alignment: str,
+        language: str | None,
+        *,
+        claim: str | None = None,
     ) -> None:
-        """Store the aligned result (megabytes for hours of speech: never encoded on the loop)."""
+        """Store the aligned result (megabytes for hours of speech: never encoded on the loop);
+        with `claim`, only while the job is that claim's (StoreError otherwise)."""
         ...
 
     async def result(self, job_id: str) -> list[AlignedSegment] | None:
