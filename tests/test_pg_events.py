@@ -19,9 +19,11 @@ from tests.media import Speech
 from tests.pg import Cluster
 from vsrt_service.core.broker import Broker, Event, Subscription, job_channel
 from vsrt_service.jobs.pg_events import PgEventLog
+from vsrt_service.jobs.pg_store import PgJobStore
 from vsrt_service.web.app import SERVICE
 
-CHANNEL = job_channel("0123456789abcdef")
+JOB_ID = "0123456789abcdef"
+CHANNEL = job_channel(JOB_ID)
 
 
 @contextlib.asynccontextmanager
@@ -54,6 +56,12 @@ async def table(url: str, channel: str) -> list[tuple[int, str, str]]:
     finally:
         await db.close()
     return [(r["id"], r["event"], r["data"]) for r in rows]
+
+
+async def make_job(url: str) -> None:
+    """The job of CHANNEL, for tests of pruning (which drops the channels of jobs that are gone)."""
+    async with PgJobStore.open(url) as store:
+        await store.create_job(source_name="f", input_path="f", options={}, job_id=JOB_ID)
 
 
 async def no_events(url: str) -> bool:
@@ -171,6 +179,7 @@ async def test_a_reconnect_with_last_event_id_replays_exactly_the_missed_events_
 
 
 async def test_an_id_older_than_retention_kept_gets_a_snapshot_not_a_partial_replay(pg_url: str) -> None:
+    await make_job(pg_url)
     async with node(pg_url) as (a, log), node(pg_url) as (b, _):
         watch, _ = await b.open(CHANNEL)
         for i in range(6):
@@ -188,6 +197,7 @@ async def test_an_id_older_than_retention_kept_gets_a_snapshot_not_a_partial_rep
 
 
 async def test_each_node_deletes_events_past_the_retention_by_itself(pg_url: str) -> None:
+    await make_job(pg_url)
     async with node(pg_url, retention=0.4) as (a, _):
         sub, _ = await a.open(CHANNEL)
         a.publish(CHANNEL, "fragment", {"i": 0})
@@ -272,3 +282,21 @@ async def test_a_client_on_one_node_follows_a_job_of_another_over_http(
     finally:
         await db.close()
     assert left == 0 and await table(pg_url, channel) == []
+
+
+async def test_a_deleted_jobs_late_events_go_at_the_next_prune(pg_url: str) -> None:
+    """A job deleted while its node still had events to write (its final signal, usually):
+    they arrive after the delete and make its channel again. The next prune removes the
+    channel and its events; those of a job that exists stay until they are old."""
+    async with PgJobStore.open(pg_url) as store, node(pg_url) as (a, ev_log):
+        job = await store.create_job(source_name="f", input_path="f", options={})
+        alive = job_channel(job.id)
+        a.publish(CHANNEL, "signal", {"code": "canceled", "message": "job canceled"})  # no such job
+        a.publish(alive, "progress", {"percent": 1})
+        await ev_log.flush()
+        assert await table(pg_url, CHANNEL) and await table(pg_url, alive)
+        assert await ev_log.prune(3600) == 1
+        assert not await table(pg_url, CHANNEL) and await table(pg_url, alive)
+        async with store.pool.acquire() as db:
+            channels = {r["channel"] for r in await db.fetch("SELECT channel FROM event_channels")}
+        assert channels == {alive}

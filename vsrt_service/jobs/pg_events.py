@@ -38,6 +38,9 @@ NOTIFY_INLINE = 7000
 #: The notification (in place of an id) that a channel was deleted with its job.
 DELETED = "deleted"
 
+#: The advisory lock whose holder prunes (any constant: "vsrp" in ASCII).
+PRUNE_LOCK = 0x76737270
+
 #: Seconds between checks that the LISTEN connection is alive, and before a retry after an error.
 KEEPALIVE = 5.0
 RETRY = 1.0
@@ -347,15 +350,29 @@ class PgEventLog:
     async def prune(self, older_than: float) -> int:
         """Delete events older than `older_than` seconds (by the database's clock); each
         channel remembers the newest id it lost, so a replay from before it gets a snapshot.
-        Any node may run it at any time. Returns how many rows went."""
-        count = await self._pool.fetchval(
-            f"WITH gone AS (DELETE FROM events WHERE at < {NOW} - $1 RETURNING channel, id),"
-            " lost AS (SELECT channel, max(id) AS id, count(*) AS n FROM gone GROUP BY channel),"
-            " marked AS (UPDATE event_channels c SET kept_after = greatest(c.kept_after, lost.id)"
-            " FROM lost WHERE c.channel = lost.channel)"
-            " SELECT coalesce(sum(n), 0) FROM lost",
-            float(older_than),
-        )
+        The channels (and events) of jobs that no longer exist go too: a job deleted while its
+        node still had events to write gets them after the delete. One node prunes at a time
+        (the others skip that round). Returns how many events went."""
+        async with self._pool.acquire() as db, db.transaction():
+            if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
+                return 0
+            count = await db.fetchval(
+                f"WITH gone AS (DELETE FROM events WHERE at < {NOW} - $1 RETURNING channel, id),"
+                " lost AS (SELECT channel, max(id) AS id, count(*) AS n FROM gone GROUP BY channel),"
+                " marked AS (UPDATE event_channels c SET kept_after = greatest(c.kept_after, lost.id)"
+                " FROM lost WHERE c.channel = lost.channel)"
+                " SELECT coalesce(sum(n), 0) FROM lost",
+                float(older_than),
+            )
+            orphans = await db.fetch(
+                "DELETE FROM event_channels c WHERE c.channel LIKE 'job:%'"
+                " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE c.channel = 'job:' || j.id) RETURNING channel"
+            )
+            if orphans:
+                status = await db.execute(
+                    "DELETE FROM events WHERE channel = ANY($1::text[])", [r["channel"] for r in orphans]
+                )
+                count += int(status.rsplit(" ", 1)[-1])
         return int(count)
 
     async def _prune_loop(self) -> None:
