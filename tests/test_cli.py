@@ -182,7 +182,9 @@ def test_console_script_is_installed() -> None:
     assert result.returncode == 0 and "transcribe" in result.stdout
 
 
-async def _vsrt_async(*args: str | Path, data_dir: Path) -> tuple[int, str, float]:
+async def _vsrt_async(
+    *args: str | Path, data_dir: Path, env: dict[str, str] | None = None, within: float = 120
+) -> tuple[int, str, float]:
     """Run `vsrt ARGS --data-dir DIR` without blocking the loop: exit status, stderr, seconds."""
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
@@ -190,11 +192,12 @@ async def _vsrt_async(*args: str | Path, data_dir: Path) -> tuple[int, str, floa
         *map(str, args),
         "--data-dir",
         str(data_dir),
+        env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 120)
+    _, err = await asyncio.wait_for(proc.communicate(), within)
     assert proc.returncode is not None
     return proc.returncode, err.decode(), time.monotonic() - started
 
@@ -252,21 +255,10 @@ async def test_transcribe_on_a_node_of_several_keeps_its_jobs_to_itself(
     root (whose housekeeping would take the cluster's jobs for its own orphans)."""
     shared = tmp_path / "shared"
     env = {**os.environ, "VSRT_STORE_URL": pg_url, "VSRT_STORAGE_ROOT": str(shared)}
-    proc = await asyncio.create_subprocess_exec(
-        *VSRT,
-        "transcribe",
-        str(speech.path),
-        "-o",
-        str(tmp_path / "out"),
-        "--data-dir",
-        str(tmp_path / "data"),
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    code, err, _ = await _vsrt_async(
+        "transcribe", speech.path, "-o", tmp_path / "out", data_dir=tmp_path / "data", env=env, within=180
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, err.decode()
+    assert code == 0, err
     assert (tmp_path / "out" / f"{speech.path.stem}.srt").exists()
     db = await asyncpg.connect(pg_url)
     try:
